@@ -1,0 +1,70 @@
+package kerndat
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+)
+
+// FixturesXFeatures is the xsave state the CRIU 4.2 fixtures carry: x87,
+// AVX and AVX-512 (opmask, ZMM_Hi256, Hi16_ZMM). Restoring their registers
+// needs a CPU and kernel that enable all of it.
+const FixturesXFeatures = 0xe5
+
+// XSave reports the CPU's xsave features as the OS enabled them (XCR0) and
+// whether they cover the fixtures' state. A CPU without them can still
+// restore images dumped on one like it, so this is information.
+var XSave = NewProbe(XSaveName, 0, func() Feature {
+	return probeXSave(readXSave(), FixturesXFeatures)
+})
+
+type xsaveInfo struct {
+	arch      bool   // the machine has xsave at all (x86)
+	osxsave   bool   // CPUID.1:ECX.OSXSAVE
+	xcr0      uint64 // enabled user state components
+	supported uint64 // components the CPU supports
+	size      int    // bytes of an xsave area for xcr0
+}
+
+var readXSaveOnce = sync.OnceValue(readXSave)
+
+// XFeatures returns XCR0, the user xsave state components the OS enabled,
+// or 0 where there is no xsave.
+func XFeatures() uint64 { return readXSaveOnce().xcr0 }
+
+func probeXSave(x xsaveInfo, need uint64) Feature {
+	switch {
+	case !x.arch:
+		return Missing("no xsave on this architecture")
+	case !x.osxsave:
+		return Missing("cpuid: the OS has not enabled xsave (CPUID.1:ECX.OSXSAVE clear)")
+	}
+	have := fmt.Sprintf("XCR0 %#x (%s), CPU supports %#x, xsave area %d bytes",
+		x.xcr0, xfeatureNames(x.xcr0), x.supported, x.size)
+	if lack := need &^ x.xcr0; lack != 0 {
+		return Missing("%s; lacks %#x (%s) of the fixtures' %#x", have, lack, xfeatureNames(lack), need)
+	}
+	return OK("%s; covers the fixtures' %#x", have, need)
+}
+
+// xfeatureNames names the state components in mask as the kernel's
+// x86/fpu boot messages do.
+func xfeatureNames(mask uint64) string {
+	names := map[int]string{
+		0: "x87", 1: "sse", 2: "avx", 3: "mpx_bndregs", 4: "mpx_bndcsr",
+		5: "avx512_opmask", 6: "avx512_zmm_hi256", 7: "avx512_hi16_zmm",
+		9: "pkru", 17: "amx_tilecfg", 18: "amx_tiledata", 19: "apx",
+	}
+	var out []string
+	for bit := 0; bit < 64; bit++ {
+		if mask&(1<<uint(bit)) == 0 {
+			continue
+		}
+		if n, ok := names[bit]; ok {
+			out = append(out, n)
+		} else {
+			out = append(out, fmt.Sprintf("bit%d", bit))
+		}
+	}
+	return strings.Join(out, " ")
+}

@@ -1,0 +1,27 @@
+package kerndat
+
+// cpuid executes CPUID for leaf and subleaf.
+func cpuid(leaf, subleaf uint32) (eax, ebx, ecx, edx uint32)
+
+// xgetbv reads extended control register index; only call it when
+// CPUID.1:ECX.OSXSAVE is set.
+func xgetbv(index uint32) (eax, edx uint32)
+
+// readXSave reads what the CPU and the OS say about xsave: whether the OS
+// enabled it (CPUID.1:ECX.OSXSAVE), XCR0 (the user state components it
+// enabled), the components the CPU supports (CPUID.0xD.0:EDX:EAX) and the
+// size of an xsave area for XCR0 (CPUID.0xD.0:EBX).
+func readXSave() (x xsaveInfo) {
+	_, _, ecx1, _ := cpuid(1, 0)
+	x.arch = true
+	x.osxsave = ecx1&(1<<27) != 0
+	if !x.osxsave {
+		return x
+	}
+	lo, hi := xgetbv(0)
+	x.xcr0 = uint64(lo) | uint64(hi)<<32
+	eax, ebx, _, edx := cpuid(0xd, 0)
+	x.supported = uint64(eax) | uint64(edx)<<32
+	x.size = int(ebx)
+	return x
+}
