@@ -73,7 +73,7 @@ func Write(dir string) error {
 	w.write("inventory.img", images.KindInventory, &inventory.InventoryEntry{
 		ImgVersion:  proto.Uint32(images.ImgVersion),
 		FdinfoPerId: proto.Bool(true),
-		RootIds:     ids(1),
+		RootIds:     ids(1, 1), // the dumping process's ids: the tree has its own pid namespace
 		NsPerId:     proto.Bool(true),
 	})
 	var tree []proto.Message
@@ -93,7 +93,7 @@ func Write(dir string) error {
 		fd(fileDevNull, 0), fd(fileDevNull, 1), fd(fileDevNull, 2), fd(fileLog, 3))
 	for i, t := range Tree {
 		pagesID := uint32(i + 1)
-		w.write(fmt.Sprintf("ids-%d.img", t.Pid), images.KindIDs, ids(2))
+		w.write(fmt.Sprintf("ids-%d.img", t.Pid), images.KindIDs, ids(2, 9))
 		w.write(fmt.Sprintf("fs-%d.img", t.Pid), images.KindFS,
 			&fsimg.FsEntry{CwdId: proto.Uint32(fileCwd), RootId: proto.Uint32(fileRoot), Umask: proto.Uint32(0o22)})
 		w.write(fmt.Sprintf("mm-%d.img", t.Pid), images.KindMM, memory())
@@ -135,9 +135,9 @@ func (w *writer) write(name string, k *images.Kind, msgs ...proto.Message) {
 	w.err = images.WriteFile(filepath.Join(w.dir, name), img)
 }
 
-func ids(files uint32) *criu_core.TaskKobjIdsEntry {
+func ids(files, pidns uint32) *criu_core.TaskKobjIdsEntry {
 	return &criu_core.TaskKobjIdsEntry{VmId: proto.Uint32(files), FilesId: proto.Uint32(files),
-		FsId: proto.Uint32(files), SighandId: proto.Uint32(files), PidNsId: proto.Uint32(9)}
+		FsId: proto.Uint32(files), SighandId: proto.Uint32(files), PidNsId: proto.Uint32(pidns)}
 }
 
 func regFile(id uint32, name string, flags uint32, mode uint32) *fdinfo.FileEntry {
