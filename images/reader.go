@@ -73,9 +73,9 @@ func NewReader(r io.Reader, name string, size int64) (*Reader, error) {
 		rd.kind = KindInventory
 	default:
 		if k := KindOf(m); k != nil {
-			return nil, rd.errorf(0, nil, "%s image without its %s prefix", k.Name, k.Prefix)
+			return nil, rd.errorf(4, nil, "%s image without its %s prefix", k.Name, k.Prefix)
 		}
-		return nil, rd.errorf(0, nil, "unknown magic %s (not a CRIU image, or a raw one)", m)
+		return nil, rd.errorf(4, nil, "unknown magic %s (not a CRIU image, or a raw one)", m)
 	}
 	rd.index = 0
 	return rd, nil
@@ -102,9 +102,8 @@ func (rd *Reader) Offset() int64 { return rd.off }
 
 func (rd *Reader) magic() (Magic, error) {
 	var b [4]byte
-	n, err := io.ReadFull(rd.r, b[:])
-	if err != nil {
-		return 0, rd.errorf(n, err, "truncated magic")
+	if _, err := io.ReadFull(rd.r, b[:]); err != nil {
+		return 0, rd.errorf(0, err, "truncated magic")
 	}
 	rd.advance(4)
 	return Magic(binary.LittleEndian.Uint32(b[:])), nil
@@ -278,7 +277,8 @@ func readFile(path string, k *Kind) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	br := bufio.NewReaderSize(f, 64<<10)
+	// Most images are tens of bytes: size the buffer to the file.
+	br := bufio.NewReaderSize(f, int(min(max(st.Size(), 16), 64<<10)))
 	var rd *Reader
 	if k == nil {
 		rd, err = NewReader(br, path, st.Size())

@@ -15,7 +15,6 @@ import (
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/memfd"
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
 )
 
@@ -90,14 +89,6 @@ func (s VMAStatus) String() string {
 	}
 	return formatFlags(uint64(s), vmaStatusNames, "|")
 }
-
-// Page flags of pagemap entries (criu/include/pagemap.h). Kept private:
-// the pages reader owns the exported names.
-const (
-	summaryPEParent  = 1 << 0 // the pages are in the parent image set
-	summaryPEPresent = 1 << 2 // the pages are in pages-N.img
-	summaryPageSize  = 4096   // x86-64, the only architecture crest restores
-)
 
 // Summary is what an image directory holds, in numbers a person or a tool
 // can check: the process tree, each task's memory and fds, and the shared
@@ -349,7 +340,7 @@ func Summarize(d *Dir) (*Summary, error) {
 	for _, m := range s.Shmem {
 		s.Totals.Pages += m.Pages
 	}
-	s.Totals.Bytes = s.Totals.Pages * summaryPageSize
+	s.Totals.Bytes = s.Totals.Pages * PageSize
 	return s, nil
 }
 
@@ -493,14 +484,14 @@ func summarizeMemory(d *Dir, pid uint32, vmas []*vma.VmaEntry, inodes map[uint64
 		return nil, err
 	}
 	for i, pe := range pm.Entries {
-		flags, n := pagemapEntry(pe)
-		if n > (^uint64(0)-pe.GetVaddr())/summaryPageSize {
+		flags, n := EntryPages(pe)
+		if n > (^uint64(0)-pe.GetVaddr())/PageSize {
 			return nil, &FormatError{File: pm.File, Offset: -1, Entry: i + 1,
 				Msg: fmt.Sprintf("%d pages at 0x%x run past the end of the address space", n, pe.GetVaddr())}
 		}
-		start, end := pe.GetVaddr(), pe.GetVaddr()+n*summaryPageSize
-		present := flags&summaryPEPresent != 0
-		parent := flags&summaryPEParent != 0
+		start, end := pe.GetVaddr(), pe.GetVaddr()+n*PageSize
+		present := flags&PEPresent != 0
+		parent := flags&PEParent != 0
 		if present {
 			m.Pages += n
 		}
@@ -512,11 +503,11 @@ func summarizeMemory(d *Dir, pid uint32, vmas []*vma.VmaEntry, inodes map[uint64
 		inside := uint64(0)
 		for k := sort.Search(len(m.VMAs), func(k int) bool { return m.VMAs[k].End > start }); k < len(m.VMAs) && m.VMAs[k].Start < end; k++ {
 			v := &m.VMAs[k]
-			pages := (min(end, v.End) - max(start, v.Start)) / summaryPageSize
+			pages := (min(end, v.End) - max(start, v.Start)) / PageSize
 			inside += pages
 			if present {
 				v.Pages += pages
-				v.Bytes = v.Pages * summaryPageSize
+				v.Bytes = v.Pages * PageSize
 			}
 			if parent {
 				v.ParentPages += pages
@@ -526,27 +517,8 @@ func summarizeMemory(d *Dir, pid uint32, vmas []*vma.VmaEntry, inodes map[uint64
 			m.StrayPages += n - inside
 		}
 	}
-	m.Bytes = m.Pages * summaryPageSize
+	m.Bytes = m.Pages * PageSize
 	return m, nil
-}
-
-// pagemapEntry returns an entry's flags and page count, reading images
-// older than CRIU 3.x as CRIU does (init_compat_pagemap_entry): without
-// flags an entry is PE_PRESENT, or PE_PARENT when in_parent is set; without
-// nr_pages the count is compat_nr_pages.
-func pagemapEntry(pe *pagemap.PagemapEntry) (flags uint32, pages uint64) {
-	flags = pe.GetFlags()
-	switch {
-	case pe.GetInParent():
-		flags |= summaryPEParent
-	case pe.Flags == nil:
-		flags = summaryPEPresent
-	}
-	pages = pe.GetNrPages()
-	if pages == 0 {
-		pages = uint64(pe.GetCompatNrPages())
-	}
-	return flags, pages
 }
 
 // vmaName names a mapping as /proc/PID/maps would.
@@ -772,11 +744,11 @@ func (s *shmemSet) summarize(d *Dir) ([]SharedMemory, error) {
 		if pm != nil {
 			o.PagesFile = fmt.Sprintf("pages-%d.img", pm.PagesID)
 			for _, pe := range pm.Entries {
-				if flags, n := pagemapEntry(pe); flags&summaryPEPresent != 0 {
+				if flags, n := EntryPages(pe); flags&PEPresent != 0 {
 					o.Pages += n
 				}
 			}
-			o.Bytes = o.Pages * summaryPageSize
+			o.Bytes = o.Pages * PageSize
 		}
 		sort.Slice(o.Users, func(i, j int) bool { return o.Users[i] < o.Users[j] })
 		out = append(out, *o)
