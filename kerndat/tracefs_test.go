@@ -22,6 +22,14 @@ func TestTracefsMounted(t *testing.T) {
 		if setupErr = unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); setupErr != nil {
 			return
 		}
+		// The system may have tracefs mounted already (CI mounts it):
+		// hide it in this namespace so that the probe can only find ours.
+		for _, m := range []string{tracefsDir, "/sys/kernel/debug/tracing"} {
+			if err := unix.Unmount(m, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {
+				setupErr = err
+				return
+			}
+		}
 		if setupErr = unix.Mount("nodev", dir, "tracefs", 0, ""); setupErr != nil {
 			return
 		}
