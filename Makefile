@@ -4,7 +4,7 @@ OUT     ?= out
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build generate test check bench fuzz demo clean
+.PHONY: all build generate test check bench fuzz demo jaeger clean
 
 all: build
 
@@ -44,6 +44,10 @@ demo: build
 	rm -rf $(OUT)/example
 	$(GO) run ./test/example/mkexample $(OUT)/example
 	./crest show -D $(OUT)/example
+
+# jaeger: build the pinned Jaeger of tools/jaeger (prints its path).
+jaeger:
+	bash tools/jaeger/jaeger.sh build
 
 clean:
 	rm -rf crest $(OUT)
