@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/spf13/pflag"
+
+	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/restore"
+)
+
+func init() {
+	register(&verb{
+		name:  "restore",
+		usage: "-D DIR [-d] [--pidfile FILE]",
+		short: "restore a process tree from a CRIU image directory",
+		long: `
+restore brings back the process tree checkpointed in DIR (CRIU 4.2 images)
+and lets it run on: the same pids and tids in a new pid namespace,
+sessions and process groups, memory, registers, threads and files.
+Without -d crest stays the parent of the restored root and exits with its
+status (128+N when a signal N ended it; an interrupted crest kills the
+tree); with -d it leaves the tree running and exits once the restore is
+complete.
+
+Not restored yet: seccomp, timers, pending signals, personality,
+namespaces other than pid, pipes, sockets, memfds, shared memory, zombies
+and helper tasks, and capabilities crest itself does not have. Image sets
+that need them are refused with an error naming the task and the image
+(at planning) or the stage and step (during the restore).`,
+		setup: func(fs *pflag.FlagSet) runFunc {
+			dir := fs.StringP("images-dir", "D", "", "restore the image directory `DIR`")
+			detach := fs.BoolP("restore-detached", "d", false, "leave the restored tree running and exit")
+			pidfile := fs.String("pidfile", "", "write the restored root's pid to `FILE`")
+			return func(ctx context.Context, env *env, args []string) error {
+				if *dir == "" {
+					return usagef("no image directory: give -D DIR")
+				}
+				if len(args) > 0 {
+					return usagef("unexpected arguments %q", args)
+				}
+				return runRestore(ctx, env, *dir, *detach, *pidfile)
+			}
+		},
+	})
+}
+
+func runRestore(ctx context.Context, env *env, dir string, detach bool, pidfile string) error {
+	d, err := images.Open(dir)
+	if err != nil {
+		return err
+	}
+	p, err := restore.NewPlan(d)
+	if err != nil {
+		return err
+	}
+	env.log.Info("planned", "dir", dir, "tasks", len(p.Tasks), "threads", p.NrThreads, "new_pid_ns", p.NewPIDNS)
+	r, err := restore.Start(ctx, p, restore.Options{Log: env.log})
+	if err != nil {
+		return err
+	}
+	env.log.Info("restored", "root", r.RootPID())
+	if pidfile != "" {
+		if err := os.WriteFile(pidfile, []byte(strconv.Itoa(r.RootPID())+"\n"), 0o644); err != nil {
+			r.Abort()
+			return fmt.Errorf("pidfile: %w", err)
+		}
+	}
+	if detach {
+		r.Detach()
+		return nil
+	}
+	ws, err := r.Wait(ctx)
+	if err != nil {
+		// interrupted: the tree goes with crest, as it would have
+		// without -d had crest been its init
+		if aerr := r.Abort(); aerr != nil {
+			err = errors.Join(err, aerr)
+		}
+		return fmt.Errorf("restored tree killed: %w", err)
+	}
+	switch {
+	case ws.Signaled():
+		return &exitError{code: 128 + int(ws.Signal())}
+	case ws.ExitStatus() != 0:
+		return &exitError{code: ws.ExitStatus()}
+	}
+	return nil
+}

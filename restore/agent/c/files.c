@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * files.c - a task's files. The engine opened every file; the task takes
+ * the ones it needs with pidfd_getfd to its local fds (from fd_base up),
+ * uses them for its mappings and pages, and finally installs its fd table
+ * and closes everything else.
+ */
+#include "agent.h"
+
+int take_files(const struct crest_task *t)
+{
+	const struct crest_take *tk = plan_ptr(t->takes_off);
+	uint32_t i;
+
+	step_begin(CREST_STEP_FILES);
+	for (i = 0; i < t->nr_takes; i++) {
+		long fd = sys_pidfd_getfd(agent.plan->engine_pidfd, tk[i].engine_fd, 0);
+		long ret;
+
+		if (fd < 0)
+			return (int)fd;
+		if (fd == tk[i].local_fd)
+			continue;
+		ret = sys_dup3((int)fd, tk[i].local_fd, O_CLOEXEC);
+		sys_close((int)fd);
+		if (ret < 0)
+			return (int)ret;
+	}
+	step_end(CREST_STEP_FILES);
+	return 0;
+}
+
+/*
+ * Put the fd table in place and close every other fd below fd_base: the
+ * launcher's stdio and whatever the fork inherited. The local fds above
+ * are closed just before sigreturn.
+ */
+int install_fds(const struct crest_task *t)
+{
+	const struct crest_fd *fds = plan_ptr(t->fds_off);
+	uint32_t i = 0;
+	int fd;
+
+	step_begin(CREST_STEP_FILES);
+	for (fd = 0; fd < agent.plan->fd_base; fd++) {
+		long ret;
+
+		if (i < t->nr_fds && fds[i].fd == fd) {
+			ret = sys_dup3(fds[i].src_fd, fd, fds[i].cloexec ? O_CLOEXEC : 0);
+			if (ret < 0)
+				return (int)ret;
+			i++;
+			continue;
+		}
+		ret = sys_close(fd);
+		if (ret < 0 && ret != -EBADF)
+			return (int)ret;
+	}
+	if (i != t->nr_fds)
+		return -EBADF;	/* an fd at or above fd_base: the plan is wrong */
+	step_end(CREST_STEP_FILES);
+	return 0;
+}
+
+/* The working directory, root and umask (CRIU's restore_fs). */
+int restore_fs(const struct crest_task *t)
+{
+	long ret;
+
+	step_begin(CREST_STEP_FS);
+	if (t->root_fd >= 0) {
+		ret = sys_fchdir(t->root_fd);
+		if (ret == 0)
+			ret = sys_chroot(".");
+		if (ret < 0)
+			return (int)ret;
+	}
+	ret = sys_fchdir(t->cwd_fd);
+	if (ret < 0)
+		return (int)ret;
+	sys_umask(t->umask);
+	step_end(CREST_STEP_FS);
+	return 0;
+}

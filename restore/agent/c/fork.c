@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * fork.c - one task's life until its memory is restored: check its pid,
+ * set up its session and group, fork its children with their pids.
+ *
+ * CRIU's order (restore_task_with_children): a task is born in FORKING,
+ * takes its session and group, forks its children, and leaves FORKING.
+ * Tasks that join a group led by another task do so in RESTORE, when every
+ * leader exists.
+ */
+#include "agent.h"
+
+#include <linux/prctl.h>
+
+#ifndef SIGCHLD
+#define SIGCHLD 17
+#endif
+#define SIGKILL 9
+
+int restore_session(const struct crest_task *t)
+{
+	long ret;
+
+	if (t->session == CREST_SESSION_LEAD) {
+		step_begin(CREST_STEP_SETSID);
+		ret = sys_setsid();
+		if (ret < 0)
+			return (int)ret;
+		if (ret != t->pid)
+			return -EPROTO;
+		step_end(CREST_STEP_SETSID);
+		/* setsid() made the task its group's leader too */
+		return 0;
+	}
+	if (t->group == CREST_GROUP_LEAD) {
+		step_begin(CREST_STEP_SETPGID);
+		ret = sys_setpgid(0, 0);
+		if (ret < 0)
+			return (int)ret;
+		step_end(CREST_STEP_SETPGID);
+	}
+	return 0;
+}
+
+int join_group(const struct crest_task *t)
+{
+	long ret;
+
+	if (t->group != CREST_GROUP_JOIN)
+		return 0;
+	step_begin(CREST_STEP_JOIN_PGID);
+	ret = sys_setpgid(0, t->pgid);
+	if (ret < 0)
+		return (int)ret;
+	step_end(CREST_STEP_JOIN_PGID);
+	return 0;
+}
+
+/* Whether the fault "no set_tid" hits this task: the plan's last one. */
+static int no_set_tid(const struct crest_task *t)
+{
+	return (agent.plan->faults & CREST_FAULT_NO_SET_TID) && t->parent >= 0 &&
+	       t->index == (int32_t)agent.plan->nr_tasks - 1;
+}
+
+/* Fork one task with its pid; the child becomes that task and never returns. */
+static long fork_task(const struct crest_task *child, uint64_t flags)
+{
+	int64_t set_tid[1] = { child->pid };
+	struct clone_args args;
+	long pid;
+
+	memset(&args, 0, sizeof(args));
+	args.flags = flags;
+	args.exit_signal = SIGCHLD;
+	if (!no_set_tid(child)) {
+		args.set_tid = (uint64_t)(uintptr_t)set_tid;
+		args.set_tid_size = 1;
+	}
+	pid = sys_clone3(&args, sizeof(args));
+	if (pid == 0)
+		task_main(child);
+	return pid;
+}
+
+int fork_children(const struct crest_task *t)
+{
+	const int32_t *children = plan_ints(t->children_off);
+	uint32_t i;
+	int pass;
+
+	step_begin(CREST_STEP_FORK);
+	/*
+	 * Pass 0 forks only the child the fault "no set_tid" hits, first, so
+	 * that it takes the lowest free pid and not, by luck, its own.
+	 */
+	for (pass = 0; pass < 2; pass++) {
+		for (i = 0; i < t->nr_children; i++) {
+			const struct crest_task *c = plan_task(children[i]);
+			long pid;
+
+			if (no_set_tid(c) != (pass == 0))
+				continue;
+			pid = fork_task(c, 0);
+			if (pid < 0)
+				return (int)pid;
+			/* the child is in our pid namespace: clone3 returns its pid there */
+			if (pid != c->pid && !no_set_tid(c))
+				return -EPROTO;
+		}
+	}
+	step_end(CREST_STEP_FORK);
+	return 0;
+}
+
+/*
+ * The root starts in ROOT_TASK, every other task in FORKING, the stage its
+ * parent forks it in.
+ */
+__attribute__((noreturn)) void task_main(const struct crest_task *t)
+{
+	int ret;
+
+	agent.task = t;
+	agent.slot = &agent.slots[task_thread(t, 0)->slot];
+	agent.slot->stage = t->parent < 0 ? CREST_STAGE_ROOT_TASK : CREST_STAGE_FORKING;
+
+	step_begin(CREST_STEP_CHECK_PID);
+	ret = (int)sys_getpid();
+	agent.slot->seen_pid = ret;
+	if (ret != t->pid && !no_set_tid(t))
+		task_fail(CREST_STEP_CHECK_PID, ret < 0 ? ret : -ESRCH);
+	step_end(CREST_STEP_CHECK_PID);
+
+	if (agent.slot->stage == CREST_STAGE_ROOT_TASK) {
+		/*
+		 * The root is the engine's child: if the engine dies before
+		 * the end, the half-restored tree (the root is its pid
+		 * namespace's init) dies with it instead of waiting forever.
+		 * Cleared before sigreturn (sigreturn.c).
+		 */
+		ret = (int)sys_prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+		if (ret < 0)
+			task_fail(CREST_STEP_CHECK_PID, ret);
+		finish_stage(CREST_STAGE_ROOT_TASK);
+		/* namespaces other than pid are the caller's for now */
+		finish_stage(CREST_STAGE_PREPARE_NAMESPACES);
+	}
+
+	ret = restore_session(t);
+	if (ret < 0)
+		task_fail(agent.slot->step, ret);
+	ret = fork_children(t);
+	if (ret < 0)
+		task_fail(CREST_STEP_FORK, ret);
+	finish_stage(CREST_STAGE_FORKING);
+
+	ret = join_group(t);
+	if (ret < 0)
+		task_fail(CREST_STEP_JOIN_PGID, ret);
+	ret = take_files(t);
+	if (ret < 0)
+		task_fail(CREST_STEP_FILES, ret);
+	/* goes on in the restorer's copy (restorer.c) and never returns */
+	restore_memory(t);
+}

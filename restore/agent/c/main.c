@@ -1,0 +1,100 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * main.c - the agent's entry: the launcher.
+ *
+ * The engine executes the agent from a memfd with the plan on fd 3 and the
+ * shared area on fd 4. The launcher maps both at the addresses the plan
+ * names, closes every fd above 2 and clones the root task with its pid
+ * (CLONE_NEWPID, set_tid {1}) and CLONE_PARENT, so that the root is the
+ * engine's child. It writes the root's pid into task_entries and exits; the
+ * root goes on in task_main (fork.c).
+ */
+#include "agent.h"
+
+struct agent agent;
+
+static __attribute__((noreturn)) void launch_fail(long err)
+{
+	static const char msg[] = "crest-agent: launch failed\n";
+
+	/* before the shared area is mapped, the exit status is all there is */
+	if (!agent.te)
+		sys_write(2, msg, sizeof(msg) - 1);
+	task_fail(CREST_STEP_LAUNCH, err);
+}
+
+static long map_fixed(uint64_t addr, uint64_t size, int prot, int flags, int fd)
+{
+	long ret = sys_mmap((void *)addr, size, prot, flags | MAP_FIXED_NOREPLACE, fd, 0);
+
+	if (ret < 0)
+		return ret;
+	if ((uint64_t)ret != addr) {
+		/* kernels before 4.17 ignore MAP_FIXED_NOREPLACE */
+		sys_munmap((void *)ret, size);
+		return -EEXIST;
+	}
+	return 0;
+}
+
+static __attribute__((noreturn, used)) void agent_main(void)
+{
+	struct crest_plan head;
+	struct clone_args args;
+	int64_t set_tid[1];
+	long ret;
+
+	ret = sys_pread(CREST_PLAN_FD, &head, sizeof(head), 0);
+	if (ret != sizeof(head))
+		launch_fail(ret < 0 ? ret : -EIO);
+	if (head.magic != CREST_PLAN_MAGIC || head.version != CREST_PLAN_VERSION)
+		launch_fail(-EINVAL);
+	ret = map_fixed(head.shared_addr, head.shared_size, PROT_READ | PROT_WRITE, MAP_SHARED, CREST_SHARED_FD);
+	if (ret < 0)
+		launch_fail(ret);
+	agent.te = (struct crest_task_entries *)head.shared_addr;
+	agent.slots = (struct crest_slot *)(head.shared_addr + head.slots_off);
+	ret = map_fixed(head.plan_addr, head.size, PROT_READ, MAP_PRIVATE, CREST_PLAN_FD);
+	if (ret < 0)
+		launch_fail(ret);
+	agent.plan = (const struct crest_plan *)head.plan_addr;
+	/*
+	 * The mappings stay; the engine's pidfd moves above every fd the
+	 * tasks will have, and no other fd of the engine's reaches the tree.
+	 */
+	ret = sys_dup3(CREST_ENGINE_PIDFD, agent.plan->engine_pidfd, 0);
+	if (ret < 0)
+		launch_fail(ret);
+	ret = sys_close_range(CREST_PLAN_FD, agent.plan->engine_pidfd - 1, 0);
+	if (ret == 0)
+		ret = sys_close_range(agent.plan->engine_pidfd + 1, ~0u, 0);
+	if (ret < 0)
+		launch_fail(ret);
+
+	memset(&args, 0, sizeof(args));
+	args.flags = CLONE_PARENT;
+	if (agent.plan->flags & CREST_PLAN_NEWPID)
+		args.flags |= CLONE_NEWPID;
+	/* with CLONE_PARENT the exit signal is the launcher's own (SIGCHLD) */
+	args.exit_signal = 0;
+	set_tid[0] = plan_task(0)->pid;
+	args.set_tid = (uint64_t)(uintptr_t)set_tid;
+	args.set_tid_size = 1;
+	ret = sys_clone3(&args, sizeof(args));
+	if (ret == 0)
+		task_main(plan_task(0));
+	if (ret < 0)
+		launch_fail(ret);
+	__atomic_store_n(&agent.te->root_host_pid, (int32_t)ret, __ATOMIC_RELEASE);
+	sys_exit_group(0);
+}
+
+/* The kernel enters with a 16-byte aligned stack; calls want it 8 off. */
+asm(".text\n"
+    ".global _start\n"
+    ".type _start, @function\n"
+    "_start:\n"
+    "	xor %ebp, %ebp\n"
+    "	and $-16, %rsp\n"
+    "	call agent_main\n"
+    "	hlt\n");

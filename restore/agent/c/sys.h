@@ -1,0 +1,247 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * sys.h - the agent's system calls, without libc.
+ *
+ * Every wrapper returns the kernel's result: a value >= 0, or -errno.
+ * Only x86-64 for now; numbers and structures come from the kernel's uapi
+ * headers, which need no libc.
+ */
+#ifndef CREST_SYS_H
+#define CREST_SYS_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <asm/unistd.h>
+#include <linux/errno.h>
+#include <linux/futex.h>
+#include <linux/sched.h>
+#include <linux/time_types.h>
+
+#define PROT_READ 0x1
+#define PROT_WRITE 0x2
+#define PROT_EXEC 0x4
+#define MAP_SHARED 0x01
+#define MAP_PRIVATE 0x02
+#define MAP_FIXED 0x10
+#define MAP_ANONYMOUS 0x20
+#define MAP_GROWSDOWN 0x0100
+#define MAP_NORESERVE 0x4000
+#define MAP_FIXED_NOREPLACE 0x100000
+#define O_CLOEXEC 02000000
+
+static inline long sys_call0(long nr)
+{
+	long ret;
+
+	asm volatile("syscall" : "=a"(ret) : "a"(nr) : "rcx", "r11", "memory");
+	return ret;
+}
+
+static inline long sys_call1(long nr, long a1)
+{
+	long ret;
+
+	asm volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a1) : "rcx", "r11", "memory");
+	return ret;
+}
+
+static inline long sys_call2(long nr, long a1, long a2)
+{
+	long ret;
+
+	asm volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a1), "S"(a2) : "rcx", "r11", "memory");
+	return ret;
+}
+
+static inline long sys_call3(long nr, long a1, long a2, long a3)
+{
+	long ret;
+
+	asm volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a1), "S"(a2), "d"(a3) : "rcx", "r11", "memory");
+	return ret;
+}
+
+static inline long sys_call4(long nr, long a1, long a2, long a3, long a4)
+{
+	long ret;
+	register long r10 asm("r10") = a4;
+
+	asm volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a1), "S"(a2), "d"(a3), "r"(r10)
+		     : "rcx", "r11", "memory");
+	return ret;
+}
+
+static inline long sys_call6(long nr, long a1, long a2, long a3, long a4, long a5, long a6)
+{
+	long ret;
+	register long r10 asm("r10") = a4;
+	register long r8 asm("r8") = a5;
+	register long r9 asm("r9") = a6;
+
+	asm volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a1), "S"(a2), "d"(a3), "r"(r10), "r"(r8), "r"(r9)
+		     : "rcx", "r11", "memory");
+	return ret;
+}
+
+static inline long sys_write(int fd, const void *buf, size_t len)
+{
+	return sys_call3(__NR_write, fd, (long)buf, (long)len);
+}
+
+static inline long sys_pread(int fd, void *buf, size_t len, long off)
+{
+	return sys_call4(__NR_pread64, fd, (long)buf, (long)len, off);
+}
+
+static inline long sys_close(int fd)
+{
+	return sys_call1(__NR_close, fd);
+}
+
+static inline long sys_close_range(unsigned int first, unsigned int last, unsigned int flags)
+{
+	return sys_call3(__NR_close_range, first, last, flags);
+}
+
+static inline long sys_mmap(void *addr, size_t len, int prot, int flags, int fd, long off)
+{
+	return sys_call6(__NR_mmap, (long)addr, (long)len, prot, flags, fd, off);
+}
+
+static inline long sys_munmap(void *addr, size_t len)
+{
+	return sys_call2(__NR_munmap, (long)addr, (long)len);
+}
+
+static inline long sys_getpid(void)
+{
+	return sys_call0(__NR_getpid);
+}
+
+static inline long sys_gettid(void)
+{
+	return sys_call0(__NR_gettid);
+}
+
+static inline long sys_set_tid_address(uint64_t addr)
+{
+	return sys_call1(__NR_set_tid_address, (long)addr);
+}
+
+static inline long sys_set_robust_list(uint64_t head, uint64_t len)
+{
+	return sys_call2(__NR_set_robust_list, (long)head, (long)len);
+}
+
+static inline long sys_rseq(uint64_t addr, uint32_t len, int flags, uint32_t sig)
+{
+	return sys_call4(__NR_rseq, (long)addr, len, flags, sig);
+}
+
+static inline long sys_setsid(void)
+{
+	return sys_call0(__NR_setsid);
+}
+
+static inline long sys_setpgid(int pid, int pgid)
+{
+	return sys_call2(__NR_setpgid, pid, pgid);
+}
+
+/*
+ * clone3 without CLONE_VM and without a stack: the child returns here on
+ * a copy of the parent's stack, as after fork(), so no trampoline is needed.
+ */
+static inline long sys_clone3(struct clone_args *args, size_t size)
+{
+	return sys_call2(__NR_clone3, (long)args, (long)size);
+}
+
+static inline long sys_futex_wait(void *uaddr, uint32_t val, const struct __kernel_timespec *timeout)
+{
+	return sys_call4(__NR_futex, (long)uaddr, FUTEX_WAIT, val, (long)timeout);
+}
+
+static inline long sys_futex_wake(void *uaddr, int nr)
+{
+	return sys_call3(__NR_futex, (long)uaddr, FUTEX_WAKE, nr);
+}
+
+/*
+ * FUTEX_WAKE_OP: atomically *uaddr2 = *uaddr2 OP oparg, wake nr waiters on
+ * uaddr, and nr2 on uaddr2 if the old value CMP cmparg. The barrier's
+ * decrements and stage stores go through it, so that the kernel-side
+ * monitor sees each happen inside one futex call.
+ */
+static inline long sys_futex_wake_op(void *uaddr, int nr, int nr2, void *uaddr2, uint32_t op)
+{
+	return sys_call6(__NR_futex, (long)uaddr, FUTEX_WAKE_OP, nr, nr2, (long)uaddr2, op);
+}
+
+static inline long sys_clock_gettime(int clock, struct __kernel_timespec *ts)
+{
+	return sys_call2(__NR_clock_gettime, clock, (long)ts);
+}
+
+static inline long sys_pidfd_getfd(int pidfd, int fd, unsigned int flags)
+{
+	return sys_call3(__NR_pidfd_getfd, pidfd, fd, flags);
+}
+
+static inline long sys_dup3(int oldfd, int newfd, int flags)
+{
+	return sys_call3(__NR_dup3, oldfd, newfd, flags);
+}
+
+static inline long sys_mprotect(void *addr, size_t len, int prot)
+{
+	return sys_call3(__NR_mprotect, (long)addr, (long)len, prot);
+}
+
+static inline long sys_madvise(void *addr, size_t len, int advice)
+{
+	return sys_call3(__NR_madvise, (long)addr, (long)len, advice);
+}
+
+static inline long sys_arch_prctl(int code, unsigned long addr)
+{
+	return sys_call2(__NR_arch_prctl, code, (long)addr);
+}
+
+static inline long sys_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)
+{
+	return sys_call6(__NR_prctl, option, (long)a2, (long)a3, (long)a4, (long)a5, 0);
+}
+
+static inline long sys_setgroups(int n, const uint32_t *groups)
+{
+	return sys_call2(__NR_setgroups, n, (long)groups);
+}
+
+static inline long sys_fchdir(int fd)
+{
+	return sys_call1(__NR_fchdir, fd);
+}
+
+static inline long sys_chroot(const char *path)
+{
+	return sys_call1(__NR_chroot, (long)path);
+}
+
+static inline long sys_umask(unsigned int mask)
+{
+	return sys_call1(__NR_umask, mask);
+}
+
+static inline long sys_rt_sigaction(int sig, const void *act, void *old, size_t sigsetsize)
+{
+	return sys_call4(__NR_rt_sigaction, sig, (long)act, (long)old, (long)sigsetsize);
+}
+
+static inline __attribute__((noreturn)) void sys_exit_group(int code)
+{
+	for (;;)
+		sys_call1(__NR_exit_group, code);
+}
+
+#endif /* CREST_SYS_H */

@@ -1,0 +1,40 @@
+// Package restore is crest's restore engine: it plans a restore from a CRIU
+// image directory, prepares what can be prepared from outside the tree, and
+// drives CRIU's stages (ROOT_TASK ... COMPLETE, FAIL) on a futex barrier
+// that it shares with the agent running inside every restored task
+// (restore/agent).
+//
+// The files read in the order of a restore:
+//
+//	plan.go      the Plan: task tree, sessions and groups, ids, creds, fs,
+//	             fd tables, memory layout and page runs, from images.Dir
+//	prepare.go   what the engine opens for the tasks (files, pages files),
+//	             taken by the tasks with pidfd_getfd
+//	area.go      the address range every task keeps for crest (task_entries,
+//	             the plan, the restorer and its stack), chosen from all layouts
+//	planfile.go  the flat plan the agent reads, written into a memfd
+//	shared.go    the task_entries page and the per-thread slots, mapped by
+//	             every task at the same address (and by the engine)
+//	stages.go    Stage, participants, StageError
+//	engine.go    Start, Continue, Wait: drive the stages
+//	launch.go    run the agent from a memfd; it clones the root
+//	tree_linux.go  learn the restored tree's host pids from /proc
+//	rlimits.go   resource limits, set from outside with prlimit
+//	finish.go    COMPLETE under ptrace: remove the crest area from every task
+//	rollback.go  FAIL: kill the tree, wait until every pid is gone
+//	faults.go    faults injected on purpose, for the monitor's tests
+//	observer.go  the events restore publishes (no trace or bpf imports)
+//	timeline.go  the typed record of a restore: stages, arrivals, steps
+//
+// What works (the counter, dynamic, tree and threads fixtures run on):
+// pids, sessions and groups in a new pid namespace, threads with their
+// tids, regular files and device nodes with their offsets, cwd, root and
+// umask, private anonymous and file memory with its pages and madvise
+// advice, a fresh vdso, mm fields, general registers, x87/SSE/AVX/AVX-512
+// state (XSAVE), signal mask, sigactions, sigaltstack, rseq, robust lists,
+// clear_tid, credentials (ids, groups, capabilities, securebits,
+// no_new_privs), rlimits, comm, and nothing of crest's left in the tasks'
+// mappings or fd tables. Refused at planning, naming what: seccomp,
+// timers, pending signals, personality, namespaces other than pid, pipes,
+// sockets, memfds, shared memory, zombies and helper tasks.
+package restore

@@ -1,0 +1,375 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/crest-restore/crest/restore/agent"
+)
+
+// Options tune a restore.
+type Options struct {
+	// Until is the last stage to run: once all its participants have
+	// arrived, Start returns with the tasks parked at its barrier. The
+	// zero value runs to COMPLETE. Tests use it to look at a tree
+	// half-way; Abort then removes it.
+	Until Stage
+	// StageTimeout bounds each stage (default 10s): a task that dies
+	// without recording a failure is noticed this way.
+	StageTimeout time.Duration
+	// Observer, if set, receives the restore's events besides the
+	// Timeline.
+	Observer Observer
+	// Log receives debug records; nil logs nothing.
+	Log *slog.Logger
+	// Faults break the restore on purpose (faults.go), for the
+	// monitor's tests only.
+	Faults Fault
+	// KeepArea leaves the crest area mapped in the restored tasks
+	// instead of removing it with ptrace (finish.go): for callers that
+	// trace the tasks themselves.
+	KeepArea bool
+}
+
+// Restore is a restore in progress, or a restored tree.
+type Restore struct {
+	plan     *Plan
+	opts     Options
+	log      *slog.Logger
+	shared   *sharedArea
+	area     area
+	files    *prepared
+	obs      observers
+	timeline Timeline
+	stage    Stage // the last stage switched to
+
+	rootPID   int // in the engine's pid namespace
+	rootPidfd int
+	hostPIDs  map[int]int // image pid -> pid in the engine's namespace
+	stepsSeen []uint32    // per slot, bit per step already published
+	closed    bool
+}
+
+// Start restores the tree of p: it launches the agent, which forks the
+// tasks, and drives the stages up to opts.Until (COMPLETE by default). On
+// any failure it rolls back (FAIL, kill the tree, wait until every task is
+// gone) and returns a *StageError.
+func Start(ctx context.Context, p *Plan, opts Options) (*Restore, error) {
+	if opts.Until == 0 {
+		opts.Until = StageComplete
+	}
+	if opts.StageTimeout == 0 {
+		opts.StageTimeout = 10 * time.Second
+	}
+	r := &Restore{plan: p, opts: opts, log: opts.Log, rootPidfd: -1, hostPIDs: map[int]int{},
+		stepsSeen: make([]uint32, p.NrThreads)}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	r.obs = observers{&r.timeline}
+	if opts.Observer != nil {
+		r.obs = append(r.obs, opts.Observer)
+	}
+	if err := r.run(ctx); err != nil {
+		if rerr := r.rollback(); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		r.release()
+		return nil, err
+	}
+	return r, nil
+}
+
+// Timeline returns what happened so far.
+func (r *Restore) Timeline() *Timeline { return &r.timeline }
+
+// RootPID returns the root task's pid in the engine's pid namespace.
+func (r *Restore) RootPID() int { return r.rootPID }
+
+// HostPID returns the pid, in the engine's pid namespace, of the task with
+// image pid, or 0 when it is not known (the tree is learnt after FORKING).
+func (r *Restore) HostPID(pid int) int { return r.hostPIDs[pid] }
+
+// Abort kills the tree of a restore, parked (Options.Until) or restored,
+// and waits until every one of its tasks is gone.
+func (r *Restore) Abort() error {
+	if r.closed {
+		return nil
+	}
+	err := r.rollback()
+	r.release()
+	return err
+}
+
+// Wait waits for the root task to exit, reaps it and returns its status;
+// the tree is then gone (the root is its pid namespace's init). When ctx
+// ends first, Wait returns its error and the tree runs on.
+func (r *Restore) Wait(ctx context.Context) (syscall.WaitStatus, error) {
+	if r.closed {
+		return 0, errors.New("restore: Wait after Detach, Wait or Abort")
+	}
+	for {
+		how, err := exited(r.rootPidfd)
+		if err != nil {
+			return 0, err
+		}
+		if how != "" {
+			break
+		}
+		if err := pollReadable(ctx, r.rootPidfd); err != nil {
+			return 0, err
+		}
+	}
+	var ws syscall.WaitStatus
+	for {
+		_, err := syscall.Wait4(r.rootPID, &ws, syscall.WALL, nil)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, os.NewSyscallError("wait4", err)
+		}
+		r.rootPID = 0
+		r.release()
+		return ws, nil
+	}
+}
+
+// Detach lets the restored tree run on without the engine.
+func (r *Restore) Detach() { r.release() }
+
+func (r *Restore) run(ctx context.Context) error {
+	p := r.plan
+	shared, err := newSharedArea(p)
+	if err != nil {
+		return &StageError{Stage: StageRootTask, Step: "shared area", Err: err}
+	}
+	r.shared = shared
+	// root_prepare_shared: the files every task will take.
+	r.files, err = prepareFiles(p)
+	if err != nil {
+		return &StageError{Stage: StageRootTask, Step: "prepare files", Err: err}
+	}
+	imageSize, err := agent.ImageSize()
+	if err != nil {
+		return &StageError{Stage: StageRootTask, Step: "plan", Err: err}
+	}
+	layout := layoutPlan(p, r.files)
+	a, err := chooseArea(p, shared.sizeBytes(), uint64(layout.size), imageSize)
+	if err != nil {
+		return &StageError{Stage: StageRootTask, Step: "crest area", Err: err}
+	}
+	r.area = a
+	planBytes, err := encodePlan(p, r.files, layout, a, r.opts.Faults)
+	if err != nil {
+		return &StageError{Stage: StageRootTask, Step: "plan", Err: err}
+	}
+	r.log.Debug("crest area", "start", fmt.Sprintf("%#x", a.Start), "size", a.Size, "plan", len(planBytes))
+
+	if po, ok := r.opts.Observer.(PrepareObserver); ok {
+		ev := PreparedEvent{
+			StartAddr:      a.SharedAddr + uint64(unsafe.Offsetof(agent.TaskEntries{}.Start)),
+			InProgressAddr: a.SharedAddr + uint64(unsafe.Offsetof(agent.TaskEntries{}.NrInProgress)),
+			Participants:   map[Stage]int{},
+			TIDs:           map[Stage][]int{},
+		}
+		ev.EngineStartAddr, ev.EngineInProgressAddr = shared.addrs()
+		for st := StageRootTask; st <= StageComplete; st++ {
+			ev.Participants[st] = p.Participants(st)
+			for _, pt := range p.participants(st) {
+				ev.TIDs[st] = append(ev.TIDs[st], pt.tid)
+			}
+		}
+		po.Prepared(ev)
+	}
+
+	// ROOT_TASK is open before the root exists: it is its first stage.
+	if err := r.switchTo(StageRootTask); err != nil {
+		return &StageError{Stage: StageRootTask, Err: err}
+	}
+	if err := r.launch(planBytes); err != nil {
+		return err
+	}
+	return r.runStages(ctx, StageRootTask, r.opts.Until)
+}
+
+// Continue drives a restore that Start left parked (Options.Until) on to
+// stage until (COMPLETE when zero). On failure it rolls back as Start does.
+func (r *Restore) Continue(ctx context.Context, until Stage) error {
+	if until == 0 {
+		until = StageComplete
+	}
+	if r.closed || r.stage >= until {
+		return fmt.Errorf("restore: nothing to continue from stage %v to %v", r.stage, until)
+	}
+	err := r.advance()
+	if err == nil {
+		err = r.runStages(ctx, r.stage, until)
+	}
+	if err != nil {
+		if rerr := r.rollback(); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		r.release()
+	}
+	return err
+}
+
+// runStages waits for stage from (already switched to) and drives the
+// following ones up to until.
+func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
+	for st := from; ; st++ {
+		if err := r.waitStage(ctx, st); err != nil {
+			return err
+		}
+		switch st {
+		case StageForking:
+			if err := r.learnTree(); err != nil {
+				return &StageError{Stage: st, Err: err}
+			}
+		case StageRestore:
+			// every task has taken its files
+			r.files.close()
+			skipped, err := r.setRlimits()
+			if err != nil {
+				return &StageError{Stage: st, Step: "rlimits", Err: err}
+			}
+			for _, s := range skipped {
+				r.log.Warn("rlimit not restored", "why", s)
+			}
+		}
+		r.publish(st)
+		if st == until || st == StageComplete {
+			return nil
+		}
+		if err := r.advance(); err != nil {
+			return err
+		}
+	}
+}
+
+// advance switches to the stage after the current one; COMPLETE goes
+// through finish, which switches with every thread seized.
+func (r *Restore) advance() error {
+	next := r.stage + 1
+	if next == StageComplete && !r.opts.KeepArea {
+		if err := r.finish(); err != nil {
+			return &StageError{Stage: next, Step: "finish", Err: err}
+		}
+		return nil
+	}
+	if err := r.switchTo(next); err != nil {
+		return &StageError{Stage: next, Err: err}
+	}
+	return nil
+}
+
+func (r *Restore) switchTo(st Stage) error {
+	n := r.plan.Participants(st)
+	r.stage = st
+	r.obs.StageSwitched(StageEvent{Stage: st, Participants: n, At: boottime()})
+	r.log.Debug("stage", "stage", st, "participants", n)
+	return r.shared.switchTo(st, n)
+}
+
+// waitStage waits until every participant of st has arrived, a task
+// switched to FAIL, the root died, ctx ended or the stage timed out.
+func (r *Restore) waitStage(ctx context.Context, st Stage) error {
+	deadline := time.Now().Add(r.opts.StageTimeout)
+	for {
+		if r.shared.stage() == StageFail {
+			return r.failure()
+		}
+		n := r.shared.remaining()
+		if n == 0 {
+			return nil
+		}
+		if int32(n) < 0 {
+			// more arrivals than participants: only a fault does that
+			if r.opts.Faults != 0 {
+				return nil
+			}
+			return &StageError{Stage: st, Err: fmt.Errorf("%d more arrivals than the %d participants", -int32(n), r.plan.Participants(st))}
+		}
+		if n == 1 && st == StageRestoreSigchld && r.opts.Faults&FaultEarlySwitch != 0 {
+			return nil // the fault: switch with one arrival missing
+		}
+		if err := ctx.Err(); err != nil {
+			return &StageError{Stage: st, Err: err}
+		}
+		if how, err := exited(r.rootPidfd); err != nil || how != "" {
+			if r.shared.stage() == StageFail {
+				return r.failure()
+			}
+			if err == nil {
+				err = fmt.Errorf("the root task (pid %d) ended: %s", r.rootPID, how)
+			}
+			return &StageError{Stage: st, Err: err}
+		}
+		if time.Now().After(deadline) {
+			return &StageError{Stage: st, Err: fmt.Errorf("timed out after %v with %d of %d participants missing",
+				r.opts.StageTimeout, n, r.plan.Participants(st))}
+		}
+		if err := futexWaitTimeout(r.shared.inProgress(), n, int64(50*time.Millisecond)); err != nil {
+			return &StageError{Stage: st, Err: err}
+		}
+	}
+}
+
+// failure returns the failure the tasks recorded, once FAIL is stored.
+func (r *Restore) failure() error {
+	// The first failing task claims the record, then fills it: give it a
+	// moment if FAIL came first from another task.
+	for i := 0; i < 100 && r.shared.failState() == 1; i++ {
+		time.Sleep(time.Millisecond)
+	}
+	if r.shared.failState() != 2 {
+		return &StageError{Stage: r.stage, Err: errors.New("a task stored FAIL without a failure record")}
+	}
+	f := r.shared.te.Fail
+	e := &StageError{Stage: Stage(f.Stage), PID: int(f.PID), Step: StepName(int(f.Step))}
+	if f.Err < 0 {
+		e.Errno = syscall.Errno(-f.Err)
+	}
+	// The failing thread's id is in the record; report its task.
+	for _, t := range r.plan.Tasks {
+		for _, th := range t.Threads {
+			if th.TID == e.PID {
+				s := r.shared.slot(th.Slot)
+				e.PID = t.PID
+				if th.TID != t.PID {
+					e.TID = th.TID
+				}
+				if int(f.Step) < agent.NrSteps {
+					r.obs.StepDone(StepEvent{PID: t.PID, TID: th.TID, Step: e.Step, Stage: e.Stage,
+						Begin: s.StepBeginNs[f.Step], Errno: int(e.Errno)})
+				}
+				return e
+			}
+		}
+	}
+	return e
+}
+
+// publish emits the arrivals at st and the steps done so far.
+func (r *Restore) publish(st Stage) {
+	for _, pt := range r.plan.participants(st) {
+		s := r.shared.slot(pt.slot)
+		for step := 1; step < agent.NrSteps; step++ {
+			bit := uint32(1) << step
+			if s.StepEndNs[step] == 0 || r.stepsSeen[pt.slot]&bit != 0 {
+				continue
+			}
+			r.stepsSeen[pt.slot] |= bit
+			r.obs.StepDone(StepEvent{PID: pt.task.PID, TID: pt.tid, Step: StepName(step), Stage: st,
+				Begin: s.StepBeginNs[step], End: s.StepEndNs[step], Succeeded: true})
+		}
+		r.obs.TaskArrived(ArrivalEvent{Stage: st, PID: pt.task.PID, TID: pt.tid, HostPID: r.hostPIDs[pt.task.PID], At: s.ArriveNs[st]})
+	}
+}

@@ -1,0 +1,242 @@
+package restore
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/crest-restore/crest/restore/agent"
+)
+
+// Finishing (DESIGN step 5) removes the crest area from every task, so that
+// its /proc/PID/maps is exactly what the images say. A task can not unmap
+// the code it runs, so, as CRIU does, the engine does it with ptrace: it
+// seizes every thread while they wait at the RESTORE_CREDS barrier, lets
+// them run to the exit of their rt_sigreturn (they are then in their own
+// registers), and once every thread of a task is there, points one of them
+// at the restorer's syscall instruction to munmap the area, restores its
+// registers at the munmap's exit stop, and detaches all.
+
+const (
+	ptraceOTraceSysgood = 0x1
+	ptraceSeizeReq      = 0x4206
+	ptraceInterruptReq  = 0x4207
+	ptraceGetSyscallReq = 0x420e
+	ptraceEventStop     = 128
+	syscallInfoEntry    = 1
+	syscallInfoExit     = 2
+	sysRtSigreturn      = 15
+)
+
+// tracee is one thread of a task during finishing.
+type tracee struct {
+	task        *Task
+	tid         int                // host tid
+	inSigreturn bool               // stopped at the entry of rt_sigreturn
+	regs        syscall.PtraceRegs // at its rt_sigreturn exit
+}
+
+// seizeAll attaches to every thread of every task. They are parked at the
+// RESTORE_CREDS barrier, so none can slip through before the switch.
+func (r *Restore) seizeAll() ([]*tracee, error) {
+	var ts []*tracee
+	for _, t := range r.plan.Tasks {
+		host := r.hostPIDs[t.PID]
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", host))
+		if err != nil {
+			return ts, err
+		}
+		if len(ents) != len(t.Threads) {
+			return ts, fmt.Errorf("task %d has %d threads, want %d", t.PID, len(ents), len(t.Threads))
+		}
+		for _, e := range ents {
+			tid, err := strconv.Atoi(e.Name())
+			if err != nil {
+				return ts, err
+			}
+			if err := ptrace(ptraceSeizeReq, tid, 0, ptraceOTraceSysgood); err != nil {
+				return ts, fmt.Errorf("task %d thread %d: %w", t.PID, tid, err)
+			}
+			ts = append(ts, &tracee{task: t, tid: tid})
+			// stop it at once: from its next stop on it runs syscall to syscall
+			if err := ptrace(ptraceInterruptReq, tid, 0, 0); err != nil {
+				return ts, fmt.Errorf("task %d thread %d: %w", t.PID, tid, err)
+			}
+		}
+	}
+	return ts, nil
+}
+
+// finish switches to COMPLETE with every thread seized and removes the
+// crest area from every task. It runs on one locked OS thread: ptrace
+// requests must come from the thread that seized.
+func (r *Restore) finish() (err error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ts, err := r.seizeAll()
+	defer func() {
+		if err != nil {
+			for _, t := range ts {
+				ptrace(syscall.PTRACE_DETACH, t.tid, 0, 0)
+			}
+		}
+	}()
+	if err != nil {
+		return err
+	}
+	if err := r.switchTo(StageComplete); err != nil {
+		return err
+	}
+	off, err := agent.SymbolOffset("crest_syscall")
+	if err != nil {
+		return err
+	}
+	// wait4 can not be cancelled: past the deadline the tree is killed,
+	// which ends the wait with the tasks' exits.
+	watchdog := time.AfterFunc(r.opts.StageTimeout, func() { pidfdSignal(r.rootPidfd, syscall.SIGKILL) })
+	defer watchdog.Stop()
+	syscallAddr := r.area.RestorerAddr + off
+
+	byTid := map[int]*tracee{}
+	left := map[*Task]int{}
+	for _, t := range ts {
+		byTid[t.tid] = t
+		left[t.task]++
+	}
+	for len(byTid) > 0 {
+		var ws syscall.WaitStatus
+		tid, err := syscall.Wait4(-1, &ws, syscall.WALL, nil)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return os.NewSyscallError("wait4", err)
+		}
+		t := byTid[tid]
+		if t == nil {
+			return fmt.Errorf("pid %d changed state (%#x) while finishing", tid, ws)
+		}
+		if ws.Exited() || ws.Signaled() {
+			return fmt.Errorf("task %d thread %d ended while finishing (status %#x)", t.task.PID, tid, ws)
+		}
+		if !ws.Stopped() {
+			continue
+		}
+		sig := ws.StopSignal()
+		switch {
+		case ws.TrapCause() == ptraceEventStop:
+			// the interrupt, or a group stop: go on, syscall to syscall
+			if err := ptrace(syscall.PTRACE_SYSCALL, tid, 0, 0); err != nil {
+				return err
+			}
+		case sig == syscall.SIGTRAP|0x80:
+			done, err := r.syscallStop(t)
+			if err != nil {
+				return fmt.Errorf("task %d thread %d: %w", t.task.PID, tid, err)
+			}
+			if !done {
+				if err := ptrace(syscall.PTRACE_SYSCALL, tid, 0, 0); err != nil {
+					return err
+				}
+				continue
+			}
+			left[t.task]--
+			if left[t.task] > 0 {
+				continue // wait for its siblings, stopped in their own code
+			}
+			if err := unmapArea(t, syscallAddr, r.area.Start, r.area.Size); err != nil {
+				return fmt.Errorf("task %d: unmapping the crest area: %w", t.task.PID, err)
+			}
+			for tid2, t2 := range byTid {
+				if t2.task == t.task {
+					if err := ptrace(syscall.PTRACE_DETACH, tid2, 0, 0); err != nil {
+						return err
+					}
+					delete(byTid, tid2)
+				}
+			}
+		default:
+			// a signal for the task: deliver it
+			if err := ptrace(syscall.PTRACE_SYSCALL, tid, 0, uintptr(sig)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// syscallStop reports whether t stopped at the exit of its rt_sigreturn,
+// keeping its registers then. The exit is known from the entry before it:
+// rt_sigreturn sets orig_rax to -1, so the registers do not tell.
+func (r *Restore) syscallStop(t *tracee) (bool, error) {
+	var info [88]byte // struct ptrace_syscall_info: op at 0, entry.nr at 24
+	if err := ptrace(ptraceGetSyscallReq, t.tid, uintptr(len(info)), uintptr(unsafe.Pointer(&info[0]))); err != nil {
+		return false, err
+	}
+	switch info[0] {
+	case syscallInfoEntry:
+		t.inSigreturn = *(*uint64)(unsafe.Pointer(&info[24])) == sysRtSigreturn
+		return false, nil
+	case syscallInfoExit:
+		if !t.inSigreturn {
+			return false, nil
+		}
+	default:
+		return false, nil
+	}
+	if err := syscall.PtraceGetRegs(t.tid, &t.regs); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// unmapArea makes t run munmap(start, size) from the restorer's syscall
+// instruction and puts its registers back at the exit stop.
+func unmapArea(t *tracee, syscallAddr, start, size uint64) error {
+	inj := t.regs
+	inj.Rip = syscallAddr
+	inj.Rax = syscall.SYS_MUNMAP
+	inj.Rdi = start
+	inj.Rsi = size
+	if err := syscall.PtraceSetRegs(t.tid, &inj); err != nil {
+		return err
+	}
+	for stop := 0; stop < 2; stop++ { // the munmap's entry, then its exit
+		if err := ptrace(syscall.PTRACE_SYSCALL, t.tid, 0, 0); err != nil {
+			return err
+		}
+		var ws syscall.WaitStatus
+		for {
+			_, err := syscall.Wait4(t.tid, &ws, syscall.WALL, nil)
+			if err != syscall.EINTR {
+				if err != nil {
+					return os.NewSyscallError("wait4", err)
+				}
+				break
+			}
+		}
+		if !ws.Stopped() || ws.StopSignal() != syscall.SIGTRAP|0x80 {
+			return fmt.Errorf("unexpected stop %#x", ws)
+		}
+	}
+	var regs syscall.PtraceRegs
+	if err := syscall.PtraceGetRegs(t.tid, &regs); err != nil {
+		return err
+	}
+	if errno := syscall.Errno(-int64(regs.Rax)); int64(regs.Rax) < 0 {
+		return os.NewSyscallError("munmap", errno)
+	}
+	return syscall.PtraceSetRegs(t.tid, &t.regs)
+}
+
+func ptrace(req, pid int, addr, data uintptr) error {
+	_, _, errno := syscall.Syscall6(syscall.SYS_PTRACE, uintptr(req), uintptr(pid), addr, data, 0, 0)
+	if errno != 0 {
+		return os.NewSyscallError("ptrace", errno)
+	}
+	return nil
+}

@@ -1,0 +1,676 @@
+package restore
+
+import (
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
+
+	"github.com/crest-restore/crest/images"
+)
+
+// Plan is everything a restore needs to know about an image set, resolved
+// once in Go so that neither the engine's stages nor the agent ever parse
+// images.
+type Plan struct {
+	Dir *images.Dir
+	// Tasks in pstree order; Tasks[0] is the root. Every Task's Index is
+	// its position here and its slot in the shared task_entries area.
+	Tasks []*Task
+	// NewPIDNS: the root is pid 1 of its own pid namespace, which the
+	// restore creates (every fixture is made this way).
+	NewPIDNS bool
+	// NrThreads counts the threads of all tasks (and the slots of the
+	// shared area); NrHelpers the helper tasks standing in for dead
+	// session or group leaders (none yet).
+	NrThreads int
+	NrHelpers int
+	// Files are the open file descriptions the fd tables refer to, by
+	// their files.img id, each with the tasks that hold it.
+	Files map[uint32]*File
+}
+
+// Task is one process of the tree.
+type Task struct {
+	Index            int
+	PID, PPID        int
+	PGID, SID        int
+	Parent           *Task
+	Children         []*Task
+	Threads          []Thread // Threads[0] is the leader (TID == PID)
+	Comm             string
+	Session          SessionAction
+	Group            GroupAction
+	IDs              *criu_core.TaskKobjIdsEntry
+	Creds            Creds
+	FS               FS
+	FDs              []FD
+	Mem              Memory
+	Sigactions       []Sigaction
+	Rlimits          []Rlimit
+	PersonalityFlags uint32
+}
+
+// Thread is one thread of a task, with its core image.
+type Thread struct {
+	TID  int
+	Slot int // its slot in the shared area: threads in plan order
+	Core *criu_core.CoreEntry
+}
+
+// SessionAction says how a task comes to be in its session.
+type SessionAction int
+
+const (
+	// SessionInherit: the task is in its parent's session from the fork.
+	SessionInherit SessionAction = iota
+	// SessionLead: the task calls setsid() right after its fork.
+	SessionLead
+)
+
+// GroupAction says how a task comes to be in its process group.
+type GroupAction int
+
+const (
+	// GroupInherit: the group it gets from its parent at the fork is its own.
+	GroupInherit GroupAction = iota
+	// GroupLead: the task leads its group: setpgid(0, 0) after its fork
+	// (setsid already did it for session leaders), before forking children.
+	GroupLead
+	// GroupJoin: the task joins a group led by another task:
+	// setpgid(0, PGID) once FORKING is over, when every leader exists.
+	GroupJoin
+)
+
+func (a SessionAction) String() string {
+	return [...]string{"inherit", "lead"}[a]
+}
+
+func (a GroupAction) String() string {
+	return [...]string{"inherit", "lead", "join"}[a]
+}
+
+// Creds are a task's credentials (thread_core.creds of its leader).
+type Creds struct {
+	UID, GID, EUID, EGID, SUID, SGID, FSUID, FSGID uint32
+	CapInh, CapPrm, CapEff, CapBnd, CapAmb         uint64
+	Secbits                                        uint32
+	Groups                                         []uint32
+	NoNewPrivs                                     bool
+}
+
+// FS is a task's working directory, root and umask.
+type FS struct {
+	Cwd, Root         string
+	CwdFile, RootFile *File
+	Umask             uint32
+}
+
+// Sigaction is a task's disposition of one signal (CRIU's sa_entry).
+type Sigaction struct {
+	Signal                         int
+	Handler, Flags, Restorer, Mask uint64
+}
+
+// FD is one entry of a task's fd table.
+type FD struct {
+	FD      int
+	CloExec bool
+	File    *File
+}
+
+// FileKind is what an open file description is; only the kinds the engine
+// can open are planned, anything else is a planning error.
+type FileKind int
+
+const (
+	// FileRegular is a path opened with open(2): regular files,
+	// directories, device nodes such as /dev/null.
+	FileRegular FileKind = iota + 1
+)
+
+// File is one open file description of the image set.
+type File struct {
+	ID    uint32
+	Kind  FileKind
+	Path  string
+	Flags uint32 // open(2) flags
+	Pos   uint64
+	Size  uint64 // at dump time, 0 when not recorded
+	Mode  uint32
+	Users []*Task // tasks whose fd tables hold it, in plan order
+}
+
+// Memory is a task's address space as dumped.
+type Memory struct {
+	VMAs []VMA
+	// Runs are the pages to fill, sorted by address, each inside a VMA.
+	Runs []images.PageRun
+	// MM holds the mm fields (start_code ... saved auxv, exe file) for
+	// PR_SET_MM_MAP.
+	MM *mm.MmEntry
+	// Exe is the mm's exe file (/proc/PID/exe), ExePath its path.
+	Exe     *File
+	ExePath string
+}
+
+// VMA is one mapping of a task.
+type VMA struct {
+	Start, End uint64
+	Prot       uint32
+	Flags      uint32 // mmap(2) flags
+	Status     uint32 // CRIU's VMA_* bits
+	Pgoff      uint64
+	Madv       uint64
+	Kind       VMAKind
+	File       *File // the mapped file for file-backed kinds
+}
+
+// VMAKind is what backs a mapping.
+type VMAKind int
+
+const (
+	VMAAnonPrivate VMAKind = iota + 1
+	VMAFilePrivate
+	VMAFileShared
+	VMAVDSO
+	VMAVVAR
+	VMAVsyscall // the kernel's fixed page: never mapped by a restore
+)
+
+var vmaKindNames = map[VMAKind]string{
+	VMAAnonPrivate: "anon-private", VMAFilePrivate: "file-private", VMAFileShared: "file-shared",
+	VMAVDSO: "vdso", VMAVVAR: "vvar", VMAVsyscall: "vsyscall",
+}
+
+func (k VMAKind) String() string { return vmaKindNames[k] }
+
+// CRIU's VMA status bits (criu/include/image.h).
+const (
+	vmaAreaRegular  = 1 << 0
+	vmaAreaStack    = 1 << 1
+	vmaAreaVsyscall = 1 << 2
+	vmaAreaVDSO     = 1 << 3
+	vmaAreaHeap     = 1 << 5
+	vmaFilePrivate  = 1 << 6
+	vmaFileShared   = 1 << 7
+	vmaAnonShared   = 1 << 8
+	vmaAnonPrivate  = 1 << 9
+	vmaAreaSysVIPC  = 1 << 10
+	vmaAreaSocket   = 1 << 11
+	vmaAreaVVAR     = 1 << 12
+	vmaAreaAIORing  = 1 << 13
+	vmaAreaMemfd    = 1 << 14
+	vmaUnsupported  = 1 << 31
+)
+
+// PlanError is a planning failure: what in which image made the image set
+// impossible (or not yet possible) to restore.
+type PlanError struct {
+	PID  int    // the task, 0 when none
+	File string // image file, "" when none
+	Msg  string
+	Err  error
+}
+
+func (e *PlanError) Error() string {
+	s := "plan"
+	if e.PID != 0 {
+		s += fmt.Sprintf(": task %d", e.PID)
+	}
+	if e.File != "" {
+		s += ": " + e.File
+	}
+	s += ": " + e.Msg
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+func (e *PlanError) Unwrap() error { return e.Err }
+
+// NewPlan plans the restore of the image set d.
+func NewPlan(d *images.Dir) (*Plan, error) {
+	p := &Plan{Dir: d, Files: map[uint32]*File{}}
+	if err := p.buildTree(); err != nil {
+		return nil, err
+	}
+	if err := p.checkNamespaces(); err != nil {
+		return nil, err
+	}
+	for _, t := range p.Tasks {
+		if err := p.loadTask(t); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// Root returns the root task.
+func (p *Plan) Root() *Task { return p.Tasks[0] }
+
+// Task returns the task with pid (as in the images), or nil.
+func (p *Plan) Task(pid int) *Task {
+	for _, t := range p.Tasks {
+		if t.PID == pid {
+			return t
+		}
+	}
+	return nil
+}
+
+// buildTree links the pstree entries into a tree and decides how each task
+// gets its session and process group.
+func (p *Plan) buildTree() error {
+	byPID := map[int]*Task{}
+	for i, e := range p.Dir.Pstree {
+		t := &Task{Index: i, PID: int(e.GetPid()), PPID: int(e.GetPpid()), PGID: int(e.GetPgid()), SID: int(e.GetSid())}
+		if t.PID <= 0 {
+			return &PlanError{File: "pstree.img", Msg: fmt.Sprintf("entry %d: pid %d", i, t.PID)}
+		}
+		if byPID[t.PID] != nil {
+			return &PlanError{File: "pstree.img", Msg: fmt.Sprintf("entry %d: pid %d appears twice", i, t.PID)}
+		}
+		tids := e.GetThreads()
+		if len(tids) == 0 {
+			// Zombies have no threads in pstree.img; they are not planned yet.
+			return &PlanError{PID: t.PID, File: "pstree.img", Msg: "no threads (zombie tasks are not supported yet)"}
+		}
+		if int(tids[0]) != t.PID {
+			return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("first thread is %d, not the task's pid", tids[0])}
+		}
+		for _, tid := range tids {
+			t.Threads = append(t.Threads, Thread{TID: int(tid), Slot: p.NrThreads})
+			p.NrThreads++
+		}
+		byPID[t.PID] = t
+		p.Tasks = append(p.Tasks, t)
+	}
+	root := p.Tasks[0]
+	if root.PPID != 0 {
+		return &PlanError{PID: root.PID, File: "pstree.img", Msg: fmt.Sprintf("the first task has parent %d, want 0", root.PPID)}
+	}
+	for _, t := range p.Tasks[1:] {
+		par := byPID[t.PPID]
+		if par == nil || t.PPID == 0 {
+			return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("parent %d is not in the tree", t.PPID)}
+		}
+		if par.Index > t.Index {
+			// CRIU writes parents before children; forking relies on it.
+			return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("parent %d comes after its child", t.PPID)}
+		}
+		t.Parent = par
+		par.Children = append(par.Children, t)
+	}
+	// A restore creates a new pid namespace exactly when the root had pid
+	// 1 in the dumped one; restoring into the caller's namespace would need
+	// the root's pid free there, which is not supported yet.
+	if root.PID != 1 {
+		return &PlanError{PID: root.PID, Msg: "the root is not pid 1 of its pid namespace: restoring into the current pid namespace is not supported yet"}
+	}
+	p.NewPIDNS = true
+	return p.planSessions(byPID)
+}
+
+// planSessions decides SessionAction and GroupAction for every task. Helper
+// tasks for session or group leaders that are not in the tree are not
+// planned yet: such trees are refused with the leader named.
+func (p *Plan) planSessions(byPID map[int]*Task) error {
+	// pgidAtFork[t] is the group t is in when it forks its children:
+	// its own after GroupLead, its parent's otherwise (a GroupJoin task
+	// joins only after FORKING).
+	pgidAtFork := map[*Task]int{}
+	for _, t := range p.Tasks {
+		inheritedSID, inheritedPGID := 0, 0
+		if t.Parent != nil {
+			inheritedSID, inheritedPGID = t.Parent.SID, pgidAtFork[t.Parent]
+		}
+		switch {
+		case t.SID == t.PID:
+			t.Session = SessionLead
+		case t.Parent != nil && t.SID == inheritedSID:
+			t.Session = SessionInherit
+		default:
+			if byPID[t.SID] == nil {
+				return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("session %d has no leader in the tree (helper tasks are not supported yet)", t.SID)}
+			}
+			return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("session %d differs from its parent's (%d): forking into another session is not supported yet", t.SID, inheritedSID)}
+		}
+		switch {
+		case t.PGID == t.PID:
+			t.Group = GroupLead
+			pgidAtFork[t] = t.PID
+		case t.Session == SessionLead:
+			return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("session leader in group %d, not its own", t.PGID)}
+		case t.PGID == inheritedPGID:
+			t.Group = GroupInherit
+			pgidAtFork[t] = inheritedPGID
+		default:
+			leader := byPID[t.PGID]
+			if leader == nil {
+				return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("process group %d has no leader in the tree (helper tasks are not supported yet)", t.PGID)}
+			}
+			if leader.SID != t.SID {
+				return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("process group %d is in session %d, the task in %d", t.PGID, leader.SID, t.SID)}
+			}
+			t.Group = GroupJoin
+			pgidAtFork[t] = inheritedPGID
+		}
+	}
+	return nil
+}
+
+// loadTask reads a task's core, ids, fs, fd table and memory.
+func (p *Plan) loadTask(t *Task) error {
+	d := p.Dir
+	for i := range t.Threads {
+		core, err := d.Core(uint32(t.Threads[i].TID))
+		if err != nil {
+			return &PlanError{PID: t.PID, Msg: fmt.Sprintf("thread %d", t.Threads[i].TID), Err: err}
+		}
+		t.Threads[i].Core = core
+	}
+	lead := t.Threads[0].Core
+	tc := lead.GetTc()
+	if tc == nil {
+		return &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", t.PID), Msg: "no task core (tc)"}
+	}
+	// task_state 1 is CRIU's TASK_ALIVE; zombies and stopped tasks come later.
+	if st := tc.GetTaskState(); st != 1 {
+		return &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", t.PID), Msg: fmt.Sprintf("task state %d: only alive tasks are supported yet", st)}
+	}
+	t.Comm = tc.GetComm()
+	t.PersonalityFlags = tc.GetPersonality()
+	if err := checkUnsupported(t); err != nil {
+		return err
+	}
+	creds := lead.GetThreadCore().GetCreds()
+	if creds == nil {
+		return &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", t.PID), Msg: "no credentials in thread_core"}
+	}
+	t.Creds = Creds{
+		UID: creds.GetUid(), GID: creds.GetGid(), EUID: creds.GetEuid(), EGID: creds.GetEgid(),
+		SUID: creds.GetSuid(), SGID: creds.GetSgid(), FSUID: creds.GetFsuid(), FSGID: creds.GetFsgid(),
+		CapInh: capWords(creds.GetCapInh()), CapPrm: capWords(creds.GetCapPrm()), CapEff: capWords(creds.GetCapEff()),
+		CapBnd: capWords(creds.GetCapBnd()), CapAmb: capWords(creds.GetCapAmb()),
+		Secbits: creds.GetSecbits(), Groups: creds.GetGroups(), NoNewPrivs: creds.GetNoNewPrivs() != 0,
+	}
+
+	ids, err := d.IDs(uint32(t.PID))
+	if err != nil {
+		return &PlanError{PID: t.PID, Err: err}
+	}
+	t.IDs = ids
+
+	fsEnt, err := d.FS(uint32(t.PID))
+	if err != nil {
+		return &PlanError{PID: t.PID, Err: err}
+	}
+	cwd, err := p.file(t, fsEnt.GetCwdId(), fmt.Sprintf("fs-%d.img", t.PID))
+	if err != nil {
+		return err
+	}
+	root, err := p.file(t, fsEnt.GetRootId(), fmt.Sprintf("fs-%d.img", t.PID))
+	if err != nil {
+		return err
+	}
+	t.FS = FS{Cwd: cwd.Path, Root: root.Path, CwdFile: cwd, RootFile: root, Umask: fsEnt.GetUmask()}
+
+	for _, rl := range tc.GetRlimits().GetRlimits() {
+		t.Rlimits = append(t.Rlimits, Rlimit{Cur: rl.GetCur(), Max: rl.GetMax()})
+	}
+
+	// The sigaction array skips SIGKILL and SIGSTOP.
+	sig := 1
+	for _, sa := range tc.GetSigactions() {
+		if sig == 9 || sig == 19 {
+			sig++
+		}
+		if sig > 64 {
+			return &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", t.PID), Msg: "more than 62 sigactions"}
+		}
+		t.Sigactions = append(t.Sigactions, Sigaction{Signal: sig, Handler: sa.GetSigaction(), Flags: sa.GetFlags(),
+			Restorer: sa.GetRestorer(), Mask: sa.GetMask()})
+		sig++
+	}
+
+	if err := p.loadFDs(t); err != nil {
+		return err
+	}
+	return p.loadMemory(t)
+}
+
+// checkUnsupported refuses what the images hold and the restore can not
+// bring back yet, rather than drop it silently. Defaults (what a fresh
+// task has) pass.
+func checkUnsupported(t *Task) error {
+	tc := t.Threads[0].Core.GetTc()
+	var what []string
+	if tc.GetPersonality() != 0 {
+		what = append(what, fmt.Sprintf("personality %#x", tc.GetPersonality()))
+	}
+	if tc.GetChildSubreaper() {
+		what = append(what, "child subreaper")
+	}
+	if tc.GetOldSeccompMode() != 0 {
+		what = append(what, "seccomp")
+	}
+	if len(tc.GetSignalsS().GetSignals()) != 0 {
+		what = append(what, "pending shared signals")
+	}
+	if tc.GetOomScoreAdj() != 0 {
+		what = append(what, fmt.Sprintf("oom_score_adj %d", tc.GetOomScoreAdj()))
+	}
+	if tm := tc.GetTimers(); tm != nil {
+		for _, it := range []interface {
+			GetIsec() uint64
+			GetIusec() uint64
+			GetVsec() uint64
+			GetVusec() uint64
+		}{tm.GetReal(), tm.GetVirt(), tm.GetProf()} {
+			if it.GetIsec()|it.GetIusec()|it.GetVsec()|it.GetVusec() != 0 {
+				what = append(what, "interval timers")
+				break
+			}
+		}
+		if len(tm.GetPosix()) != 0 {
+			what = append(what, "POSIX timers")
+		}
+	}
+	for _, th := range t.Threads {
+		c := th.Core.GetThreadCore()
+		if c.GetSeccompMode() != 0 {
+			what = append(what, fmt.Sprintf("thread %d: seccomp", th.TID))
+		}
+		if len(c.GetSignalsP().GetSignals()) != 0 {
+			what = append(what, fmt.Sprintf("thread %d: pending signals", th.TID))
+		}
+		if c.GetPdeathSig() != 0 {
+			what = append(what, fmt.Sprintf("thread %d: parent death signal", th.TID))
+		}
+		if c.GetSchedPolicy() != 0 || c.GetSchedNice() != 0 {
+			what = append(what, fmt.Sprintf("thread %d: scheduling policy %d nice %d", th.TID, c.GetSchedPolicy(), c.GetSchedNice()))
+		}
+	}
+	if len(what) == 0 {
+		return nil
+	}
+	return &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", t.PID), Msg: "not supported yet: " + strings.Join(what, ", ")}
+}
+
+// checkNamespaces refuses image sets with namespaces of their own other
+// than the pid namespace: CRIU writes an image for each namespace it
+// dumped (those that were the dumping host's have none).
+func (p *Plan) checkNamespaces() error {
+	for _, pat := range []string{"netns-*.img", "utsns-*.img", "ipcns-var-*.img", "mountpoints-*.img", "userns-*.img", "cgroup.img"} {
+		m, err := filepath.Glob(p.Dir.FilePath(pat))
+		if err != nil {
+			return err
+		}
+		if len(m) > 0 {
+			return &PlanError{File: filepath.Base(m[0]), Msg: "namespaces other than pid (and cgroups) are not restored yet"}
+		}
+	}
+	return nil
+}
+
+// capWords joins the two u32 words CRIU stores a capability set in.
+func capWords(w []uint32) uint64 {
+	var v uint64
+	for i, x := range w {
+		if i < 2 {
+			v |= uint64(x) << (32 * i)
+		}
+	}
+	return v
+}
+
+// file returns the planned File for files.img id, planning it on first use.
+func (p *Plan) file(t *Task, id uint32, from string) (*File, error) {
+	if f := p.Files[id]; f != nil {
+		return f, nil
+	}
+	fe, err := p.Dir.File(id)
+	if err != nil {
+		return nil, &PlanError{PID: t.PID, File: from, Err: err}
+	}
+	switch fe.GetType() {
+	case fdinfo.FdTypes_REG:
+		reg := fe.GetReg()
+		if reg == nil {
+			return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d: REG without reg entry", id)}
+		}
+		f := &File{ID: id, Kind: FileRegular, Path: reg.GetName(), Flags: reg.GetFlags(), Pos: reg.GetPos(), Size: reg.GetSize(), Mode: reg.GetMode()}
+		p.Files[id] = f
+		return f, nil
+	default:
+		return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d (from %s): %s files are not supported yet", id, from, fe.GetType())}
+	}
+}
+
+// fdCloexec is FD_CLOEXEC as fdinfo_entry.flags stores it.
+const fdCloexec = 1
+
+func (p *Plan) loadFDs(t *Task) error {
+	name := fmt.Sprintf("fdinfo-%d.img", t.IDs.GetFilesId())
+	ents, err := p.Dir.Fdinfo(t.IDs.GetFilesId())
+	if err != nil {
+		return &PlanError{PID: t.PID, Err: err}
+	}
+	seen := map[int]bool{}
+	for _, e := range ents {
+		fd := int(e.GetFd())
+		if seen[fd] {
+			return &PlanError{PID: t.PID, File: name, Msg: fmt.Sprintf("fd %d appears twice", fd)}
+		}
+		seen[fd] = true
+		f, err := p.file(t, e.GetId(), name)
+		if err != nil {
+			return err
+		}
+		if f.Kind != fileKindOf(e.GetType()) {
+			return &PlanError{PID: t.PID, File: name, Msg: fmt.Sprintf("fd %d: type %s, but file %d is not", fd, e.GetType(), f.ID)}
+		}
+		if n := len(f.Users); n == 0 || f.Users[n-1] != t {
+			f.Users = append(f.Users, t)
+		}
+		t.FDs = append(t.FDs, FD{FD: fd, CloExec: e.GetFlags()&fdCloexec != 0, File: f})
+	}
+	sort.Slice(t.FDs, func(i, j int) bool { return t.FDs[i].FD < t.FDs[j].FD })
+	return nil
+}
+
+func fileKindOf(ty fdinfo.FdTypes) FileKind {
+	if ty == fdinfo.FdTypes_REG {
+		return FileRegular
+	}
+	return 0
+}
+
+func (p *Plan) loadMemory(t *Task) error {
+	mmName := fmt.Sprintf("mm-%d.img", t.PID)
+	m, err := p.Dir.MM(uint32(t.PID))
+	if err != nil {
+		return &PlanError{PID: t.PID, Err: err}
+	}
+	t.Mem.MM = m
+	exe, err := p.file(t, m.GetExeFileId(), mmName)
+	if err != nil {
+		return err
+	}
+	t.Mem.Exe, t.Mem.ExePath = exe, exe.Path
+	var prevEnd uint64
+	for i, v := range m.GetVmas() {
+		vma := VMA{Start: v.GetStart(), End: v.GetEnd(), Prot: v.GetProt(), Flags: v.GetFlags(),
+			Status: v.GetStatus(), Pgoff: v.GetPgoff(), Madv: v.GetMadv()}
+		where := fmt.Sprintf("vma %d (%#x-%#x, status %#x)", i, vma.Start, vma.End, vma.Status)
+		if vma.Start >= vma.End || vma.Start%images.PageSize != 0 || vma.End%images.PageSize != 0 || vma.Start < prevEnd {
+			return &PlanError{PID: t.PID, File: mmName, Msg: where + ": not page aligned, empty or overlapping the previous one"}
+		}
+		prevEnd = vma.End
+		st := vma.Status
+		switch {
+		case st&vmaUnsupported != 0:
+			return &PlanError{PID: t.PID, File: mmName, Msg: where + ": marked unsupported by the dump"}
+		case st&vmaAreaVsyscall != 0:
+			vma.Kind = VMAVsyscall
+		case st&(vmaAreaSysVIPC|vmaAreaSocket|vmaAreaAIORing|vmaAreaMemfd|vmaAnonShared) != 0:
+			return &PlanError{PID: t.PID, File: mmName, Msg: where + ": shared, SysV, socket, AIO and memfd mappings are not supported yet"}
+		case st&vmaAreaRegular == 0:
+			return &PlanError{PID: t.PID, File: mmName, Msg: where + ": not a regular area"}
+		case st&vmaAreaVDSO != 0:
+			vma.Kind = VMAVDSO
+		case st&vmaAreaVVAR != 0:
+			vma.Kind = VMAVVAR
+		case st&vmaFilePrivate != 0, st&vmaFileShared != 0:
+			vma.Kind = VMAFilePrivate
+			if st&vmaFileShared != 0 {
+				vma.Kind = VMAFileShared
+			}
+			// For file mappings CRIU keeps the files.img id in shmid.
+			f, err := p.file(t, uint32(v.GetShmid()), mmName)
+			if err != nil {
+				return err
+			}
+			vma.File = f
+		case st&vmaAnonPrivate != 0:
+			vma.Kind = VMAAnonPrivate
+		default:
+			return &PlanError{PID: t.PID, File: mmName, Msg: where + ": unknown kind of mapping"}
+		}
+		t.Mem.VMAs = append(t.Mem.VMAs, vma)
+	}
+	runs, err := p.Dir.PageRuns(uint32(t.PID))
+	if err != nil {
+		return &PlanError{PID: t.PID, Err: err}
+	}
+	pmName := fmt.Sprintf("pagemap-%d.img", t.PID)
+	for _, r := range runs {
+		if r.Lazy() {
+			return &PlanError{PID: t.PID, File: pmName, Msg: fmt.Sprintf("run at %#x: lazy pages are not supported", r.Vaddr)}
+		}
+		if !t.Mem.covered(r.Vaddr, r.End()) {
+			return &PlanError{PID: t.PID, File: pmName, Msg: fmt.Sprintf("run %#x-%#x is not inside the task's mappings", r.Vaddr, r.End())}
+		}
+	}
+	t.Mem.Runs = runs
+	return nil
+}
+
+// covered reports whether [start, end) lies inside mappings that a restore
+// fills (contiguous VMAs, none of them vsyscall).
+func (m *Memory) covered(start, end uint64) bool {
+	i := sort.Search(len(m.VMAs), func(i int) bool { return m.VMAs[i].End > start })
+	for ; start < end; i++ {
+		if i >= len(m.VMAs) || m.VMAs[i].Start > start || m.VMAs[i].Kind == VMAVsyscall {
+			return false
+		}
+		start = m.VMAs[i].End
+	}
+	return true
+}

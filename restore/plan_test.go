@@ -1,0 +1,293 @@
+package restore
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/test/fixture"
+)
+
+func loadPlan(t *testing.T, name string) *Plan {
+	t.Helper()
+	d, err := images.Open(fixture.Images(t, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPlan(d)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return p
+}
+
+type wantTask struct {
+	pid, ppid, pgid, sid int
+	threads              []int
+	session              SessionAction
+	group                GroupAction
+	fd3                  string // base name of the file at fd 3
+}
+
+func TestPlanFixtures(t *testing.T) {
+	tests := []struct {
+		name      string
+		tasks     []wantTask
+		fileVMAs  []string // base names of files mapped privately
+		nrThreads int
+	}{
+		{"counter", []wantTask{{1, 0, 1, 1, []int{1}, SessionLead, GroupLead, "out.log"}}, []string{"prog"}, 1},
+		{"dynamic", []wantTask{{1, 0, 1, 1, []int{1}, SessionLead, GroupLead, "out.log"}},
+			[]string{"prog", "libc.so.6", "ld-linux-x86-64.so.2"}, 1},
+		{"threads", []wantTask{{1, 0, 1, 1, []int{1, 2, 3}, SessionLead, GroupLead, "out-1.log"}}, []string{"prog"}, 3},
+		{"tree", []wantTask{
+			{1, 0, 1, 1, []int{1}, SessionLead, GroupLead, "out-init.log"},
+			{2, 1, 1, 1, []int{2}, SessionInherit, GroupInherit, "out-child1.log"},
+			{3, 1, 3, 1, []int{3}, SessionInherit, GroupLead, "out-child2.log"},
+			{4, 1, 1, 1, []int{4}, SessionInherit, GroupInherit, "out-child3.log"},
+		}, []string{"prog"}, 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := loadPlan(t, tt.name)
+			if !p.NewPIDNS || p.NrThreads != tt.nrThreads || p.NrHelpers != 0 {
+				t.Errorf("NewPIDNS %v, NrThreads %d, NrHelpers %d; want true, %d, 0", p.NewPIDNS, p.NrThreads, p.NrHelpers, tt.nrThreads)
+			}
+			if len(p.Tasks) != len(tt.tasks) {
+				t.Fatalf("%d tasks, want %d", len(p.Tasks), len(tt.tasks))
+			}
+			for i, w := range tt.tasks {
+				task := p.Tasks[i]
+				if task.Index != i || task.PID != w.pid || task.PPID != w.ppid || task.PGID != w.pgid || task.SID != w.sid {
+					t.Errorf("task %d: index %d pid %d ppid %d pgid %d sid %d, want %d %d %d %d %d",
+						i, task.Index, task.PID, task.PPID, task.PGID, task.SID, i, w.pid, w.ppid, w.pgid, w.sid)
+				}
+				var tids []int
+				for _, th := range task.Threads {
+					tids = append(tids, th.TID)
+					if th.Core == nil {
+						t.Errorf("task %d thread %d: no core", task.PID, th.TID)
+					}
+				}
+				if !equalInts(tids, w.threads) {
+					t.Errorf("task %d: threads %v, want %v", task.PID, tids, w.threads)
+				}
+				if task.Session != w.session || task.Group != w.group {
+					t.Errorf("task %d: session %v group %v, want %v %v", task.PID, task.Session, task.Group, w.session, w.group)
+				}
+				if (task.Parent == nil) != (w.ppid == 0) || (task.Parent != nil && task.Parent.PID != w.ppid) {
+					t.Errorf("task %d: wrong parent link", task.PID)
+				}
+				checkTaskCommon(t, tt.name, task)
+				if got := filepath.Base(task.FDs[3].File.Path); got != w.fd3 {
+					t.Errorf("task %d fd 3: %s, want %s", task.PID, got, w.fd3)
+				}
+			}
+			mapped := map[string]bool{}
+			for _, v := range p.Root().Mem.VMAs {
+				if v.Kind == VMAFilePrivate {
+					mapped[filepath.Base(v.File.Path)] = true
+				}
+			}
+			for _, name := range tt.fileVMAs {
+				if !mapped[name] {
+					t.Errorf("no private file mapping of %s (have %v)", name, mapped)
+				}
+			}
+			if len(mapped) != len(tt.fileVMAs) {
+				t.Errorf("file mappings %v, want %v", mapped, tt.fileVMAs)
+			}
+			checkPageRuns(t, p)
+		})
+	}
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// checkTaskCommon checks what every fixture task shares: it ran as root
+// from /opt/crest-fixtures/NAME with fds 0-2 on /dev/null, one vdso, one
+// vvar, one vsyscall page and one stack.
+func checkTaskCommon(t *testing.T, name string, task *Task) {
+	t.Helper()
+	dir := "/opt/crest-fixtures/" + name
+	if task.FS.Cwd != dir || task.FS.Root != "/" || task.FS.Umask != 0o22 {
+		t.Errorf("task %d: fs %+v, want cwd %s root / umask 022", task.PID, task.FS, dir)
+	}
+	c := task.Creds
+	if c.UID != 0 || c.EUID != 0 || c.GID != 0 || c.CapEff == 0 || c.CapEff != c.CapPrm {
+		t.Errorf("task %d: creds %+v, want root with full effective caps", task.PID, c)
+	}
+	if task.Comm != "prog" {
+		t.Errorf("task %d: comm %q", task.PID, task.Comm)
+	}
+	if len(task.FDs) != 4 && name != "threads" {
+		t.Errorf("task %d: %d fds, want 4", task.PID, len(task.FDs))
+	}
+	for i, fd := range task.FDs {
+		if fd.FD != i {
+			t.Errorf("task %d: fd table has a hole before fd %d", task.PID, fd.FD)
+		}
+		if i <= 2 && (fd.File.Path != "/dev/null" || fd.File.Flags&0o3 != 2) {
+			t.Errorf("task %d fd %d: %s flags %#o, want /dev/null O_RDWR", task.PID, i, fd.File.Path, fd.File.Flags)
+		}
+		if i >= 3 && (fd.File.Flags&0o2003 != 0o2001 || fd.File.Pos == 0) {
+			t.Errorf("task %d fd %d: flags %#o pos %d, want O_WRONLY|O_APPEND past 0", task.PID, i, fd.File.Flags, fd.File.Pos)
+		}
+		if !containsTask(fd.File.Users, task) {
+			t.Errorf("task %d fd %d: file %d does not list the task as a user", task.PID, i, fd.File.ID)
+		}
+	}
+	if task.Mem.ExePath != dir+"/prog" {
+		t.Errorf("task %d: exe %s", task.PID, task.Mem.ExePath)
+	}
+	kinds := map[VMAKind]int{}
+	stacks := 0
+	for _, v := range task.Mem.VMAs {
+		kinds[v.Kind]++
+		if v.Flags&0x100 != 0 { // MAP_GROWSDOWN
+			stacks++
+		}
+	}
+	if kinds[VMAVDSO] != 1 || kinds[VMAVVAR] != 1 || kinds[VMAVsyscall] != 1 || stacks != 1 {
+		t.Errorf("task %d: vma kinds %v, %d stacks; want one vdso, vvar, vsyscall, stack", task.PID, kinds, stacks)
+	}
+}
+
+func containsTask(ts []*Task, t *Task) bool {
+	for _, x := range ts {
+		if x == t {
+			return true
+		}
+	}
+	return false
+}
+
+// checkPageRuns checks that the page runs of all tasks cover every page of
+// each pages file exactly once, in order, and only inside mappings.
+func checkPageRuns(t *testing.T, p *Plan) {
+	t.Helper()
+	next := map[string]int64{}
+	for _, task := range p.Tasks {
+		if len(task.Mem.Runs) == 0 {
+			t.Errorf("task %d: no page runs", task.PID)
+		}
+		for _, r := range task.Mem.Runs {
+			if r.Flags&images.PEPresent == 0 || r.Pages == "" {
+				t.Errorf("task %d run %#x: flags %#x pages %q", task.PID, r.Vaddr, r.Flags, r.Pages)
+				continue
+			}
+			if r.Offset != next[r.Pages] {
+				t.Errorf("task %d run %#x: offset %d in %s, want %d", task.PID, r.Vaddr, r.Offset, filepath.Base(r.Pages), next[r.Pages])
+			}
+			next[r.Pages] = r.Offset + int64(r.NrPages)*images.PageSize
+			if !task.Mem.covered(r.Vaddr, r.End()) {
+				t.Errorf("task %d run %#x-%#x outside the mappings", task.PID, r.Vaddr, r.End())
+			}
+		}
+	}
+	for path, end := range next {
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Size() != end {
+			t.Errorf("%s: %d bytes, runs cover %d", path, st.Size(), end)
+		}
+	}
+}
+
+// TestPlanSessions checks how sessions and groups are planned, on trees
+// the fixtures do not have.
+func TestPlanSessions(t *testing.T) {
+	type node struct{ pid, ppid, pgid, sid int }
+	tests := []struct {
+		name    string
+		tree    []node
+		session []SessionAction
+		group   []GroupAction
+		err     string
+	}{
+		{name: "fixture tree", tree: []node{{1, 0, 1, 1}, {2, 1, 1, 1}, {3, 1, 3, 1}, {4, 1, 1, 1}},
+			session: []SessionAction{SessionLead, SessionInherit, SessionInherit, SessionInherit},
+			group:   []GroupAction{GroupLead, GroupInherit, GroupLead, GroupInherit}},
+		{name: "join a sibling's group", tree: []node{{1, 0, 1, 1}, {2, 1, 2, 1}, {3, 1, 2, 1}},
+			session: []SessionAction{SessionLead, SessionInherit, SessionInherit},
+			group:   []GroupAction{GroupLead, GroupLead, GroupJoin}},
+		{name: "grandchild inherits a group led below the root", tree: []node{{1, 0, 1, 1}, {2, 1, 2, 1}, {3, 2, 2, 1}},
+			session: []SessionAction{SessionLead, SessionInherit, SessionInherit},
+			group:   []GroupAction{GroupLead, GroupLead, GroupInherit}},
+		{name: "child of a joiner joins too", tree: []node{{1, 0, 1, 1}, {2, 1, 2, 1}, {3, 1, 2, 1}, {4, 3, 2, 1}},
+			session: []SessionAction{SessionLead, SessionInherit, SessionInherit, SessionInherit},
+			group:   []GroupAction{GroupLead, GroupLead, GroupJoin, GroupJoin}},
+		{name: "nested session", tree: []node{{1, 0, 1, 1}, {2, 1, 2, 2}, {3, 2, 2, 2}},
+			session: []SessionAction{SessionLead, SessionLead, SessionInherit},
+			group:   []GroupAction{GroupLead, GroupLead, GroupInherit}},
+		{name: "dead group leader", tree: []node{{1, 0, 1, 1}, {2, 1, 7, 1}}, err: "process group 7 has no leader"},
+		{name: "dead session leader", tree: []node{{1, 0, 1, 1}, {2, 1, 2, 9}}, err: "session 9 has no leader"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &Plan{}
+			byPID := map[int]*Task{}
+			for i, n := range tt.tree {
+				task := &Task{Index: i, PID: n.pid, PPID: n.ppid, PGID: n.pgid, SID: n.sid, Parent: byPID[n.ppid]}
+				byPID[n.pid] = task
+				p.Tasks = append(p.Tasks, task)
+			}
+			err := p.planSessions(byPID)
+			if tt.err != "" {
+				var pe *PlanError
+				if err == nil || !errors.As(err, &pe) || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("error %v, want a PlanError with %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, task := range p.Tasks {
+				if task.Session != tt.session[i] || task.Group != tt.group[i] {
+					t.Errorf("task %d: %v/%v, want %v/%v", task.PID, task.Session, task.Group, tt.session[i], tt.group[i])
+				}
+			}
+		})
+	}
+}
+
+// TestPlanRefuses checks that the fixtures crest can not restore yet are
+// refused at planning, naming the task, image and what is missing, rather
+// than restored without it.
+func TestPlanRefuses(t *testing.T) {
+	tests := []struct{ name, want string }{
+		{"files", "task 1: files.img: file 5 (from fdinfo-2.img): MEMFD files are not supported yet"},
+		{"pipe", "PIPE files are not supported yet"},
+		{"shmem", "mm-1.img: vma 7"},
+		{"signals", "core-1.img: not supported yet: interval timers, thread 1: pending signals"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := images.Open(fixture.Images(t, tt.name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = NewPlan(d)
+			var pe *PlanError
+			if !errors.As(err, &pe) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want a PlanError with %q", err, tt.want)
+			}
+		})
+	}
+}

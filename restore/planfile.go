@@ -1,0 +1,362 @@
+package restore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"sort"
+
+	"github.com/crest-restore/crest/restore/agent"
+)
+
+// The plan file is what the agent reads (plan.h): struct crest_plan, the
+// tasks, then per task its children's indices, threads (registers), the
+// files it takes from the engine, its fd table, VMAs, page runs, mm fields
+// with the saved auxv, and supplementary groups.
+
+// planLayout is where each part of the plan file starts.
+type planLayout struct {
+	tasks []agent.Task
+	size  uint32
+}
+
+func layoutPlan(p *Plan, pr *prepared) planLayout {
+	var l planLayout
+	off := uint32(binary.Size(agent.Plan{})) + uint32(len(p.Tasks)*binary.Size(agent.Task{}))
+	take := func(n, size int) uint32 {
+		o := off
+		off += uint32(n * size)
+		off = (off + 7) &^ 7
+		return o
+	}
+	for _, t := range p.Tasks {
+		runs := restoredRuns(t)
+		at := agent.Task{
+			PID: int32(t.PID), PPID: int32(t.PPID), PGID: int32(t.PGID), SID: int32(t.SID),
+			Index: int32(t.Index), Parent: -1, Session: uint32(t.Session), Group: uint32(t.Group),
+			NrChildren: uint32(len(t.Children)), NrThreads: uint32(len(t.Threads)),
+			NrTakes: uint32(len(takes(t, pr))), NrFDs: uint32(len(t.FDs)),
+			NrVMAs: uint32(len(t.Mem.VMAs)), NrRuns: uint32(len(runs)),
+			NrGroups: uint32(len(t.Creds.Groups)),
+		}
+		if t.Parent != nil {
+			at.Parent = int32(t.Parent.Index)
+		}
+		copy(at.Comm[:len(at.Comm)-1], t.Comm)
+		at.ChildrenOff = take(len(t.Children), 4)
+		at.ThreadsOff = take(len(t.Threads), binary.Size(agent.Thread{}))
+		at.TakesOff = take(int(at.NrTakes), binary.Size(agent.Take{}))
+		at.FDsOff = take(len(t.FDs), binary.Size(agent.FD{}))
+		at.VMAsOff = take(len(t.Mem.VMAs), binary.Size(agent.VMA{}))
+		at.RunsOff = take(len(runs), binary.Size(agent.Run{}))
+		at.CredsOff = take(1, binary.Size(agent.Creds{}))
+		at.MMOff = take(1, binary.Size(agent.MM{}))
+		take(len(t.Mem.MM.GetMmSavedAuxv()), 8)
+		at.GroupsOff = take(len(t.Creds.Groups), 4)
+		at.SigactsOff = take(agent.NrSignals, binary.Size(agent.Sigaction{}))
+		l.tasks = append(l.tasks, at)
+	}
+	l.size = off
+	return l
+}
+
+// restoredRuns are the page runs a task writes: not those of the vdso and
+// vvar, which the kernel maps fresh.
+func restoredRuns(t *Task) []runRef {
+	var out []runRef
+	for _, r := range t.Mem.Runs {
+		i := sort.Search(len(t.Mem.VMAs), func(i int) bool { return t.Mem.VMAs[i].End > r.Vaddr })
+		if i < len(t.Mem.VMAs) {
+			if k := t.Mem.VMAs[i].Kind; k == VMAVDSO || k == VMAVVAR {
+				continue
+			}
+		}
+		out = append(out, runRef{vaddr: r.Vaddr, nrPages: r.NrPages, offset: uint64(r.Offset), pages: r.Pages})
+	}
+	return out
+}
+
+type runRef struct {
+	vaddr, nrPages, offset uint64
+	pages                  string
+}
+
+// takes returns the positions in pr.files of the files t takes, sorted.
+func takes(t *Task, pr *prepared) []int {
+	set := map[int]bool{}
+	for _, fd := range t.FDs {
+		set[pr.index[fileKey(fd.File)]] = true
+	}
+	for _, v := range t.Mem.VMAs {
+		if v.File != nil {
+			set[pr.index[fileKey(v.File)]] = true
+		}
+	}
+	for _, f := range []*File{t.Mem.Exe, t.FS.CwdFile, rootFile(t)} {
+		if f != nil {
+			set[pr.index[fileKey(f)]] = true
+		}
+	}
+	for _, r := range t.Mem.Runs {
+		set[pr.index["pages:"+r.Pages]] = true
+	}
+	ks := make([]int, 0, len(set))
+	for k := range set {
+		ks = append(ks, k)
+	}
+	sort.Ints(ks)
+	return ks
+}
+
+// rootFile is the root a task must chroot to, nil when it is "/" (the
+// engine's and so the agent's root).
+func rootFile(t *Task) *File {
+	if t.FS.RootFile == nil || t.FS.Root == "/" {
+		return nil
+	}
+	return t.FS.RootFile
+}
+
+// The plan's enums are the agent's; these keep the Go names honest.
+var vmaKinds = map[VMAKind]uint32{
+	VMAAnonPrivate: agent.VMAAnonPrivate, VMAFilePrivate: agent.VMAFilePrivate, VMAFileShared: agent.VMAFileShared,
+	VMAVDSO: agent.VMAVDSO, VMAVVAR: agent.VMAVVAR, VMAVsyscall: agent.VMAVsyscall,
+}
+
+// encodePlan writes the plan file for p, to be mapped at a.PlanAddr.
+func encodePlan(p *Plan, pr *prepared, l planLayout, a area, faults Fault) ([]byte, error) {
+	var b bytes.Buffer
+	b.Grow(int(l.size))
+	head := agent.Plan{
+		Magic: agent.PlanMagic, Version: agent.PlanVersion, Size: l.size,
+		AreaStart: a.Start, AreaSize: a.Size, PlanAddr: a.PlanAddr,
+		SharedAddr: a.SharedAddr, SharedSize: a.SharedSize,
+		NrTasks: uint32(len(p.Tasks)), NrThreads: uint32(p.NrThreads), NrHelpers: uint32(p.NrHelpers),
+		TasksOff: uint32(binary.Size(agent.Plan{})), SlotsOff: slotsOff,
+		RestorerAddr: a.RestorerAddr, RestorerSize: a.RestorerSize,
+		StackAddr: a.StackAddr, StackSize: a.StackSize, NrStacks: uint32(a.NrStacks),
+		EnginePidfd: int32(pr.fdBase), FDBase: int32(pr.fdBase),
+		Faults: uint32(faults),
+	}
+	if p.NewPIDNS {
+		head.Flags |= agent.PlanNewPID
+	}
+	put := func(v any) {
+		// bytes.Buffer never fails; binary.Write fails only on types
+		// without a fixed size, which the layout test rules out.
+		if err := binary.Write(&b, binary.LittleEndian, v); err != nil {
+			panic(err)
+		}
+	}
+	pad := func(off uint32) {
+		if uint32(b.Len()) > off {
+			panic(fmt.Sprintf("plan file: at %d, past %d", b.Len(), off))
+		}
+		b.Write(make([]byte, int(off)-b.Len()))
+	}
+	put(head)
+	for i, t := range p.Tasks {
+		l.tasks[i].Umask = t.FS.Umask
+		l.tasks[i].CwdFD, l.tasks[i].RootFD = -1, -1
+		if t.FS.CwdFile != nil {
+			l.tasks[i].CwdFD = pr.localFD(pr.index[fileKey(t.FS.CwdFile)])
+		}
+		if f := rootFile(t); f != nil {
+			l.tasks[i].RootFD = pr.localFD(pr.index[fileKey(f)])
+		}
+	}
+	put(l.tasks)
+	for i, t := range p.Tasks {
+		at := l.tasks[i]
+		pad(at.ChildrenOff)
+		for _, c := range t.Children {
+			put(int32(c.Index))
+		}
+		pad(at.ThreadsOff)
+		for k, th := range t.Threads {
+			ath, err := threadState(t, k, th)
+			if err != nil {
+				return nil, err
+			}
+			put(ath)
+		}
+		pad(at.TakesOff)
+		for _, k := range takes(t, pr) {
+			put(agent.Take{EngineFD: int32(pr.files[k].Fd()), LocalFD: pr.localFD(k)})
+		}
+		pad(at.FDsOff)
+		for _, fd := range t.FDs {
+			afd := agent.FD{FD: int32(fd.FD), SrcFD: pr.localFD(pr.index[fileKey(fd.File)])}
+			if fd.CloExec {
+				afd.Cloexec = 1
+			}
+			put(afd)
+		}
+		pad(at.VMAsOff)
+		for _, v := range t.Mem.VMAs {
+			av := agent.VMA{Start: v.Start, End: v.End, Pgoff: v.Pgoff, Madv: v.Madv,
+				Prot: v.Prot, Flags: v.Flags, Kind: vmaKinds[v.Kind], SrcFD: -1}
+			if v.File != nil {
+				av.SrcFD = pr.localFD(pr.index[fileKey(v.File)])
+			}
+			put(av)
+		}
+		pad(at.RunsOff)
+		for _, r := range restoredRuns(t) {
+			put(agent.Run{Vaddr: r.vaddr, NrPages: r.nrPages, Offset: r.offset, SrcFD: pr.localFD(pr.index["pages:"+r.pages])})
+		}
+		pad(at.CredsOff)
+		c := t.Creds
+		ac := agent.Creds{UID: c.UID, EUID: c.EUID, SUID: c.SUID, FSUID: c.FSUID,
+			GID: c.GID, EGID: c.EGID, SGID: c.SGID, FSGID: c.FSGID, Secbits: c.Secbits,
+			CapInh: c.CapInh, CapPrm: c.CapPrm, CapEff: c.CapEff, CapBnd: c.CapBnd, CapAmb: c.CapAmb, Dumpable: -1}
+		if c.NoNewPrivs {
+			ac.NoNewPrivs = 1
+		}
+		if t.Mem.MM.Dumpable != nil {
+			ac.Dumpable = t.Mem.MM.GetDumpable()
+		}
+		put(ac)
+		pad(at.MMOff)
+		m := t.Mem.MM
+		auxv := m.GetMmSavedAuxv()
+		amm := agent.MM{
+			StartCode: m.GetMmStartCode(), EndCode: m.GetMmEndCode(), StartData: m.GetMmStartData(), EndData: m.GetMmEndData(),
+			StartBrk: m.GetMmStartBrk(), Brk: m.GetMmBrk(), StartStack: m.GetMmStartStack(),
+			ArgStart: m.GetMmArgStart(), ArgEnd: m.GetMmArgEnd(), EnvStart: m.GetMmEnvStart(), EnvEnd: m.GetMmEnvEnd(),
+			AuxvOff: at.MMOff + uint32(binary.Size(agent.MM{})), NrAuxv: uint32(len(auxv)), ExeFD: -1,
+		}
+		if t.Mem.Exe != nil {
+			amm.ExeFD = pr.localFD(pr.index[fileKey(t.Mem.Exe)])
+		}
+		put(amm)
+		put(auxv)
+		pad(at.GroupsOff)
+		put(t.Creds.Groups)
+		pad(at.SigactsOff)
+		var sas [agent.NrSignals]agent.Sigaction
+		for _, sa := range t.Sigactions {
+			sas[sa.Signal-1] = agent.Sigaction{Handler: sa.Handler, Flags: sa.Flags, Restorer: sa.Restorer, Mask: sa.Mask}
+		}
+		put(sas)
+	}
+	pad(l.size)
+	if uint64(b.Len()) > a.PlanSize {
+		return nil, fmt.Errorf("plan file of %d bytes does not fit its %d bytes", b.Len(), a.PlanSize)
+	}
+	return b.Bytes(), nil
+}
+
+const ssDisable = 2 // SS_DISABLE: no alternate signal stack
+
+// threadState is what the agent needs to return into a thread: registers,
+// legacy FPU state, signal mask, clear_tid address.
+func threadState(t *Task, index int, th Thread) (agent.Thread, error) {
+	ti := th.Core.GetThreadInfo()
+	if ti == nil || ti.GetGpregs() == nil {
+		return agent.Thread{}, &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", th.TID), Msg: "no x86-64 thread_info"}
+	}
+	g := ti.GetGpregs()
+	if g.GetMode() != 1 { // NATIVE
+		return agent.Thread{}, &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", th.TID), Msg: "32-bit (compat) tasks are not supported"}
+	}
+	tc := th.Core.GetThreadCore()
+	at := agent.Thread{
+		TID: int32(th.TID), Index: uint32(index), Slot: uint32(th.Slot), ClearTIDAddr: ti.GetClearTidAddr(),
+		RobustList: tc.GetFutexRla(), RobustLen: uint64(tc.GetFutexRlaLen()),
+		Regs: agent.Regs{
+			R15: g.GetR15(), R14: g.GetR14(), R13: g.GetR13(), R12: g.GetR12(), BP: g.GetBp(), BX: g.GetBx(),
+			R11: g.GetR11(), R10: g.GetR10(), R9: g.GetR9(), R8: g.GetR8(), AX: g.GetAx(), CX: g.GetCx(),
+			DX: g.GetDx(), SI: g.GetSi(), DI: g.GetDi(), OrigAX: g.GetOrigAx(), IP: g.GetIp(), CS: g.GetCs(),
+			Flags: g.GetFlags(), SP: g.GetSp(), SS: g.GetSs(), FSBase: g.GetFsBase(), GSBase: g.GetGsBase(),
+			DS: g.GetDs(), ES: g.GetEs(), FS: g.GetFs(), GS: g.GetGs(),
+		},
+	}
+	if th.TID == t.PID {
+		at.Sigmask = th.Core.GetTc().GetBlkSigset()
+	} else {
+		at.Sigmask = tc.GetBlkSigset()
+	}
+	if sas := tc.GetSas(); sas != nil {
+		at.SasSP, at.SasSize, at.SasFlags = sas.GetSsSp(), sas.GetSsSize(), sas.GetSsFlags()
+	} else {
+		at.SasFlags = ssDisable
+	}
+	if rs := tc.GetRseqEntry(); rs != nil && rs.GetRseqAbiPointer() != 0 {
+		at.RseqAddr, at.RseqSize, at.RseqSig = rs.GetRseqAbiPointer(), rs.GetRseqAbiSize(), rs.GetSignature()
+	}
+	// The FXSAVE image: CRIU's user_x86_fpregs_entry is the
+	// user_fpregs_struct of ptrace, i.e. the FXSAVE layout field by field.
+	if fp := ti.GetFpregs(); fp != nil {
+		x := at.FXSave[:]
+		le := binary.LittleEndian
+		le.PutUint16(x[0:], uint16(fp.GetCwd()))
+		le.PutUint16(x[2:], uint16(fp.GetSwd()))
+		le.PutUint16(x[4:], uint16(fp.GetTwd()))
+		le.PutUint16(x[6:], uint16(fp.GetFop()))
+		le.PutUint64(x[8:], fp.GetRip())
+		le.PutUint64(x[16:], fp.GetRdp())
+		le.PutUint32(x[24:], fp.GetMxcsr())
+		le.PutUint32(x[28:], fp.GetMxcsrMask())
+		st, xmm := fp.GetStSpace(), fp.GetXmmSpace()
+		if len(st) > 32 || len(xmm) > 64 {
+			return agent.Thread{}, &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", th.TID), Msg: "oversized x87/SSE state"}
+		}
+		for i, w := range st {
+			le.PutUint32(x[32+4*i:], w)
+		}
+		for i, w := range xmm {
+			le.PutUint32(x[160+4*i:], w)
+		}
+		if xs := fp.GetXsave(); xs != nil {
+			if err := fillXState(&at.XState, xs.GetXstateBv(), xs.GetYmmhSpace(), xs.GetBndregState(), xs.GetBndcsrState(),
+				xs.GetOpmaskReg(), xs.GetZmmUpper(), xs.GetHi16Zmm(), xs.GetPkru()); err != nil {
+				return agent.Thread{}, &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", th.TID), Msg: "xsave", Err: err}
+			}
+		}
+	}
+	return at, nil
+}
+
+// fillXState lays CRIU's user_x86_xsave_entry out component by component.
+func fillXState(x *agent.XState, bv uint64, ymmh []uint32, bndreg, bndcsr, opmask, zmmUpper, hi16 []uint64, pkru []uint32) error {
+	if bv&^agent.XStateKnown != 0 {
+		return fmt.Errorf("xstate_bv %#x has components crest does not know (%#x)", bv, bv&^agent.XStateKnown)
+	}
+	x.XStateBV = bv
+	le := binary.LittleEndian
+	put32 := func(dst []byte, src []uint32, what string) error {
+		if len(src)*4 > len(dst) {
+			return fmt.Errorf("%s: %d words, room for %d", what, len(src), len(dst)/4)
+		}
+		for i, w := range src {
+			le.PutUint32(dst[4*i:], w)
+		}
+		return nil
+	}
+	put64 := func(dst []byte, src []uint64, what string) error {
+		if len(src)*8 > len(dst) {
+			return fmt.Errorf("%s: %d words, room for %d", what, len(src), len(dst)/8)
+		}
+		for i, w := range src {
+			le.PutUint64(dst[8*i:], w)
+		}
+		return nil
+	}
+	var pk [4]byte
+	for _, err := range []error{
+		put32(x.YMMH[:], ymmh, "ymmh_space"),
+		put64(x.BndRegs[:], bndreg, "bndreg_state"),
+		put64(x.BndCSR[:], bndcsr, "bndcsr_state"),
+		put64(x.Opmask[:], opmask, "opmask_reg"),
+		put64(x.ZMMHi256[:], zmmUpper, "zmm_upper"),
+		put64(x.Hi16ZMM[:], hi16, "hi16_zmm"),
+		put32(pk[:], pkru, "pkru"),
+	} {
+		if err != nil {
+			return err
+		}
+	}
+	x.PKRU = le.Uint32(pk[:])
+	return nil
+}

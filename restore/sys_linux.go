@@ -1,0 +1,145 @@
+package restore
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// The raw system calls of the engine, fenced into this file. Numbers that
+// the syscall package lacks are x86-64's (sysnum_amd64.go); the agent is
+// x86-64 only too.
+
+const (
+	futexWait   = 0 // FUTEX_WAIT, not private: the page is shared across processes
+	futexWake   = 1
+	futexWakeOp = 5
+	futexOpSet  = 0
+
+	clockBoottime = 7
+
+	pWaitPidfd = 3 // P_PIDFD
+	wNowait    = 0x01000000
+
+	mfdCloexec = 0x1
+)
+
+// memfdCreate returns a new memfd as a file.
+func memfdCreate(name string, flags uint) (*os.File, error) {
+	p, err := syscall.BytePtrFromString(name)
+	if err != nil {
+		return nil, err
+	}
+	fd, _, errno := syscall.Syscall(sysMemfdCreate, uintptr(unsafe.Pointer(p)), uintptr(flags), 0)
+	if errno != 0 {
+		return nil, os.NewSyscallError("memfd_create", errno)
+	}
+	return os.NewFile(fd, "memfd:"+name), nil
+}
+
+// pidfdOpen returns a pidfd of pid.
+func pidfdOpen(pid int) (int, error) {
+	fd, _, errno := syscall.Syscall(sysPidfdOpen, uintptr(pid), 0, 0)
+	if errno != 0 {
+		return -1, os.NewSyscallError("pidfd_open", errno)
+	}
+	return int(fd), nil
+}
+
+// pidfdSignal sends sig to the process of pidfd.
+func pidfdSignal(pidfd int, sig syscall.Signal) error {
+	_, _, errno := syscall.Syscall6(sysPidfdSendSignal, uintptr(pidfd), uintptr(sig), 0, 0, 0, 0)
+	if errno != 0 {
+		return os.NewSyscallError("pidfd_send_signal", errno)
+	}
+	return nil
+}
+
+// exited reports whether the process of pidfd has exited, without reaping
+// it, and how ("exit status 3", "killed by signal 11") when it has.
+func exited(pidfd int) (string, error) {
+	var info [128]byte // siginfo_t: si_code at 8, si_pid at 16, si_status at 24
+	for {
+		_, _, errno := syscall.Syscall6(syscall.SYS_WAITID, pWaitPidfd, uintptr(pidfd), uintptr(unsafe.Pointer(&info[0])),
+			syscall.WEXITED|syscall.WNOHANG|wNowait, 0, 0)
+		if errno == syscall.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return "", os.NewSyscallError("waitid", errno)
+		}
+		if *(*int32)(unsafe.Pointer(&info[16])) == 0 {
+			return "", nil
+		}
+		code := *(*int32)(unsafe.Pointer(&info[8]))
+		status := *(*int32)(unsafe.Pointer(&info[24]))
+		if code == 1 { // CLD_EXITED
+			return fmt.Sprintf("exit status %d", status), nil
+		}
+		return fmt.Sprintf("killed by signal %d (%v)", status, syscall.Signal(status)), nil
+	}
+}
+
+// futexWaitTimeout waits while *addr == val, at most timeoutNs; wake-ups,
+// timeouts and a changed value all return nil.
+func futexWaitTimeout(addr *uint32, val uint32, timeoutNs int64) error {
+	ts := syscall.NsecToTimespec(timeoutNs)
+	_, _, errno := syscall.Syscall6(syscall.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWait, uintptr(val),
+		uintptr(unsafe.Pointer(&ts)), 0, 0)
+	switch errno {
+	case 0, syscall.EAGAIN, syscall.EINTR, syscall.ETIMEDOUT:
+		return nil
+	}
+	return os.NewSyscallError("futex wait", errno)
+}
+
+// futexSetWakeAll stores val in *addr and wakes every waiter on addr, in
+// one FUTEX_WAKE_OP, so that the kernel-side monitor sees the store inside
+// the call (FUTEX_OP(FUTEX_OP_SET, val, FUTEX_OP_CMP_EQ, 0)).
+func futexSetWakeAll(addr *uint32, val int32) error {
+	op := uintptr(futexOpSet<<28 | (uint32(val)&0xfff)<<12)
+	_, _, errno := syscall.Syscall6(syscall.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeOp, 0x7fffffff, 0,
+		uintptr(unsafe.Pointer(addr)), op)
+	if errno != 0 {
+		return os.NewSyscallError("futex wake_op", errno)
+	}
+	return nil
+}
+
+// futexWakeAll wakes every waiter on addr.
+func futexWakeAll(addr *uint32) error {
+	_, _, errno := syscall.Syscall6(syscall.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWake, 0x7fffffff, 0, 0, 0)
+	if errno != 0 {
+		return os.NewSyscallError("futex wake", errno)
+	}
+	return nil
+}
+
+// boottime returns CLOCK_BOOTTIME in nanoseconds, the clock of the agent's
+// readings and of the kernel-side monitor's events.
+func boottime() uint64 {
+	var ts syscall.Timespec
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_CLOCK_GETTIME, clockBoottime, uintptr(unsafe.Pointer(&ts)), 0); errno != 0 {
+		return 0
+	}
+	return uint64(ts.Nano())
+}
+
+// pollReadable waits until fd is readable (a pidfd: its process exited),
+// ctx ends, or a short while passed; it returns ctx's error only.
+func pollReadable(ctx context.Context, fd int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	pfd := struct {
+		fd             int32
+		events, revent int16
+	}{fd: int32(fd), events: 0x1} // POLLIN
+	_, _, errno := syscall.Syscall(syscall.SYS_POLL, uintptr(unsafe.Pointer(&pfd)), 1, 100)
+	if errno != 0 && errno != syscall.EINTR {
+		return os.NewSyscallError("poll", errno)
+	}
+	return ctx.Err()
+}
