@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/restore"
+	"github.com/crest-restore/crest/trace"
 )
 
 func init() {
@@ -36,6 +38,7 @@ that need them are refused with an error naming the task and the image
 			dir := fs.StringP("images-dir", "D", "", "restore the image directory `DIR`")
 			detach := fs.BoolP("restore-detached", "d", false, "leave the restored tree running and exit")
 			pidfile := fs.String("pidfile", "", "write the restored root's pid to `FILE`")
+			tf := addTraceFlags(fs)
 			return func(ctx context.Context, env *env, args []string) error {
 				if *dir == "" {
 					return usagef("no image directory: give -D DIR")
@@ -43,13 +46,21 @@ that need them are refused with an error naming the task and the image
 				if len(args) > 0 {
 					return usagef("unexpected arguments %q", args)
 				}
-				return runRestore(ctx, env, *dir, *detach, *pidfile)
+				targets, err := tf.parse()
+				if err != nil {
+					return err
+				}
+				return runRestore(ctx, env, *dir, *detach, *pidfile, targets, *tf.timeout)
 			}
 		},
 	})
 }
 
-func runRestore(ctx context.Context, env *env, dir string, detach bool, pidfile string) error {
+func runRestore(ctx context.Context, env *env, dir string, detach bool, pidfile string, targets []trace.Target, timeout time.Duration) error {
+	var rec *trace.Recorder
+	if len(targets) > 0 {
+		rec = trace.NewRecorder(trace.OpRestore, dir)
+	}
 	d, err := images.Open(dir)
 	if err != nil {
 		return err
@@ -59,7 +70,17 @@ func runRestore(ctx context.Context, env *env, dir string, detach bool, pidfile 
 		return err
 	}
 	env.log.Info("planned", "dir", dir, "tasks", len(p.Tasks), "threads", p.NrThreads, "new_pid_ns", p.NewPIDNS)
-	r, err := restore.Start(ctx, p, restore.Options{Log: env.log})
+	opts := restore.Options{Log: env.log}
+	if rec != nil {
+		opts.Observer = restoreRecorder{rec}
+	}
+	r, err := restore.Start(ctx, p, opts)
+	if rec != nil {
+		record := rec.Finish(err)
+		record.Tasks = traceTasks(p, r)
+		record.Counts = traceCounts(p)
+		emitTrace(ctx, env, trace.Build(record), targets, timeout)
+	}
 	if err != nil {
 		return err
 	}
