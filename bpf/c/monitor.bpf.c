@@ -1,0 +1,422 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/*
+ * monitor.bpf.c - the kernel side of crest's restore monitor.
+ *
+ * tp_btf programs (cheap to detach, unlike syscall tracepoints) on
+ * sys_enter and sys_exit, filtered by syscall number, and on
+ * sched_process_fork and sched_process_exit. Only processes whose tgid is in
+ * the tracked map are watched; Go seeds it with the engine and every fork of
+ * a tracked process adds the child.
+ *
+ * Events go to one ring buffer. Wake-ups are batched (every Nth event, and
+ * always for the end of a process); a failed reservation is counted in
+ * drops, which Go reports: nothing is lost silently.
+ */
+#include "kernel.h"
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "events.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* x86_64 syscall numbers */
+#define NR_CLONE 56
+#define NR_FUTEX 202
+#define NR_SETNS 308
+#define NR_CLONE3 435
+
+#define FUTEX_PRIVATE_FLAG 128
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);	/* tgid */
+	__type(value, __u32);	/* who added it: 0 Go, else the parent's tgid */
+} tracked SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);	/* Go may change it before loading */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);	/* 0: drops, 1: events since the last wake-up */
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct crest_config);
+} config SEC(".maps");
+
+/*
+ * Pointers that make clang keep the event structs in the object's BTF, for
+ * bpf2go -type. No program uses them: the loader drops their .bss map.
+ */
+const struct crest_ev_futex *crest_type_futex;
+const struct crest_ev_clone *crest_type_clone;
+const struct crest_ev_clone3 *crest_type_clone3;
+const struct crest_ev_setns *crest_type_setns;
+const struct crest_ev_sys_exit *crest_type_sys_exit;
+const struct crest_ev_fork *crest_type_fork;
+const struct crest_ev_exit *crest_type_exit;
+
+static __always_inline void count_drop(void)
+{
+	__u32 k = 0;
+	__u64 *n = bpf_map_lookup_elem(&counters, &k);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline struct crest_config *get_config(void)
+{
+	__u32 k = 0;
+
+	return bpf_map_lookup_elem(&config, &k);
+}
+
+/* BPF_RB_NO_WAKEUP except every wakeup_every-th event of a CPU. */
+static __always_inline __u64 wakeup_flag(int force)
+{
+	struct crest_config *cfg = get_config();
+	__u32 k = 1;
+	__u64 *n;
+
+	if (force || !cfg || cfg->wakeup_every <= 1)
+		return BPF_RB_FORCE_WAKEUP;
+	n = bpf_map_lookup_elem(&counters, &k);
+	if (!n)
+		return 0;
+	*n += 1;
+	if (*n >= cfg->wakeup_every) {
+		*n = 0;
+		return BPF_RB_FORCE_WAKEUP;
+	}
+	return BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline int is_tracked(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&tracked, &tgid) != NULL;
+}
+
+static __always_inline void fill_hdr(struct crest_hdr *h, __u64 pid_tgid, __u32 kind, long nr)
+{
+	h->ts = bpf_ktime_get_boot_ns();
+	h->pid = pid_tgid >> 32;
+	h->tid = (__u32)pid_tgid;
+	h->kind = kind;
+	h->nr = nr;
+}
+
+static __always_inline int futex_wanted(__u64 uaddr, __u32 op)
+{
+	struct crest_config *cfg = get_config();
+	int any = 0;
+
+	if (!cfg)
+		return 1;
+	if ((op & FUTEX_PRIVATE_FLAG) && !cfg->all_futexes)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < CREST_FUTEX_RANGES; i++) {
+		if (cfg->futex_hi[i] <= cfg->futex_lo[i])
+			continue;
+		any = 1;
+		if (uaddr >= cfg->futex_lo[i] && uaddr < cfg->futex_hi[i])
+			return 1;
+	}
+	return !any;
+}
+
+static __always_inline void on_futex(struct pt_regs *regs, __u64 pid_tgid)
+{
+	__u64 uaddr = BPF_CORE_READ(regs, di);
+	__u32 op = BPF_CORE_READ(regs, si);
+	struct crest_ev_futex *e;
+
+	if (!futex_wanted(uaddr, op))
+		return;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop();
+		return;
+	}
+	fill_hdr(&e->h, pid_tgid, CREST_EV_FUTEX, NR_FUTEX);
+	e->uaddr = uaddr;
+	e->op = op;
+	e->val = BPF_CORE_READ(regs, dx);
+	e->utime = BPF_CORE_READ(regs, r10);
+	e->uaddr2 = BPF_CORE_READ(regs, r8);
+	e->val3 = BPF_CORE_READ(regs, r9);
+	e->flags = 0;
+	e->pad = 0;
+	if (bpf_probe_read_user(&e->word, sizeof(e->word), (void *)uaddr) == 0)
+		e->flags |= CREST_WORD_OK;
+	else
+		e->word = 0;
+	bpf_ringbuf_submit(e, wakeup_flag(0));
+}
+
+static __always_inline void on_clone(struct pt_regs *regs, __u64 pid_tgid)
+{
+	struct crest_ev_clone *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count_drop();
+		return;
+	}
+	fill_hdr(&e->h, pid_tgid, CREST_EV_CLONE, NR_CLONE);
+	e->flags = BPF_CORE_READ(regs, di);
+	bpf_ringbuf_submit(e, wakeup_flag(0));
+}
+
+/* The first fields of struct clone_args (uapi, stable) */
+struct clone_args_head {
+	__u64 flags;
+	__u64 pidfd;
+	__u64 child_tid;
+	__u64 parent_tid;
+	__u64 exit_signal;
+	__u64 stack;
+	__u64 stack_size;
+	__u64 tls;
+	__u64 set_tid;
+	__u64 set_tid_size;
+};
+
+static __always_inline void on_clone3(struct pt_regs *regs, __u64 pid_tgid)
+{
+	struct crest_ev_clone3 *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct clone_args_head args;
+	__u64 uargs;
+	__u32 n;
+
+	if (!e) {
+		count_drop();
+		return;
+	}
+	fill_hdr(&e->h, pid_tgid, CREST_EV_CLONE3, NR_CLONE3);
+	uargs = BPF_CORE_READ(regs, di);
+	e->size = BPF_CORE_READ(regs, si);
+	e->read = 0;
+	e->pad = 0;
+	__builtin_memset(e->set_tid, 0, sizeof(e->set_tid));
+	if (bpf_probe_read_user(&args, sizeof(args), (void *)uargs) != 0) {
+		e->flags = 0;
+		e->exit_signal = 0;
+		e->set_tid_size = 0;
+		goto out;
+	}
+	e->read = CREST_ARGS_OK;
+	e->flags = args.flags;
+	e->exit_signal = args.exit_signal;
+	e->set_tid_size = args.set_tid_size;
+	if (args.set_tid_size == 0 || args.set_tid == 0)
+		goto out;
+	/* the verifier wants a size it can bound: 1..CREST_MAX_SET_TID */
+	n = args.set_tid_size > CREST_MAX_SET_TID ? CREST_MAX_SET_TID : args.set_tid_size;
+	n = ((n - 1) & (CREST_MAX_SET_TID - 1)) + 1;
+	if (bpf_probe_read_user(e->set_tid, n * sizeof(__s32), (void *)args.set_tid) == 0)
+		e->read |= CREST_SET_TID_OK;
+out:
+	bpf_ringbuf_submit(e, wakeup_flag(0));
+}
+
+static __always_inline void on_setns(struct pt_regs *regs, __u64 pid_tgid)
+{
+	struct crest_ev_setns *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct task_struct *task;
+	struct fdtable *fdt;
+	struct file **fds;
+	struct file *f = NULL;
+	int fd;
+
+	if (!e) {
+		count_drop();
+		return;
+	}
+	fill_hdr(&e->h, pid_tgid, CREST_EV_SETNS, NR_SETNS);
+	fd = BPF_CORE_READ(regs, di);
+	e->fd = fd;
+	e->nstype = BPF_CORE_READ(regs, si);
+	e->ino = 0;
+	e->magic = 0;
+	e->flags = 0;
+	e->pad = 0;
+	/* the target namespace: the inode of the nsfs file at fd */
+	task = bpf_get_current_task_btf();
+	fdt = BPF_CORE_READ(task, files, fdt);
+	if (fd >= 0 && fdt && (unsigned int)fd < BPF_CORE_READ(fdt, max_fds)) {
+		fds = BPF_CORE_READ(fdt, fd);
+		bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+		if (f) {
+			e->ino = BPF_CORE_READ(f, f_inode, i_ino);
+			e->magic = BPF_CORE_READ(f, f_inode, i_sb, s_magic);
+			e->flags = CREST_INODE_OK;
+		}
+	}
+	bpf_ringbuf_submit(e, wakeup_flag(0));
+}
+
+SEC("tp_btf/sys_enter")
+int crest_sys_enter(__u64 *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+	long nr = (long)ctx[1];
+	__u64 pid_tgid;
+
+	if (nr != NR_FUTEX && nr != NR_CLONE && nr != NR_CLONE3 && nr != NR_SETNS)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_tracked(pid_tgid >> 32))
+		return 0;
+	switch (nr) {
+	case NR_FUTEX:
+		on_futex(regs, pid_tgid);
+		break;
+	case NR_CLONE:
+		on_clone(regs, pid_tgid);
+		break;
+	case NR_CLONE3:
+		on_clone3(regs, pid_tgid);
+		break;
+	case NR_SETNS:
+		on_setns(regs, pid_tgid);
+		break;
+	}
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int crest_sys_exit(__u64 *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+	long ret = (long)ctx[1];
+	struct crest_ev_sys_exit *e;
+	__u64 pid_tgid;
+	long nr;
+
+	nr = BPF_CORE_READ(regs, orig_ax);
+	if (nr != NR_FUTEX && nr != NR_CLONE && nr != NR_CLONE3 && nr != NR_SETNS)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_tracked(pid_tgid >> 32))
+		return 0;
+	/* a new task's first return from clone: the fork event has it */
+	if ((nr == NR_CLONE || nr == NR_CLONE3) && ret == 0)
+		return 0;
+	if (nr == NR_FUTEX && !futex_wanted(BPF_CORE_READ(regs, di), BPF_CORE_READ(regs, si)))
+		return 0;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop();
+		return 0;
+	}
+	fill_hdr(&e->h, pid_tgid, CREST_EV_SYS_EXIT, nr);
+	e->ret = ret;
+	e->uaddr = 0;
+	e->word = 0;
+	e->flags = 0;
+	if (nr == NR_FUTEX) {
+		e->uaddr = BPF_CORE_READ(regs, di);
+		if (bpf_probe_read_user(&e->word, sizeof(e->word), (void *)e->uaddr) == 0)
+			e->flags = CREST_WORD_OK;
+	}
+	bpf_ringbuf_submit(e, wakeup_flag(0));
+	return 0;
+}
+
+/* the pid of p at every level, 0 beyond its own */
+static __always_inline void pid_levels(struct pid *p, unsigned int level, __s32 *out)
+{
+	void *numbers = (void *)p + bpf_core_field_offset(struct pid, numbers);
+
+#pragma unroll
+	for (int i = 0; i < CREST_MAX_LEVELS; i++) {
+		out[i] = 0;
+		if (i <= level)
+			bpf_probe_read_kernel(&out[i], sizeof(__s32),
+					      numbers + i * sizeof(struct upid) +
+					      bpf_core_field_offset(struct upid, nr));
+	}
+}
+
+SEC("tp_btf/sched_process_fork")
+int crest_fork(__u64 *ctx)
+{
+	struct task_struct *parent = (struct task_struct *)ctx[0];
+	struct task_struct *child = (struct task_struct *)ctx[1];
+	struct crest_ev_fork *e;
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	struct pid *pp, *pl, *cp, *cl, *rp;
+
+	if (!is_tracked(ptgid))
+		return 0;
+	if (ctgid != ptgid)
+		bpf_map_update_elem(&tracked, &ctgid, &ptgid, BPF_ANY);
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop();
+		return 0;
+	}
+	e->h.ts = bpf_ktime_get_boot_ns();
+	e->h.pid = ptgid;
+	e->h.tid = BPF_CORE_READ(parent, pid);
+	e->h.kind = CREST_EV_FORK;
+	e->h.nr = -1;
+	e->child_pid = ctgid;
+	e->child_tid = BPF_CORE_READ(child, pid);
+	pp = BPF_CORE_READ(parent, thread_pid);
+	pl = BPF_CORE_READ(parent, group_leader, thread_pid);
+	cp = BPF_CORE_READ(child, thread_pid);
+	cl = BPF_CORE_READ(child, group_leader, thread_pid);
+	e->parent_level = BPF_CORE_READ(pp, level);
+	e->child_level = BPF_CORE_READ(cp, level);
+	pid_levels(pp, e->parent_level, e->parent_tids);
+	pid_levels(pl, e->parent_level, e->parent_pids);
+	pid_levels(cp, e->child_level, e->child_tids);
+	pid_levels(cl, e->child_level, e->child_pids);
+	rp = BPF_CORE_READ(child, real_parent, group_leader, thread_pid);
+	e->real_parent_level = BPF_CORE_READ(rp, level);
+	e->pad = 0;
+	pid_levels(rp, e->real_parent_level, e->real_parent_pids);
+	bpf_ringbuf_submit(e, wakeup_flag(0));
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int crest_exit(__u64 *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx[0];
+	int group_dead = (int)ctx[1] & 1;
+	struct crest_ev_exit *e;
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+
+	if (!is_tracked(tgid))
+		return 0;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (e) {
+		e->h.ts = bpf_ktime_get_boot_ns();
+		e->h.pid = tgid;
+		e->h.tid = BPF_CORE_READ(task, pid);
+		e->h.kind = CREST_EV_EXIT;
+		e->h.nr = -1;
+		e->exit_code = BPF_CORE_READ(task, exit_code);
+		e->group_dead = group_dead;
+		bpf_ringbuf_submit(e, wakeup_flag(group_dead));
+	} else {
+		count_drop();
+	}
+	if (group_dead)
+		bpf_map_delete_elem(&tracked, &tgid);
+	return 0;
+}

@@ -1,0 +1,849 @@
+package bpf
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Expect is what a restore should look like from the kernel: the plan's
+// tasks and threads, its stages and who arrives at each, where the stage
+// futexes are, and which namespaces tasks join. bpf does not import
+// restore; the caller translates its plan.
+type Expect struct {
+	Tasks      []ExpectTask  `json:"tasks"`
+	Stages     []ExpectStage `json:"stages"` // in the order they are switched to
+	Barrier    Barrier       `json:"barrier"`
+	Namespaces []ExpectNS    `json:"namespaces,omitempty"`
+}
+
+// ExpectTask is one task of the plan. Pids are the image's: the numbers
+// at pid-namespace level NSLevel (the restored namespace's level as the
+// monitor's namespace sees it).
+type ExpectTask struct {
+	PID       int   `json:"pid"`
+	ParentPID int   `json:"parent_pid"` // 0: the root, forked from outside the namespace
+	Threads   []int `json:"threads"`    // every thread's tid, the leader's included
+	NSLevel   int   `json:"ns_level"`
+}
+
+// ExpectStage is one stage of the barrier: its number (CRIU's), its name,
+// how many arrivals close it and, when known, which threads (image tids)
+// arrive. Without TIDs only the count is checked.
+type ExpectStage struct {
+	Stage        int    `json:"stage"`
+	Name         string `json:"name"`
+	Participants int    `json:"participants"`
+	TIDs         []int  `json:"tids,omitempty"`
+}
+
+// Barrier gives the addresses of the two futex words of task_entries as
+// each process maps them (the engine's mapping and the tasks' may
+// differ).
+//
+// The monitor orders a decrement or a stage store exactly when it happens
+// inside the futex call: FUTEX_WAKE_OP(nr_in_progress, ADD -1) for an
+// arrival and FUTEX_WAKE_OP(start, SET stage) for a switch. With CRIU's
+// plain FUTEX_WAKE after an atomic operation the store happened at some
+// point before the call, so the checks only flag what is certain.
+type Barrier struct {
+	Start      []uint64 `json:"start"`       // task_entries.start
+	InProgress []uint64 `json:"in_progress"` // task_entries.nr_in_progress
+}
+
+// ExpectNS is a namespace a task must join with setns.
+type ExpectNS struct {
+	PID    int    `json:"pid"`
+	NSType int    `json:"nstype"` // CLONE_NEW*
+	Inode  uint64 `json:"inode"`
+}
+
+// Finding is one thing the kernel saw that the plan did not mean, with the
+// events that show it.
+type Finding struct {
+	Check    string  `json:"check"` // pid, thread, stage, namespace, monitor
+	PID      int     `json:"pid,omitempty"`
+	TID      int     `json:"tid,omitempty"`
+	Stage    string  `json:"stage,omitempty"`
+	Message  string  `json:"message"`
+	Evidence []Event `json:"evidence"`
+}
+
+func (f Finding) String() string { return f.Check + ": " + f.Message }
+
+// Count is how many of what was expected were seen right.
+type Count struct {
+	OK   int `json:"ok"`
+	Want int `json:"want"`
+}
+
+func (c Count) String() string { return fmt.Sprintf("%d/%d", c.OK, c.Want) }
+
+// Report is the verdict on one restore.
+type Report struct {
+	OK            bool      `json:"ok"`
+	Verdict       string    `json:"verdict"`
+	PIDs          Count     `json:"pids"`
+	Threads       Count     `json:"threads"`
+	Stages        Count     `json:"stages"`
+	StagesInOrder bool      `json:"stages_in_order"`
+	Namespaces    Count     `json:"namespaces"`
+	Failed        string    `json:"failed,omitempty"` // the stage a FAIL switch ended
+	Dropped       uint64    `json:"dropped"`
+	Findings      []Finding `json:"findings"`
+}
+
+// Verify checks a monitor's events (Events, after the restore reached
+// COMPLETE or FAIL) against exp.
+func Verify(exp Expect, events []Event) Report {
+	v := &verifier{exp: exp, who: map[int]ident{}}
+	events = slices.Clone(events)
+	slices.SortStableFunc(events, func(a, b Event) int { return cmp.Compare(a.Head().Time, b.Head().Time) })
+	v.events = events
+	v.pids()
+	v.stages()
+	v.namespaces()
+	// Causes before consequences: a task that does not exist explains its
+	// missing arrivals.
+	slices.SortStableFunc(v.r.Findings, func(a, b Finding) int {
+		return cmp.Or(cmp.Compare(checkOrder[a.Check], checkOrder[b.Check]), cmp.Compare(firstTime(a), firstTime(b)))
+	})
+	v.r.OK = len(v.r.Findings) == 0
+	v.r.Verdict = v.verdict()
+	return v.r
+}
+
+// Verify syncs and checks the events seen so far; drops make a finding,
+// since a verdict on a partial log proves nothing.
+func (m *Monitor) Verify(exp Expect) (Report, error) {
+	if err := m.Sync(); err != nil {
+		return Report{}, err
+	}
+	r := Verify(exp, m.Events())
+	if r.Dropped = m.Dropped(); r.Dropped > 0 {
+		r.Findings = append(r.Findings, Finding{Check: "monitor",
+			Message: fmt.Sprintf("%d events dropped (ring buffer full): the log is incomplete", r.Dropped)})
+		r.OK = false
+		r.Verdict += fmt.Sprintf(", %d events dropped", r.Dropped)
+	}
+	return r, nil
+}
+
+var checkOrder = map[string]int{"monitor": 0, "pid": 1, "thread": 2, "namespace": 3, "stage": 4}
+
+func firstTime(f Finding) uint64 {
+	if len(f.Evidence) == 0 {
+		return ^uint64(0)
+	}
+	return f.Evidence[0].Head().Time
+}
+
+// ident is who a global tid is in the restored namespace.
+type ident struct {
+	PID, TID int        // at the restored namespace's level
+	Expected bool       // a task or thread of the plan
+	Fork     *ForkEvent // its creation
+}
+
+type verifier struct {
+	exp     Expect
+	events  []Event
+	r       Report
+	who     map[int]ident // by global tid
+	global  map[int]int   // image pid -> global tgid, for the tasks found
+	created map[int]bool  // image tids of the plan that were forked
+	level   int           // the restored namespace's level
+	failAt  uint64        // time of a switch to FAIL, 0 if none
+}
+
+func (v *verifier) find(check string, pid, tid int, stage, format string, args ...any) *Finding {
+	v.r.Findings = append(v.r.Findings, Finding{Check: check, PID: pid, TID: tid, Stage: stage,
+		Message: fmt.Sprintf(format, args...)})
+	return &v.r.Findings[len(v.r.Findings)-1]
+}
+
+func (f *Finding) with(evs ...Event) *Finding {
+	for _, e := range evs {
+		if e != nil && !isNil(e) {
+			f.Evidence = append(f.Evidence, e)
+		}
+	}
+	return f
+}
+
+func isNil(e Event) bool {
+	switch e := e.(type) {
+	case *ForkEvent:
+		return e == nil
+	case *FutexEvent:
+		return e == nil
+	case *Clone3Event:
+		return e == nil
+	case *CloneEvent:
+		return e == nil
+	case *SetnsEvent:
+		return e == nil
+	case *ExitEvent:
+		return e == nil
+	}
+	return false
+}
+
+// pids checks that every task and thread was forked with its image pid at
+// the right level by the right parent, through clone3 with set_tid, and
+// that nothing else was forked into the namespace.
+func (v *verifier) pids() {
+	var forks []*ForkEvent
+	for _, e := range v.events {
+		if f, ok := e.(*ForkEvent); ok {
+			forks = append(forks, f)
+		}
+	}
+	v.global = map[int]int{}
+	v.created = map[int]bool{}
+	v.level = -1
+	for _, t := range v.exp.Tasks {
+		if v.level < 0 || t.NSLevel < v.level {
+			v.level = t.NSLevel
+		}
+	}
+	at := func(nrs []int, level int) int {
+		if level < len(nrs) && level >= 0 {
+			return nrs[level]
+		}
+		return 0
+	}
+	// Everyone forked into (or below) the restored namespace, by the
+	// numbers at its level.
+	for _, f := range forks {
+		if v.level >= 0 && len(f.ChildTIDs) > v.level {
+			v.who[f.ChildTID] = ident{PID: at(f.ChildPIDs, v.level), TID: at(f.ChildTIDs, v.level), Fork: f}
+		}
+	}
+	used := map[*ForkEvent]bool{}
+	rootParentLevel := -1
+	for _, t := range v.exp.Tasks {
+		threads := t.Threads
+		if !slices.Contains(threads, t.PID) {
+			threads = append([]int{t.PID}, threads...)
+		}
+		v.r.PIDs.Want++
+		v.r.Threads.Want += len(threads)
+		var fork *ForkEvent
+		for _, f := range forks {
+			if !f.Thread() && at(f.ChildPIDs, t.NSLevel) == t.PID && at(f.ChildTIDs, t.NSLevel) == t.PID {
+				fork = f
+				break
+			}
+		}
+		if fork == nil {
+			fd := v.find("pid", t.PID, 0, "", "task %d (parent %d) was not created: no fork gave pid %d at pid-namespace level %d",
+				t.PID, t.ParentPID, t.PID, t.NSLevel)
+			if gp, ok := v.global[t.ParentPID]; ok {
+				fd.with(v.clonesBy(gp)...)
+			}
+			continue
+		}
+		used[fork] = true
+		v.global[t.PID] = fork.ChildPID
+		v.created[t.PID] = true
+		ok := v.checkFork(t, t.PID, fork)
+		if t.ParentPID == 0 {
+			rootParentLevel = len(fork.ParentTIDs) - 1
+		}
+		if ok {
+			v.r.PIDs.OK++
+			v.r.Threads.OK++
+		}
+		id := v.who[fork.ChildTID]
+		id.Expected = true
+		v.who[fork.ChildTID] = id
+		for _, tid := range threads {
+			if tid == t.PID {
+				continue
+			}
+			var tf *ForkEvent
+			for _, f := range forks {
+				if f.Thread() && f.ChildPID == fork.ChildPID && at(f.ChildTIDs, t.NSLevel) == tid {
+					tf = f
+					break
+				}
+			}
+			if tf == nil {
+				v.find("thread", t.PID, tid, "", "thread %d of task %d was not created: no clone gave tid %d in process %d",
+					tid, t.PID, tid, t.PID).with(append(v.clonesBy(fork.ChildPID), fork)...)
+				continue
+			}
+			used[tf] = true
+			v.created[tid] = true
+			id := v.who[tf.ChildTID]
+			id.Expected = true
+			v.who[tf.ChildTID] = id
+			if v.checkFork(t, tid, tf) {
+				v.r.Threads.OK++
+			}
+		}
+	}
+	// Anything else forked by a task of the restore, or into the new
+	// namespace, was not in the plan.
+	restored := map[int]bool{}
+	for _, g := range v.global {
+		restored[g] = true
+	}
+	for _, f := range forks {
+		if used[f] || len(f.ChildTIDs) <= v.level || v.level < 0 {
+			continue
+		}
+		if !restored[f.PID] && !(rootParentLevel >= 0 && v.level > rootParentLevel) {
+			continue
+		}
+		what := "process"
+		if f.Thread() {
+			what = "thread"
+		}
+		pid, tid := at(f.ChildPIDs, v.level), at(f.ChildTIDs, v.level)
+		fd := v.find("pid", pid, tid, "", "unexpected %s pid %d tid %d in the restored namespace, forked by pid %d",
+			what, pid, tid, at(f.ParentPIDs, v.level))
+		fd.with(v.creatingClone(f), f)
+	}
+}
+
+// checkFork checks the level, the parent and the creating clone3 of task
+// t's thread tid (tid == t.PID for the task itself).
+func (v *verifier) checkFork(t ExpectTask, tid int, f *ForkEvent) bool {
+	ok := true
+	what := fmt.Sprintf("task %d", t.PID)
+	if tid != t.PID {
+		what = fmt.Sprintf("thread %d of task %d", tid, t.PID)
+	}
+	check := "pid"
+	if tid != t.PID {
+		check = "thread"
+	}
+	if f.ChildLevel() != t.NSLevel {
+		v.find(check, t.PID, tid, "", "%s is at pid-namespace level %d, want %d", what, f.ChildLevel(), t.NSLevel).with(f)
+		ok = false
+	}
+	if tid == t.PID {
+		// The real parent, as pstree.img means it (with CLONE_PARENT
+		// it is not the forker).
+		parentLevel := len(f.RealParentPIDs) - 1
+		switch {
+		case t.ParentPID == 0 && parentLevel >= t.NSLevel:
+			v.find(check, t.PID, 0, "", "%s should start the namespace, but its parent is pid %d inside it",
+				what, f.RealParentPIDs[t.NSLevel]).with(f)
+			ok = false
+		case t.ParentPID != 0 && (parentLevel < t.NSLevel || f.RealParentPIDs[t.NSLevel] != t.ParentPID):
+			got := 0
+			if parentLevel >= t.NSLevel {
+				got = f.RealParentPIDs[t.NSLevel]
+			}
+			v.find(check, t.PID, 0, "", "%s has parent %d, want %d", what, got, t.ParentPID).with(f)
+			ok = false
+		}
+	}
+	c := v.creatingClone(f)
+	switch c := c.(type) {
+	case nil:
+		v.find(check, t.PID, tid, "", "%s: the clone that created it was not seen", what).with(f)
+		ok = false
+	case *CloneEvent:
+		v.find(check, t.PID, tid, "", "%s was created by clone(2), not clone3 with set_tid", what).with(c, f)
+		ok = false
+	case *Clone3Event:
+		switch {
+		case len(c.SetTID) == 0:
+			v.find(check, t.PID, tid, "", "%s was created by clone3 without set_tid", what).with(c, f)
+			ok = false
+		case int(c.SetTID[0]) != tid:
+			v.find(check, t.PID, tid, "", "%s was created by clone3 with set_tid %v, want [%d]", what, c.SetTID, tid).with(c, f)
+			ok = false
+		}
+	}
+	return ok
+}
+
+// creatingClone returns the clone or clone3 whose return was f's child,
+// as the forking thread's namespace numbers it.
+func (v *verifier) creatingClone(f *ForkEvent) Event {
+	level := len(f.ParentTIDs) - 1
+	if level < 0 || level >= len(f.ChildTIDs) {
+		return nil
+	}
+	want := int64(f.ChildTIDs[level])
+	var found Event
+	for _, e := range v.events {
+		if e.Head().TID != f.TID {
+			continue
+		}
+		switch c := e.(type) {
+		case *Clone3Event:
+			if c.Returned && c.Ret == want {
+				found = c
+			}
+		case *CloneEvent:
+			if c.Returned && c.Ret == want {
+				found = c
+			}
+		}
+	}
+	return found
+}
+
+// clonesBy returns the clone and clone3 calls of process pid (global).
+func (v *verifier) clonesBy(pid int) []Event {
+	var out []Event
+	for _, e := range v.events {
+		switch e.(type) {
+		case *Clone3Event, *CloneEvent:
+			if e.Head().PID == pid {
+				out = append(out, e)
+			}
+		}
+	}
+	return out
+}
+
+// FUTEX_WAKE_OP's encoded operation (futex(2)): op<<28 | cmp<<24 |
+// oparg<<12 | cmparg.
+func wakeOp(val3 uint32) (op int, oparg int32) {
+	op = int(val3>>28) & 7
+	oparg = int32(val3>>12&0xfff) << 20 >> 20
+	return op, oparg
+}
+
+const (
+	futexOpSet = 0
+	futexOpAdd = 1
+)
+
+// arrival is a thread counting itself out of a stage; the decrement
+// happened within [lo, hi].
+type arrival struct {
+	tid    int // global
+	stage  int
+	lo, hi uint64
+	ev     *FutexEvent
+}
+
+// switchEv is the engine opening a stage; the store of start happened
+// within [lo, hi], and at is the call's entry.
+type switchEv struct {
+	stage  int
+	at     uint64
+	lo, hi uint64
+	ev     *FutexEvent
+	plain  bool // FUTEX_WAKE after a store, not FUTEX_WAKE_OP
+}
+
+func (v *verifier) stageName(st int) string {
+	if st == -1 {
+		return "FAIL"
+	}
+	for _, s := range v.exp.Stages {
+		if s.Stage == st && s.Name != "" {
+			return s.Name
+		}
+	}
+	return fmt.Sprintf("stage %d", st)
+}
+
+func (v *verifier) describe(gtid int) (string, int, int) {
+	id, ok := v.who[gtid]
+	switch {
+	case !ok:
+		return fmt.Sprintf("global tid %d", gtid), 0, 0
+	case id.PID == id.TID:
+		return fmt.Sprintf("task %d", id.PID), id.PID, id.TID
+	}
+	return fmt.Sprintf("thread %d of task %d", id.TID, id.PID), id.PID, id.TID
+}
+
+// stages checks the barrier: every participant counted out of a stage
+// before the switch to the next, nobody went on before it, each switch
+// happened once and in order, and the counts match.
+func (v *verifier) stages() {
+	isStart := func(a uint64) bool { return slices.Contains(v.exp.Barrier.Start, a) }
+	isInProg := func(a uint64) bool { return slices.Contains(v.exp.Barrier.InProgress, a) }
+
+	stagesOf := map[int][]int{} // image tid -> its stages, in order
+	for _, s := range v.exp.Stages {
+		for _, tid := range s.TIDs {
+			stagesOf[tid] = append(stagesOf[tid], s.Stage)
+		}
+	}
+	nextOf := func(tid int, after int, started bool) (int, bool) {
+		for _, st := range stagesOf[tid] {
+			if !started || v.stageIndex(st) > v.stageIndex(after) {
+				return st, true
+			}
+		}
+		return 0, false
+	}
+
+	var switches []switchEv
+	var arrivals []arrival
+	type waitEv struct {
+		stage int
+		ev    *FutexEvent
+	}
+	waits := map[int][]waitEv{}    // by global tid
+	last := map[int]int{}          // global tid -> its last stage
+	started := map[int]bool{}      // global tid has a last stage
+	prevExit := map[int]uint64{}   // global tid -> its last event's end
+	strangers := map[int][]Event{} // futex calls of threads not in the plan
+	for _, e := range v.events {
+		h := e.Head()
+		prev := prevExit[h.TID]
+		if f, ok := e.(*ForkEvent); ok && prevExit[f.ChildTID] == 0 {
+			prevExit[f.ChildTID] = f.Time
+		}
+		end := h.Time
+		if r, ok := e.(syscallEvent); ok && r.ret().Returned {
+			end = r.ret().Exit
+		}
+		prevExit[h.TID] = end
+		f, ok := e.(*FutexEvent)
+		if !ok {
+			continue
+		}
+		hi := f.Exit
+		if !f.Returned {
+			hi = ^uint64(0)
+		}
+		cmd := f.Cmd()
+		op, oparg := wakeOp(f.Val3)
+		switch {
+		case cmd == FutexWakeOp && isStart(f.Addr2) && op == futexOpSet:
+			switches = append(switches, switchEv{stage: int(oparg), at: f.Time, lo: f.Time, hi: hi, ev: f})
+			continue
+		case cmd == FutexWake && isStart(f.Addr) && f.WordOK:
+			// lo is set below: the engine's goroutine may have stored
+			// start on another thread than the one that wakes.
+			switches = append(switches, switchEv{stage: int(int32(f.Word)), at: f.Time, hi: f.Time, ev: f, plain: true})
+			continue
+		}
+		id, known := v.who[f.TID]
+		var a *arrival
+		switch {
+		case cmd == FutexWakeOp && isInProg(f.Addr2) && op == futexOpAdd && oparg == -1:
+			a = &arrival{tid: f.TID, lo: f.Time, hi: hi, ev: f}
+		case cmd == FutexWake && isInProg(f.Addr) && known:
+			a = &arrival{tid: f.TID, lo: prev, hi: f.Time, ev: f}
+		case cmd == FutexWait && isStart(f.Addr):
+			st := int(int32(f.Val))
+			if !started[f.TID] || last[f.TID] != st {
+				// CRIU's non-last participants only wait: the wait
+				// shows the arrival.
+				arrivals = append(arrivals, arrival{tid: f.TID, stage: st, lo: prev, hi: f.Time, ev: f})
+				last[f.TID], started[f.TID] = st, true
+			}
+			waits[f.TID] = append(waits[f.TID], waitEv{st, f})
+			continue
+		default:
+			continue
+		}
+		if !known || !id.Expected {
+			strangers[f.TID] = append(strangers[f.TID], f)
+			continue
+		}
+		st, ok := nextOf(id.TID, last[f.TID], started[f.TID])
+		if !ok {
+			// No plan for who arrives where: the stage open now.
+			st = v.openStage(switches, a.lo)
+		}
+		a.stage = st
+		last[f.TID], started[f.TID] = st, true
+		arrivals = append(arrivals, *a)
+	}
+
+	// A plain store of start came after the last decrement of the stage
+	// before (that is what the engine waits for): the surest lower bound.
+	for i := range switches {
+		sw := &switches[i]
+		if !sw.plain {
+			continue
+		}
+		k := v.stageIndex(sw.stage)
+		if k <= 0 {
+			continue
+		}
+		prevStage := v.exp.Stages[k-1].Stage
+		for _, a := range arrivals {
+			if a.stage == prevStage && a.lo > sw.lo && a.lo <= sw.at {
+				sw.lo = a.lo
+			}
+		}
+	}
+
+	for gtid, evs := range strangers {
+		name, pid, tid := v.describe(gtid)
+		v.find("stage", pid, tid, "", "%s counted itself out of the barrier %d times but is not in the plan", name, len(evs)).with(evs[0])
+	}
+
+	// Switches: once each, in order; a FAIL ends the checks.
+	for _, s := range switches {
+		if s.stage == -1 {
+			v.failAt = s.at
+			v.r.Failed = v.stageName(v.openStage(switches, s.at-1))
+			break
+		}
+	}
+	byStage := map[int][]switchEv{}
+	for _, s := range switches {
+		byStage[s.stage] = append(byStage[s.stage], s)
+	}
+	v.r.StagesInOrder = true
+	var prevSw *switchEv
+	for i, s := range v.exp.Stages {
+		sws := byStage[s.Stage]
+		if len(sws) == 0 {
+			if v.failAt == 0 {
+				v.find("stage", 0, 0, s.Name, "the engine never switched to %s", s.Name)
+				v.r.StagesInOrder = false
+			}
+			continue
+		}
+		if len(sws) > 1 {
+			fd := v.find("stage", 0, 0, s.Name, "the engine switched to %s %d times", s.Name, len(sws))
+			for _, sw := range sws {
+				fd.with(sw.ev)
+			}
+		}
+		if prevSw != nil && sws[0].at < prevSw.at {
+			v.find("stage", 0, 0, s.Name, "the switch to %s came before the switch to %s", s.Name, v.exp.Stages[i-1].Name).
+				with(sws[0].ev, prevSw.ev)
+			v.r.StagesInOrder = false
+		}
+		sw := sws[0]
+		prevSw = &sw
+	}
+
+	for i, s := range v.exp.Stages {
+		v.r.Stages.Want++
+		before := len(v.r.Findings)
+		sws := byStage[s.Stage]
+		var open, next *switchEv
+		if len(sws) > 0 {
+			open = &sws[0]
+		}
+		if i+1 < len(v.exp.Stages) {
+			if n := byStage[v.exp.Stages[i+1].Stage]; len(n) > 0 {
+				next = &n[0]
+			}
+		}
+		failedHere := v.failAt != 0 && (open == nil || open.at < v.failAt) && (next == nil || next.at > v.failAt)
+		seen := map[int]bool{} // image tids arrived
+		count := 0
+		for _, a := range arrivals {
+			if a.stage != s.Stage {
+				continue
+			}
+			name, pid, tid := v.describe(a.tid)
+			if id := v.who[a.tid]; id.Expected {
+				if seen[id.TID] {
+					v.find("stage", pid, tid, s.Name, "%s arrived at %s twice", name, s.Name).with(a.ev)
+				}
+				seen[id.TID] = true
+			}
+			count++
+			if open != nil && a.hi < open.lo {
+				prevName := "the previous stage"
+				if i > 0 {
+					prevName = v.exp.Stages[i-1].Name
+				}
+				v.find("stage", pid, tid, prevName, "%s left %s without waiting: it counted out of %s before the switch to %s",
+					name, prevName, s.Name, s.Name).with(a.ev, open.ev)
+			}
+			if next != nil && a.lo > next.at {
+				v.find("stage", pid, tid, s.Name, "%s arrived at %s after the switch to %s: the engine switched before all had arrived",
+					name, s.Name, v.exp.Stages[i+1].Name).with(next.ev, a.ev)
+			}
+		}
+		if !failedHere && !(v.failAt != 0 && open != nil && open.at > v.failAt) && open != nil {
+			// Who was not created is a pid finding already; the
+			// stage still closed short.
+			for _, tid := range s.TIDs {
+				if !seen[tid] && v.created[tid] {
+					pid := v.pidOf(tid)
+					v.find("stage", pid, tid, s.Name, "%s never arrived at %s", describeImage(pid, tid), s.Name).with(open.ev)
+				}
+			}
+			planned := count
+			if len(s.TIDs) > 0 {
+				planned = len(seen)
+			}
+			switch {
+			case planned >= s.Participants:
+			case next != nil:
+				v.find("stage", 0, 0, s.Name, "the engine switched to %s after %d of %d arrivals at %s",
+					v.exp.Stages[i+1].Name, planned, s.Participants, s.Name).with(open.ev, next.ev)
+			case len(s.TIDs) == 0:
+				v.find("stage", 0, 0, s.Name, "%d arrivals at %s, want %d", count, s.Name, s.Participants).with(open.ev)
+			}
+		}
+		if open != nil && len(v.r.Findings) == before {
+			v.r.Stages.OK++
+		}
+	}
+
+	// A wait that returned while start still held its stage, after which
+	// the thread went on instead of waiting again.
+	for gtid, ws := range waits {
+		for i, w := range ws {
+			if !w.ev.Returned || !w.ev.WordAtExitOK || int32(w.ev.WordAtExit) != int32(w.stage) {
+				continue
+			}
+			if i+1 < len(ws) && ws[i+1].stage == w.stage {
+				continue
+			}
+			if !v.wentOn(gtid, w.ev) {
+				continue
+			}
+			name, pid, tid := v.describe(gtid)
+			v.find("stage", pid, tid, v.stageName(w.stage), "%s returned from its wait at %s (ret %d) while start was still %s, and went on",
+				name, v.stageName(w.stage), w.ev.Ret, v.stageName(w.stage)).with(w.ev)
+		}
+	}
+}
+
+// wentOn reports whether thread gtid made another traced call after w.
+func (v *verifier) wentOn(gtid int, w *FutexEvent) bool {
+	for _, e := range v.events {
+		if e.Head().TID == gtid && e.Head().Time > w.Exit {
+			if _, ok := e.(*ExitEvent); ok {
+				return false
+			}
+			return true
+		}
+	}
+	return false
+}
+
+func (v *verifier) stageIndex(st int) int {
+	for i, s := range v.exp.Stages {
+		if s.Stage == st {
+			return i
+		}
+	}
+	return -1
+}
+
+// openStage is the stage the last switch before t opened.
+func (v *verifier) openStage(switches []switchEv, t uint64) int {
+	st := -2
+	for _, s := range switches {
+		if s.at <= t {
+			st = s.stage
+		}
+	}
+	return st
+}
+
+func (v *verifier) pidOf(tid int) int {
+	for _, t := range v.exp.Tasks {
+		if t.PID == tid || slices.Contains(t.Threads, tid) {
+			return t.PID
+		}
+	}
+	return 0
+}
+
+func describeImage(pid, tid int) string {
+	if pid == tid || tid == 0 {
+		return fmt.Sprintf("task %d", pid)
+	}
+	return fmt.Sprintf("thread %d of task %d", tid, pid)
+}
+
+// Namespace types (CLONE_NEW*), for messages.
+var nsNames = map[int]string{
+	0x00020000: "mnt", 0x02000000: "cgroup", 0x04000000: "uts", 0x08000000: "ipc",
+	0x10000000: "user", 0x20000000: "pid", 0x40000000: "net", 0x00000080: "time",
+}
+
+func nsName(t int) string {
+	if n, ok := nsNames[t]; ok {
+		return n
+	}
+	return fmt.Sprintf("nstype %#x", t)
+}
+
+// namespaces checks that every setns of a restored task joined the
+// namespace the plan meant, and that the plan's happened.
+func (v *verifier) namespaces() {
+	type key struct{ pid, nstype int }
+	want := map[key]ExpectNS{}
+	for _, n := range v.exp.Namespaces {
+		want[key{n.PID, n.NSType}] = n
+		v.r.Namespaces.Want++
+	}
+	done := map[key]bool{}
+	bad := map[key]bool{}
+	for _, e := range v.events {
+		s, ok := e.(*SetnsEvent)
+		if !ok {
+			continue
+		}
+		id, known := v.who[s.TID]
+		if !known || !id.Expected {
+			continue
+		}
+		name, pid, tid := v.describe(s.TID)
+		k := key{id.PID, s.NSType}
+		n, planned := want[k]
+		switch {
+		case !planned:
+			v.find("namespace", pid, tid, "", "%s called setns(fd %d, %s), which the plan does not have", name, s.FD, nsName(s.NSType)).with(s)
+			continue
+		case s.Returned && s.Ret < 0:
+			v.find("namespace", pid, tid, "", "%s: setns(fd %d, %s) failed with %d", name, s.FD, nsName(s.NSType), s.Ret).with(s)
+			bad[k] = true
+		case !s.Resolved:
+			v.find("namespace", pid, tid, "", "%s: setns(fd %d, %s): the fd was not an open file", name, s.FD, nsName(s.NSType)).with(s)
+			bad[k] = true
+		case s.Inode != n.Inode:
+			v.find("namespace", pid, tid, "", "%s joined %s namespace %d, want %d", name, nsName(s.NSType), s.Inode, n.Inode).with(s)
+			bad[k] = true
+		}
+		done[k] = true
+	}
+	for _, n := range v.exp.Namespaces {
+		k := key{n.PID, n.NSType}
+		switch {
+		case !done[k]:
+			if v.failAt == 0 {
+				v.find("namespace", n.PID, 0, "", "task %d never joined %s namespace %d", n.PID, nsName(n.NSType), n.Inode)
+			}
+		case !bad[k]:
+			v.r.Namespaces.OK++
+		}
+	}
+}
+
+func (v *verifier) verdict() string {
+	var parts []string
+	parts = append(parts, "pids "+v.r.PIDs.String(), "threads "+v.r.Threads.String())
+	st := "stages " + v.r.Stages.String()
+	if v.r.StagesInOrder {
+		st += " in order"
+	} else {
+		st += " out of order"
+	}
+	parts = append(parts, st)
+	switch {
+	case v.r.Namespaces.Want == 0:
+	case v.r.Namespaces.OK == v.r.Namespaces.Want:
+		parts = append(parts, "namespaces ok")
+	default:
+		parts = append(parts, "namespaces "+v.r.Namespaces.String())
+	}
+	if v.r.Failed != "" {
+		parts = append(parts, "failed in "+v.r.Failed)
+	}
+	if n := len(v.r.Findings); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d findings", n))
+	}
+	return strings.Join(parts, ", ")
+}
