@@ -493,6 +493,7 @@ func (v *verifier) stages() {
 	started := map[int]bool{}      // global tid has a last stage
 	prevExit := map[int]uint64{}   // global tid -> its last event's end
 	strangers := map[int][]Event{} // futex calls of threads not in the plan
+	lastArrival := map[int]int{}   // global tid -> index in arrivals of its latest count-out
 	for _, e := range v.events {
 		h := e.Head()
 		prev := prevExit[h.TID]
@@ -533,6 +534,14 @@ func (v *verifier) stages() {
 			a = &arrival{tid: f.TID, lo: prev, hi: f.Time, ev: f}
 		case cmd == FutexWait && isStart(f.Addr):
 			st := int(int32(f.Val))
+			// After counting out of a stage a thread waits while start
+			// still holds that stage, never a later one: a wait on a
+			// later stage shows that its count-out was out of that
+			// stage, and that it skipped the ones between.
+			if i, ok := lastArrival[f.TID]; ok && v.stageIndex(st) > v.stageIndex(arrivals[i].stage) {
+				arrivals[i].stage = st
+				last[f.TID] = st
+			}
 			if !started[f.TID] || last[f.TID] != st {
 				// CRIU's non-last participants only wait: the wait
 				// shows the arrival.
@@ -555,6 +564,7 @@ func (v *verifier) stages() {
 		}
 		a.stage = st
 		last[f.TID], started[f.TID] = st, true
+		lastArrival[f.TID] = len(arrivals)
 		arrivals = append(arrivals, *a)
 	}
 

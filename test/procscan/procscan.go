@@ -1,0 +1,159 @@
+// Package procscan finds processes through /proc, for tests that must show
+// what a restore left behind: nothing of a failed attempt alive, a killed
+// tree really gone before its pids are used again.
+package procscan
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Process is one entry of /proc as seen at the scan. Exe and Cwd are ""
+// when the kernel does not tell (kernel threads, zombies, a process that
+// ended during the scan).
+type Process struct {
+	PID   int
+	PPID  int
+	State byte // R, S, D, Z ... from /proc/PID/stat
+	Comm  string
+	Exe   string
+	Cwd   string
+}
+
+func (p Process) String() string {
+	return fmt.Sprintf("pid %d (%s, state %c, ppid %d, exe %q, cwd %q)", p.PID, p.Comm, p.State, p.PPID, p.Exe, p.Cwd)
+}
+
+// All returns every process of /proc. Processes that end during the scan
+// are left out.
+func All() ([]Process, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var out []Process
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		p, err := Read(pid)
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, errGone) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+var errGone = errors.New("process ended during the scan")
+
+// Read reads one process.
+func Read(pid int) (Process, error) {
+	p := Process{PID: pid}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return p, err
+	}
+	// "PID (COMM) S PPID ...": comm may hold spaces and parentheses.
+	open, close := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+	if open < 0 || close < open {
+		return p, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	p.Comm = string(b[open+1 : close])
+	f := strings.Fields(string(b[close+1:]))
+	if len(f) < 2 || len(f[0]) != 1 {
+		return p, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	p.State = f[0][0]
+	if p.PPID, err = strconv.Atoi(f[1]); err != nil {
+		return p, fmt.Errorf("/proc/%d/stat: ppid %q", pid, f[1])
+	}
+	// Zombies and kernel threads have neither; a process that just
+	// ended loses them too.
+	p.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	p.Cwd, _ = os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+	return p, nil
+}
+
+// Find returns the processes for which match is true.
+func Find(match func(Process) bool) ([]Process, error) {
+	all, err := All()
+	if err != nil {
+		return nil, err
+	}
+	var out []Process
+	for _, p := range all {
+		if match(p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// Under matches processes whose executable or working directory is dir or
+// below it.
+func Under(dir string) func(Process) bool {
+	dir = strings.TrimRight(dir, "/")
+	in := func(path string) bool {
+		path = strings.TrimSuffix(path, " (deleted)")
+		return path == dir || strings.HasPrefix(path, dir+"/")
+	}
+	return func(p Process) bool { return in(p.Exe) || in(p.Cwd) }
+}
+
+// ChildOf matches the children of pid, zombies included.
+func ChildOf(pid int) func(Process) bool {
+	return func(p Process) bool { return p.PPID == pid }
+}
+
+// MemfdExe matches processes running a program from a memfd whose name
+// starts with prefix (crest runs its agent as "memfd:crest-agent").
+func MemfdExe(prefix string) func(Process) bool {
+	return func(p Process) bool { return strings.HasPrefix(p.Exe, "/memfd:"+prefix) }
+}
+
+// Any matches what any of ms matches.
+func Any(ms ...func(Process) bool) func(Process) bool {
+	return func(p Process) bool {
+		for _, m := range ms {
+			if m(p) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// Exists reports whether /proc/PID exists: the process runs or is a zombie
+// not reaped yet.
+func Exists(pid int) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+	return !errors.Is(err, os.ErrNotExist)
+}
+
+// WaitGone waits until none of pids exists any more, polling /proc; it
+// returns the pids still there after timeout.
+func WaitGone(timeout time.Duration, pids ...int) []int {
+	deadline := time.Now().Add(timeout)
+	for {
+		var left []int
+		for _, pid := range pids {
+			if Exists(pid) {
+				left = append(left, pid)
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
