@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+
+	"github.com/spf13/pflag"
+
+	"github.com/crest-restore/crest/dump"
+)
+
+func init() {
+	register(&verb{
+		name:  "dump",
+		usage: "-t PID -D DIR [--leave-running]",
+		short: "checkpoint a process tree into a CRIU image directory",
+		long: `
+dump checkpoints the process tree rooted at PID (all its descendants and
+threads) into DIR as CRIU 4.2 images, which crest restore and criu restore
+both read. The tree is frozen with ptrace for the time of the dump; by
+default it is killed afterwards, as CRIU does; with --leave-running it runs
+on as if nothing happened.
+
+DIR is written as a whole: crest builds the images in a temporary directory
+beside it and renames it into place at the end, so a failed dump leaves no
+half-written DIR, and the tree is let go untouched. DIR may exist if it
+holds no images yet.
+
+State crest cannot restore fails the dump with a message naming the task
+and the resource: sockets, ttys, eventfd/epoll/signalfd/timerfd, memfds,
+deleted files, shared anonymous memory, seccomp, posix timers, and
+namespaces other than the root's pid namespace.`,
+		setup: func(fs *pflag.FlagSet) runFunc {
+			pid := fs.IntP("tree", "t", 0, "checkpoint the tree rooted at `PID`")
+			dir := fs.StringP("images-dir", "D", "", "write the images into `DIR`")
+			leave := fs.Bool("leave-running", false, "let the tree run on after the dump")
+			return func(ctx context.Context, env *env, args []string) error {
+				if *pid <= 0 {
+					return usagef("no tree: give -t PID")
+				}
+				if *dir == "" {
+					return usagef("no image directory: give -D DIR")
+				}
+				if len(args) > 0 {
+					return usagef("unexpected arguments %q", args)
+				}
+				res, err := dump.Dump(ctx, dump.Options{Pid: *pid, Dir: *dir, LeaveRunning: *leave, Log: env.log})
+				if err != nil {
+					return err
+				}
+				env.log.Info("dump complete", "dir", *dir, "tasks", res.Tasks, "threads", res.Threads,
+					"pages", res.Pages, "frozen", res.Frozen)
+				return nil
+			}
+		},
+	})
+}

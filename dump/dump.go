@@ -1,0 +1,452 @@
+package dump
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/inventory"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/seccomp"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/stats"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/timens"
+
+	"github.com/crest-restore/crest/images"
+)
+
+// Options say what to dump and where.
+type Options struct {
+	// Pid is the host pid of the tree's root.
+	Pid int
+	// Dir is the image directory to create. It may exist if it holds no
+	// images (a log file, say); it is replaced as a whole.
+	Dir string
+	// LeaveRunning lets the tree run on after the dump; by default it is
+	// killed, as CRIU does.
+	LeaveRunning bool
+	Log          *slog.Logger
+}
+
+// Result tells what was dumped.
+type Result struct {
+	Tasks, Threads int
+	// Pages counts the memory pages written; Bytes their size.
+	Pages, Bytes uint64
+	// Frozen is how long the tree was stopped, Freezing how long freezing
+	// it took.
+	Freezing, Frozen time.Duration
+}
+
+// dumper is the state of one dump.
+type dumper struct {
+	opts  Options
+	log   *slog.Logger
+	tmp   string // the directory being written
+	tree  *tree
+	files *fileTable
+	stats memStats
+	ns    *nsIDs
+	kobj  map[int]*kobjIDs // by host pid
+	lastK [4]uint32        // last vm, files, fs, sighand ids given
+	pages uint32
+}
+
+func (d *dumper) path(name string) string { return filepath.Join(d.tmp, name) }
+
+// Dump checkpoints the tree rooted at opts.Pid into opts.Dir.
+func Dump(ctx context.Context, opts Options) (*Result, error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Pid <= 0 {
+		return nil, fmt.Errorf("dump: bad pid %d", opts.Pid)
+	}
+	if opts.Pid == os.Getpid() {
+		return nil, fmt.Errorf("dump: pid %d is crest itself", opts.Pid)
+	}
+	st, err := readStatus(procPath(opts.Pid, "status"))
+	if err != nil {
+		return nil, fmt.Errorf("dump: no process %d: %w", opts.Pid, err)
+	}
+	if st["Tgid"] != fmt.Sprint(opts.Pid) {
+		return nil, fmt.Errorf("dump: %d is a thread of process %s, not a process", opts.Pid, st["Tgid"])
+	}
+	if err := checkTarget(opts.Dir); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	d := &dumper{opts: opts, log: opts.Log, files: newFileTable(), kobj: map[int]*kobjIDs{}}
+	ns, err := ownNamespaces()
+	if err != nil {
+		return nil, err
+	}
+	d.ns = ns
+	if _, err := zeroPFN(); err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
+
+	// ptrace requests must come from the thread that attached.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	t0 := time.Now()
+	tr, err := freeze(opts.Pid)
+	if err != nil {
+		return nil, fmt.Errorf("dump: freezing %d: %w", opts.Pid, err)
+	}
+	d.tree = tr
+	t1 := time.Now()
+	d.log.Info("frozen", "pid", opts.Pid, "tasks", len(tr.tasks), "took", t1.Sub(t0))
+
+	res, err := d.run(ctx)
+	if err != nil {
+		tr.thaw()
+		if d.tmp != "" {
+			os.RemoveAll(d.tmp)
+		}
+		return nil, fmt.Errorf("dump %d: %w", opts.Pid, err)
+	}
+	if opts.LeaveRunning {
+		tr.thaw()
+	} else {
+		tr.kill()
+	}
+	res.Freezing, res.Frozen = t1.Sub(t0), time.Since(t1)
+	d.log.Info("dumped", "dir", opts.Dir, "tasks", res.Tasks, "threads", res.Threads, "pages", res.Pages,
+		"frozen", res.Frozen, "leave_running", opts.LeaveRunning)
+	return res, nil
+}
+
+// checkTarget refuses an images directory that already holds images.
+func checkTarget(dir string) error {
+	if dir == "" {
+		return errors.New("dump: no images directory")
+	}
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("dump: %w", err)
+	}
+	for _, e := range ents {
+		if n := e.Name(); strings.HasSuffix(n, ".img") || strings.HasPrefix(n, "stats-") || e.IsDir() {
+			return fmt.Errorf("dump: %s already holds images (%s)", dir, n)
+		}
+	}
+	return nil
+}
+
+// run writes the images of the frozen tree and moves them into place.
+func (d *dumper) run(ctx context.Context) (*Result, error) {
+	parent := filepath.Dir(filepath.Clean(d.opts.Dir))
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(filepath.Clean(d.opts.Dir))+".crest-")
+	if err != nil {
+		return nil, err
+	}
+	d.tmp = tmp
+	res := &Result{Tasks: len(d.tree.tasks)}
+	if err := d.pidsAndNamespaces(); err != nil {
+		return nil, err
+	}
+	tm := time.Now()
+	for _, t := range d.tree.tasks {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if err := d.dumpTask(t); err != nil {
+			return nil, err
+		}
+		res.Threads += len(t.threads)
+	}
+	if err := d.dumpMemfds(); err != nil {
+		return nil, err
+	}
+	memdump := time.Since(tm)
+	if err := d.writeShared(memdump); err != nil {
+		return nil, err
+	}
+	if err := d.moveIntoPlace(); err != nil {
+		return nil, err
+	}
+	d.tmp = ""
+	res.Pages, res.Bytes = d.stats.written, d.stats.written*images.PageSize
+	return res, nil
+}
+
+// moveIntoPlace renames the finished directory to the target. A target
+// that exists holds no images (checkTarget): its files (a log) move into
+// the new directory first.
+func (d *dumper) moveIntoPlace() error {
+	dir := d.opts.Dir
+	ents, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return err
+	default:
+		for _, e := range ents {
+			if err := os.Rename(filepath.Join(dir, e.Name()), d.path(e.Name())); err != nil {
+				return err
+			}
+		}
+		if err := os.Remove(dir); err != nil {
+			return err
+		}
+	}
+	if err := os.Chmod(d.tmp, 0o755); err != nil {
+		return err
+	}
+	return os.Rename(d.tmp, dir)
+}
+
+func (d *dumper) write(name string, k *images.Kind, entries ...images.Entry) error {
+	return images.WriteFile(d.path(name), &images.Image{Kind: k, Entries: entries})
+}
+
+// pidsAndNamespaces reads every task's pids in the root's pid namespace
+// and refuses namespaces crest cannot restore.
+func (d *dumper) pidsAndNamespaces() error {
+	rootNS, err := nsInode(d.tree.root.pid, "pid")
+	if err != nil {
+		return err
+	}
+	for _, t := range d.tree.tasks {
+		for _, kind := range nsKinds {
+			ino, err := nsInode(t.pid, kind)
+			if err != nil {
+				return fmt.Errorf("%s: %w", t, err)
+			}
+			if kind == "pid" {
+				if ino != rootNS {
+					return &UnsupportedError{Task: t.pid, Resource: "pid namespace",
+						Why: "nested pid namespaces are not supported (only the root's)"}
+				}
+				continue
+			}
+			if ino != d.ns.own[kind] {
+				return &UnsupportedError{Task: t.pid, Resource: kind + " namespace",
+					Why: "namespaces other than the root's pid namespace are not supported"}
+			}
+		}
+		st, err := readStatus(procPath(t.pid, "status"))
+		if err != nil {
+			return fmt.Errorf("%s: %w", t, err)
+		}
+		pid, err := st.last("NSpid")
+		if err != nil {
+			return fmt.Errorf("%s: status: %w", t, err)
+		}
+		t.nsPid = uint32(pid)
+		for _, th := range t.threads {
+			ts, err := readStatus(procPath(t.pid, "task", fmt.Sprint(th.tid), "status"))
+			if err != nil {
+				return fmt.Errorf("%s: thread %d: %w", t, th.tid, err)
+			}
+			tid, err := ts.last("NSpid")
+			if err != nil {
+				return fmt.Errorf("%s: thread %d: status: %w", t, th.tid, err)
+			}
+			th.nsTid = uint32(tid)
+		}
+	}
+	return nil
+}
+
+// dumpTask writes core, ids, mm, pagemap, pages, fs and fdinfo of t.
+func (d *dumper) dumpTask(t *task) error {
+	to, err := askTask(t)
+	if err != nil {
+		return err
+	}
+	for i, th := range t.threads {
+		core, err := threadCore(t, th, to, i == 0)
+		if err != nil {
+			return err
+		}
+		if err := d.write(fmt.Sprintf("core-%d.img", th.nsTid), images.KindCore, images.Entry{Message: core}); err != nil {
+			return err
+		}
+	}
+	ids, newFiles, err := d.kobjIDs(t)
+	if err != nil {
+		return err
+	}
+	if err := d.write(fmt.Sprintf("ids-%d.img", t.nsPid), images.KindIDs, images.Entry{Message: ids}); err != nil {
+		return err
+	}
+	// Memory: the exe and mapped files get their ids first, as in CRIU.
+	maps, err := readSmaps(t.pid)
+	if err != nil {
+		return fmt.Errorf("%s: %w", t, err)
+	}
+	if _, err := d.files.mappedFile(t, procPath(t.pid, "exe"), ""); err != nil {
+		return err
+	}
+	areas, err := d.vmas(t, maps)
+	if err != nil {
+		return err
+	}
+	mme, err := d.mmEntry(t, to, areas)
+	if err != nil {
+		return err
+	}
+	if err := d.write(fmt.Sprintf("mm-%d.img", t.nsPid), images.KindMM, images.Entry{Message: mme}); err != nil {
+		return err
+	}
+	d.pages++
+	pm, err := d.dumpPages(t, areas, d.pages)
+	if err != nil {
+		return err
+	}
+	if err := d.write(fmt.Sprintf("pagemap-%d.img", t.nsPid), images.KindPagemap, pm...); err != nil {
+		return err
+	}
+	if newFiles {
+		fds, err := d.files.fdTable(t)
+		if err != nil {
+			return err
+		}
+		if err := d.write(fmt.Sprintf("fdinfo-%d.img", ids.GetFilesId()), images.KindFdinfo, fds...); err != nil {
+			return err
+		}
+	}
+	fse, err := d.files.fsEntry(t)
+	if err != nil {
+		return err
+	}
+	return d.write(fmt.Sprintf("fs-%d.img", t.nsPid), images.KindFS, images.Entry{Message: fse})
+}
+
+// writeShared writes the images of the whole tree.
+func (d *dumper) writeShared(memdump time.Duration) error {
+	var ps []images.Entry
+	for _, t := range d.tree.tasks {
+		st, err := readStatus(procPath(t.pid, "status"))
+		if err != nil {
+			return fmt.Errorf("%s: %w", t, err)
+		}
+		pgid, err1 := st.last("NSpgid")
+		sid, err2 := st.last("NSsid")
+		if err := errors.Join(err1, err2); err != nil {
+			return fmt.Errorf("%s: status: %w", t, err)
+		}
+		if !d.inTree(uint32(pgid)) || !d.inTree(uint32(sid)) {
+			// CRIU would need --shell-job or helper tasks for leaders
+			// outside the dumped tree; crest supports neither.
+			return &UnsupportedError{Task: int(t.nsPid), Resource: "session",
+				What: fmt.Sprintf("pgid %d, sid %d", pgid, sid),
+				Why:  "its session or process group leader is not in the dumped tree"}
+		}
+		e := &pstree.PstreeEntry{Pid: proto.Uint32(t.nsPid), Ppid: proto.Uint32(0), Pgid: proto.Uint32(uint32(pgid)),
+			Sid: proto.Uint32(uint32(sid))}
+		if t.parent != nil {
+			e.Ppid = proto.Uint32(t.parent.nsPid)
+		}
+		for _, th := range t.threads {
+			e.Threads = append(e.Threads, th.nsTid)
+		}
+		ps = append(ps, images.Entry{Message: e})
+	}
+	if err := d.write("pstree.img", images.KindPstree, ps...); err != nil {
+		return err
+	}
+	var files []images.Entry
+	for _, f := range d.files.entries {
+		files = append(files, images.Entry{Message: f})
+	}
+	if err := d.write("files.img", images.KindFiles, files...); err != nil {
+		return err
+	}
+	if len(d.files.data) > 0 {
+		if err := d.write("pipes-data.img", images.KindPipesData, d.files.data...); err != nil {
+			return err
+		}
+	}
+	for _, t := range d.tree.tasks {
+		st, err := readStatus(procPath(t.pid, "status"))
+		if err != nil {
+			return fmt.Errorf("%s: %w", t, err)
+		}
+		if st["Seccomp"] != "0" {
+			return &UnsupportedError{Task: int(t.nsPid), Resource: "seccomp", Why: "seccomp filters are not supported"}
+		}
+		if b, err := os.ReadFile(procPath(t.pid, "timers")); err == nil && len(b) > 0 {
+			return &UnsupportedError{Task: int(t.nsPid), Resource: "posix timers", Why: "posix timers are not supported"}
+		}
+	}
+	if err := d.write("seccomp.img", images.KindSeccomp, images.Entry{Message: &seccomp.SeccompEntry{}}); err != nil {
+		return err
+	}
+	// CRIU writes the clocks of the tree's time namespace; the tree is in
+	// crest's, so those are the host's monotonic and boot-time clocks.
+	var mono, boot unix.Timespec
+	if err := errors.Join(unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono), unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot)); err != nil {
+		return os.NewSyscallError("clock_gettime", err)
+	}
+	tn := &timens.TimensEntry{
+		Monotonic: &timens.Timespec{TvSec: proto.Uint64(uint64(mono.Sec)), TvNsec: proto.Uint64(uint64(mono.Nsec))},
+		Boottime:  &timens.Timespec{TvSec: proto.Uint64(uint64(boot.Sec)), TvNsec: proto.Uint64(uint64(boot.Nsec))},
+	}
+	if err := d.write("timens-0.img", images.KindTimeNS, images.Entry{Message: tn}); err != nil {
+		return err
+	}
+	inv := &inventory.InventoryEntry{
+		ImgVersion:        proto.Uint32(2),
+		FdinfoPerId:       proto.Bool(true),
+		RootIds:           d.rootIDs(),
+		NsPerId:           proto.Bool(true),
+		RootCgSet:         proto.Uint32(1),
+		Lsmtype:           inventory.Lsmtype_NO_LSM.Enum(),
+		NetworkLockMethod: proto.Uint32(0),
+		PluginsEntry:      &inventory.PluginsEntry{},
+		DumpCriuRunId:     proto.String(runID()),
+	}
+	if err := d.write("inventory.img", images.KindInventory, images.Entry{Message: inv}); err != nil {
+		return err
+	}
+	st := &stats.StatsEntry{Dump: &stats.DumpStatsEntry{
+		FreezingTime: proto.Uint32(0), FrozenTime: proto.Uint32(0),
+		MemdumpTime: proto.Uint32(uint32(memdump.Microseconds())), MemwriteTime: proto.Uint32(0),
+		PagesScanned: proto.Uint64(d.stats.scanned), PagesSkippedParent: proto.Uint64(0),
+		PagesWritten: proto.Uint64(d.stats.written), PagesLazy: proto.Uint64(d.stats.lazy),
+		// CRIU's page pipes are its way of moving pages; crest counts
+		// its runs as buffers of one pipe.
+		IrmapResolve: proto.Uint32(0), PagePipes: proto.Uint64(1), PagePipeBufs: proto.Uint64(d.stats.runs),
+		ShpagesScanned: proto.Uint64(d.stats.shWritten), ShpagesSkippedParent: proto.Uint64(0),
+		ShpagesWritten: proto.Uint64(d.stats.shWritten),
+	}}
+	return d.write("stats-dump", images.KindStats, images.Entry{Message: st})
+}
+
+// inTree reports whether pid (in the root's pid namespace) is a task of
+// the dumped tree.
+func (d *dumper) inTree(pid uint32) bool {
+	for _, t := range d.tree.tasks {
+		if t.nsPid == pid {
+			return true
+		}
+	}
+	return false
+}
+
+// runID is a random UUID, as CRIU's dump_criu_run_id.
+func runID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}

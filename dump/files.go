@@ -1,0 +1,346 @@
+package dump
+
+import (
+	"debug/elf"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fs"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/pipe"
+	pipe_data "github.com/checkpoint-restore/go-criu/v8/crit/images/pipe-data"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/regfile"
+
+	"github.com/crest-restore/crest/images"
+)
+
+// fileTable gives ids to the open files of the tree and collects
+// files.img. Ids come from one counter in the order CRIU 4.2 hands them
+// out: per task the executable and mapped files, then the fds, then cwd and
+// root.
+type fileTable struct {
+	last    uint32
+	entries []*fdinfo.FileEntry
+	mapped  map[devIno]uint32
+	open    []openFile
+	pipes   map[uint64]bool
+	data    []images.Entry // pipes-data.img
+
+	memfds     map[uint64]*memfdInode // by inode number
+	memfdOrder []*memfdInode
+}
+
+type devIno struct{ dev, ino uint64 }
+
+type openFile struct {
+	pid, fd int
+	key     devIno
+	id      uint32
+}
+
+func newFileTable() *fileTable {
+	return &fileTable{mapped: map[devIno]uint32{}, pipes: map[uint64]bool{}, memfds: map[uint64]*memfdInode{}}
+}
+
+func (ft *fileTable) next() uint32 { ft.last++; return ft.last }
+
+func zeroFown() *fown.FownEntry {
+	return &fown.FownEntry{Uid: proto.Uint32(0), Euid: proto.Uint32(0), Signum: proto.Uint32(0),
+		PidType: proto.Uint32(0), Pid: proto.Uint32(0)}
+}
+
+// regEntry describes the file at path (a /proc link to it) as a REG file
+// entry named name.
+func regEntry(id uint32, path, name string, flags uint32, pos uint64) (*fdinfo.FileEntry, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nil, &os.PathError{Op: "stat", Path: path, Err: err}
+	}
+	r := &regfile.RegFileEntry{Id: proto.Uint32(id), Flags: proto.Uint32(flags), Pos: proto.Uint64(pos),
+		Fown: zeroFown(), Name: proto.String(name), Mode: proto.Uint32(st.Mode)}
+	if st.Mode&unix.S_IFMT == unix.S_IFREG {
+		// CRIU records the size to check it at restore, except for files
+		// open write-only for appending (logs), which may grow.
+		if !(flags&unix.O_ACCMODE == unix.O_WRONLY && flags&unix.O_APPEND != 0) {
+			r.Size = proto.Uint64(uint64(st.Size))
+		}
+		r.BuildId = buildID(path)
+	}
+	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_REG.Enum(), Id: proto.Uint32(id), Reg: r}, nil
+}
+
+// buildID returns the GNU build-id note of an ELF file as CRIU stores it
+// (little-endian 32-bit words), or nil.
+func buildID(path string) []uint32 {
+	f, err := elf.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_NOTE {
+			continue
+		}
+		b := make([]byte, p.Filesz)
+		if _, err := p.ReadAt(b, 0); err != nil {
+			continue
+		}
+		for len(b) >= 12 {
+			nsz, dsz, typ := binary.LittleEndian.Uint32(b), binary.LittleEndian.Uint32(b[4:]), binary.LittleEndian.Uint32(b[8:])
+			name := (int(nsz) + 3) &^ 3
+			desc := (int(dsz) + 3) &^ 3
+			if 12+name+desc > len(b) {
+				break
+			}
+			if typ == 3 && nsz == 4 && string(b[12:15]) == "GNU" && dsz%4 == 0 { // NT_GNU_BUILD_ID
+				d := b[12+name : 12+name+int(dsz)]
+				out := make([]uint32, len(d)/4)
+				for i := range out {
+					out[i] = binary.LittleEndian.Uint32(d[4*i:])
+				}
+				return out
+			}
+			b = b[12+name+desc:]
+		}
+	}
+	return nil
+}
+
+// mappedFile returns the id of the file behind a mapping or the
+// executable (path is its /proc link), one id per file across the tree.
+func (ft *fileTable) mappedFile(t *task, path, name string) (uint32, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("%s: %w", t, &os.PathError{Op: "stat", Path: path, Err: err})
+	}
+	key := devIno{st.Dev, st.Ino}
+	if id, ok := ft.mapped[key]; ok {
+		return id, nil
+	}
+	if name == "" {
+		l, err := os.Readlink(path)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", t, err)
+		}
+		name = l
+	}
+	if strings.HasSuffix(name, " (deleted)") {
+		return 0, &UnsupportedError{Task: int(t.nsPid), Resource: "mapped file", What: name, Why: "deleted files are not supported"}
+	}
+	id := ft.next()
+	e, err := regEntry(id, path, name, unix.O_RDONLY, 0)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", t, err)
+	}
+	ft.entries = append(ft.entries, e)
+	ft.mapped[key] = id
+	return id, nil
+}
+
+// fsEntry gives the task's cwd and root their file entries.
+func (ft *fileTable) fsEntry(t *task) (*fs.FsEntry, error) {
+	st, err := readStatus(procPath(t.pid, "status"))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", t, err)
+	}
+	umask, err := strconv.ParseUint(st["Umask"], 8, 32)
+	if err != nil {
+		return nil, fmt.Errorf("%s: status: Umask: %w", t, err)
+	}
+	var ids [2]uint32
+	for i, which := range []string{"cwd", "root"} {
+		p := procPath(t.pid, which)
+		name, err := os.Readlink(p)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", t, err)
+		}
+		if strings.HasSuffix(name, " (deleted)") {
+			return nil, &UnsupportedError{Task: int(t.nsPid), Resource: which, What: name, Why: "deleted directories are not supported"}
+		}
+		ids[i] = ft.next()
+		e, err := regEntry(ids[i], p, name, 0, 0)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", t, err)
+		}
+		ft.entries = append(ft.entries, e)
+	}
+	return &fs.FsEntry{CwdId: proto.Uint32(ids[0]), RootId: proto.Uint32(ids[1]), Umask: proto.Uint32(uint32(umask))}, nil
+}
+
+// ttyMajor reports the char device majors of ttys and ptys.
+func ttyMajor(major uint32) bool {
+	return major == 4 || major == 5 || (major >= 136 && major <= 143)
+}
+
+// fdTable describes t's open fds (fdinfo entries, sorted by fd).
+func (ft *fileTable) fdTable(t *task) ([]images.Entry, error) {
+	dir := procPath(t.pid, "fd")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", t, err)
+	}
+	var fds []int
+	for _, e := range ents {
+		if n, err := strconv.Atoi(e.Name()); err == nil {
+			fds = append(fds, n)
+		}
+	}
+	sort.Ints(fds)
+	var out []images.Entry
+	for _, fd := range fds {
+		e, err := ft.fd(t, fd)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, images.Entry{Message: e})
+	}
+	return out, nil
+}
+
+func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
+	link := procPath(t.pid, "fd", strconv.Itoa(fd))
+	name, err := os.Readlink(link)
+	if err != nil {
+		return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
+	}
+	unsupported := func(why string) error {
+		return &UnsupportedError{Task: int(t.nsPid), Resource: fmt.Sprintf("fd %d", fd), What: name, Why: why}
+	}
+	switch {
+	case strings.HasPrefix(name, "socket:"):
+		return nil, unsupported("sockets are not supported")
+	case strings.HasPrefix(name, "anon_inode:"):
+		return nil, unsupported("anonymous-inode files (eventfd, epoll, signalfd, timerfd ...) are not supported")
+	case strings.HasSuffix(name, " (deleted)") && !isMemfd(name):
+		return nil, unsupported("deleted files are not supported")
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(link, &st); err != nil {
+		return nil, fmt.Errorf("%s: fd %d: %w", t, fd, &os.PathError{Op: "stat", Path: link, Err: err})
+	}
+	fi, err := readFdinfo(t.pid, fd)
+	if err != nil {
+		return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
+	}
+	if _, locked := fi.rest["lock"]; locked {
+		return nil, unsupported("file locks are not supported")
+	}
+	typ := fdinfo.FdTypes_REG
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		if isMemfd(name) {
+			typ = fdinfo.FdTypes_MEMFD
+		}
+	case unix.S_IFDIR:
+	case unix.S_IFCHR:
+		if ttyMajor(unix.Major(st.Rdev)) {
+			return nil, unsupported("ttys are not supported")
+		}
+	case unix.S_IFIFO:
+		if !strings.HasPrefix(name, "pipe:") {
+			return nil, unsupported("named fifos are not supported")
+		}
+		typ = fdinfo.FdTypes_PIPE
+	default:
+		return nil, unsupported(fmt.Sprintf("files of mode %#o are not supported", st.Mode&unix.S_IFMT))
+	}
+	var fdflags uint32
+	if fi.flags&unix.O_CLOEXEC != 0 {
+		fdflags = unix.FD_CLOEXEC
+	}
+	flags := fi.flags &^ unix.O_CLOEXEC
+	key := devIno{st.Dev, st.Ino}
+	for _, o := range ft.open {
+		if o.key != key {
+			continue
+		}
+		same, err := kcmpEqual(t.pid, o.pid, kcmpFile, fd, o.fd)
+		if err != nil {
+			return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
+		}
+		if same {
+			return &fdinfo.FdinfoEntry{Id: proto.Uint32(o.id), Flags: proto.Uint32(fdflags), Type: typ.Enum(), Fd: proto.Uint32(uint32(fd))}, nil
+		}
+	}
+	id := ft.next()
+	var fe *fdinfo.FileEntry
+	if typ == fdinfo.FdTypes_PIPE {
+		fe = &fdinfo.FileEntry{Type: typ.Enum(), Id: proto.Uint32(id), Pipe: &pipe.PipeEntry{Id: proto.Uint32(id),
+			PipeId: proto.Uint32(uint32(st.Ino)), Flags: proto.Uint32(flags), Fown: zeroFown()}}
+		if err := ft.pipeData(t, fd, link, st.Ino); err != nil {
+			return nil, err
+		}
+	} else if typ == fdinfo.FdTypes_MEMFD {
+		if fe, err = ft.memfdEntry(id, link, name, flags, fi.pos); err != nil {
+			return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
+		}
+	} else {
+		if fe, err = regEntry(id, link, name, flags, fi.pos); err != nil {
+			return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
+		}
+	}
+	ft.entries = append(ft.entries, fe)
+	ft.open = append(ft.open, openFile{pid: t.pid, fd: fd, key: key, id: id})
+	return &fdinfo.FdinfoEntry{Id: proto.Uint32(id), Flags: proto.Uint32(fdflags), Type: typ.Enum(), Fd: proto.Uint32(uint32(fd))}, nil
+}
+
+// pipeData copies what pipe ino holds without taking it out: tee(2) from
+// a reader of our own onto a scratch pipe, then read the scratch pipe.
+func (ft *fileTable) pipeData(t *task, fd int, link string, ino uint64) error {
+	if ft.pipes[ino] {
+		return nil
+	}
+	ft.pipes[ino] = true
+	errf := func(err error) error { return fmt.Errorf("%s: fd %d: pipe:[%d] data: %w", t, fd, ino, err) }
+	// Opening the /proc link gives a new reader of the same pipe,
+	// whichever end fd is.
+	r, err := unix.Open(link, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return errf(&os.PathError{Op: "open", Path: link, Err: err})
+	}
+	defer unix.Close(r)
+	size, err := unix.FcntlInt(uintptr(r), unix.F_GETPIPE_SZ, 0)
+	if err != nil {
+		return errf(os.NewSyscallError("fcntl(F_GETPIPE_SZ)", err))
+	}
+	var sp [2]int
+	if err := unix.Pipe2(sp[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return errf(os.NewSyscallError("pipe2", err))
+	}
+	defer unix.Close(sp[0])
+	defer unix.Close(sp[1])
+	if _, err := unix.FcntlInt(uintptr(sp[1]), unix.F_SETPIPE_SZ, size); err != nil {
+		return errf(os.NewSyscallError("fcntl(F_SETPIPE_SZ)", err))
+	}
+	n, err := unix.Tee(r, sp[1], size, unix.SPLICE_F_NONBLOCK)
+	if errors.Is(err, syscall.EAGAIN) {
+		n, err = 0, nil
+	}
+	if err != nil {
+		return errf(os.NewSyscallError("tee", err))
+	}
+	if n == 0 {
+		return nil
+	}
+	data := make([]byte, n)
+	for got := 0; got < int(n); {
+		m, err := unix.Read(sp[0], data[got:])
+		if err != nil {
+			return errf(os.NewSyscallError("read", err))
+		}
+		got += m
+	}
+	ft.data = append(ft.data, images.Entry{Message: &pipe_data.PipeDataEntry{PipeId: proto.Uint32(uint32(ino)),
+		Bytes: proto.Uint32(uint32(n)), Size: proto.Uint32(uint32(size))}, Payload: data})
+	return nil
+}

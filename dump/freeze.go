@@ -1,0 +1,223 @@
+package dump
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// thread is one thread of a frozen task.
+type thread struct {
+	tid   int    // host tid
+	nsTid uint32 // tid in the root's pid namespace
+	// regs are the registers as the thread had them at the freeze; they
+	// are put back before the thread is let go whenever the dumper ran
+	// something in it.
+	regs    unix.PtraceRegs
+	touched bool
+}
+
+// task is one process of the tree.
+type task struct {
+	pid      int // host pid
+	nsPid    uint32
+	parent   *task
+	children []*task
+	threads  []*thread // the leader first
+	// poke, when set, is text the dumper overwrote to run syscalls and
+	// must put back.
+	poke *poke
+}
+
+// tree is the frozen process tree.
+type tree struct {
+	root  *task
+	tasks []*task // pre-order: parents before children, as pstree.img
+}
+
+func (t *task) String() string {
+	if t.nsPid != 0 {
+		return fmt.Sprintf("task %d (host pid %d)", t.nsPid, t.pid)
+	}
+	return fmt.Sprintf("task %d", t.pid)
+}
+
+// freeze seizes and interrupts every thread of the tree rooted at pid.
+// Threads and children are listed again after each round of seizing, until
+// a round finds nobody new: a frozen thread cannot clone, so the tree is
+// then complete. On error, whatever was seized is let go.
+func freeze(pid int) (*tree, error) {
+	tr := &tree{}
+	root, err := tr.freezeTask(pid, nil)
+	if err != nil {
+		tr.thaw()
+		return nil, err
+	}
+	tr.root = root
+	return tr, nil
+}
+
+func (tr *tree) freezeTask(pid int, parent *task) (*task, error) {
+	t := &task{pid: pid, parent: parent}
+	tr.tasks = append(tr.tasks, t)
+	seen := map[int]bool{}
+	for {
+		tids, err := listTids(pid)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) && len(t.threads) == 0 {
+				return nil, fmt.Errorf("%s: no such process", t)
+			}
+			return nil, fmt.Errorf("%s: listing threads: %w", t, err)
+		}
+		fresh := 0
+		for _, tid := range tids {
+			if seen[tid] {
+				continue
+			}
+			seen[tid] = true
+			th := &thread{tid: tid}
+			if err := seize(tid); err != nil {
+				if tid != pid && errors.Is(err, syscall.ESRCH) {
+					continue // the thread exited meanwhile
+				}
+				return nil, fmt.Errorf("%s: thread %d: %w", t, tid, err)
+			}
+			t.threads = append(t.threads, th)
+			fresh++
+			if err := waitInterrupted(tid); err != nil {
+				return nil, fmt.Errorf("%s: thread %d: %w", t, tid, err)
+			}
+			if err := unix.PtraceGetRegs(tid, &th.regs); err != nil {
+				return nil, fmt.Errorf("%s: thread %d: %w", t, tid, os.NewSyscallError("ptrace(PTRACE_GETREGS)", err))
+			}
+		}
+		if fresh == 0 {
+			break
+		}
+	}
+	if len(t.threads) == 0 || t.threads[0].tid != pid {
+		return nil, fmt.Errorf("%s: could not seize the thread group leader", t)
+	}
+	var kids []int
+	for _, th := range t.threads {
+		c, err := readChildren(pid, th.tid)
+		if err != nil {
+			return nil, fmt.Errorf("%s: children of thread %d: %w", t, th.tid, err)
+		}
+		kids = append(kids, c...)
+	}
+	for _, k := range kids {
+		c, err := tr.freezeTask(k, t)
+		if err != nil {
+			return nil, err
+		}
+		t.children = append(t.children, c)
+	}
+	return t, nil
+}
+
+// seize attaches to tid without stopping it and asks it to stop.
+func seize(tid int) error {
+	if err := unix.PtraceSeize(tid); err != nil {
+		if errors.Is(err, syscall.EPERM) {
+			if st, serr := readStat(procPath(tid, "stat")); serr == nil && st.state() == 'Z' {
+				return &UnsupportedError{Task: tid, Resource: "state", Why: "zombie tasks are not supported"}
+			}
+		}
+		return os.NewSyscallError("ptrace(PTRACE_SEIZE)", err)
+	}
+	if err := unix.PtraceInterrupt(tid); err != nil {
+		unix.PtraceDetach(tid)
+		return os.NewSyscallError("ptrace(PTRACE_INTERRUPT)", err)
+	}
+	return nil
+}
+
+// waitInterrupted waits for the stop PTRACE_INTERRUPT asked for. A signal
+// that arrives first is delivered as if the dumper were not there; the
+// interrupt stays pending and stops the thread right after.
+func waitInterrupted(tid int) error {
+	for {
+		var ws unix.WaitStatus
+		_, err := unix.Wait4(tid, &ws, unix.WALL, nil)
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if err != nil {
+			return os.NewSyscallError("wait4", err)
+		}
+		switch {
+		case ws.Exited() || ws.Signaled():
+			return fmt.Errorf("exited during the freeze (%v)", ws)
+		case !ws.Stopped():
+			continue
+		case int(ws)>>16 == unix.PTRACE_EVENT_STOP:
+			if ws.StopSignal() == syscall.SIGTRAP {
+				return nil
+			}
+			return &UnsupportedError{Task: tid, Resource: "state",
+				Why: fmt.Sprintf("stopped by %v: stopped tasks are not supported", ws.StopSignal())}
+		default:
+			if err := unix.PtraceCont(tid, int(ws.StopSignal())); err != nil {
+				return os.NewSyscallError("ptrace(PTRACE_CONT)", err)
+			}
+		}
+	}
+}
+
+// thaw puts back what the dumper changed in each task and detaches from
+// every thread, leaving the tree as it was.
+func (tr *tree) thaw() {
+	for _, t := range tr.tasks {
+		t.restore()
+		for _, th := range t.threads {
+			unix.PtraceDetach(th.tid)
+		}
+	}
+}
+
+// restore puts back the registers and text of t's threads.
+func (t *task) restore() {
+	if t.poke != nil && len(t.threads) > 0 {
+		t.poke.undo(t.threads[0].tid)
+		t.poke = nil
+	}
+	for _, th := range t.threads {
+		if th.touched {
+			unix.PtraceSetRegs(th.tid, &th.regs)
+			th.touched = false
+		}
+	}
+}
+
+// kill ends the frozen tree: SIGKILL to every task while still traced,
+// then reap each thread's exit as its tracer. A dying tracee stays a
+// zombie until its tracer waits for it, and the last thread of a pid
+// namespace init waits for every task of the namespace, zombie threads
+// included, so the threads are reaped in whatever order they die.
+func (tr *tree) kill() {
+	left := map[int]bool{}
+	for i := len(tr.tasks) - 1; i >= 0; i-- {
+		unix.Kill(tr.tasks[i].pid, unix.SIGKILL)
+		for _, th := range tr.tasks[i].threads {
+			left[th.tid] = true
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(left) > 0 && time.Now().Before(deadline) {
+		for tid := range left {
+			var ws unix.WaitStatus
+			n, err := unix.Wait4(tid, &ws, unix.WALL|unix.WNOHANG, nil)
+			if err != nil && !errors.Is(err, syscall.EINTR) || n == tid && (ws.Exited() || ws.Signaled()) {
+				delete(left, tid)
+			}
+		}
+		if len(left) > 0 {
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
+}

@@ -1,0 +1,195 @@
+package dump
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// This file reads the /proc files the dumper needs.
+
+func procPath(pid int, elem ...string) string {
+	return "/proc/" + strconv.Itoa(pid) + "/" + strings.Join(elem, "/")
+}
+
+// procStatus is /proc/PID/status (or /proc/PID/task/TID/status) as
+// key -> value, values trimmed.
+type procStatus map[string]string
+
+func readStatus(path string) (procStatus, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	st := procStatus{}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok {
+			st[k] = strings.TrimSpace(v)
+		}
+	}
+	return st, nil
+}
+
+// uints returns the whitespace-separated numbers of key in base.
+func (s procStatus) uints(key string, base int) ([]uint64, error) {
+	v, ok := s[key]
+	if !ok {
+		return nil, fmt.Errorf("no %q line", key)
+	}
+	var out []uint64
+	for _, f := range strings.Fields(v) {
+		n, err := strconv.ParseUint(f, base, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// last returns the last number of key: the value in the innermost pid
+// namespace for NSpid, NSpgid, NSsid.
+func (s procStatus) last(key string) (uint64, error) {
+	v, err := s.uints(key, 10)
+	if err != nil {
+		return 0, err
+	}
+	if len(v) == 0 {
+		return 0, fmt.Errorf("%s: empty", key)
+	}
+	return v[len(v)-1], nil
+}
+
+// procStat is /proc/PID/stat split into fields; field(n) is the n-th field
+// as proc(5) numbers them (1 = pid, 2 = comm, 3 = state ...).
+type procStat struct {
+	comm   string
+	fields []string // fields 3 and on
+}
+
+func readStat(path string) (*procStat, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	open, closing := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+	if open < 0 || closing < open {
+		return nil, fmt.Errorf("%s: malformed", path)
+	}
+	return &procStat{comm: string(b[open+1 : closing]), fields: strings.Fields(string(b[closing+1:]))}, nil
+}
+
+func (s *procStat) state() byte { return s.fields[0][0] }
+
+func (s *procStat) field(n int) uint64 {
+	i := n - 3
+	if i < 0 || i >= len(s.fields) {
+		return 0
+	}
+	v, err := strconv.ParseUint(s.fields[i], 10, 64)
+	if err != nil {
+		iv, _ := strconv.ParseInt(s.fields[i], 10, 64)
+		return uint64(iv)
+	}
+	return v
+}
+
+func (s *procStat) signedField(n int) int64 {
+	i := n - 3
+	if i < 0 || i >= len(s.fields) {
+		return 0
+	}
+	v, _ := strconv.ParseInt(s.fields[i], 10, 64)
+	return v
+}
+
+// listTids returns the tids of process pid, the leader first.
+func listTids(pid int) ([]int, error) {
+	ents, err := os.ReadDir(procPath(pid, "task"))
+	if err != nil {
+		return nil, err
+	}
+	tids := []int{pid}
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err == nil && tid != pid {
+			tids = append(tids, tid)
+		}
+	}
+	return tids, nil
+}
+
+// readChildren returns the children of thread tid of process pid.
+func readChildren(pid, tid int) ([]int, error) {
+	b, err := os.ReadFile(procPath(pid, "task", strconv.Itoa(tid), "children"))
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, fmt.Errorf("children of %d: %w", tid, err)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// readUintFile reads a file holding one number in base.
+func readUintFile(path string, base int) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(strings.TrimSpace(string(b)), base, 64)
+}
+
+func readIntFile(path string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+}
+
+// fdInfo is /proc/PID/fdinfo/FD.
+type fdInfo struct {
+	pos   uint64
+	flags uint32 // open flags, octal in the file
+	mntID int
+	ino   uint64
+	rest  map[string]string
+}
+
+func readFdinfo(pid, fd int) (*fdInfo, error) {
+	b, err := os.ReadFile(procPath(pid, "fdinfo", strconv.Itoa(fd)))
+	if err != nil {
+		return nil, err
+	}
+	fi := &fdInfo{rest: map[string]string{}}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		switch k {
+		case "pos":
+			fi.pos, _ = strconv.ParseUint(v, 10, 64)
+		case "flags":
+			f, _ := strconv.ParseUint(v, 8, 32)
+			fi.flags = uint32(f)
+		case "mnt_id":
+			fi.mntID, _ = strconv.Atoi(v)
+		case "ino":
+			fi.ino, _ = strconv.ParseUint(v, 10, 64)
+		default:
+			fi.rest[k] = v
+		}
+	}
+	return fi, nil
+}

@@ -1,0 +1,60 @@
+/*
+ * launch - start a workload as the init (pid 1) of a new pid namespace.
+ *
+ *   usage: launch DIR PROG [ARGS...]
+ *
+ * The launcher unshares the pid namespace and forks; the child (pid 1 of
+ * the new namespace) becomes a session leader, enters DIR, sets umask 022,
+ * points fds 0-2 at /dev/null, closes every other fd and execs PROG with a
+ * fixed environment, so that a checkpoint of it holds nothing inherited
+ * from the test. The launcher prints the child's host pid and exits without
+ * waiting: it is not part of the tree.
+ *
+ * build: gcc -static -O2 -o launch launch.c
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static char *const env[] = {
+	"PATH=/usr/bin:/bin", "HOME=/", "LC_ALL=C", "TZ=UTC", NULL,
+};
+
+int main(int argc, char **argv)
+{
+	if (argc < 3) {
+		fprintf(stderr, "usage: %s DIR PROG [ARGS...]\n", argv[0]);
+		return 2;
+	}
+	if (unshare(CLONE_NEWPID)) {
+		perror("launch: unshare(CLONE_NEWPID)");
+		return 1;
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		perror("launch: fork");
+		return 1;
+	}
+	if (pid) {
+		printf("%d\n", (int)pid);
+		return 0;
+	}
+	if (setsid() < 0)
+		_exit(120);
+	if (chdir(argv[1]))
+		_exit(121);
+	umask(022);
+	int nul = open("/dev/null", O_RDWR);
+	if (nul < 0)
+		_exit(122);
+	if (dup2(nul, 0) < 0 || dup2(nul, 1) < 0 || dup2(nul, 2) < 0)
+		_exit(123);
+	if (syscall(SYS_close_range, 3U, ~0U, 0U))
+		_exit(124);
+	execve(argv[2], &argv[2], env);
+	_exit(127);
+}

@@ -1,0 +1,217 @@
+// Package workloads builds the small C programs of test/workloads/src with
+// gcc and starts them the way the CRIU 4.2 fixtures were started: as pid 1
+// of a new pid namespace, session leader, in a directory of their own, with
+// fds 0-2 on /dev/null and nothing else open.
+//
+// Programs are built once per source and flags into the user cache
+// directory, so repeated test runs do not pay for gcc.
+package workloads
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+//go:embed src/*.c
+var sources embed.FS
+
+// Program is a workload: a C source in src/ and the gcc line that builds it.
+type Program struct {
+	Name  string
+	Flags []string // gcc flags besides -o and the source
+}
+
+// Programs are the workloads crest's tests start, by name.
+var Programs = map[string]Program{
+	"launch":  {Name: "launch", Flags: []string{"-static", "-O2"}},
+	"counter": {Name: "counter", Flags: []string{"-static", "-O2"}},
+	"tree":    {Name: "tree", Flags: []string{"-static", "-O2"}},
+	"threads": {Name: "threads", Flags: []string{"-static", "-O2", "-pthread"}},
+	"pipe":    {Name: "pipe", Flags: []string{"-static", "-O2"}},
+	"signals": {Name: "signals", Flags: []string{"-static", "-O2"}},
+	"dynamic": {Name: "dynamic", Flags: []string{"-O2"}},
+	// spin computes outside syscalls: the dumper must write its own syscall.
+	"spin": {Name: "spin", Flags: []string{"-static", "-O2"}},
+	// big holds 1 GiB of memory, for dump benchmarks.
+	"big": {Name: "big", Flags: []string{"-static", "-O2"}},
+	// sock holds an inet socket: crest dump must refuse it.
+	"sock": {Name: "sock", Flags: []string{"-static", "-O2"}},
+	// lock holds an flock()ed file: crest dump must refuse it.
+	"lock": {Name: "lock", Flags: []string{"-static", "-O2"}},
+}
+
+// Build compiles the workload name (or the C file src with flags, see
+// BuildSource) and returns the path of the binary.
+func Build(t testing.TB, name string) string {
+	t.Helper()
+	p, ok := Programs[name]
+	if !ok {
+		t.Fatalf("workloads: no program %q", name)
+	}
+	src, err := sources.ReadFile("src/" + name + ".c")
+	if err != nil {
+		t.Fatalf("workloads: %v", err)
+	}
+	bin, err := BuildSource(name, name+".c", src, p.Flags)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// BuildSource compiles the C source src, as a file named file (gcc puts the
+// name into the binary's symbol table), with gcc and flags into the build
+// cache and returns the binary's path. The binary is named name in a
+// directory named for the hash of the source, its file name and flags.
+func BuildSource(name, file string, src []byte, flags []string) (string, error) {
+	h := sha256.New()
+	h.Write(src)
+	h.Write([]byte("\x00" + file + "\x00"))
+	h.Write([]byte(strings.Join(flags, "\x00")))
+	sum := hex.EncodeToString(h.Sum(nil))[:16]
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	dir := filepath.Join(cache, "crest", "workloads", name+"-"+sum)
+	bin := filepath.Join(dir, name)
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("workloads: %w", err)
+	}
+	// Build in a private temporary directory and rename into place, so
+	// that test binaries building the same program at once never see a
+	// half-written file.
+	tmp, err := os.MkdirTemp(dir, ".build-")
+	if err != nil {
+		return "", fmt.Errorf("workloads: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	cfile := filepath.Join(tmp, file)
+	if err := os.WriteFile(cfile, src, 0o644); err != nil {
+		return "", fmt.Errorf("workloads: %w", err)
+	}
+	out := filepath.Join(tmp, name)
+	args := append(append([]string{}, flags...), "-o", out, cfile)
+	if msg, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("workloads: gcc %s: %w\n%s", strings.Join(args, " "), err, msg)
+	}
+	if err := os.Rename(out, bin); err != nil {
+		return "", fmt.Errorf("workloads: %w", err)
+	}
+	return bin, nil
+}
+
+// Process is a started workload: the init of its own pid namespace.
+type Process struct {
+	// Pid is the host pid of the namespace init.
+	Pid int
+	// Dir is the workload's working directory (its logs are there).
+	Dir string
+}
+
+// Start builds workload name and starts it in a new temporary directory.
+// The tree is killed when the test ends.
+func Start(t testing.TB, name string) *Process {
+	t.Helper()
+	return StartIn(t, Build(t, name), t.TempDir())
+}
+
+// StartIn starts the binary prog with working directory dir as pid 1 of a
+// new pid namespace (see launch.c), and kills the tree when the test ends:
+// SIGKILL to the init ends the whole namespace. It waits until /proc has
+// forgotten the pid, since the reaper of orphans here may be slow.
+func StartIn(t testing.TB, prog, dir string) *Process {
+	t.Helper()
+	launch := Build(t, "launch")
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(launch, dir, prog)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("launch %s in %s: %v\n%s", prog, dir, err, stderr.Bytes())
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(stdout.String()))
+	if err != nil {
+		t.Fatalf("launch %s: bad pid %q", prog, stdout.String())
+	}
+	p := &Process{Pid: pid, Dir: dir}
+	t.Cleanup(func() { p.Kill(t) })
+	return p
+}
+
+// Kill ends the tree (if it still runs) and waits until it is gone.
+func (p *Process) Kill(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(p.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("kill %d: %v", p.Pid, err)
+	}
+	if !WaitGone(p.Pid, 20*time.Second) {
+		t.Errorf("workload %d still in /proc 20s after SIGKILL", p.Pid)
+	}
+}
+
+// WaitGone waits until /proc/PID is gone (the process was reaped) and
+// reports whether that happened within timeout.
+func WaitGone(pid int, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, os.ErrNotExist) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Alive reports whether pid exists and is not a zombie.
+func Alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && len(b) > i+2 && b[i+2] != 'Z' && b[i+2] != 'X'
+}
+
+// WaitFile waits until the file name in the workload's directory exists
+// and is not empty, and returns its content.
+func (p *Process) WaitFile(t testing.TB, name string) []byte {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := os.ReadFile(filepath.Join(p.Dir, name))
+		if err == nil && len(b) > 0 && b[len(b)-1] == '\n' {
+			return b
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("workload %d: %s not written within 10s", p.Pid, name)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Lines returns the lines of the workload's file name.
+func (p *Process) Lines(t testing.TB, name string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(p.Dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+}
