@@ -4,7 +4,7 @@ OUT     ?= out
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build generate test check bench fuzz demo jaeger clean
+.PHONY: all build generate test check bench bench-restore fuzz demo jaeger clean
 
 all: build
 
@@ -27,9 +27,14 @@ check:
 test: check
 	$(GO) test -count=1 ./...
 
-# bench: the benchmarks (numbers for the notes, never asserted).
+# bench: the benchmarks (numbers for the notes, never asserted). -p 1 keeps
+# other packages' tests from disturbing the restore timings.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) test -p 1 -run '^$$' -bench . -benchmem ./...
+
+# bench-restore: restore medians of the CRIU 4.2 fixtures, library and CLI.
+bench-restore:
+	$(GO) test -p 1 -count 1 -run '^$$' -bench '^BenchmarkRestore' -benchtime 200x ./restore
 
 # fuzz: run every fuzz target of the images package for FUZZTIME each.
 FUZZTIME ?= 1m
@@ -38,12 +43,12 @@ fuzz:
 		echo "== $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./images || exit 1; \
 	done
 
-# demo: crest's main job on the built-in example. Until restore lands it
-# writes the example image set with crest's own writer and shows it.
+# demo: crest's main job on its built-in workload (test/demo): a tree with
+# threads and a pipe is started, dumped, restored with --verify and traced
+# (waterfall, OTLP JSON in $(OUT)/demo/trace.json; JAEGER=1 or
+# OTEL_EXPORTER_OTLP_ENDPOINT also sends it to Jaeger), then stopped.
 demo: build
-	rm -rf $(OUT)/example
-	$(GO) run ./test/example/mkexample $(OUT)/example
-	./crest show -D $(OUT)/example
+	JAEGER=$(JAEGER) bash test/demo/demo.sh ./crest $(OUT)/demo
 
 # jaeger: build the pinned Jaeger of tools/jaeger (prints its path).
 jaeger:

@@ -9,7 +9,16 @@
 //	plan.go      the Plan: task tree, sessions and groups, ids, creds, fs,
 //	             fd tables, memory layout and page runs, from images.Dir
 //	prepare.go   what the engine opens for the tasks (files, pages files),
-//	             taken by the tasks with pidfd_getfd
+//	             taken by the tasks with pidfd_getfd; the size and mode
+//	             checks of reopened files
+//	pipes.go     pipes: one per pipe_id, refilled with their data and
+//	             buffer size, both ends shared by every task holding one
+//	memfd.go     memfds and shared memory (CRIU 4.2 dumps MAP_SHARED
+//	             anonymous memory as a memfd "/dev/zero"; older images as
+//	             VMA_ANON_SHARED): made once with content, mode and seals,
+//	             mapped or reopened by every user
+//	signals.go   pending signals (per thread and shared), interval timers
+//	             and POSIX timers
 //	area.go      the address range every task keeps for crest (task_entries,
 //	             the plan, the restorer and its stack), chosen from all layouts
 //	planfile.go  the flat plan the agent reads, written into a memfd
@@ -26,15 +35,21 @@
 //	observer.go  the events restore publishes (no trace or bpf imports)
 //	timeline.go  the typed record of a restore: stages, arrivals, steps
 //
-// What works (the counter, dynamic, tree and threads fixtures run on):
-// pids, sessions and groups in a new pid namespace, threads with their
-// tids, regular files and device nodes with their offsets, cwd, root and
-// umask, private anonymous and file memory with its pages and madvise
-// advice, a fresh vdso, mm fields, general registers, x87/SSE/AVX/AVX-512
-// state (XSAVE), signal mask, sigactions, sigaltstack, rseq, robust lists,
-// clear_tid, credentials (ids, groups, capabilities, securebits,
-// no_new_privs), rlimits, comm, and nothing of crest's left in the tasks'
-// mappings or fd tables. Refused at planning, naming what: seccomp,
-// timers, pending signals, personality, namespaces other than pid, pipes,
-// sockets, memfds, shared memory, zombies and helper tasks.
+// What works (every fixture runs on: counter, dynamic, tree, threads,
+// pipe, shmem, files, signals): pids, sessions and groups in a new pid
+// namespace, threads with their tids, regular files and device nodes with
+// their offsets (one open file description behind dup'd and inherited
+// fds), pipes and FIFOs with their data and buffer size, memfds with
+// content and seals, cwd, root and umask, private anonymous and file
+// memory with its pages and madvise advice, shared memory (memfd-backed
+// or anonymous, one object in every task) and MAP_SHARED file mappings,
+// a fresh vdso, mm fields, general registers, x87/SSE/AVX/AVX-512 state
+// (XSAVE), signal mask, sigactions, sigaltstack, pending signals (per
+// thread and shared), interval timers, POSIX timers (with their ids),
+// rseq, robust lists, clear_tid, credentials (ids, groups, capabilities,
+// securebits, no_new_privs), rlimits, comm, and nothing of crest's left in
+// the tasks' mappings or fd tables. Refused at planning, naming what:
+// seccomp, personality, namespaces other than pid, sockets and other file
+// kinds (eventfd, epoll, signalfd, tty ...), SysV shared memory, POSIX
+// timers with SIGEV_THREAD, hugetlb memfds, zombies and helper tasks.
 package restore

@@ -357,8 +357,14 @@ func (r *Restore) failure() error {
 	return e
 }
 
-// publish emits the arrivals at st and the steps done so far.
+// publish emits the arrivals at st and the steps done so far; with
+// ROOT_TASK, what the engine prepared for each task (prepare.go).
 func (r *Restore) publish(st Stage) {
+	if st == StageRootTask && r.files != nil {
+		for _, e := range r.files.steps {
+			r.obs.StepDone(e)
+		}
+	}
 	for _, pt := range r.plan.participants(st) {
 		s := r.shared.slot(pt.slot)
 		for step := 1; step < agent.NrSteps; step++ {

@@ -26,6 +26,8 @@ const (
 	ptraceSeizeReq      = 0x4206
 	ptraceInterruptReq  = 0x4207
 	ptraceGetSyscallReq = 0x420e
+	ptraceGetSigmask    = 0x420a
+	ptraceSetSigmask    = 0x420b
 	ptraceEventStop     = 128
 	syscallInfoEntry    = 1
 	syscallInfoExit     = 2
@@ -195,8 +197,26 @@ func (r *Restore) syscallStop(t *tracee) (bool, error) {
 }
 
 // unmapArea makes t run munmap(start, size) from the restorer's syscall
-// instruction and puts its registers back at the exit stop.
+// instruction and puts its registers back at the exit stop. As compel does
+// for code it injects, it blocks every signal meanwhile: rt_sigreturn has
+// just unblocked the task's own mask, and a pending signal (a restored one,
+// or an interval timer's) must be delivered in the task's registers, after
+// the detach, not in the middle of the injected call.
 func unmapArea(t *tracee, syscallAddr, start, size uint64) error {
+	var mask, all uint64 = 0, ^uint64(0)
+	if err := ptrace(ptraceGetSigmask, t.tid, 8, uintptr(unsafe.Pointer(&mask))); err != nil {
+		return err
+	}
+	if err := ptrace(ptraceSetSigmask, t.tid, 8, uintptr(unsafe.Pointer(&all))); err != nil {
+		return err
+	}
+	if err := injectMunmap(t, syscallAddr, start, size); err != nil {
+		return err
+	}
+	return ptrace(ptraceSetSigmask, t.tid, 8, uintptr(unsafe.Pointer(&mask)))
+}
+
+func injectMunmap(t *tracee, syscallAddr, start, size uint64) error {
 	inj := t.regs
 	inj.Rip = syscallAddr
 	inj.Rax = syscall.SYS_MUNMAP

@@ -8,6 +8,7 @@ import (
 
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/memfd"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
 
 	"github.com/crest-restore/crest/images"
@@ -32,6 +33,19 @@ type Plan struct {
 	// Files are the open file descriptions the fd tables refer to, by
 	// their files.img id, each with the tasks that hold it.
 	Files map[uint32]*File
+	// Pipes by pipe_id and memfd inodes by inode_id: the objects behind
+	// the open files of kind pipe and memfd, each prepared once
+	// (pipes.go, memfd.go).
+	Pipes  map[uint32]*Pipe
+	Fifos  map[uint32]*Pipe
+	Memfds map[uint32]*Memfd
+	// Shmems are the shared anonymous objects dumped as VMA_ANON_SHARED,
+	// by shmid (memfd.go).
+	Shmems map[uint64]*Memfd
+
+	pipeData map[uint32]images.PipeData // pipes-data.img by pipe_id, read on first use
+	fifoData map[uint32]images.PipeData // fifo-data.img
+	inodes   map[uint32]*memfd.MemfdInodeEntry
 }
 
 // Task is one process of the tree.
@@ -53,6 +67,12 @@ type Task struct {
 	Sigactions       []Sigaction
 	Rlimits          []Rlimit
 	PersonalityFlags uint32
+	// Itimers are ITIMER_REAL, ITIMER_VIRTUAL and ITIMER_PROF;
+	// PosixTimers the task's timer_create timers; SharedSignals the
+	// signals pending for the whole task (signals.go).
+	Itimers       [3]Itimer
+	PosixTimers   []PosixTimer
+	SharedSignals []Siginfo
 }
 
 // Thread is one thread of a task, with its core image.
@@ -60,6 +80,8 @@ type Thread struct {
 	TID  int
 	Slot int // its slot in the shared area: threads in plan order
 	Core *criu_core.CoreEntry
+	// Signals pending for this thread only, oldest first.
+	Signals []Siginfo
 }
 
 // SessionAction says how a task comes to be in its session.
@@ -131,7 +153,19 @@ const (
 	// FileRegular is a path opened with open(2): regular files,
 	// directories, device nodes such as /dev/null.
 	FileRegular FileKind = iota + 1
+	// FilePipe is one end of a pipe (File.Pipe; the access mode in
+	// Flags says which end).
+	FilePipe
+	// FileMemfd is an open file of a memfd (File.Memfd), which may also
+	// back shared memory mappings.
+	FileMemfd
+	// FileFifo is an open FIFO (File.Pipe, at File.Path).
+	FileFifo
 )
+
+var fileKindNames = map[FileKind]string{FileRegular: "regular", FilePipe: "pipe", FileMemfd: "memfd", FileFifo: "FIFO"}
+
+func (k FileKind) String() string { return fileKindNames[k] }
 
 // File is one open file description of the image set.
 type File struct {
@@ -143,6 +177,8 @@ type File struct {
 	Size  uint64 // at dump time, 0 when not recorded
 	Mode  uint32
 	Users []*Task // tasks whose fd tables hold it, in plan order
+	Pipe  *Pipe   // FilePipe, FileFifo
+	Memfd *Memfd  // FileMemfd
 }
 
 // Memory is a task's address space as dumped.
@@ -167,7 +203,8 @@ type VMA struct {
 	Pgoff      uint64
 	Madv       uint64
 	Kind       VMAKind
-	File       *File // the mapped file for file-backed kinds
+	File       *File  // the mapped file for file-backed kinds
+	Shmem      *Memfd // the shared anonymous object of a VMAAnonShared
 }
 
 // VMAKind is what backs a mapping.
@@ -180,11 +217,15 @@ const (
 	VMAVDSO
 	VMAVVAR
 	VMAVsyscall // the kernel's fixed page: never mapped by a restore
+	// VMAAnonShared is MAP_SHARED|MAP_ANONYMOUS memory dumped as such
+	// (VMA_ANON_SHARED: CRIU before the memfd approach, or when it could
+	// not use it), one object per shmid (VMA.Shmem).
+	VMAAnonShared
 )
 
 var vmaKindNames = map[VMAKind]string{
 	VMAAnonPrivate: "anon-private", VMAFilePrivate: "file-private", VMAFileShared: "file-shared",
-	VMAVDSO: "vdso", VMAVVAR: "vvar", VMAVsyscall: "vsyscall",
+	VMAVDSO: "vdso", VMAVVAR: "vvar", VMAVsyscall: "vsyscall", VMAAnonShared: "anon-shared",
 }
 
 func (k VMAKind) String() string { return vmaKindNames[k] }
@@ -225,7 +266,9 @@ func (e *PlanError) Error() string {
 	if e.File != "" {
 		s += ": " + e.File
 	}
-	s += ": " + e.Msg
+	if e.Msg != "" {
+		s += ": " + e.Msg
+	}
 	if e.Err != nil {
 		s += ": " + e.Err.Error()
 	}
@@ -236,7 +279,7 @@ func (e *PlanError) Unwrap() error { return e.Err }
 
 // NewPlan plans the restore of the image set d.
 func NewPlan(d *images.Dir) (*Plan, error) {
-	p := &Plan{Dir: d, Files: map[uint32]*File{}}
+	p := &Plan{Dir: d, Files: map[uint32]*File{}, Pipes: map[uint32]*Pipe{}, Fifos: map[uint32]*Pipe{}, Memfds: map[uint32]*Memfd{}, Shmems: map[uint64]*Memfd{}}
 	if err := p.buildTree(); err != nil {
 		return nil, err
 	}
@@ -439,6 +482,9 @@ func (p *Plan) loadTask(t *Task) error {
 		sig++
 	}
 
+	if err := loadSignals(t); err != nil {
+		return err
+	}
 	if err := p.loadFDs(t); err != nil {
 		return err
 	}
@@ -460,35 +506,13 @@ func checkUnsupported(t *Task) error {
 	if tc.GetOldSeccompMode() != 0 {
 		what = append(what, "seccomp")
 	}
-	if len(tc.GetSignalsS().GetSignals()) != 0 {
-		what = append(what, "pending shared signals")
-	}
 	if tc.GetOomScoreAdj() != 0 {
 		what = append(what, fmt.Sprintf("oom_score_adj %d", tc.GetOomScoreAdj()))
-	}
-	if tm := tc.GetTimers(); tm != nil {
-		for _, it := range []interface {
-			GetIsec() uint64
-			GetIusec() uint64
-			GetVsec() uint64
-			GetVusec() uint64
-		}{tm.GetReal(), tm.GetVirt(), tm.GetProf()} {
-			if it.GetIsec()|it.GetIusec()|it.GetVsec()|it.GetVusec() != 0 {
-				what = append(what, "interval timers")
-				break
-			}
-		}
-		if len(tm.GetPosix()) != 0 {
-			what = append(what, "POSIX timers")
-		}
 	}
 	for _, th := range t.Threads {
 		c := th.Core.GetThreadCore()
 		if c.GetSeccompMode() != 0 {
 			what = append(what, fmt.Sprintf("thread %d: seccomp", th.TID))
-		}
-		if len(c.GetSignalsP().GetSignals()) != 0 {
-			what = append(what, fmt.Sprintf("thread %d: pending signals", th.TID))
 		}
 		if c.GetPdeathSig() != 0 {
 			what = append(what, fmt.Sprintf("thread %d: parent death signal", th.TID))
@@ -548,6 +572,12 @@ func (p *Plan) file(t *Task, id uint32, from string) (*File, error) {
 		f := &File{ID: id, Kind: FileRegular, Path: reg.GetName(), Flags: reg.GetFlags(), Pos: reg.GetPos(), Size: reg.GetSize(), Mode: reg.GetMode()}
 		p.Files[id] = f
 		return f, nil
+	case fdinfo.FdTypes_PIPE:
+		return p.pipeFile(t, id, fe.GetPipe())
+	case fdinfo.FdTypes_MEMFD:
+		return p.memfdFile(t, id, fe.GetMemfd())
+	case fdinfo.FdTypes_FIFO:
+		return p.fifoFile(t, id, fe.GetFifo())
 	default:
 		return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d (from %s): %s files are not supported yet", id, from, fe.GetType())}
 	}
@@ -586,8 +616,15 @@ func (p *Plan) loadFDs(t *Task) error {
 }
 
 func fileKindOf(ty fdinfo.FdTypes) FileKind {
-	if ty == fdinfo.FdTypes_REG {
+	switch ty {
+	case fdinfo.FdTypes_REG:
 		return FileRegular
+	case fdinfo.FdTypes_PIPE:
+		return FilePipe
+	case fdinfo.FdTypes_MEMFD:
+		return FileMemfd
+	case fdinfo.FdTypes_FIFO:
+		return FileFifo
 	}
 	return 0
 }
@@ -619,8 +656,30 @@ func (p *Plan) loadMemory(t *Task) error {
 			return &PlanError{PID: t.PID, File: mmName, Msg: where + ": marked unsupported by the dump"}
 		case st&vmaAreaVsyscall != 0:
 			vma.Kind = VMAVsyscall
-		case st&(vmaAreaSysVIPC|vmaAreaSocket|vmaAreaAIORing|vmaAreaMemfd|vmaAnonShared) != 0:
-			return &PlanError{PID: t.PID, File: mmName, Msg: where + ": shared, SysV, socket, AIO and memfd mappings are not supported yet"}
+		case st&(vmaAreaSysVIPC|vmaAreaSocket|vmaAreaAIORing) != 0:
+			return &PlanError{PID: t.PID, File: mmName, Msg: where + ": SysV shared memory, socket and AIO mappings are not supported yet"}
+		case st&vmaAnonShared != 0:
+			vma.Kind = VMAAnonShared
+			m, err := p.anonShmem(t, v.GetShmid(), vma.Pgoff+vma.End-vma.Start)
+			if err != nil {
+				return err
+			}
+			vma.Shmem = m
+		case st&vmaAreaMemfd != 0:
+			// CRIU 4.2 dumps MAP_SHARED|MAP_ANONYMOUS memory as a memfd
+			// (named "/dev/zero"): shmid is its MEMFD entry in files.img.
+			vma.Kind = VMAFilePrivate
+			if st&vmaFileShared != 0 {
+				vma.Kind = VMAFileShared
+			}
+			f, err := p.file(t, uint32(v.GetShmid()), mmName)
+			if err != nil {
+				return err
+			}
+			if f.Kind != FileMemfd {
+				return &PlanError{PID: t.PID, File: mmName, Msg: fmt.Sprintf("%s: memfd mapping of file %d, which is a %v file", where, f.ID, f.Kind)}
+			}
+			vma.File = f
 		case st&vmaAreaRegular == 0:
 			return &PlanError{PID: t.PID, File: mmName, Msg: where + ": not a regular area"}
 		case st&vmaAreaVDSO != 0:
@@ -656,6 +715,13 @@ func (p *Plan) loadMemory(t *Task) error {
 		}
 		if !t.Mem.covered(r.Vaddr, r.End()) {
 			return &PlanError{PID: t.PID, File: pmName, Msg: fmt.Sprintf("run %#x-%#x is not inside the task's mappings", r.Vaddr, r.End())}
+		}
+		for _, v := range t.Mem.VMAs {
+			// the content of shared mappings is their file's (for a
+			// memfd: its pagemap-shmem image), never the task's
+			if (v.Kind == VMAFileShared || v.Kind == VMAAnonShared) && v.Start < r.End() && r.Vaddr < v.End {
+				return &PlanError{PID: t.PID, File: pmName, Msg: fmt.Sprintf("run %#x-%#x is inside the shared mapping %#x-%#x", r.Vaddr, r.End(), v.Start, v.End)}
+			}
 		}
 	}
 	t.Mem.Runs = runs

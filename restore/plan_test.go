@@ -7,6 +7,12 @@ import (
 	"strings"
 	"testing"
 
+	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/timer"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/test/fixture"
 )
@@ -267,19 +273,57 @@ func TestPlanSessions(t *testing.T) {
 	}
 }
 
-// TestPlanRefuses checks that the fixtures crest can not restore yet are
-// refused at planning, naming the task, image and what is missing, rather
-// than restored without it.
+// TestPlanRefuses checks that what crest can not restore yet is refused at
+// planning, naming the task, image and what is missing, rather than
+// restored without it. The fixtures are all restorable: each case damages a
+// copy of one so that its images hold what is not.
 func TestPlanRefuses(t *testing.T) {
-	tests := []struct{ name, want string }{
-		{"files", "task 1: files.img: file 5 (from fdinfo-2.img): MEMFD files are not supported yet"},
-		{"pipe", "PIPE files are not supported yet"},
-		{"shmem", "mm-1.img: vma 7"},
-		{"signals", "core-1.img: not supported yet: interval timers, thread 1: pending signals"},
+	tests := []struct {
+		name, fixture string
+		damage        func(t *testing.T, dir string)
+		want          string
+	}{
+		{"unix socket", "counter", func(t *testing.T, dir string) {
+			editImage(t, dir, "files.img", func(img *images.Image) {
+				img.Entries[2].Message.(*fdinfo.FileEntry).Type = fdinfo.FdTypes_UNIXSK.Enum()
+			})
+		}, "task 1: files.img: file 3 (from fdinfo-2.img): UNIXSK files are not supported yet"},
+		{"eventfd", "pipe", func(t *testing.T, dir string) {
+			editImage(t, dir, "files.img", func(img *images.Image) {
+				img.Entries[3].Message.(*fdinfo.FileEntry).Type = fdinfo.FdTypes_EVENTFD.Enum()
+			})
+		}, "file 4 (from fdinfo-2.img): EVENTFD files are not supported yet"},
+		{"seccomp filter", "signals", func(t *testing.T, dir string) {
+			editImage(t, dir, "core-1.img", func(img *images.Image) {
+				img.Entries[0].Message.(*criu_core.CoreEntry).ThreadCore.SeccompMode = criu_core.SeccompMode_filter.Enum()
+			})
+		}, "core-1.img: not supported yet: thread 1: seccomp"},
+		{"POSIX timer notifying a thread of its own (SIGEV_THREAD)", "signals", func(t *testing.T, dir string) {
+			editImage(t, dir, "core-1.img", func(img *images.Image) {
+				tm := img.Entries[0].Message.(*criu_core.CoreEntry).Tc.Timers
+				z := proto.Uint64(0)
+				tm.Posix = append(tm.Posix, &timer.PosixTimerEntry{ItId: proto.Uint32(0), ClockId: proto.Uint32(1),
+					SiSigno: proto.Uint32(14), ItSigevNotify: proto.Uint32(2), SivalPtr: z, Overrun: proto.Uint32(0),
+					Isec: z, Insec: z, Vsec: z, Vnsec: z})
+			})
+		}, "core-1.img: POSIX timer 0 (entry 0): notification 2 is not supported"},
+		{"network namespace", "counter", func(t *testing.T, dir string) {
+			if err := os.WriteFile(filepath.Join(dir, "netns-12.img"), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, "netns-12.img: namespaces other than pid (and cgroups) are not restored yet"},
+		{"SysV shared memory", "shmem", func(t *testing.T, dir string) {
+			editImage(t, dir, "mm-1.img", func(img *images.Image) {
+				v := img.Entries[0].Message.(*mm.MmEntry).Vmas[7]
+				v.Status = proto.Uint32(vmaAreaRegular | vmaAreaSysVIPC)
+			})
+		}, "mm-1.img: vma 7 (0x7f01a94d6000-0x7f01a95d6000, status 0x401): SysV shared memory, socket and AIO mappings are not supported yet"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d, err := images.Open(fixture.Images(t, tt.name))
+			dir := copyResourceImages(t, tt.fixture)
+			tt.damage(t, dir)
+			d, err := images.Open(dir)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -290,4 +334,71 @@ func TestPlanRefuses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPlanResources checks what the plan makes of the shared resources of
+// the pipe, shmem, files and signals fixtures.
+func TestPlanResources(t *testing.T) {
+	t.Run("pipe", func(t *testing.T) {
+		p := loadPlan(t, "pipe")
+		pp := p.Pipes[97264]
+		if len(p.Pipes) != 1 || pp == nil || string(pp.Data) != "msg 153\nmsg 154\n" || pp.BufSize != 65536 || pp.Owner != p.Tasks[0] {
+			t.Fatalf("pipes %+v", p.Pipes)
+		}
+		w, r := p.Tasks[0].FDs[4].File, p.Tasks[1].FDs[3].File
+		if w.Kind != FilePipe || r.Kind != FilePipe || w.Pipe != pp || r.Pipe != pp || w.Flags != 1 || r.Flags != 0 {
+			t.Errorf("parent fd 4 %+v, child fd 3 %+v: want both ends of pipe %d", w, r, pp.ID)
+		}
+		// fds 0-2: one /dev/null description, inherited by the child
+		if p.Tasks[0].FDs[0].File != p.Tasks[1].FDs[2].File || len(p.Tasks[0].FDs[0].File.Users) != 2 {
+			t.Errorf("/dev/null is not one description shared by both tasks")
+		}
+	})
+	t.Run("shmem", func(t *testing.T) {
+		p := loadPlan(t, "shmem")
+		m := p.Memfds[1]
+		if len(p.Memfds) != 1 || m == nil || m.Name != "/dev/zero" || m.Size != 1<<20 || m.Seals != 1 || m.ShmID != 300 ||
+			len(m.Runs) != 1 || m.Runs[0].NrPages != 256 {
+			t.Fatalf("memfds %+v", p.Memfds)
+		}
+		for _, task := range p.Tasks {
+			v := task.Mem.VMAs[7]
+			if v.Kind != VMAFileShared || v.File == nil || v.File.Memfd != m || v.Start != 0x7f01a94d6000 {
+				t.Errorf("task %d vma 7: %+v, want a shared mapping of memfd inode 1", task.PID, v)
+			}
+		}
+	})
+	t.Run("files", func(t *testing.T) {
+		p := loadPlan(t, "files")
+		fds := p.Tasks[0].FDs
+		if len(fds) != 8 || fds[4].File != fds[5].File || fds[4].File.Pos != 6608 || fds[4].File.Size != 65536 {
+			t.Fatalf("fds 4 and 5: %+v %+v, want one description of data.bin at 6608", fds[4].File, fds[5].File)
+		}
+		if f := fds[6].File; f.Kind != FileMemfd || f.Path != "/memfd:crest-memfd (deleted)" || f.Pos != 8192 || f.Memfd.Size != 8192 || f.Memfd.Seals != 1 {
+			t.Errorf("fd 6: %+v", f)
+		}
+		if f := fds[7].File; f.Path != "/dev/null" || f.Flags&3 != 1 || f == fds[0].File {
+			t.Errorf("fd 7: %+v, want its own O_WRONLY /dev/null", f)
+		}
+	})
+	t.Run("signals", func(t *testing.T) {
+		p := loadPlan(t, "signals")
+		task := p.Tasks[0]
+		if it := task.Itimers[ItimerReal]; it != (Itimer{0, 20000, 0, 15431}) || task.Itimers[ItimerVirtual].Armed() || task.Itimers[ItimerProf].Armed() {
+			t.Errorf("itimers %+v", task.Itimers)
+		}
+		sigs := task.Threads[0].Signals
+		if len(sigs) != 1 || sigs[0].Signo() != 12 || len(task.SharedSignals) != 0 {
+			t.Errorf("pending %v, shared %v", sigs, task.SharedSignals)
+		}
+		handled := map[int]uint64{}
+		for _, sa := range task.Sigactions {
+			if sa.Handler > 1 {
+				handled[sa.Signal] = sa.Flags
+			}
+		}
+		if len(handled) != 3 || handled[10] != 0x1c000000 || handled[12] != 0x1c000000 || handled[14] != 0x1c000000 {
+			t.Errorf("handlers %v", handled)
+		}
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sort"
+	"syscall"
 
 	"github.com/crest-restore/crest/restore/agent"
 )
@@ -16,8 +17,9 @@ import (
 
 // planLayout is where each part of the plan file starts.
 type planLayout struct {
-	tasks []agent.Task
-	size  uint32
+	tasks      []agent.Task
+	threadSigs []uint32 // per task: where its threads' pending signals start
+	size       uint32
 }
 
 func layoutPlan(p *Plan, pr *prepared) planLayout {
@@ -54,6 +56,18 @@ func layoutPlan(p *Plan, pr *prepared) planLayout {
 		take(len(t.Mem.MM.GetMmSavedAuxv()), 8)
 		at.GroupsOff = take(len(t.Creds.Groups), 4)
 		at.SigactsOff = take(agent.NrSignals, binary.Size(agent.Sigaction{}))
+		at.NrTimers = uint32(len(t.PosixTimers))
+		at.TimersOff = take(len(t.PosixTimers), binary.Size(agent.PosixTimer{}))
+		at.NrShared = uint32(len(t.SharedSignals))
+		at.SharedOff = take(len(t.SharedSignals), binary.Size(agent.Siginfo{}))
+		nsigs := 0
+		for _, th := range t.Threads {
+			nsigs += len(th.Signals)
+		}
+		l.threadSigs = append(l.threadSigs, take(nsigs, binary.Size(agent.Siginfo{})))
+		for i, it := range t.Itimers {
+			at.Itimers[i] = agent.Itimer{IntervalSec: it.IntervalSec, IntervalUsec: it.IntervalUsec, ValueSec: it.ValueSec, ValueUsec: it.ValueUsec}
+		}
 		l.tasks = append(l.tasks, at)
 	}
 	l.size = off
@@ -89,7 +103,10 @@ func takes(t *Task, pr *prepared) []int {
 	}
 	for _, v := range t.Mem.VMAs {
 		if v.File != nil {
-			set[pr.index[fileKey(v.File)]] = true
+			set[pr.index[mapKey(v.File)]] = true
+		}
+		if v.Shmem != nil {
+			set[pr.index[memfdKey(v.Shmem)]] = true
 		}
 	}
 	for _, f := range []*File{t.Mem.Exe, t.FS.CwdFile, rootFile(t)} {
@@ -121,6 +138,7 @@ func rootFile(t *Task) *File {
 var vmaKinds = map[VMAKind]uint32{
 	VMAAnonPrivate: agent.VMAAnonPrivate, VMAFilePrivate: agent.VMAFilePrivate, VMAFileShared: agent.VMAFileShared,
 	VMAVDSO: agent.VMAVDSO, VMAVVAR: agent.VMAVVAR, VMAVsyscall: agent.VMAVsyscall,
+	VMAAnonShared: agent.VMAFileShared,
 }
 
 // encodePlan writes the plan file for p, to be mapped at a.PlanAddr.
@@ -173,16 +191,19 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, faults Fault) ([]by
 			put(int32(c.Index))
 		}
 		pad(at.ThreadsOff)
+		sigsOff := l.threadSigs[i]
 		for k, th := range t.Threads {
 			ath, err := threadState(t, k, th)
 			if err != nil {
 				return nil, err
 			}
+			ath.NrSigs, ath.SigsOff = uint32(len(th.Signals)), sigsOff
+			sigsOff += uint32(len(th.Signals) * binary.Size(agent.Siginfo{}))
 			put(ath)
 		}
 		pad(at.TakesOff)
 		for _, k := range takes(t, pr) {
-			put(agent.Take{EngineFD: int32(pr.files[k].Fd()), LocalFD: pr.localFD(k)})
+			put(agent.Take{EngineFD: int32(pr.fds[k]), LocalFD: pr.localFD(k)})
 		}
 		pad(at.FDsOff)
 		for _, fd := range t.FDs {
@@ -197,7 +218,14 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, faults Fault) ([]by
 			av := agent.VMA{Start: v.Start, End: v.End, Pgoff: v.Pgoff, Madv: v.Madv,
 				Prot: v.Prot, Flags: v.Flags, Kind: vmaKinds[v.Kind], SrcFD: -1}
 			if v.File != nil {
-				av.SrcFD = pr.localFD(pr.index[fileKey(v.File)])
+				av.SrcFD = pr.localFD(pr.index[mapKey(v.File)])
+			}
+			if v.Shmem != nil {
+				// the object's file, mapped as a file: not a new
+				// anonymous region
+				av.SrcFD = pr.localFD(pr.index[memfdKey(v.Shmem)])
+				av.Flags &^= syscall.MAP_ANONYMOUS
+				av.Kind = agent.VMAFileShared
 			}
 			put(av)
 		}
@@ -239,6 +267,21 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, faults Fault) ([]by
 			sas[sa.Signal-1] = agent.Sigaction{Handler: sa.Handler, Flags: sa.Flags, Restorer: sa.Restorer, Mask: sa.Mask}
 		}
 		put(sas)
+		pad(at.TimersOff)
+		for _, pt := range t.PosixTimers {
+			put(agent.PosixTimer{ID: pt.ID, ClockID: pt.ClockID, Signo: pt.Signo, Notify: pt.Notify, SivalPtr: pt.SivalPtr,
+				NotifyTID: pt.NotifyTID, IntervalSec: pt.IntervalSec, IntervalNsec: pt.IntervalNsec, ValueSec: pt.ValueSec, ValueNsec: pt.ValueNsec})
+		}
+		pad(at.SharedOff)
+		for _, si := range t.SharedSignals {
+			put(si)
+		}
+		pad(l.threadSigs[i])
+		for _, th := range t.Threads {
+			for _, si := range th.Signals {
+				put(si)
+			}
+		}
 	}
 	pad(l.size)
 	if uint64(b.Len()) > a.PlanSize {

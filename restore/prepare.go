@@ -1,42 +1,68 @@
 package restore
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"sort"
 	"syscall"
 )
 
 // Prepared holds what the engine opened for the tasks (CRIU's
-// root_prepare_shared): every file of the fd tables and mappings and every
-// pages file, once each, so that tasks sharing an open file description
-// share it again. Tasks take them with pidfd_getfd from the engine; the C
-// side never decides what a file is.
+// root_prepare_shared): every file of the fd tables and mappings, every
+// pipe with its data and every memfd with its content (pipes.go, memfd.go),
+// and every pages file, once each, so that tasks sharing an open file
+// description share it again. Tasks take them with pidfd_getfd from the
+// engine; the C side never decides what a file is.
+//
+// The fds are raw, not *os.File: os.File.Fd puts a non-blocking file back
+// into blocking mode, which would change the flags of a description that
+// the tasks share (a pipe opened O_NONBLOCK).
 type prepared struct {
-	files []*os.File
-	index map[string]int // key -> position in files
+	fds   []int
+	index map[string]int // key -> position in fds
 	// fdBase is the first fd of the tasks' local fds: file k is at
 	// fdBase+1+k in every task that takes it, and the engine's pidfd at
 	// fdBase. It is above every fd of every task's table.
 	fdBase int
+
+	pipes map[uint32]*pipeEnds // pipes.go
+	// steps are what the engine did for each task, published into its
+	// timeline with ROOT_TASK.
+	steps []StepEvent
 }
 
 func (pr *prepared) localFD(k int) int32 { return int32(pr.fdBase + 1 + k) }
 
+// add keeps fd under key and returns its position.
+func (pr *prepared) add(key string, fd int) int {
+	pr.fds = append(pr.fds, fd)
+	pr.index[key] = len(pr.fds) - 1
+	return len(pr.fds) - 1
+}
+
 func (pr *prepared) close() {
-	for _, f := range pr.files {
-		f.Close()
+	for _, fd := range pr.fds {
+		syscall.Close(fd)
 	}
-	pr.files = nil
+	pr.fds = nil
+	pr.closePipes()
+}
+
+// step records that the engine did step for task t from begin on.
+func (pr *prepared) step(t *Task, name string, begin uint64) {
+	pr.steps = append(pr.steps, StepEvent{PID: t.PID, TID: t.PID, Step: name, Stage: StageRootTask,
+		Begin: begin, End: boottime(), Succeeded: true})
 }
 
 // O_* bits that must not be replayed when reopening a file.
 const reopenMask = syscall.O_CREAT | syscall.O_EXCL | syscall.O_TRUNC | syscall.O_NOCTTY
 
-// prepareFiles opens the files of p. Regular files are checked as CRIU
-// checks them: the size and mode recorded at the dump, except for files
-// open O_WRONLY|O_APPEND (logs keep growing).
+// prepareFiles opens the files of p, creates its pipes and memfds.
+// Regular files are checked as CRIU checks them: the size and mode recorded
+// at the dump, except for files open O_WRONLY|O_APPEND (logs keep growing).
 func prepareFiles(p *Plan) (*prepared, error) {
-	pr := &prepared{index: map[string]int{}, fdBase: 16}
+	pr := &prepared{index: map[string]int{}, fdBase: 16, pipes: map[uint32]*pipeEnds{}}
 	for _, t := range p.Tasks {
 		for _, fd := range t.FDs {
 			if fd.FD+1 > pr.fdBase {
@@ -50,96 +76,192 @@ func prepareFiles(p *Plan) (*prepared, error) {
 			pr.close()
 		}
 	}()
+	// The shared objects first, in the order of their owners, so that
+	// each task's steps in the timeline are one block.
+	if err := pr.prepareMemfds(p); err != nil {
+		return nil, err
+	}
+	if err := pr.preparePipes(p); err != nil {
+		return nil, err
+	}
 	for _, t := range p.Tasks {
+		begin := boottime()
+		opened := 0
 		for _, fd := range t.FDs {
-			if _, err := pr.openFile(t, fd.File); err != nil {
+			n, err := pr.openFile(t, fd.File)
+			if err != nil {
 				return nil, err
 			}
+			opened += n
 		}
 		for _, v := range t.Mem.VMAs {
 			if v.File != nil {
-				if _, err := pr.openFile(t, v.File); err != nil {
+				n, err := pr.openMapped(t, v.File)
+				if err != nil {
 					return nil, err
 				}
+				opened += n
 			}
 		}
 		for _, f := range []*File{t.Mem.Exe, t.FS.CwdFile, t.FS.RootFile} {
 			if f != nil {
-				if _, err := pr.openFile(t, f); err != nil {
+				n, err := pr.openFile(t, f)
+				if err != nil {
 					return nil, err
 				}
+				opened += n
 			}
 		}
-		if _, err := pr.openPages(t); err != nil {
+		if err := pr.openPages(t); err != nil {
 			return nil, err
 		}
+		if opened > 0 {
+			pr.step(t, "open files", begin)
+		}
 	}
+	// pipe ends no task holds: closed now, so that readers see EOF
+	pr.closePipes()
 	ok = true
 	return pr, nil
 }
 
 func fileKey(f *File) string { return fmt.Sprintf("file:%d", f.ID) }
 
-func (pr *prepared) openFile(t *Task, f *File) (int, error) {
-	key := fileKey(f)
-	if k, ok := pr.index[key]; ok {
-		return k, nil
+// mapKey is the key of the fd a mapping of f maps: the memfd itself for a
+// memfd (its open file descriptions may be read-only), else f's.
+func mapKey(f *File) string {
+	if f.Kind == FileMemfd {
+		return memfdKey(f.Memfd)
 	}
-	if f.Kind != FileRegular {
-		return 0, &PlanError{PID: t.PID, Msg: fmt.Sprintf("file %d: kind %d can not be opened yet", f.ID, f.Kind)}
-	}
-	flags := int(f.Flags)&^reopenMask | syscall.O_CLOEXEC
-	fh, err := os.OpenFile(f.Path, flags, 0)
-	if err != nil {
-		return 0, fmt.Errorf("task %d: file %d: %w", t.PID, f.ID, err)
-	}
-	if err := checkFile(fh, f); err != nil {
-		fh.Close()
-		return 0, fmt.Errorf("task %d: file %d: %w", t.PID, f.ID, err)
-	}
-	if f.Pos != 0 {
-		if _, err := fh.Seek(int64(f.Pos), 0); err != nil {
-			fh.Close()
-			return 0, fmt.Errorf("task %d: file %d: %w", t.PID, f.ID, err)
-		}
-	}
-	pr.files = append(pr.files, fh)
-	pr.index[key] = len(pr.files) - 1
-	return len(pr.files) - 1, nil
+	return fileKey(f)
 }
 
-func checkFile(fh *os.File, f *File) error {
-	st, err := fh.Stat()
-	if err != nil {
-		return err
+// openMapped prepares the fd behind a mapping of f.
+func (pr *prepared) openMapped(t *Task, f *File) (int, error) {
+	if f.Kind == FileMemfd {
+		return 0, nil // prepareMemfds made it
 	}
-	sys := st.Sys().(*syscall.Stat_t)
-	if f.Mode != 0 && sys.Mode != f.Mode {
-		return fmt.Errorf("%s: mode %#o, the image has %#o", f.Path, sys.Mode, f.Mode)
+	return pr.openFile(t, f)
+}
+
+// openFile opens the description f, once; it returns how many files it
+// opened (0 or 1).
+func (pr *prepared) openFile(t *Task, f *File) (int, error) {
+	key := fileKey(f)
+	if _, ok := pr.index[key]; ok {
+		return 0, nil
+	}
+	var fd int
+	var err error
+	switch f.Kind {
+	case FileRegular:
+		fd, err = openRegular(f)
+	case FilePipe:
+		fd, err = pr.openPipeEnd(f)
+	case FileMemfd:
+		fd, err = pr.openMemfdFile(f)
+	case FileFifo:
+		fd, err = openFifoFile(f)
+	default:
+		err = fmt.Errorf("kind %v can not be opened yet", f.Kind)
+	}
+	if err != nil {
+		var fc *FileChangedError
+		if errors.As(err, &fc) {
+			return 0, fmt.Errorf("task %d: %w", t.PID, err)
+		}
+		return 0, fmt.Errorf("task %d: file %d: %w", t.PID, f.ID, err)
+	}
+	pr.add(key, fd)
+	return 1, nil
+}
+
+// openRegular opens a path as the image says, checks it and puts it at
+// its offset.
+func openRegular(f *File) (int, error) {
+	flags := int(f.Flags)&^reopenMask | syscall.O_CLOEXEC
+	fd, err := syscall.Open(f.Path, flags, 0)
+	if err != nil {
+		return -1, &os.PathError{Op: "open", Path: f.Path, Err: err}
+	}
+	if err := checkFile(fd, f); err != nil {
+		syscall.Close(fd)
+		return -1, err
+	}
+	if f.Pos != 0 {
+		if _, err := syscall.Seek(fd, int64(f.Pos), 0); err != nil {
+			syscall.Close(fd)
+			return -1, &os.PathError{Op: "lseek", Path: f.Path, Err: err}
+		}
+	}
+	return fd, nil
+}
+
+// FileChangedError says that a file the images name is not what it was at
+// the dump: CRIU refuses to restore then, and so does crest.
+type FileChangedError struct {
+	Path      string
+	What      string // "size" or "mode"
+	Was, Now  uint64
+	ModeValue bool // print Was and Now in octal
+}
+
+func (e *FileChangedError) Error() string {
+	if e.ModeValue {
+		return fmt.Sprintf("%s: %s %#o, the image has %#o", e.Path, e.What, e.Now, e.Was)
+	}
+	return fmt.Sprintf("%s: %d bytes, the image has %d", e.Path, e.Now, e.Was)
+}
+
+// checkFile compares an opened file with its image entry, as CRIU does
+// (the mode always, the size of regular files except those open
+// O_WRONLY|O_APPEND).
+func checkFile(fd int, f *File) error {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return &os.PathError{Op: "fstat", Path: f.Path, Err: err}
+	}
+	if f.Mode != 0 && st.Mode != f.Mode {
+		return &FileChangedError{Path: f.Path, What: "mode", Was: uint64(f.Mode), Now: uint64(st.Mode), ModeValue: true}
 	}
 	appendOnly := f.Flags&syscall.O_ACCMODE == syscall.O_WRONLY && f.Flags&syscall.O_APPEND != 0
-	if st.Mode().IsRegular() && !appendOnly && f.Size != 0 && uint64(st.Size()) != f.Size {
-		return fmt.Errorf("%s: %d bytes, the image has %d", f.Path, st.Size(), f.Size)
+	if st.Mode&syscall.S_IFMT == syscall.S_IFREG && !appendOnly && f.Size != 0 && uint64(st.Size) != f.Size {
+		return &FileChangedError{Path: f.Path, What: "size", Was: f.Size, Now: uint64(st.Size)}
 	}
 	return nil
 }
 
 // openPages opens the pages files of t's runs.
-func (pr *prepared) openPages(t *Task) ([]int, error) {
-	var ks []int
+func (pr *prepared) openPages(t *Task) error {
 	for _, r := range t.Mem.Runs {
-		key := "pages:" + r.Pages
-		k, ok := pr.index[key]
-		if !ok {
-			fh, err := os.Open(r.Pages)
-			if err != nil {
-				return nil, fmt.Errorf("task %d: %w", t.PID, err)
-			}
-			pr.files = append(pr.files, fh)
-			k = len(pr.files) - 1
-			pr.index[key] = k
+		if err := pr.openPagesFile(r.Pages); err != nil {
+			return fmt.Errorf("task %d: %w", t.PID, err)
 		}
-		ks = append(ks, k)
 	}
-	return ks, nil
+	return nil
+}
+
+func (pr *prepared) openPagesFile(path string) error {
+	key := "pages:" + path
+	if _, ok := pr.index[key]; ok {
+		return nil
+	}
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	pr.add(key, fd)
+	return nil
+}
+
+// sortedFiles returns the files of p of kind k, by id.
+func sortedFiles(p *Plan, k FileKind) []*File {
+	var out []*File
+	for _, f := range p.Files {
+		if f.Kind == k {
+			out = append(out, f)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
 }

@@ -28,15 +28,24 @@ const (
 
 // memfdCreate returns a new memfd as a file.
 func memfdCreate(name string, flags uint) (*os.File, error) {
-	p, err := syscall.BytePtrFromString(name)
+	fd, err := memfdCreateFD(name, flags)
 	if err != nil {
 		return nil, err
 	}
+	return os.NewFile(uintptr(fd), "memfd:"+name), nil
+}
+
+// memfdCreateFD returns a new memfd as a raw fd.
+func memfdCreateFD(name string, flags uint) (int, error) {
+	p, err := syscall.BytePtrFromString(name)
+	if err != nil {
+		return -1, err
+	}
 	fd, _, errno := syscall.Syscall(sysMemfdCreate, uintptr(unsafe.Pointer(p)), uintptr(flags), 0)
 	if errno != 0 {
-		return nil, os.NewSyscallError("memfd_create", errno)
+		return -1, os.NewSyscallError("memfd_create", errno)
 	}
-	return os.NewFile(fd, "memfd:"+name), nil
+	return int(fd), nil
 }
 
 // pidfdOpen returns a pidfd of pid.

@@ -23,15 +23,18 @@ func init() {
 		long: `
 restore brings back the process tree checkpointed in DIR (CRIU 4.2 images)
 and lets it run on: the same pids and tids in a new pid namespace,
-sessions and process groups, memory, registers, threads and files.
+sessions and process groups, memory (shared memory too), registers,
+threads, files, pipes, FIFOs and memfds, signal handlers, pending
+signals, interval and POSIX timers.
 Without -d crest stays the parent of the restored root and exits with its
 status (128+N when a signal N ended it; an interrupted crest kills the
 tree); with -d it leaves the tree running and exits once the restore is
 complete.
 
-Not restored yet: seccomp, timers, pending signals, personality,
-namespaces other than pid, pipes, sockets, memfds, shared memory, zombies
-and helper tasks, and capabilities crest itself does not have. Image sets
+Not restored yet: seccomp, personality, namespaces other than pid,
+sockets and other special files (eventfd, epoll, signalfd, ttys ...),
+SysV shared memory, hugetlb memfds, zombies and helper tasks, and
+capabilities crest itself does not have. Image sets
 that need them are refused with an error naming the task and the image
 (at planning) or the stage and step (during the restore).`,
 		setup: func(fs *pflag.FlagSet) runFunc {
@@ -39,6 +42,7 @@ that need them are refused with an error naming the task and the image
 			detach := fs.BoolP("restore-detached", "d", false, "leave the restored tree running and exit")
 			pidfile := fs.String("pidfile", "", "write the restored root's pid to `FILE`")
 			tf := addTraceFlags(fs)
+			vf := addVerifyFlags(fs)
 			return func(ctx context.Context, env *env, args []string) error {
 				if *dir == "" {
 					return usagef("no image directory: give -D DIR")
@@ -50,13 +54,23 @@ that need them are refused with an error naming the task and the image
 				if err != nil {
 					return err
 				}
-				return runRestore(ctx, env, *dir, *detach, *pidfile, targets, *tf.timeout)
+				vo, err := vf.parse()
+				if err != nil {
+					return err
+				}
+				return runRestore(ctx, env, *dir, *detach, *pidfile, targets, *tf.timeout, vo)
 			}
 		},
 	})
 }
 
-func runRestore(ctx context.Context, env *env, dir string, detach bool, pidfile string, targets []trace.Target, timeout time.Duration) error {
+func runRestore(ctx context.Context, env *env, dir string, detach bool, pidfile string, targets []trace.Target, timeout time.Duration, vo verifyOptions) error {
+	var kc *kernelCheck
+	if vo.mode != "" {
+		// Loading the monitor takes longer than planning a small tree.
+		kc = startKernelCheck(vo)
+		defer kc.close()
+	}
 	var rec *trace.Recorder
 	if len(targets) > 0 {
 		rec = trace.NewRecorder(trace.OpRestore, dir)
@@ -70,15 +84,28 @@ func runRestore(ctx context.Context, env *env, dir string, detach bool, pidfile 
 		return err
 	}
 	env.log.Info("planned", "dir", dir, "tasks", len(p.Tasks), "threads", p.NrThreads, "new_pid_ns", p.NewPIDNS)
-	opts := restore.Options{Log: env.log}
+	opts := restore.Options{Log: env.log, Faults: vo.faults, StageTimeout: vo.stageTimeout}
+	var obs observerList
 	if rec != nil {
-		opts.Observer = restoreRecorder{rec}
+		obs = append(obs, restoreRecorder{rec})
 	}
+	if kc != nil {
+		if err := kc.ready(); err != nil {
+			return err
+		}
+		obs = append(obs, kc)
+	}
+	opts.Observer = obs.observer()
 	r, err := restore.Start(ctx, p, opts)
+	if kc != nil {
+		// before -d detaches: strict rolls back a restore with findings
+		r, err = kc.conclude(env, p, r, err)
+	}
 	if rec != nil {
 		record := rec.Finish(err)
 		record.Tasks = traceTasks(p, r)
 		record.Counts = traceCounts(p)
+		kc.annotate(record)
 		emitTrace(ctx, env, trace.Build(record), targets, timeout)
 	}
 	if err != nil {

@@ -7,7 +7,7 @@ package agent
 // Plan file constants.
 const (
 	PlanMagic   = 0x4e414c5054534552 // "RESTPLAN"
-	PlanVersion = 1
+	PlanVersion = 2
 
 	PlanFD        = 3 // the launcher's fd of the plan memfd
 	SharedFD      = 4 // the launcher's fd of the shared area memfd
@@ -46,7 +46,9 @@ const (
 	StepSigreturn = 12
 	StepFS        = 13
 	StepSigacts   = 14
-	NrSteps       = 15
+	StepSignals   = 15
+	StepTimers    = 16
+	NrSteps       = 17
 )
 
 // Plan.Faults bits: faults injected on purpose for the monitor's tests.
@@ -106,35 +108,68 @@ type Plan struct {
 
 // Task is struct crest_task.
 type Task struct {
-	PID         int32    `c:"pid"`
-	PPID        int32    `c:"ppid"`
-	PGID        int32    `c:"pgid"`
-	SID         int32    `c:"sid"`
-	Index       int32    `c:"index"`
-	Parent      int32    `c:"parent"`
-	Session     uint32   `c:"session"`
-	Group       uint32   `c:"group"`
-	NrChildren  uint32   `c:"nr_children"`
-	ChildrenOff uint32   `c:"children_off"`
-	NrThreads   uint32   `c:"nr_threads"`
-	ThreadsOff  uint32   `c:"threads_off"`
-	NrTakes     uint32   `c:"nr_takes"`
-	TakesOff    uint32   `c:"takes_off"`
-	NrFDs       uint32   `c:"nr_fds"`
-	FDsOff      uint32   `c:"fds_off"`
-	NrVMAs      uint32   `c:"nr_vmas"`
-	VMAsOff     uint32   `c:"vmas_off"`
-	NrRuns      uint32   `c:"nr_runs"`
-	RunsOff     uint32   `c:"runs_off"`
-	MMOff       uint32   `c:"mm_off"`
-	CredsOff    uint32   `c:"creds_off"`
-	NrGroups    uint32   `c:"nr_groups"`
-	GroupsOff   uint32   `c:"groups_off"`
-	Comm        [16]byte `c:"comm"`
-	CwdFD       int32    `c:"cwd_fd"`
-	RootFD      int32    `c:"root_fd"`
-	Umask       uint32   `c:"umask"`
-	SigactsOff  uint32   `c:"sigactions_off"`
+	PID         int32     `c:"pid"`
+	PPID        int32     `c:"ppid"`
+	PGID        int32     `c:"pgid"`
+	SID         int32     `c:"sid"`
+	Index       int32     `c:"index"`
+	Parent      int32     `c:"parent"`
+	Session     uint32    `c:"session"`
+	Group       uint32    `c:"group"`
+	NrChildren  uint32    `c:"nr_children"`
+	ChildrenOff uint32    `c:"children_off"`
+	NrThreads   uint32    `c:"nr_threads"`
+	ThreadsOff  uint32    `c:"threads_off"`
+	NrTakes     uint32    `c:"nr_takes"`
+	TakesOff    uint32    `c:"takes_off"`
+	NrFDs       uint32    `c:"nr_fds"`
+	FDsOff      uint32    `c:"fds_off"`
+	NrVMAs      uint32    `c:"nr_vmas"`
+	VMAsOff     uint32    `c:"vmas_off"`
+	NrRuns      uint32    `c:"nr_runs"`
+	RunsOff     uint32    `c:"runs_off"`
+	MMOff       uint32    `c:"mm_off"`
+	CredsOff    uint32    `c:"creds_off"`
+	NrGroups    uint32    `c:"nr_groups"`
+	GroupsOff   uint32    `c:"groups_off"`
+	Comm        [16]byte  `c:"comm"`
+	CwdFD       int32     `c:"cwd_fd"`
+	RootFD      int32     `c:"root_fd"`
+	Umask       uint32    `c:"umask"`
+	SigactsOff  uint32    `c:"sigactions_off"`
+	NrShared    uint32    `c:"nr_shared_sigs"`
+	SharedOff   uint32    `c:"shared_sigs_off"`
+	Itimers     [3]Itimer `c:"itimers"`
+	NrTimers    uint32    `c:"nr_posix_timers"`
+	TimersOff   uint32    `c:"posix_timers_off"`
+}
+
+// PosixTimer is struct crest_posix_timer.
+type PosixTimer struct {
+	ID           uint32 `c:"id"`
+	ClockID      uint32 `c:"clock_id"`
+	Signo        uint32 `c:"signo"`
+	Notify       uint32 `c:"notify"`
+	SivalPtr     uint64 `c:"sival_ptr"`
+	NotifyTID    int32  `c:"notify_tid"`
+	Pad          uint32 `c:"pad"`
+	IntervalSec  uint64 `c:"interval_sec"`
+	IntervalNsec uint64 `c:"interval_nsec"`
+	ValueSec     uint64 `c:"value_sec"`
+	ValueNsec    uint64 `c:"value_nsec"`
+}
+
+// Itimer is struct crest_itimer.
+type Itimer struct {
+	IntervalSec  uint64 `c:"interval_sec"`
+	IntervalUsec uint64 `c:"interval_usec"`
+	ValueSec     uint64 `c:"value_sec"`
+	ValueUsec    uint64 `c:"value_usec"`
+}
+
+// Siginfo is struct crest_siginfo.
+type Siginfo struct {
+	Info [128]byte `c:"info"`
 }
 
 // NrSignals is the number of struct crest_sigaction of a task.
@@ -269,6 +304,8 @@ type Thread struct {
 	RobustLen    uint64    `c:"robust_len"`
 	ClearTIDAddr uint64    `c:"clear_tid_addr"`
 	Sigmask      uint64    `c:"sigmask"`
+	NrSigs       uint32    `c:"nr_sigs"`
+	SigsOff      uint32    `c:"sigs_off"`
 	Regs         Regs      `c:"regs"`
 	FXSave       [512]byte `c:"fxsave"`
 	XState       XState    `c:"xstate"`
@@ -330,5 +367,5 @@ var StepNames = [NrSteps]string{
 	StepNone: "none", StepLaunch: "launch", StepCheckPID: "check pid", StepSetsid: "setsid",
 	StepSetpgid: "setpgid", StepFork: "fork children", StepBarrier: "barrier", StepJoinPgid: "join group",
 	StepFiles: "files", StepMemory: "memory", StepThreads: "threads", StepCreds: "creds", StepSigreturn: "sigreturn",
-	StepFS: "fs", StepSigacts: "sigactions",
+	StepFS: "fs", StepSigacts: "sigactions", StepSignals: "pending signals", StepTimers: "timers",
 }

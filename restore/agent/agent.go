@@ -15,7 +15,7 @@
 //	mem.c        move into the crest area, unmap, map and fill VMAs, vdso, mm
 //	restorer.c   the rest of RESTORE, from the copy in the crest area
 //	threads.c    clone the other threads (set_tid) and their last stages
-//	signals.c    sigactions
+//	signals.c    sigactions, pending signals, interval and POSIX timers
 //	creds.c      ids, groups, capabilities, securebits
 //	fpu.c        the XSAVE image for rt_sigreturn
 //	sigreturn.c  per-thread kernel state and the rt_sigreturn into the image

@@ -80,7 +80,10 @@ int install_fds(const struct crest_task *t);
 int restore_fs(const struct crest_task *t);
 
 /* signals.c */
+int reset_sigactions(void);
 int restore_sigactions(const struct crest_task *t);
+int restore_pending_signals(struct crest_slot *slot, const struct crest_task *t, const struct crest_thread *th);
+int restore_timers(struct crest_slot *slot, const struct crest_task *t);
 
 /* mem.c */
 __attribute__((noreturn)) void restore_memory(const struct crest_task *t);

@@ -13,6 +13,9 @@
 
 struct agent agent;
 
+#define SIG_SETMASK 2
+static const uint64_t all_signals = ~0ull;
+
 static __attribute__((noreturn)) void launch_fail(long err)
 {
 	static const char msg[] = "crest-agent: launch failed\n";
@@ -68,6 +71,19 @@ static __attribute__((noreturn, used)) void agent_main(void)
 	ret = sys_close_range(CREST_PLAN_FD, agent.plan->engine_pidfd - 1, 0);
 	if (ret == 0)
 		ret = sys_close_range(agent.plan->engine_pidfd + 1, ~0u, 0);
+	if (ret < 0)
+		launch_fail(ret);
+
+	/*
+	 * Every signal stays blocked in every task and thread until its
+	 * rt_sigreturn sets the image's mask, as in CRIU's restorer: the
+	 * handlers restored early point into memory that is not there yet,
+	 * and the pending signals queued again must stay pending.
+	 */
+	ret = sys_rt_sigprocmask(SIG_SETMASK, &all_signals, NULL);
+	if (ret < 0)
+		launch_fail(ret);
+	ret = reset_sigactions();
 	if (ret < 0)
 		launch_fail(ret);
 

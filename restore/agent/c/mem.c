@@ -79,6 +79,35 @@ static int unmap_all(void)
 	return (int)sys_munmap((void *)end, TASK_SIZE_47 - end);
 }
 
+/* Whether any page run falls inside v. */
+static int vma_has_pages(const struct crest_task *t, const struct crest_vma *v)
+{
+	const struct crest_run *r = plan_ptr(t->runs_off);
+	uint32_t i;
+
+	for (i = 0; i < t->nr_runs; i++, r++) {
+		if (r->vaddr < v->end && r->vaddr + r->nr_pages * PAGE_SIZE > v->start)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * The prot a VMA is mapped with: writable until its pages are in when it
+ * has any (mprotect_vmas then sets the real prot), else its own. A private
+ * mapping that was never writable must not become so even for a moment:
+ * the kernel would account it (VM_ACCOUNT) and merge it with a neighbour
+ * that the dumped layout kept apart (a RELRO page next to read-only text).
+ * Shared mappings never get pages (their content is their file's), and a
+ * read-only shared mapping of a read-only fd can not be mapped writable.
+ */
+static int map_prot(const struct crest_task *t, const struct crest_vma *v)
+{
+	if (v->kind != CREST_VMA_FILE_SHARED && !(v->prot & PROT_WRITE) && vma_has_pages(t, v))
+		return (int)(v->prot | PROT_WRITE);
+	return (int)v->prot;
+}
+
 static int map_vmas(const struct crest_task *t)
 {
 	const struct crest_vma *v = plan_ptr(t->vmas_off);
@@ -90,8 +119,7 @@ static int map_vmas(const struct crest_task *t)
 
 		if (!vma_mapped(v))
 			continue;
-		/* writable until the pages are in; mprotect_vmas sets the real prot */
-		ret = sys_mmap((void *)v->start, v->end - v->start, (int)(v->prot | PROT_WRITE),
+		ret = sys_mmap((void *)v->start, v->end - v->start, map_prot(t, v),
 			       (int)((v->flags & keep) | MAP_FIXED), v->src_fd,
 			       v->kind == CREST_VMA_ANON_PRIVATE ? 0 : (long)v->pgoff);
 		if (ret < 0)
@@ -161,7 +189,7 @@ static int mprotect_vmas(const struct crest_task *t)
 	for (i = 0; i < t->nr_vmas; i++, v++) {
 		long ret;
 
-		if (!vma_mapped(v) || (v->prot & PROT_WRITE))
+		if (!vma_mapped(v) || map_prot(t, v) == (int)v->prot)
 			continue;
 		ret = sys_mprotect((void *)v->start, v->end - v->start, (int)v->prot);
 		if (ret < 0)

@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #define CREST_PLAN_MAGIC 0x4e414c5054534552ULL /* "RESTPLAN" */
-#define CREST_PLAN_VERSION 1
+#define CREST_PLAN_VERSION 2
 
 /* fds of the launcher as the engine starts it */
 #define CREST_PLAN_FD 3
@@ -62,7 +62,9 @@
 #define CREST_STEP_SIGRETURN 12
 #define CREST_STEP_FS 13		/* cwd, root, umask */
 #define CREST_STEP_SIGACTIONS 14
-#define CREST_NR_STEPS 15
+#define CREST_STEP_SIGNALS 15	/* queue the pending signals again */
+#define CREST_STEP_TIMERS 16	/* interval timers and POSIX timers */
+#define CREST_NR_STEPS 17
 
 /* XSAVE components crest_xstate carries */
 #define CREST_XSTATE_KNOWN 0x2ffull
@@ -126,6 +128,34 @@ struct crest_plan {
 	uint32_t faults;	/* CREST_FAULT_*: break the restore on purpose */
 };
 
+/* struct itimerval of setitimer(2); all zero: not armed */
+struct crest_itimer {
+	uint64_t interval_sec;
+	uint64_t interval_usec;
+	uint64_t value_sec;
+	uint64_t value_usec;
+};
+
+/* A POSIX timer, created again with its id (PR_TIMER_CREATE_RESTORE_IDS) */
+struct crest_posix_timer {
+	uint32_t id;
+	uint32_t clock_id;
+	uint32_t signo;		/* sigev_signo */
+	uint32_t notify;	/* sigev_notify */
+	uint64_t sival_ptr;	/* sigev_value */
+	int32_t notify_tid;	/* SIGEV_THREAD_ID: the thread */
+	uint32_t pad;
+	uint64_t interval_sec;	/* struct itimerspec: period, then time left */
+	uint64_t interval_nsec;
+	uint64_t value_sec;
+	uint64_t value_nsec;
+};
+
+/* A pending signal: the kernel's siginfo_t, for rt_(tg)sigqueueinfo */
+struct crest_siginfo {
+	uint8_t info[128];
+};
+
 struct crest_task {
 	int32_t pid;
 	int32_t ppid;
@@ -156,6 +186,11 @@ struct crest_task {
 	int32_t root_fd;	/* local fd of the root, -1 when it is the agent's */
 	uint32_t umask;
 	uint32_t sigactions_off; /* struct crest_sigaction[CREST_NR_SIGNALS] */
+	uint32_t nr_shared_sigs;
+	uint32_t shared_sigs_off; /* struct crest_siginfo[nr_shared_sigs]: pending for the task */
+	struct crest_itimer itimers[3];	/* ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF */
+	uint32_t nr_posix_timers;
+	uint32_t posix_timers_off; /* struct crest_posix_timer[nr_posix_timers] */
 };
 
 #define CREST_NR_SIGNALS 64
@@ -271,6 +306,8 @@ struct crest_thread {
 	uint64_t robust_len;
 	uint64_t clear_tid_addr; /* set_tid_address */
 	uint64_t sigmask;	/* blocked signals */
+	uint32_t nr_sigs;
+	uint32_t sigs_off;	/* struct crest_siginfo[nr_sigs]: pending for this thread */
 	struct crest_regs regs;
 	uint8_t fxsave[512];	/* the legacy FXSAVE area: x87, SSE */
 	struct crest_xstate xstate;

@@ -238,6 +238,36 @@ static inline long sys_rt_sigaction(int sig, const void *act, void *old, size_t 
 	return sys_call4(__NR_rt_sigaction, sig, (long)act, (long)old, (long)sigsetsize);
 }
 
+static inline long sys_rt_sigprocmask(int how, const uint64_t *set, uint64_t *old)
+{
+	return sys_call4(__NR_rt_sigprocmask, how, (long)set, (long)old, sizeof(*set));
+}
+
+static inline long sys_rt_sigqueueinfo(int tgid, int sig, const void *info)
+{
+	return sys_call3(__NR_rt_sigqueueinfo, tgid, sig, (long)info);
+}
+
+static inline long sys_rt_tgsigqueueinfo(int tgid, int tid, int sig, const void *info)
+{
+	return sys_call4(__NR_rt_tgsigqueueinfo, tgid, tid, sig, (long)info);
+}
+
+static inline long sys_setitimer(int which, const void *value, void *old)
+{
+	return sys_call3(__NR_setitimer, which, (long)value, (long)old);
+}
+
+static inline long sys_timer_create(int clock, void *sev, int *id)
+{
+	return sys_call3(__NR_timer_create, clock, (long)sev, (long)id);
+}
+
+static inline long sys_timer_settime(int id, int flags, const void *its, void *old)
+{
+	return sys_call4(__NR_timer_settime, id, flags, (long)its, (long)old);
+}
+
 static inline __attribute__((noreturn)) void sys_exit_group(int code)
 {
 	for (;;)

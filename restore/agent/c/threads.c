@@ -92,6 +92,15 @@ __attribute__((noreturn)) void thread_finish(struct crest_slot *slot, const stru
 	ret = restore_creds(slot, agent.task);
 	if (ret < 0)
 		task_fail_slot(slot, CREST_STEP_CREDS, ret);
+	/* CRIU's order: signals and timers after the credentials */
+	ret = restore_pending_signals(slot, agent.task, th);
+	if (ret < 0)
+		task_fail_slot(slot, CREST_STEP_SIGNALS, ret);
+	if (th->index == 0) {
+		ret = restore_timers(slot, agent.task);
+		if (ret < 0)
+			task_fail_slot(slot, CREST_STEP_TIMERS, ret);
+	}
 	finish_stage_slot(slot, CREST_STAGE_RESTORE_CREDS);
 	sigreturn_to(slot, th);
 }

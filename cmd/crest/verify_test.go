@@ -1,0 +1,691 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crest-restore/crest/bpf"
+	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/restore"
+	"github.com/crest-restore/crest/test/fixture"
+	"github.com/crest-restore/crest/test/procscan"
+)
+
+// verifyReport mirrors verifyJSON for decoding.
+type verifyReport struct {
+	OK            bool   `json:"ok"`
+	Verdict       string `json:"verdict"`
+	PIDs          struct{ OK, Want int }
+	Threads       struct{ OK, Want int }
+	Stages        struct{ OK, Want int }
+	StagesInOrder bool   `json:"stages_in_order"`
+	Failed        string `json:"failed"`
+	Dropped       uint64 `json:"dropped"`
+	Strict        bool   `json:"strict"`
+	RestoreError  string `json:"restore_error"`
+	Monitor       struct {
+		Load, Attach, Detach time.Duration
+	} `json:"monitor"`
+	Findings []verifyFinding `json:"findings"`
+}
+
+type verifyFinding struct {
+	Check    string `json:"check"`
+	PID      int    `json:"pid"`
+	TID      int    `json:"tid"`
+	Stage    string `json:"stage"`
+	During   string `json:"during"`
+	Message  string `json:"message"`
+	Evidence []struct {
+		Kind string `json:"kind"`
+		Time uint64 `json:"time"`
+		PID  int    `json:"pid"`
+		TID  int    `json:"tid"`
+	} `json:"evidence"`
+}
+
+func (f verifyFinding) String() string {
+	return fmt.Sprintf("%s task %d tid %d stage %q during %q: %s (%d events)", f.Check, f.PID, f.TID, f.Stage, f.During, f.Message, len(f.Evidence))
+}
+
+// verifiedRestore is one `crest restore -d --pidfile F --verify... ARGS`
+// of a freshly installed fixture, run in this process: the restored root
+// is then this process's child, as it is crest's.
+type verifiedRestore struct {
+	code           int
+	stdout, stderr string
+	root           int // the restored root's pid, 0 when crest wrote none
+	report         verifyReport
+}
+
+func restoreVerified(t *testing.T, name string, args ...string) verifiedRestore {
+	t.Helper()
+	fixture.Install(t, name)
+	pidfile := filepath.Join(t.TempDir(), "pid")
+	var out, errb bytes.Buffer
+	code := run(append([]string{"restore", "-D", fixture.Images(t, name), "-d", "--pidfile", pidfile}, args...), &out, &errb)
+	v := verifiedRestore{code: code, stdout: out.String(), stderr: errb.String()}
+	if b, err := os.ReadFile(pidfile); err == nil {
+		v.root, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	if slices.Contains(args, "--json") {
+		if err := json.Unmarshal(out.Bytes(), &v.report); err != nil {
+			t.Fatalf("--json output: %v\n%s\nstderr: %s", err, out.String(), errb.String())
+		}
+	}
+	return v
+}
+
+// removeTree kills a restored tree through its root (our child, the init
+// of its pid namespace), reaps the root and waits until every task of the
+// tree is gone from /proc.
+func removeTree(t testing.TB, root int) {
+	t.Helper()
+	if root <= 0 {
+		return
+	}
+	tree := []int{root}
+	if all, err := procscan.All(); err == nil {
+		for again := true; again; {
+			again = false
+			for _, p := range all {
+				if slices.Contains(tree, p.PPID) && !slices.Contains(tree, p.PID) {
+					tree = append(tree, p.PID)
+					again = true
+				}
+			}
+		}
+	}
+	syscall.Kill(root, syscall.SIGKILL)
+	for {
+		if _, err := syscall.Wait4(root, nil, syscall.WALL, nil); err != syscall.EINTR {
+			break
+		}
+	}
+	if left := procscan.WaitGone(10*time.Second, tree...); len(left) > 0 {
+		t.Fatalf("tree of %d: pids %v still exist after SIGKILL", root, left)
+	}
+}
+
+// leftovers lists what a restore may leave behind: children of this
+// process (zombies included), fixture programs, crest's agent.
+func leftovers(t *testing.T) []procscan.Process {
+	t.Helper()
+	ps, err := procscan.Find(procscan.Any(procscan.ChildOf(os.Getpid()), procscan.Under(fixture.OptDir),
+		procscan.MemfdExe("crest-agent")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
+// verifyFixtures are the CRIU 4.2 fixtures crest restores, with the
+// verdict of a clean restore.
+var verifyFixtures = []struct{ name, verdict string }{
+	{"counter", "pids 1/1, threads 1/1, stages 7/7 in order"},
+	{"tree", "pids 4/4, threads 4/4, stages 7/7 in order"},
+	{"threads", "pids 1/1, threads 3/3, stages 7/7 in order"},
+	{"dynamic", "pids 1/1, threads 1/1, stages 7/7 in order"},
+}
+
+// TestVerifyClean restores the fixtures 50 times in turn with --verify:
+// every restore must be found right, with no finding and nothing dropped
+// (no false positive from a race between the tasks, the engine and the
+// ring buffer).
+func TestVerifyClean(t *testing.T) {
+	requireRoot(t)
+	const runs = 50
+	for i := range runs {
+		fx := verifyFixtures[i%len(verifyFixtures)]
+		v := restoreVerified(t, fx.name, "--verify", "--json")
+		if v.code != 0 {
+			removeTree(t, v.root)
+			t.Fatalf("run %d (%s): exit %d: %s", i, fx.name, v.code, v.stderr)
+		}
+		r := v.report
+		if !r.OK || len(r.Findings) != 0 || r.Verdict != fx.verdict || r.Dropped != 0 || r.Failed != "" || r.RestoreError != "" {
+			t.Errorf("run %d (%s): ok %v, verdict %q (want %q), dropped %d, failed %q", i, fx.name, r.OK, r.Verdict, fx.verdict, r.Dropped, r.Failed)
+			for _, f := range r.Findings {
+				t.Errorf("  %s", f)
+			}
+		}
+		if r.Strict || r.Monitor.Load <= 0 || r.Monitor.Attach <= 0 || r.Monitor.Detach <= 0 {
+			t.Errorf("run %d (%s): strict %v, monitor timing %+v", i, fx.name, r.Strict, r.Monitor)
+		}
+		if v.root <= 0 {
+			t.Fatalf("run %d (%s): no root pid", i, fx.name)
+		}
+		removeTree(t, v.root)
+	}
+	if left := leftovers(t); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}
+
+// TestVerifyText checks the verdict line without --json, and the verdict
+// on the trace's root span.
+func TestVerifyText(t *testing.T) {
+	requireRoot(t)
+	file := filepath.Join(t.TempDir(), "trace.json")
+	v := restoreVerified(t, "tree", "--verify", "--trace", file)
+	defer removeTree(t, v.root)
+	if v.code != 0 {
+		t.Fatalf("exit %d: %s", v.code, v.stderr)
+	}
+	if want := "verify: ok: pids 4/4, threads 4/4, stages 7/7 in order\n"; v.stdout != want {
+		t.Errorf("stdout %q, want %q", v.stdout, want)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The root span (no parent) carries the verdict; the kernel's events
+	// are in the trace too.
+	var doc struct {
+		ResourceSpans []struct {
+			ScopeSpans []struct {
+				Spans []struct {
+					Name         string `json:"name"`
+					ParentSpanID string `json:"parentSpanId"`
+					Attributes   []struct {
+						Key   string `json:"key"`
+						Value struct {
+							StringValue string `json:"stringValue"`
+							BoolValue   bool   `json:"boolValue"`
+						} `json:"value"`
+					} `json:"attributes"`
+				} `json:"spans"`
+			} `json:"scopeSpans"`
+		} `json:"resourceSpans"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	var root, kernel int
+	for _, rs := range doc.ResourceSpans {
+		for _, ss := range rs.ScopeSpans {
+			for _, s := range ss.Spans {
+				attrs := map[string]string{}
+				for _, a := range s.Attributes {
+					attrs[a.Key] = a.Value.StringValue
+					if a.Key == "crest.kernel.event" || strings.HasPrefix(a.Key, "crest.futex.") {
+						kernel++
+					}
+				}
+				if s.ParentSpanID != "" {
+					continue
+				}
+				root++
+				if attrs["crest.verification.verdict"] != "ok" || attrs["crest.verification.detail"] != "pids 4/4, threads 4/4, stages 7/7 in order" {
+					t.Errorf("root span %q: verdict %q, detail %q", s.Name, attrs["crest.verification.verdict"], attrs["crest.verification.detail"])
+				}
+			}
+		}
+	}
+	if root != 1 {
+		t.Errorf("%d root spans, want 1", root)
+	}
+	if kernel == 0 {
+		t.Error("no kernel event in the trace")
+	}
+}
+
+// verifyFaults are the faults the engine injects, each with the finding
+// the monitor must make: its check, the task (image pid; tid for a
+// thread), the stage it names (or during which its evidence happened) and
+// words of its message.
+var verifyFaults = []struct {
+	fault, fixture string
+	check          string
+	pid, tid       int
+	stage, during  string
+	message        string
+	// restored: the restore itself completes despite the fault
+	restored bool
+	// racy: the fault does not always happen (TestVerifyEarlySwitch)
+	racy bool
+}{
+	// Task 4 is forked first without set_tid and takes pid 2; task 2's
+	// own clone3 then fails with EEXIST.
+	{fault: "no-set-tid", fixture: "tree", check: "pid", pid: 4, during: "FORKING",
+		message: "task 4 (parent 1) was not created: no fork gave pid 4"},
+	// The root skips RESTORE_SIGCHLD: its count-out of RESTORE_CREDS
+	// closes RESTORE_SIGCHLD before the switch to RESTORE_CREDS.
+	{fault: "no-wait", fixture: "tree", check: "stage", pid: 1, tid: 1, stage: "RESTORE_SIGCHLD",
+		message: "task 1 left RESTORE_SIGCHLD without waiting"},
+	// The engine opens RESTORE_CREDS with one thread of RESTORE_SIGCHLD
+	// still to come, when it sees that one missing: it mostly sleeps
+	// until the last arrival wakes it, and then nothing is early.
+	{fault: "early-switch", fixture: "threads", check: "stage", pid: 1, stage: "RESTORE_SIGCHLD",
+		message: "arrived at RESTORE_SIGCHLD after the switch to RESTORE_CREDS", restored: true, racy: true},
+	{fault: "drop-thread", fixture: "threads", check: "thread", pid: 1, tid: 3, during: "RESTORE",
+		message: "thread 3 of task 1 was not created: no clone gave tid 3 in process 1"},
+}
+
+// TestVerifyFaults injects each fault a few times and wants its finding
+// every time; nothing of a restore is left afterwards.
+func TestVerifyFaults(t *testing.T) {
+	requireRoot(t)
+	const repeat = 3
+	for _, tt := range verifyFaults {
+		if tt.racy {
+			continue
+		}
+		t.Run(tt.fault, func(t *testing.T) {
+			for i := range repeat {
+				v := restoreVerified(t, tt.fixture, "--verify", "--json", "--fault", tt.fault, "--stage-timeout", "1s")
+				removeTree(t, v.root)
+				r := v.report
+				if v.code == 0 && !tt.restored {
+					t.Errorf("run %d: exit 0, want the restore to fail", i)
+				}
+				if r.OK || !strings.HasSuffix(r.Verdict, "findings") && !strings.Contains(r.Verdict, "findings,") {
+					t.Errorf("run %d: ok %v, verdict %q: want findings", i, r.OK, r.Verdict)
+				}
+				var found *verifyFinding
+				for j, f := range r.Findings {
+					if f.Check == tt.check && f.PID == tt.pid && strings.Contains(f.Message, tt.message) {
+						found = &r.Findings[j]
+						break
+					}
+				}
+				if found == nil {
+					t.Errorf("run %d: no %s finding for task %d with %q; verdict %q", i, tt.check, tt.pid, tt.message, r.Verdict)
+					for _, f := range r.Findings {
+						t.Logf("  %s", f)
+					}
+					continue
+				}
+				if (tt.tid != 0 && found.TID != tt.tid) || found.Stage != tt.stage || found.During != tt.during {
+					t.Errorf("run %d: finding %s, want tid %d stage %q during %q", i, found, tt.tid, tt.stage, tt.during)
+				}
+				if len(found.Evidence) == 0 {
+					t.Errorf("run %d: finding %s has no evidence", i, found)
+				}
+			}
+			if left := leftovers(t); len(left) > 0 {
+				t.Errorf("left behind: %v", left)
+			}
+		})
+	}
+}
+
+// TestVerifyStrict: under --verify=strict a restore with any finding
+// fails, even one that completed, and its tree is gone when crest
+// returns; a clean one stands.
+func TestVerifyStrict(t *testing.T) {
+	requireRoot(t)
+	for _, tt := range verifyFaults {
+		t.Run(tt.fault, func(t *testing.T) {
+			args := []string{"--verify=strict", "--fault", tt.fault, "--stage-timeout", "1s"}
+			v := restoreVerified(t, tt.fixture, args...)
+			for try := 1; tt.racy && v.code == 0 && try < 20; try++ {
+				// The fault did not happen: a clean restore stands.
+				removeTree(t, v.root)
+				v = restoreVerified(t, tt.fixture, args...)
+			}
+			if v.code == 0 {
+				removeTree(t, v.root)
+				t.Fatalf("exit 0 under --verify=strict with fault %s; stdout:\n%s", tt.fault, v.stdout)
+			}
+			// Gone before crest returned: no waiting here.
+			if left := leftovers(t); len(left) > 0 {
+				t.Errorf("left behind: %v", left)
+				for _, p := range left {
+					removeTree(t, p.PID)
+				}
+			}
+			if v.root > 0 && procscan.Exists(v.root) {
+				t.Errorf("root %d of the pidfile still exists", v.root)
+			}
+			if !strings.Contains(v.stdout, "verify: FAILED: ") {
+				t.Errorf("stdout lacks the verdict:\n%s", v.stdout)
+			}
+			if tt.restored && !strings.Contains(v.stderr, "verification failed (--verify=strict)") {
+				t.Errorf("stderr %q does not say the verification failed", v.stderr)
+			}
+		})
+	}
+	t.Run("clean", func(t *testing.T) {
+		v := restoreVerified(t, "counter", "--verify=strict", "--json")
+		defer removeTree(t, v.root)
+		if v.code != 0 || !v.report.OK || !v.report.Strict || v.root <= 0 || !procscan.Exists(v.root) {
+			t.Errorf("exit %d, ok %v, strict %v, root %d: want the restored tree running; stderr: %s",
+				v.code, v.report.OK, v.report.Strict, v.root, v.stderr)
+		}
+	})
+}
+
+// TestVerifyUsage: the verification's flags are checked before anything
+// runs.
+func TestVerifyUsage(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--verify=maybe"}, `invalid argument "maybe" for "--verify" flag: "maybe": want --verify or --verify=strict`},
+		{[]string{"--json"}, "--json reports a verification: give --verify too"},
+		{[]string{"--verify", "--fault", "no-such-fault"}, `--fault: restore: unknown fault "no-such-fault"`},
+	} {
+		var out, errb bytes.Buffer
+		code := run(append([]string{"restore", "-D", t.TempDir()}, tt.args...), &out, &errb)
+		if code != 2 || out.Len() != 0 || !strings.Contains(errb.String(), tt.msg) {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want 2 and %q", tt.args, code, out.String(), errb.String(), tt.msg)
+		}
+	}
+	// The flags for tests stay out of the help.
+	var out, errb bytes.Buffer
+	run([]string{"help", "restore"}, &out, &errb)
+	if h := out.String(); !strings.Contains(h, "--verify") || strings.Contains(h, "--fault") || strings.Contains(h, "--stage-timeout") {
+		t.Errorf("help:\n%s", h)
+	}
+}
+
+// TestVerifyUnsupported runs crest restore --verify as nobody, who may
+// not load BPF programs: it must fail saying so, before anything is
+// restored.
+func TestVerifyUnsupported(t *testing.T) {
+	if os.Getenv("CREST_VERIFY_AS_CHILD") == "1" {
+		os.Exit(run([]string{"restore", "-D", os.Getenv("CREST_VERIFY_IMAGES"), "--verify"}, os.Stdout, os.Stderr))
+	}
+	requireRoot(t)
+	// The test binary sits in a directory only root may enter: copy it.
+	dir, err := os.MkdirTemp("", "crest-verify-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.ReadFile("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "crest.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A plan needs readable images (a copy of counter's) and the files
+	// they name.
+	fixture.Install(t, "counter")
+	images := filepath.Join(dir, "images")
+	if err := os.CopyFS(images, os.DirFS(fixture.Images(t, "counter"))); err != nil {
+		t.Fatal(err)
+	}
+	filepath.WalkDir(images, func(p string, _ os.DirEntry, _ error) error { return os.Chmod(p, 0o755) })
+	var out, errb bytes.Buffer
+	cmd := exec.Command(bin, "-test.run=^TestVerifyUnsupported$")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd.Env = append(os.Environ(), "CREST_VERIFY_AS_CHILD=1", "CREST_VERIFY_IMAGES="+images)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 1 {
+		t.Fatalf("as nobody: %v, want exit status 1; stderr:\n%s", err, errb.String())
+	}
+	for _, want := range []string{"--verify: the kernel-side monitor can not run here", "bpf monitor not supported", "CAP_BPF"} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errb.String())
+		}
+	}
+}
+
+// requireRoot fails a test that needs root: restores and BPF need it, and
+// the tests run as root (they must not skip).
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root: restoring a tree and loading the BPF monitor do")
+	}
+	fixture.Require(t)
+}
+
+// TestVerifyEarlySwitch: the engine switches from RESTORE_SIGCHLD to
+// RESTORE_CREDS early only when it happens to look while one thread is
+// still to come (it mostly sleeps until the last arrival wakes it), so the
+// fault does not always happen, and only the kernel sees exactly when it
+// did. Over 20 runs: the monitor must catch it at least once, name the
+// thread and the stage every time, never make another finding, and agree
+// with the agent's clock readings (the engine's Timeline) where those are
+// certain: a thread whose arrival reading is later than the engine's
+// switch reading counted out after the switch.
+func TestVerifyEarlySwitch(t *testing.T) {
+	requireRoot(t)
+	const runs = 20
+	late, flagged := 0, 0
+	for i := range runs {
+		fixture.Install(t, "threads")
+		d, err := images.Open(fixture.Images(t, "threads"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := restore.NewPlan(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kc := startKernelCheck(verifyOptions{mode: "on"})
+		if err := kc.ready(); err != nil {
+			t.Fatal(err)
+		}
+		tl := &restore.Timeline{}
+		r, rerr := restore.Start(context.Background(), p, restore.Options{Observer: observerList{kc, tl},
+			Faults: restore.FaultEarlySwitch, StageTimeout: time.Second})
+		verr := kc.verify(p)
+		kc.close()
+		if r != nil {
+			if err := r.Abort(); err != nil {
+				t.Error(err)
+			}
+		}
+		if verr != nil {
+			t.Fatal(verr)
+		}
+		// The late thread's count-out out of RESTORE_SIGCHLD counts for
+		// RESTORE_CREDS, which then closes early too: its own count-out
+		// of RESTORE_CREDS comes after the switch to COMPLETE.
+		flaggedTIDs := map[int]bool{}
+		consequences := 0
+		for _, f := range kc.report.Findings {
+			if f.Check == "stage" && f.PID == 1 && f.TID > 0 && f.Stage == "RESTORE_SIGCHLD" &&
+				strings.Contains(f.Message, "arrived at RESTORE_SIGCHLD after the switch to RESTORE_CREDS") && len(f.Evidence) == 2 {
+				flaggedTIDs[f.TID] = true
+				continue
+			}
+			if f.Check == "stage" && f.PID == 1 && f.TID > 0 && f.Stage == "RESTORE_CREDS" &&
+				strings.Contains(f.Message, "arrived at RESTORE_CREDS after the switch to COMPLETE") {
+				consequences++
+				continue
+			}
+			t.Errorf("run %d (restore error %v): finding %v, want only early arrivals", i, rerr, f)
+		}
+		if len(flaggedTIDs) > 0 {
+			flagged++
+		} else if consequences > 0 {
+			t.Errorf("run %d: late arrivals at RESTORE_CREDS without their cause: %v", i, kc.report.Findings)
+		}
+		// At is read when the engine closes the stage (0 for a thread
+		// that had not arrived yet: uncertain, its count-out may still
+		// come before the switch).
+		if creds := tl.Stage(restore.StageRestoreCreds); creds != nil {
+			for _, a := range tl.Arrivals {
+				if a.Stage != restore.StageRestoreSigchld || a.At <= creds.Switched {
+					continue
+				}
+				late++
+				if !flaggedTIDs[a.TID] {
+					t.Errorf("run %d: thread %d arrived at RESTORE_SIGCHLD after the switch, but no finding names it: %q",
+						i, a.TID, kc.report.Verdict)
+				}
+			}
+		}
+	}
+	t.Logf("the monitor saw an early switch in %d of %d runs; the agent's clocks were sure of %d", flagged, runs, late)
+	if flagged == 0 {
+		t.Errorf("no early switch seen in %d runs", runs)
+	}
+	if left := leftovers(t); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}
+
+// BenchmarkVerifyCost measures what --verify costs, with and without,
+// interleaved, for counter and tree (run with -benchtime=1x):
+//   - the monitor's load+attach and detach, as a fresh crest process
+//     reports them (--json), cold BTF included;
+//   - the wall time of `crest restore -d` of a built crest binary, from
+//     exec to exit, with and without --verify (median of 20 each);
+//   - each stage of the restore (switch to last arrival, from the
+//     engine's Timeline) with and without the monitor attached, in this
+//     process (median of 200 each), and with the programs attached but
+//     tracking nothing.
+func BenchmarkVerifyCost(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Fatal("needs root")
+	}
+	fixture.Require(b)
+	const runs, stageRuns = 20, 200
+	bin := filepath.Join(b.TempDir(), "crest")
+	if out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, out)
+	}
+	// The restored roots outlive crest -d: reap them here.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		b.Fatal(err)
+	}
+	median := func(ds []time.Duration) time.Duration {
+		s := slices.Clone(ds)
+		slices.Sort(s)
+		if len(s) == 0 {
+			return 0
+		}
+		return s[len(s)/2]
+	}
+	for b.Loop() {
+		for _, name := range []string{"counter", "tree"} {
+			var wall [2][]time.Duration // plain, --verify
+			var load, attach, detach []time.Duration
+			for i := range 2 * runs {
+				verify := i%2 == 1
+				fixture.Install(b, name)
+				pidfile := filepath.Join(b.TempDir(), "pid")
+				args := []string{"restore", "-D", fixture.Images(b, name), "-d", "--pidfile", pidfile}
+				if verify {
+					args = append(args, "--verify", "--json")
+				}
+				cmd := exec.Command(bin, args...)
+				var out bytes.Buffer
+				cmd.Stdout = &out
+				begin := time.Now()
+				err := cmd.Run()
+				took := time.Since(begin)
+				if err != nil {
+					b.Fatalf("%s %v: %v", bin, args, err)
+				}
+				if verify {
+					var r verifyReport
+					if err := json.Unmarshal(out.Bytes(), &r); err != nil || !r.OK {
+						b.Fatalf("--json: %v %q", err, r.Verdict)
+					}
+					load, attach, detach = append(load, r.Monitor.Load), append(attach, r.Monitor.Attach), append(detach, r.Monitor.Detach)
+					wall[1] = append(wall[1], took)
+				} else {
+					wall[0] = append(wall[0], took)
+				}
+				pb, err := os.ReadFile(pidfile)
+				if err != nil {
+					b.Fatal(err)
+				}
+				root, _ := strconv.Atoi(strings.TrimSpace(string(pb)))
+				removeTree(b, root)
+			}
+			b.Logf("%s: crest restore -d wall time, median of %d: %v plain, %v with --verify (+%v); monitor load %v, attach %v, detach %v",
+				name, runs, median(wall[0]), median(wall[1]), median(wall[1])-median(wall[0]), median(load), median(attach), median(detach))
+
+			// Stage durations with and without the monitor attached:
+			// more runs, the stages are short and the machine shared.
+			// A third kind has the programs attached but tracking
+			// nothing: what every syscall of the machine pays, apart
+			// from the events of the restore.
+			stages := map[restore.Stage][3][]time.Duration{}
+			var total [3][]time.Duration
+			for i := range 3 * stageRuns {
+				watched := i % 3
+				fixture.Install(b, name)
+				d, err := images.Open(fixture.Images(b, name))
+				if err != nil {
+					b.Fatal(err)
+				}
+				p, err := restore.NewPlan(d)
+				if err != nil {
+					b.Fatal(err)
+				}
+				tl := &restore.Timeline{}
+				opts := restore.Options{Observer: tl}
+				var kc *kernelCheck
+				var idle *bpf.Monitor
+				switch watched {
+				case 2:
+					if idle, err = bpf.Open(bpf.Options{}); err != nil {
+						b.Fatal(err)
+					}
+				case 1:
+					kc = startKernelCheck(verifyOptions{mode: "on"})
+					if err := kc.ready(); err != nil {
+						b.Fatal(err)
+					}
+					opts.Observer = observerList{kc, tl}
+				}
+				r, err := restore.Start(context.Background(), p, opts)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if kc != nil {
+					if err := kc.verify(p); err != nil || !kc.report.OK {
+						b.Fatalf("verify: %v %q", err, kc.report.Verdict)
+					}
+					kc.close()
+				}
+				if idle != nil {
+					idle.Close()
+				}
+				if err := r.Abort(); err != nil {
+					b.Fatal(err)
+				}
+				for _, s := range tl.Stages {
+					v := stages[s.Stage]
+					v[watched] = append(v[watched], time.Duration(s.Done-s.Switched))
+					stages[s.Stage] = v
+				}
+				total[watched] = append(total[watched], time.Duration(tl.Stage(restore.StageComplete).Done-tl.Stages[0].Switched))
+			}
+			var sum [3]time.Duration
+			for st := restore.StageRootTask; st <= restore.StageComplete; st++ {
+				v := stages[st]
+				for k := range sum {
+					sum[k] += median(v[k])
+				}
+				b.Logf("%s: %-18s median %9v plain, %9v watched, %9v attached untracked", name, st, median(v[0]), median(v[1]), median(v[2]))
+			}
+			pct := func(a, b time.Duration) float64 { return 100 * (float64(b)/float64(a) - 1) }
+			b.Logf("%s: %-19s       %9v plain, %9v watched (%+.1f%%), %9v attached untracked (%+.1f%%)", name, "sum of medians",
+				sum[0], sum[1], pct(sum[0], sum[1]), sum[2], pct(sum[0], sum[2]))
+			b.Logf("%s: %-19s median %9v plain, %9v watched (%+.1f%%), %9v attached untracked (%+.1f%%)", name, "ROOT_TASK..COMPLETE",
+				median(total[0]), median(total[1]), pct(median(total[0]), median(total[1])), median(total[2]), pct(median(total[0]), median(total[2])))
+		}
+	}
+}
