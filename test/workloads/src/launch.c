@@ -6,8 +6,8 @@
  * The launcher unshares the pid namespace and forks; the child (pid 1 of
  * the new namespace) becomes a session leader, enters DIR, sets umask 022,
  * points fds 0-2 at /dev/null, closes every other fd and execs PROG with a
- * fixed environment, so that a checkpoint of it holds nothing inherited
- * from the test. The launcher prints the child's host pid and exits without
+ * fixed environment and default signal dispositions, so that a checkpoint
+ * of it holds nothing inherited from the test. The launcher prints the child's host pid and exits without
  * waiting: it is not part of the tree.
  *
  * build: gcc -static -O2 -o launch launch.c
@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -55,6 +56,20 @@ int main(int argc, char **argv)
 		_exit(123);
 	if (syscall(SYS_close_range, 3U, ~0U, 0U))
 		_exit(124);
+	/*
+	 * Signal dispositions and the blocked mask survive execve: start from
+	 * the defaults whatever the caller had (make ignores signals 32 and
+	 * 33). Raw rt_sigaction, since glibc refuses to touch 32 and 33.
+	 */
+	struct {
+		unsigned long handler, flags, restorer, mask;
+	} dfl = { 0 };
+	for (int sig = 1; sig <= 64; sig++)
+		if (sig != SIGKILL && sig != SIGSTOP)
+			syscall(SYS_rt_sigaction, sig, &dfl, NULL, 8);
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
 	execve(argv[2], &argv[2], env);
 	_exit(127);
 }
