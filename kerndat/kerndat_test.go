@@ -204,12 +204,15 @@ func freePID(t *testing.T) int32 {
 	t.Helper()
 	last := readInt(t, "/proc/sys/kernel/ns_last_pid")
 	max := readInt(t, "/proc/sys/kernel/pid_max")
-	for pid := last + 1000; pid < last+2000 && pid < max; pid++ {
+	// Well ahead of the next pid the kernel hands out, wrapping at pid_max
+	// as the kernel does (pids below 300 are reserved once it wraps).
+	for i := 0; i < max; i++ {
+		pid := 300 + (last+1000-300+i)%(max-300)
 		if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
 			return int32(pid)
 		}
 	}
-	t.Fatalf("no free pid above %d", last+1000)
+	t.Fatalf("no free pid below pid_max %d", max)
 	return 0
 }
 
