@@ -316,7 +316,13 @@ func (r *Restore) waitStage(ctx context.Context, st Stage) error {
 			return &StageError{Stage: st, Err: fmt.Errorf("timed out after %v with %d of %d participants missing",
 				r.opts.StageTimeout, n, r.plan.Participants(st))}
 		}
-		if err := futexWaitTimeout(r.shared.inProgress(), n, int64(50*time.Millisecond)); err != nil {
+		wait := 50 * time.Millisecond
+		if st == StageRestoreSigchld && r.opts.Faults&FaultEarlySwitch != 0 {
+			// The fault: the last thread arrives 20 ms late, and only
+			// the last arrival wakes the engine; poll to catch it missing.
+			wait = time.Millisecond
+		}
+		if err := futexWaitTimeout(r.shared.inProgress(), n, int64(wait)); err != nil {
 			return &StageError{Stage: st, Err: err}
 		}
 	}

@@ -26,7 +26,8 @@ const (
 	FaultNoWait Fault = agent.FaultNoWait
 	// FaultEarlySwitch makes the engine switch from RESTORE_SIGCHLD to
 	// RESTORE_CREDS with one arrival missing (stage synchronization:
-	// every participant arrives before the switch).
+	// every participant arrives before the switch): the plan's last
+	// thread arrives 20 ms late and the engine polls for the stage.
 	FaultEarlySwitch Fault = agent.FaultEarlySwitch
 	// FaultDropThread leaves out each task's last thread (PID assignment
 	// of threads; the RESTORE stage then never completes).

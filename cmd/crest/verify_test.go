@@ -535,8 +535,10 @@ func TestVerifyEarlySwitch(t *testing.T) {
 		}
 	}
 	t.Logf("the monitor saw an early switch in %d of %d runs; the agent's clocks were sure of %d", flagged, runs, late)
-	if flagged == 0 {
-		t.Errorf("no early switch seen in %d runs", runs)
+	// The engine's fault is deterministic: the last thread comes 20 ms
+	// late while the engine polls, so every run switches early.
+	if flagged != runs {
+		t.Errorf("early switch seen in %d of %d runs, want all", flagged, runs)
 	}
 	if left := leftovers(t); len(left) > 0 {
 		t.Errorf("left behind: %v", left)

@@ -116,6 +116,16 @@ int finish_stage_slot(struct crest_slot *slot, int stage)
 		slot->stage = stage + 1;
 		return stage + 1;
 	}
+	if ((agent.plan->faults & CREST_FAULT_EARLY_SWITCH) && stage == CREST_STAGE_RESTORE_SIGCHLD &&
+	    slot == &agent.slots[agent.plan->nr_threads - 1]) {
+		/*
+		 * The fault's other half: the last thread comes 20 ms late, so
+		 * the engine, polling, surely sees it missing and switches.
+		 */
+		const struct __kernel_timespec late = { 0, 20 * 1000 * 1000 };
+
+		sys_nanosleep(&late);
+	}
 	slot->arrive_ns[stage] = now_ns();
 	count_out(te);
 	/* CRIU waits while start == stage; a thread ahead of the others waits too */

@@ -157,6 +157,11 @@ static inline long sys_clone3(struct clone_args *args, size_t size)
 	return sys_call2(__NR_clone3, (long)args, (long)size);
 }
 
+static inline long sys_nanosleep(const struct __kernel_timespec *req)
+{
+	return sys_call2(__NR_nanosleep, (long)req, 0);
+}
+
 static inline long sys_futex_wait(void *uaddr, uint32_t val, const struct __kernel_timespec *timeout)
 {
 	return sys_call4(__NR_futex, (long)uaddr, FUTEX_WAIT, val, (long)timeout);
