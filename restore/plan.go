@@ -448,6 +448,18 @@ func (p *Plan) loadTask(t *Task) error {
 	if err != nil {
 		return &PlanError{PID: t.PID, Err: err}
 	}
+	// CRIU writes timens-0.img for every dump, but restores a time
+	// namespace only when the tree had one of its own: when the task's
+	// time namespace differs from the dumping criu's (inventory
+	// root_ids). crest does the same, and does not make time namespaces
+	// yet: the fixtures' timens-0.img describes the host's and is left
+	// alone, as CRIU leaves it.
+	if root := d.Inventory.GetRootIds(); root != nil && ids.TimeNsId != nil && root.TimeNsId != nil &&
+		ids.GetTimeNsId() != root.GetTimeNsId() {
+		return &PlanError{PID: t.PID, File: fmt.Sprintf("ids-%d.img", t.PID),
+			Msg: fmt.Sprintf("time namespace %d is the tree's own (the dump ran in %d): time namespaces are not restored yet",
+				ids.GetTimeNsId(), root.GetTimeNsId())}
+	}
 	t.IDs = ids
 
 	fsEnt, err := d.FS(uint32(t.PID))
