@@ -41,7 +41,7 @@ traces=(--trace - --trace "$out/trace.json")
 if [ "${JAEGER:-}" = 1 ] && [ -z "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
 	bash "$repo/tools/jaeger/jaeger.sh" start >/dev/null
 	jaeger_started=1
-	export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317
+	export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 # OTLP over HTTP, the spec's default protocol
 fi
 if [ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
 	traces+=(--trace otlp)
@@ -62,8 +62,10 @@ at_dump_child=$(tail -n 1 "$out/run/child.log")
 echo "   dumped and killed; last lines: parent.log '$at_dump_parent', child.log '$at_dump_child'"
 "$crest" show -D "$out/images" | sed -n '3,8p'
 
-echo "== crest restore -D $out/images -d --verify ${traces[*]}"
-"$crest" restore -D "$out/images" -d --pidfile "$out/pid" --verify "${traces[@]}"
+# --verify=strict: any finding of the kernel-side monitor fails the
+# restore and rolls it back.
+echo "== crest restore -D $out/images -d --verify=strict ${traces[*]}"
+"$crest" restore -D "$out/images" -d --pidfile "$out/pid" --verify=strict "${traces[@]}"
 root=$(cat "$out/pid")
 sleep 1
 
@@ -85,6 +87,17 @@ done
 echo "   the restored tree runs on: no gap, no CORRUPT line"
 echo "   OTLP JSON trace: $out/trace.json"
 if [ -n "$jaeger_started" ] || [ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
-	id=$(grep -o '"traceId":"[0-9a-f]*"' "$out/trace.json" | head -1 | cut -d'"' -f4)
-	echo "   Jaeger: http://127.0.0.1:16686/api/v3/traces/$id"
+	id=$(grep -o '"traceId":"[0-9a-f]*"' "$out/trace.json" | sed -n 1p | cut -d'"' -f4)
+	url=http://127.0.0.1:16686/api/v3/traces/$id
+	echo "   Jaeger: $url"
+	if [ -n "$jaeger_started" ]; then
+		# Show that the trace arrived before the bundled Jaeger stops.
+		for _ in $(seq 50); do
+			if curl -fsS "$url" -o "$out/jaeger-trace.json" 2>/dev/null; then
+				echo "   Jaeger holds the trace: $(grep -o '"spanId"' "$out/jaeger-trace.json" | wc -l) spans ($out/jaeger-trace.json)"
+				break
+			fi
+			sleep 0.1
+		done
+	fi
 fi
