@@ -139,8 +139,7 @@ func TestTruncatedFiles(t *testing.T) {
 		}
 		l := fmtLayoutOf(t, f, orig)
 		cut := l.starts[len(l.starts)-1] + 5 // inside the last entry
-		dir := t.TempDir()
-		fmtCopyDir(t, src, dir)
+		dir := fixture.CopyDir(t, src)
 		path := filepath.Join(dir, f)
 		if err := os.WriteFile(path, orig[:cut], 0o600); err != nil {
 			t.Fatal(err)
@@ -165,24 +164,6 @@ func TestTruncatedFiles(t *testing.T) {
 			_, err = d.Files()
 		}
 		fmtWantFormat(t, f+" via Dir", err, path, len(l.starts)-1, l.starts[len(l.starts)-1]+4)
-	}
-}
-
-// fmtCopyDir copies the image files of src into dst.
-func fmtCopyDir(t *testing.T, src, dst string) {
-	t.Helper()
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
@@ -322,8 +303,7 @@ func TestWrongKind(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
-			dir := t.TempDir()
-			fmtCopyDir(t, src, dir)
+			dir := fixture.CopyDir(t, src)
 			path := filepath.Join(dir, tt.file)
 			if err := os.WriteFile(path, tt.b, 0o600); err != nil {
 				t.Fatal(err)
@@ -345,8 +325,7 @@ func TestWrongKind(t *testing.T) {
 		t.Errorf("NewKindReader(pstree as CORE) = %v", err)
 	}
 	for _, f := range []string{"inventory.img", "pstree.img"} {
-		dir := t.TempDir()
-		fmtCopyDir(t, src, dir)
+		dir := fixture.CopyDir(t, src)
 		path := filepath.Join(dir, f)
 		if err := os.WriteFile(path, coreImg, 0o600); err != nil {
 			t.Fatal(err)
@@ -359,8 +338,7 @@ func TestWrongKind(t *testing.T) {
 func TestMissingImages(t *testing.T) {
 	src := fixture.Images(t, "pipe")
 	for _, f := range []string{"inventory.img", "pstree.img"} {
-		dir := t.TempDir()
-		fmtCopyDir(t, src, dir)
+		dir := fixture.CopyDir(t, src)
 		if err := os.Remove(filepath.Join(dir, f)); err != nil {
 			t.Fatal(err)
 		}
@@ -371,8 +349,7 @@ func TestMissingImages(t *testing.T) {
 		}
 	}
 
-	dir := t.TempDir()
-	fmtCopyDir(t, src, dir)
+	dir := fixture.CopyDir(t, src)
 	for _, f := range []string{"core-2.img", "mm-2.img", "fs-2.img", "ids-2.img", "pipes-data.img", "seccomp.img",
 		"timens-0.img", "files.img", "fdinfo-3.img", "pagemap-2.img", "stats-dump"} {
 		if err := os.Remove(filepath.Join(dir, f)); err != nil {

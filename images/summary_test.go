@@ -343,20 +343,7 @@ func checkAgainstImages(t *testing.T, d *images.Dir, s *images.Summary) {
 // do not change.
 func TestSummarizeCompatPagemap(t *testing.T) {
 	src := fixture.Images(t, "tree")
-	dir := t.TempDir()
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := fixture.CopyDir(t, src)
 	orig, err := images.Open(src)
 	if err != nil {
 		t.Fatal(err)

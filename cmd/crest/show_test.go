@@ -174,26 +174,14 @@ func TestShowBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	// An image directory with one image cut short.
-	cutDir := filepath.Join(tmp, "cut")
-	src := fixture.Images(t, "pipe")
-	ents, err := os.ReadDir(src)
+	cutDir := fixture.CopyImages(t, "pipe")
+	mm2 := filepath.Join(cutDir, "mm-2.img")
+	b, err := os.ReadFile(mm2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Mkdir(cutDir, 0o755); err != nil {
+	if err := os.WriteFile(mm2, b[:len(b)-7], 0o644); err != nil {
 		t.Fatal(err)
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if e.Name() == "mm-2.img" {
-			b = b[:len(b)-7]
-		}
-		if err := os.WriteFile(filepath.Join(cutDir, e.Name()), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
 	}
 	missing := filepath.Join(tmp, "no-such-dir")
 
