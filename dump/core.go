@@ -245,7 +245,7 @@ func fpregs(tid int) (*core_x86.UserX86FpregsEntry, error) {
 		if mask&(1<<bit) == 0 {
 			continue
 		}
-		off, size := xsaveOffset(bit)
+		off, size := kerndat.XSaveComponent(bit)
 		if off < 576 || off+size > len(buf) {
 			return nil, fmt.Errorf("xsave area of %d bytes lacks component %d at %d", len(buf), bit, off)
 		}

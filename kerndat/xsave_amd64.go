@@ -25,3 +25,12 @@ func readXSave() (x xsaveInfo) {
 	x.size = int(ebx)
 	return x
 }
+
+// XSaveComponent returns where xsave state component bit lies in the
+// standard (non-compacted) layout that NT_X86_XSTATE and an rt_sigreturn
+// frame use, and its size, as CPUID leaf 0xD says: the offsets differ
+// between CPUs (AMD parts without MPX put AVX-512 state right after AVX).
+func XSaveComponent(bit int) (off, size int) {
+	eax, ebx, _, _ := cpuid(0xd, uint32(bit))
+	return int(ebx), int(eax)
+}
