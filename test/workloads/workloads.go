@@ -40,6 +40,8 @@ var Programs = map[string]Program{
 	"tree":    {Name: "tree", Flags: []string{"-static", "-O2"}},
 	"threads": {Name: "threads", Flags: []string{"-static", "-O2", "-pthread"}},
 	"pipe":    {Name: "pipe", Flags: []string{"-static", "-O2"}},
+	"shmem":   {Name: "shmem", Flags: []string{"-static", "-O2"}},
+	"files":   {Name: "files", Flags: []string{"-static", "-O2"}},
 	"signals": {Name: "signals", Flags: []string{"-static", "-O2"}},
 	"dynamic": {Name: "dynamic", Flags: []string{"-O2"}},
 	// spin computes outside syscalls: the dumper must write its own syscall.
