@@ -35,6 +35,8 @@ type Options struct {
 	// killed, as CRIU does.
 	LeaveRunning bool
 	Log          *slog.Logger
+	// Observer, if set, receives the dump's stages and steps.
+	Observer Observer
 }
 
 // Result tells what was dumped.
@@ -51,6 +53,7 @@ type Result struct {
 type dumper struct {
 	opts  Options
 	log   *slog.Logger
+	obs   observe
 	tmp   string // the directory being written
 	tree  *tree
 	files *fileTable
@@ -87,7 +90,7 @@ func Dump(ctx context.Context, opts Options) (*Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	d := &dumper{opts: opts, log: opts.Log, files: newFileTable(), kobj: map[int]*kobjIDs{}}
+	d := &dumper{opts: opts, log: opts.Log, obs: observe{opts.Observer}, files: newFileTable(), kobj: map[int]*kobjIDs{}}
 	ns, err := ownNamespaces()
 	if err != nil {
 		return nil, err
@@ -102,6 +105,7 @@ func Dump(ctx context.Context, opts Options) (*Result, error) {
 	defer runtime.UnlockOSThread()
 
 	t0 := time.Now()
+	d.obs.stage(StageFreeze)
 	tr, err := freeze(opts.Pid)
 	if err != nil {
 		return nil, fmt.Errorf("dump: freezing %d: %w", opts.Pid, err)
@@ -118,10 +122,14 @@ func Dump(ctx context.Context, opts Options) (*Result, error) {
 		}
 		return nil, fmt.Errorf("dump %d: %w", opts.Pid, err)
 	}
+	d.obs.stage(StageRelease)
+	release := boottime()
 	if opts.LeaveRunning {
 		tr.thaw()
+		d.obs.step(tr.root, StageRelease, "thaw", release)
 	} else {
 		tr.kill()
+		d.obs.step(tr.root, StageRelease, "kill", release)
 	}
 	res.Freezing, res.Frozen = t1.Sub(t0), time.Since(t1)
 	d.log.Info("dumped", "dir", opts.Dir, "tasks", res.Tasks, "threads", res.Threads, "pages", res.Pages,
@@ -158,9 +166,12 @@ func (d *dumper) run(ctx context.Context) (*Result, error) {
 	}
 	d.tmp = tmp
 	res := &Result{Tasks: len(d.tree.tasks)}
+	d.obs.stage(StageCollect)
 	if err := d.pidsAndNamespaces(); err != nil {
 		return nil, err
 	}
+	d.obs.collected(d.tree)
+	d.obs.stage(StageDumpTasks)
 	tm := time.Now()
 	for _, t := range d.tree.tasks {
 		if err := ctx.Err(); err != nil {
@@ -171,10 +182,12 @@ func (d *dumper) run(ctx context.Context) (*Result, error) {
 		}
 		res.Threads += len(t.threads)
 	}
+	d.obs.stage(StageMemfds)
 	if err := d.dumpMemfds(); err != nil {
 		return nil, err
 	}
 	memdump := time.Since(tm)
+	d.obs.stage(StageWriteImages)
 	if err := d.writeShared(memdump); err != nil {
 		return nil, err
 	}
@@ -267,6 +280,7 @@ func (d *dumper) pidsAndNamespaces() error {
 
 // dumpTask writes core, ids, mm, pagemap, pages, fs and fdinfo of t.
 func (d *dumper) dumpTask(t *task) error {
+	begin := boottime()
 	to, err := askTask(t)
 	if err != nil {
 		return err
@@ -280,6 +294,8 @@ func (d *dumper) dumpTask(t *task) error {
 			return err
 		}
 	}
+	d.obs.step(t, StageDumpTasks, "core", begin)
+	begin = boottime()
 	ids, newFiles, err := d.kobjIDs(t)
 	if err != nil {
 		return err
@@ -287,6 +303,8 @@ func (d *dumper) dumpTask(t *task) error {
 	if err := d.write(fmt.Sprintf("ids-%d.img", t.nsPid), images.KindIDs, images.Entry{Message: ids}); err != nil {
 		return err
 	}
+	d.obs.step(t, StageDumpTasks, "ids", begin)
+	begin = boottime()
 	// Memory: the exe and mapped files get their ids first, as in CRIU.
 	maps, err := readSmaps(t.pid)
 	if err != nil {
@@ -306,6 +324,8 @@ func (d *dumper) dumpTask(t *task) error {
 	if err := d.write(fmt.Sprintf("mm-%d.img", t.nsPid), images.KindMM, images.Entry{Message: mme}); err != nil {
 		return err
 	}
+	d.obs.step(t, StageDumpTasks, "memory map", begin)
+	begin = boottime()
 	d.pages++
 	pm, err := d.dumpPages(t, areas, d.pages)
 	if err != nil {
@@ -314,6 +334,8 @@ func (d *dumper) dumpTask(t *task) error {
 	if err := d.write(fmt.Sprintf("pagemap-%d.img", t.nsPid), images.KindPagemap, pm...); err != nil {
 		return err
 	}
+	d.obs.step(t, StageDumpTasks, "pages", begin)
+	begin = boottime()
 	if newFiles {
 		fds, err := d.files.fdTable(t)
 		if err != nil {
@@ -327,7 +349,11 @@ func (d *dumper) dumpTask(t *task) error {
 	if err != nil {
 		return err
 	}
-	return d.write(fmt.Sprintf("fs-%d.img", t.nsPid), images.KindFS, images.Entry{Message: fse})
+	if err := d.write(fmt.Sprintf("fs-%d.img", t.nsPid), images.KindFS, images.Entry{Message: fse}); err != nil {
+		return err
+	}
+	d.obs.step(t, StageDumpTasks, "files", begin)
+	return nil
 }
 
 // writeShared writes the images of the whole tree.

@@ -31,6 +31,9 @@ type task struct {
 	// poke, when set, is text the dumper overwrote to run syscalls and
 	// must put back.
 	poke *poke
+	// seized: boot times the freeze of this task's threads began and
+	// ended, for the Observer
+	seized [2]uint64
 }
 
 // tree is the frozen process tree.
@@ -63,6 +66,7 @@ func freeze(pid int) (*tree, error) {
 
 func (tr *tree) freezeTask(pid int, parent *task) (*task, error) {
 	t := &task{pid: pid, parent: parent}
+	t.seized[0] = boottime()
 	tr.tasks = append(tr.tasks, t)
 	seen := map[int]bool{}
 	for {
@@ -102,6 +106,7 @@ func (tr *tree) freezeTask(pid int, parent *task) (*task, error) {
 	if len(t.threads) == 0 || t.threads[0].tid != pid {
 		return nil, fmt.Errorf("%s: could not seize the thread group leader", t)
 	}
+	t.seized[1] = boottime()
 	var kids []int
 	for _, th := range t.threads {
 		c, err := readChildren(pid, th.tid)

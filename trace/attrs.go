@@ -41,6 +41,8 @@ const (
 	keyKernel       = attribute.Key("crest.kernel.event")
 	keyHostTID      = attribute.Key("crest.host_tid")
 	keyPhase        = attribute.Key("crest.phase")
+	keyEngine       = attribute.Key("crest.engine") // a kernel event of the engine, not of a task
+	keyMeasured     = attribute.Key("crest.stages.measured_ns")
 )
 
 // Keys a user may filter on; exported so tests and tools need not repeat
@@ -50,4 +52,8 @@ const (
 	AttrStep    = keyStep
 	AttrOp      = keyOp
 	AttrVerdict = keyVerdict
+	// AttrMeasured, on the root, is the stages' duration as the engine
+	// measured it: from the first stage switch to the last arrival at a
+	// barrier (a dump, which has no barrier: to its last step's end).
+	AttrMeasured = keyMeasured
 )

@@ -3,7 +3,7 @@ package trace
 import "testing"
 
 // A dump has stages but no barrier: a task's span in a stage runs from
-// the stage's start to the task's last step there.
+// the task's first step there to its last.
 func TestBuildDump(t *testing.T) {
 	rec := &Record{
 		Op:        OpDump,
@@ -53,8 +53,9 @@ func TestBuildDump(t *testing.T) {
 		if attr(p.Attrs, keyArrived).AsBool() {
 			t.Errorf("%s marked arrived", p.Name)
 		}
-		if last := p.Children[len(p.Children)-1]; p.End != last.End || p.Start != dumpTasks.Start {
-			t.Errorf("%s [%d,%d], want [stage start, last step end %d]", p.Name, p.Start, p.End, last.End)
+		// one task after the other: from its first step to its last
+		if first, last := p.Children[0], p.Children[len(p.Children)-1]; p.End != last.End || p.Start != first.Start {
+			t.Errorf("%s [%d,%d], want [first step start %d, last step end %d]", p.Name, p.Start, p.End, first.Start, last.End)
 		}
 	}
 	if len(st[1].Children) != 0 {

@@ -2,186 +2,46 @@ package trace
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+
+	"github.com/crest-restore/crest/trace/tracetest"
 )
 
-// jaeger is a Jaeger all-in-one started for one test, on free loopback
-// ports, with in-memory storage.
-type jaeger struct {
-	grpc, http, query string // host:port
-}
+// jaeger wraps the shared Jaeger starter with the decoding of this
+// package.
+type jaeger struct{ *tracetest.Jaeger }
 
-// jaegerBinary returns the pinned Jaeger: $CREST_JAEGER when it exists,
-// else what tools/jaeger/jaeger.sh build makes (a cold build takes some
-// minutes; the Go build cache makes later ones quick). A failed build
-// fails the test: the end-to-end tests must not skip in CI.
-func jaegerBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("CREST_JAEGER"); p != "" {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	script, err := filepath.Abs("../tools/jaeger/jaeger.sh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("bash", script, "build")
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("building Jaeger with %s build: %v\n%s", script, err, stderr.String())
-	}
-	return strings.TrimSpace(string(out))
-}
+func startJaeger(t *testing.T) *jaeger { return &jaeger{tracetest.Start(t)} }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
-}
-
-func startJaeger(t *testing.T) *jaeger {
-	t.Helper()
-	bin := jaegerBinary(t)
-	config, err := filepath.Abs("../tools/jaeger/config.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ports := map[string]string{}
-	for _, k := range []string{"OTLP_GRPC", "OTLP_HTTP", "QUERY", "QUERY_GRPC", "HEALTH"} {
-		ports[k] = freePort(t)
-	}
-	cmd := exec.Command(bin, "--config", "file:"+config)
-	cmd.Env = os.Environ()
-	for k, p := range ports {
-		cmd.Env = append(cmd.Env, "CREST_JAEGER_"+k+"_PORT="+p)
-	}
-	log := &strings.Builder{}
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", bin, err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		// Once it received traces, Jaeger's shutdown may hang for seconds
-		// on a gRPC client of its own that dials localhost:4317; its
-		// storage is memory, nothing is lost by killing it.
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
-	health := "http://127.0.0.1:" + ports["HEALTH"] + "/status"
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		select {
-		case err := <-done:
-			t.Fatalf("jaeger exited: %v\n%s", err, log.String())
-		default:
-		}
-		if r, err := http.Get(health); err == nil {
-			r.Body.Close()
-			if r.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("jaeger not ready after 30 s\n%s", log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return &jaeger{grpc: "127.0.0.1:" + ports["OTLP_GRPC"], http: "127.0.0.1:" + ports["OTLP_HTTP"],
-		query: "127.0.0.1:" + ports["QUERY"]}
-}
-
-// fetch gets trace id back through the v3 query API (OTLP JSON), waiting
-// for the collector's batch to reach storage.
+// fetch gets trace id back through the v3 query API (OTLP JSON).
 func (j *jaeger) fetch(t *testing.T, id string) *coltracepb.ExportTraceServiceRequest {
 	t.Helper()
-	url := fmt.Sprintf("http://%s/api/v3/traces/%s", j.query, id)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		r, err := http.Get(url)
-		if err == nil {
-			b, _ := io.ReadAll(r.Body)
-			r.Body.Close()
-			if r.StatusCode == http.StatusOK {
-				var wrap struct {
-					Result json.RawMessage `json:"result"`
-				}
-				if err := json.Unmarshal(b, &wrap); err != nil {
-					t.Fatalf("GET %s: %v", url, err)
-				}
-				req, err := UnmarshalOTLPJSON(wrap.Result)
-				if err != nil {
-					t.Fatalf("GET %s: %v", url, err)
-				}
-				return req
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET %s: trace not there after 15 s (last: %v)", url, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	req, err := UnmarshalOTLPJSON(j.Fetch(t, id))
+	if err != nil {
+		t.Fatalf("trace %s from Jaeger: %v", id, err)
 	}
+	return req
 }
 
 // Jaeger's v1 JSON API must show the same tree; the UI reads it.
 func (j *jaeger) fetchV1(t *testing.T, id string) (spans, roots int, ops map[string]int) {
 	t.Helper()
-	url := fmt.Sprintf("http://%s/api/traces/%s", j.query, id)
-	r, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Body.Close()
-	var body struct {
-		Data []struct {
-			Spans []struct {
-				OperationName string `json:"operationName"`
-				References    []struct {
-					RefType string `json:"refType"`
-				} `json:"references"`
-			} `json:"spans"`
-		} `json:"data"`
-	}
-	if err := json.NewDecoder(r.Body).Decode(&body); err != nil || len(body.Data) != 1 {
-		t.Fatalf("GET %s: %v, %d traces", url, err, len(body.Data))
-	}
 	ops = map[string]int{}
-	for _, s := range body.Data[0].Spans {
+	all := j.FetchV1(t, id)
+	for _, s := range all {
 		ops[s.OperationName]++
 		if len(s.References) == 0 {
 			roots++
 		}
 	}
-	return len(body.Data[0].Spans), roots, ops
+	return len(all), roots, ops
 }
 
 func TestJaegerEndToEnd(t *testing.T) {
@@ -192,13 +52,13 @@ func TestJaegerEndToEnd(t *testing.T) {
 		env     map[string]string
 		service string
 	}{
-		{name: "grpc", target: func() string { return "grpc://" + j.grpc }, service: "crest"},
-		{name: "http", target: func() string { return "http://" + j.http }, service: "crest"},
+		{name: "grpc", target: func() string { return "grpc://" + j.GRPC }, service: "crest"},
+		{name: "http", target: func() string { return "http://" + j.HTTP }, service: "crest"},
 		{name: "env-http", target: func() string { return "otlp" }, service: "crest-e2e",
-			env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + j.http, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+			env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + j.HTTP, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
 				"OTEL_SERVICE_NAME": "crest-e2e", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=ci,host.name=test"}},
 		{name: "env-grpc", target: func() string { return "otlp" }, service: "crest-e2e-grpc",
-			env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + j.grpc, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+			env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + j.GRPC, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
 				"OTEL_SERVICE_NAME": "crest-e2e-grpc"}},
 	}
 	for _, c := range cases {

@@ -99,6 +99,7 @@ type builder struct {
 	// participant spans by stage name and image tid
 	parts      map[string]map[int]*Span
 	unfinished []*Span // failed steps without an end
+	prepare    []*Span // engine steps done before the first stage
 }
 
 func (b *builder) build() *Trace {
@@ -121,12 +122,13 @@ func (b *builder) build() *Trace {
 	b.buildParticipants()
 	b.placeSteps()
 	b.closeStages()
-	b.placeKernel()
 	b.frameRoot()
+	b.placeKernel()
 	b.rootAttrs(op)
 	for _, s := range b.stages {
 		sortChildren(s)
 	}
+	slices.SortStableFunc(b.root.Children, func(x, y *Span) int { return cmp.Compare(x.Start, y.Start) })
 	return &Trace{Root: b.root, Clock: rec.Clock, Op: op}
 }
 
@@ -209,8 +211,18 @@ func (b *builder) buildParticipants() {
 
 func (b *builder) placeSteps() {
 	for _, e := range b.rec.Steps {
-		st := b.stage(e.Stage, e.Begin)
 		tid := cmp.Or(e.TID, e.PID)
+		if len(b.stages) > 0 && e.End != 0 && e.End <= b.stages[0].Start && e.Errno == 0 {
+			// The engine's preparation for a task (its files, its pipes)
+			// happens before the first stage opens: it belongs to the
+			// "prepare" phase, not to a stage the task may not even take
+			// part in.
+			s := &Span{Name: e.Step, Kind: KindStep, PID: e.PID, TID: tid, Start: e.Begin, End: e.End,
+				Attrs: []attribute.KeyValue{keyStep.String(e.Step), keyPhase.String("prepare"), keyVPID.Int(e.PID)}}
+			b.prepare = append(b.prepare, s)
+			continue
+		}
+		st := b.stage(e.Stage, e.Begin)
 		p := b.parts[st.Stage][tid]
 		if p == nil {
 			p = b.parts[st.Stage][e.PID]
@@ -238,6 +250,14 @@ func (b *builder) placeSteps() {
 		}
 		if !hasKey(p.Attrs, keyArrived) {
 			p.End = max(p.End, s.End)
+			if b.rec.Op == OpDump {
+				// A dump works on one task after the other: a task's
+				// span starts with its first step, not with the stage.
+				if len(p.Children) == 0 {
+					p.Start = s.Start
+				}
+				p.Start = max(min(p.Start, s.Start), st.Start)
+			}
 		}
 		p.Children = append(p.Children, s)
 	}
@@ -312,6 +332,9 @@ func (b *builder) placeKernel() {
 			tid = pid
 		}
 		attrs := append([]attribute.KeyValue{keyKernel.String(e.Kind)}, e.Attrs...)
+		if pid == 0 && e.HostPID != 0 && e.HostPID == b.rec.EnginePID {
+			attrs = append(attrs, keyEngine.Bool(true))
+		}
 		if e.HostPID != 0 {
 			attrs = append(attrs, keyPID.Int(e.HostPID))
 		}
@@ -319,13 +342,13 @@ func (b *builder) placeKernel() {
 			attrs = append(attrs, keyHostTID.Int(e.HostTID))
 		}
 		parent := b.kernelParent(pid, tid, e.At)
-		if parent != b.root && pid != 0 {
+		if parent.Kind != KindRoot && parent.Kind != KindPhase && pid != 0 {
 			attrs = append(attrs, keyVPID.Int(pid))
 		}
 		if e.End > e.At {
 			s := &Span{Name: e.Kind, Kind: KindKernel, Stage: parent.Stage, PID: pid, TID: tid,
 				Start: e.At, End: e.End, Attrs: attrs}
-			if parent != b.root {
+			if parent.Kind != KindRoot {
 				clamp(s, parent)
 			}
 			parent.Children = append(parent.Children, s)
@@ -337,7 +360,7 @@ func (b *builder) placeKernel() {
 
 // kernelParent finds the span an event of task pid (thread tid) at time
 // at belongs to: that thread's span, else its task's, else the stage's
-// that was running, else the root.
+// that was running, else the phase's, else the root.
 func (b *builder) kernelParent(pid, tid int, at uint64) *Span {
 	var stage *Span
 	for _, st := range b.stages {
@@ -356,13 +379,19 @@ func (b *builder) kernelParent(pid, tid int, at uint64) *Span {
 	if stage != nil {
 		return stage
 	}
+	for _, c := range b.root.Children {
+		if c.Kind == KindPhase && at >= c.Start && at <= c.End {
+			return c
+		}
+	}
 	return b.root
 }
 
 // frameRoot sets the root's time and its children: the phases, and the
-// stages. Without explicit phases, the time before the first stage and
-// after the last one become the phases "prepare" and "finish", so that
-// the root's children tile it.
+// stages. The time before the first stage is the phase "prepare" (with
+// the engine's steps done then), the time after the last one until the
+// next explicit phase (or the end) "finish", so that without explicit
+// phases the root's children tile it.
 func (b *builder) frameRoot() {
 	rec := b.rec
 	var lo, hi uint64
@@ -382,11 +411,15 @@ func (b *builder) frameRoot() {
 	for _, st := range b.stages {
 		widen(st.Start, st.End)
 	}
+	stagesLo, stagesHi := lo, hi
+	for _, s := range b.prepare {
+		widen(s.Start, s.End)
+	}
 	for _, p := range rec.Phases {
 		widen(p.Begin, max(p.End, p.Begin))
 	}
-	stagesLo, stagesHi := lo, hi
-	// Kernel events outside every stage hang on the root: it spans them.
+	// Kernel events outside every stage hang on a phase or the root: it
+	// spans them.
 	for _, e := range rec.Kernel {
 		widen(e.At, max(e.End, e.At))
 	}
@@ -398,23 +431,73 @@ func (b *builder) frameRoot() {
 	}
 	b.root.Start, b.root.End = lo, hi
 	var phases []*Span
+	named := func(name string) *Span {
+		for _, p := range phases {
+			if p.Name == name {
+				return p
+			}
+		}
+		return nil
+	}
 	for _, p := range rec.Phases {
 		phases = append(phases, &Span{Name: p.Name, Kind: KindPhase, Start: p.Begin, End: max(p.End, p.Begin),
 			Attrs: []attribute.KeyValue{keyPhase.String(p.Name)}})
 	}
-	if len(rec.Phases) == 0 && len(b.stages) > 0 {
-		if lo < stagesLo {
+	if len(b.stages) > 0 {
+		if p := named("prepare"); p == nil && (lo < stagesLo || len(b.prepare) > 0) {
 			phases = append(phases, &Span{Name: "prepare", Kind: KindPhase, Start: lo, End: stagesLo,
 				Attrs: []attribute.KeyValue{keyPhase.String("prepare")}})
 		}
-		if hi > stagesHi {
-			phases = append(phases, &Span{Name: "finish", Kind: KindPhase, Start: stagesHi, End: hi,
-				Attrs: []attribute.KeyValue{keyPhase.String("finish")}})
+		if p := named("finish"); p == nil && hi > stagesHi {
+			end := hi
+			for _, p := range phases {
+				if p.Start >= stagesHi && p.Start < end {
+					end = p.Start
+				}
+			}
+			if end > stagesHi {
+				phases = append(phases, &Span{Name: "finish", Kind: KindPhase, Start: stagesHi, End: end,
+					Attrs: []attribute.KeyValue{keyPhase.String("finish")}})
+			}
 		}
+	}
+	if p := named("prepare"); p != nil {
+		for _, s := range b.prepare {
+			clamp(s, p)
+		}
+		p.Children = append(p.Children, b.prepare...)
+		slices.SortStableFunc(p.Children, func(x, y *Span) int { return cmp.Compare(x.Start, y.Start) })
 	}
 	b.root.Children = append(b.root.Children, phases...)
 	b.root.Children = append(b.root.Children, b.stages...)
 	slices.SortStableFunc(b.root.Children, func(x, y *Span) int { return cmp.Compare(x.Start, y.Start) })
+}
+
+// measured is the stages' duration as the engine's own events say: from
+// the first switch to the last arrival (without arrivals, a dump: to the
+// last step's end).
+func (b *builder) measured() (uint64, bool) {
+	rec := b.rec
+	if len(rec.Stages) == 0 {
+		return 0, false
+	}
+	begin := rec.Stages[0].At
+	for _, e := range rec.Stages {
+		begin = min(begin, e.At)
+	}
+	var end uint64
+	for _, a := range rec.Arrivals {
+		end = max(end, a.At)
+	}
+	if len(rec.Arrivals) == 0 {
+		for _, s := range rec.Steps {
+			end = max(end, s.End)
+		}
+	}
+	if end < begin {
+		return 0, false
+	}
+	return end - begin, true
 }
 
 func (b *builder) rootAttrs(op Op) {
@@ -439,6 +522,9 @@ func (b *builder) rootAttrs(op Op) {
 		keyTasks.Int(c.Tasks), keyThreads.Int(c.Threads), keyPages.Int64(c.Pages), keyBytes.Int64(c.Bytes),
 		keyVerified.Bool(rec.Verdict.Checked), keyVerdict.String(verdict),
 		keyClockUncert.Int64(rec.Clock.Uncertainty))
+	if d, ok := b.measured(); ok {
+		b.root.Attrs = append(b.root.Attrs, keyMeasured.Int64(int64(d)))
+	}
 	if rec.Verdict.Detail != "" {
 		b.root.Attrs = append(b.root.Attrs, keyVerdictText.String(rec.Verdict.Detail))
 	}

@@ -1,6 +1,7 @@
 package trace
 
 import (
+	"os"
 	"sync"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -98,6 +99,9 @@ type Verdict struct {
 type Record struct {
 	Op        Op
 	ImagesDir string
+	// EnginePID is the pid of the process that ran the operation (crest):
+	// its kernel events are the engine's, not a task's.
+	EnginePID int
 	Tasks     []Task
 	Counts    Counts
 	Verdict   Verdict
@@ -125,7 +129,7 @@ type Recorder struct {
 // NewRecorder starts recording op on the images in dir; it samples the
 // clock offset now, and Finish samples it again.
 func NewRecorder(op Op, dir string) *Recorder {
-	return &Recorder{rec: Record{Op: op, ImagesDir: dir, Begin: Boottime(), Clock: SampleClock(8)}}
+	return &Recorder{rec: Record{Op: op, ImagesDir: dir, EnginePID: os.Getpid(), Begin: Boottime(), Clock: SampleClock(8)}}
 }
 
 func (r *Recorder) StageSwitched(e StageEvent) {
@@ -171,6 +175,6 @@ func (r *Recorder) Finish(err error) *Record {
 	rec.End = end
 	rec.Err = err
 	rec.Clock = rec.Clock.Tighter(c)
-	r.rec = Record{Op: rec.Op, ImagesDir: rec.ImagesDir}
+	r.rec = Record{Op: rec.Op, ImagesDir: rec.ImagesDir, EnginePID: rec.EnginePID}
 	return &rec
 }

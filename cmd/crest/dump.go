@@ -11,7 +11,7 @@ import (
 func init() {
 	register(&verb{
 		name:  "dump",
-		usage: "-t PID -D DIR [--leave-running]",
+		usage: "-t PID -D DIR [--leave-running] [--trace TARGET]",
 		short: "checkpoint a process tree into a CRIU image directory",
 		long: `
 dump checkpoints the process tree rooted at PID (all its descendants and
@@ -28,11 +28,16 @@ holds no images yet.
 State crest cannot restore fails the dump with a message naming the task
 and the resource: sockets, ttys, eventfd/epoll/signalfd/timerfd, memfds,
 deleted files, shared anonymous memory, seccomp, posix timers, and
-namespaces other than the root's pid namespace.`,
+namespaces other than the root's pid namespace.
+
+--trace sends the dump's spans where restore's go: a stage span each for
+freeze, collect, dump tasks, memfds, write images and release, with a span
+per task and its steps inside.`,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			pid := fs.IntP("tree", "t", 0, "checkpoint the tree rooted at `PID`")
 			dir := fs.StringP("images-dir", "D", "", "write the images into `DIR`")
 			leave := fs.Bool("leave-running", false, "let the tree run on after the dump")
+			tf := addTraceFlags(fs)
 			return func(ctx context.Context, env *env, args []string) error {
 				if *pid <= 0 {
 					return usagef("no tree: give -t PID")
@@ -43,7 +48,20 @@ namespaces other than the root's pid namespace.`,
 				if len(args) > 0 {
 					return usagef("unexpected arguments %q", args)
 				}
-				res, err := dump.Dump(ctx, dump.Options{Pid: *pid, Dir: *dir, LeaveRunning: *leave, Log: env.log})
+				targets, err := tf.parse()
+				if err != nil {
+					return err
+				}
+				opts := dump.Options{Pid: *pid, Dir: *dir, LeaveRunning: *leave, Log: env.log}
+				var rec *dumpRecorder
+				if len(targets) > 0 {
+					rec = newDumpRecorder(*dir)
+					opts.Observer = rec
+				}
+				res, err := dump.Dump(ctx, opts)
+				if rec != nil {
+					emitTrace(ctx, env, rec.build(res, err), targets, *tf.timeout)
+				}
 				if err != nil {
 					return err
 				}

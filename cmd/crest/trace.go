@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/crest-restore/crest/dump"
 	"github.com/crest-restore/crest/restore"
 	"github.com/crest-restore/crest/trace"
 )
@@ -103,4 +104,39 @@ func traceCounts(p *restore.Plan) trace.Counts {
 	}
 	c.Bytes = c.Pages * 4096
 	return c
+}
+
+// dumpRecorder feeds a dump's events to a trace.Recorder: trace does not
+// import dump either.
+type dumpRecorder struct {
+	rec   *trace.Recorder
+	tasks []trace.Task
+}
+
+func newDumpRecorder(dir string) *dumpRecorder {
+	return &dumpRecorder{rec: trace.NewRecorder(trace.OpDump, dir)}
+}
+
+func (r *dumpRecorder) StageStarted(e dump.StageEvent) {
+	r.rec.StageSwitched(trace.StageEvent{Stage: e.Stage.String(), Number: int(e.Stage), At: e.At})
+}
+
+// TaskCollected comes from the dumping goroutine only, like every event
+// of a dump: no lock.
+func (r *dumpRecorder) TaskCollected(e dump.TaskEvent) {
+	r.tasks = append(r.tasks, trace.Task{PID: e.PID, PPID: e.PPID, HostPID: e.HostPID, Threads: e.Threads})
+}
+
+func (r *dumpRecorder) StepDone(e dump.StepEvent) {
+	r.rec.StepDone(trace.StepEvent{PID: e.PID, TID: e.PID, Stage: e.Stage.String(), Step: e.Step, Begin: e.Begin, End: e.End})
+}
+
+// build ends the recording of a dump that ended with (res, err).
+func (r *dumpRecorder) build(res *dump.Result, err error) *trace.Trace {
+	record := r.rec.Finish(err)
+	record.Tasks = r.tasks
+	if res != nil {
+		record.Counts = trace.Counts{Tasks: res.Tasks, Threads: res.Threads, Pages: int64(res.Pages), Bytes: int64(res.Bytes)}
+	}
+	return trace.Build(record)
 }
