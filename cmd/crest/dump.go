@@ -26,9 +26,12 @@ half-written DIR, and the tree is let go untouched. DIR may exist if it
 holds no images yet.
 
 State crest cannot restore fails the dump with a message naming the task
-and the resource: sockets, ttys, eventfd/epoll/signalfd/timerfd, memfds,
-deleted files, shared anonymous memory, seccomp, posix timers, and
-namespaces other than the root's pid namespace.
+and the resource: sockets, ttys, eventfd/epoll/signalfd/timerfd, named
+FIFOs, deleted files, file locks, SysV shared memory, private mappings of
+memfds, seccomp, POSIX timers, zombies and stopped tasks, session or group
+leaders outside the tree, and namespaces other than the root's pid
+namespace. Regular files, /dev/null, directories, pipes (with their data),
+memfds and shared anonymous memory are dumped.
 
 --trace sends the dump's spans where restore's go: a stage span each for
 freeze, collect, dump tasks, memfds, write images and release, with a span
