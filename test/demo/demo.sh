@@ -53,8 +53,8 @@ root=$("$out/bin/launch" "$out/run" "$out/bin/demo")
 sleep 1
 echo "   running as host pid $root: $(wc -l <"$out/run/parent.log") ticks, $(wc -l <"$out/run/child.log") messages read"
 
-echo "== crest dump -t $root -D $out/images"
-"$crest" dump -t "$root" -D "$out/images"
+echo "== crest dump -t $root -D $out/images --trace $out/dump-trace.json"
+"$crest" dump -t "$root" -D "$out/images" --trace "$out/dump-trace.json"
 wait_gone "$root"
 root=""
 at_dump_parent=$(tail -n 1 "$out/run/parent.log")
@@ -85,7 +85,7 @@ for f in parent.log child.log; do
 	fi
 done
 echo "   the restored tree runs on: no gap, no CORRUPT line"
-echo "   OTLP JSON trace: $out/trace.json"
+echo "   OTLP JSON traces: $out/dump-trace.json (dump), $out/trace.json (restore)"
 if [ -n "$jaeger_started" ] || [ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
 	id=$(grep -o '"traceId":"[0-9a-f]*"' "$out/trace.json" | sed -n 1p | cut -d'"' -f4)
 	url=http://127.0.0.1:16686/api/v3/traces/$id
