@@ -37,7 +37,9 @@
 //
 // What works (every fixture runs on: counter, dynamic, tree, threads,
 // pipe, shmem, files, signals): pids, sessions and groups in a new pid
-// namespace, threads with their tids, regular files and device nodes with
+// namespace, helper tasks for session and group leaders that were gone at
+// the dump and zombies with their exit status (plan.go addHelpers, agent
+// exit.c), threads with their tids, regular files and device nodes with
 // their offsets (one open file description behind dup'd and inherited
 // fds), pipes and FIFOs with their data and buffer size, memfds with
 // content and seals, cwd, root and umask, private anonymous and file
@@ -51,5 +53,5 @@
 // the tasks' mappings or fd tables. Refused at planning, naming what:
 // seccomp, personality, namespaces other than pid, sockets and other file
 // kinds (eventfd, epoll, signalfd, tty ...), SysV shared memory, POSIX
-// timers with SIGEV_THREAD, hugetlb memfds, zombies and helper tasks.
+// timers with SIGEV_THREAD, hugetlb memfds, stopped tasks.
 package restore

@@ -68,7 +68,7 @@ func Start(ctx context.Context, p *Plan, opts Options) (*Restore, error) {
 		opts.StageTimeout = 10 * time.Second
 	}
 	r := &Restore{plan: p, opts: opts, log: opts.Log, rootPidfd: -1, hostPIDs: map[int]int{},
-		stepsSeen: make([]uint32, p.NrThreads)}
+		stepsSeen: make([]uint32, p.nrSlots())}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -93,7 +93,8 @@ func (r *Restore) Timeline() *Timeline { return &r.timeline }
 func (r *Restore) RootPID() int { return r.rootPID }
 
 // HostPID returns the pid, in the engine's pid namespace, of the task with
-// image pid, or 0 when it is not known (the tree is learnt after FORKING).
+// image pid, or 0 when it is not known (the tree is learnt after FORKING)
+// or gone (a helper, once RESTORE_SIGCHLD is over).
 func (r *Restore) HostPID(pid int) int { return r.hostPIDs[pid] }
 
 // Abort kills the tree of a restore, parked (Options.Until) or restored,
@@ -242,6 +243,14 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 			}
 			for _, s := range skipped {
 				r.log.Warn("rlimit not restored", "why", s)
+			}
+		case StageRestoreSigchld:
+			// Every parent has reaped its helpers: their host pids are
+			// free for any process of the host now.
+			for _, t := range r.plan.Tasks {
+				if t.Kind == TaskHelper {
+					delete(r.hostPIDs, t.PID)
+				}
 			}
 		}
 		r.publish(st)

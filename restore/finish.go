@@ -47,6 +47,9 @@ type tracee struct {
 func (r *Restore) seizeAll() ([]*tracee, error) {
 	var ts []*tracee
 	for _, t := range r.plan.Tasks {
+		if t.Kind != TaskAlive {
+			continue // zombies and helpers ended after RESTORE
+		}
 		host := r.hostPIDs[t.PID]
 		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", host))
 		if err != nil {

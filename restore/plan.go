@@ -3,6 +3,7 @@ package restore
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/restore/agent"
 )
 
 // Plan is everything a restore needs to know about an image set, resolved
@@ -25,11 +27,14 @@ type Plan struct {
 	// NewPIDNS: the root is pid 1 of its own pid namespace, which the
 	// restore creates (every fixture is made this way).
 	NewPIDNS bool
-	// NrThreads counts the threads of all tasks (and the slots of the
-	// shared area); NrHelpers the helper tasks standing in for dead
-	// session or group leaders (none yet).
+	// NrThreads counts the threads of the tasks of the images, one for
+	// each zombie (CRIU's nr_threads); NrHelpers the helper tasks the
+	// plan adds to stand in for dead session or group leaders; NrZombies
+	// the zombies. The shared area has a slot per thread, then one per
+	// helper (Plan.nrSlots).
 	NrThreads int
 	NrHelpers int
+	NrZombies int
 	// Files are the open file descriptions the fd tables refer to, by
 	// their files.img id, each with the tasks that hold it.
 	Files map[uint32]*File
@@ -50,11 +55,19 @@ type Plan struct {
 
 // Task is one process of the tree.
 type Task struct {
-	Index            int
-	PID, PPID        int
-	PGID, SID        int
-	Parent           *Task
-	Children         []*Task
+	Index     int
+	PID, PPID int // PPID as in the images: the parent once the restore is over
+	PGID, SID int
+	// Parent is the task that forks this one, and Children those it
+	// forks: the image's parent, except for the children a helper forks
+	// (they go to the init when it exits, as their PPID says).
+	Parent   *Task
+	Children []*Task
+	// Kind is what the task is: alive, a zombie (ExitCode is its wait
+	// status), or a helper the plan added. Zombies and helpers have one
+	// Thread (a slot, no core for helpers) and nothing else to restore.
+	Kind             TaskKind
+	ExitCode         uint32
 	Threads          []Thread // Threads[0] is the leader (TID == PID)
 	Comm             string
 	Session          SessionAction
@@ -82,6 +95,27 @@ type Thread struct {
 	Core *criu_core.CoreEntry
 	// Signals pending for this thread only, oldest first.
 	Signals []Siginfo
+}
+
+// TaskKind is CRIU's task state (criu/include/pid.h) of a planned task.
+type TaskKind int
+
+const (
+	TaskAlive  TaskKind = agent.TaskAlive
+	TaskZombie TaskKind = agent.TaskZombie // CRIU's TASK_DEAD
+	TaskHelper TaskKind = agent.TaskHelper
+)
+
+func (k TaskKind) String() string {
+	switch k {
+	case TaskAlive:
+		return "alive"
+	case TaskZombie:
+		return "zombie"
+	case TaskHelper:
+		return "helper"
+	}
+	return fmt.Sprintf("task kind %d", int(k))
 }
 
 // SessionAction says how a task comes to be in its session.
@@ -287,12 +321,26 @@ func NewPlan(d *images.Dir) (*Plan, error) {
 		return nil, err
 	}
 	for _, t := range p.Tasks {
+		if t.Kind == TaskHelper {
+			continue
+		}
 		if err := p.loadTask(t); err != nil {
 			return nil, err
 		}
 	}
+	for _, t := range p.Tasks {
+		// A helper exits at the same moment as its zombie children
+		// would: the init would get them, and might reap them.
+		if t.Kind == TaskZombie && t.Parent.Kind == TaskHelper {
+			return nil, &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("zombie born in session %d by helper %d: not supported", t.SID, t.Parent.PID)}
+		}
+	}
 	return p, nil
 }
+
+// nrSlots is the number of slots of the shared area: one per thread
+// (zombies have one), then one per helper.
+func (p *Plan) nrSlots() int { return p.NrThreads + p.NrHelpers }
 
 // Root returns the root task.
 func (p *Plan) Root() *Task { return p.Tasks[0] }
@@ -312,7 +360,7 @@ func (p *Plan) Task(pid int) *Task {
 func (p *Plan) buildTree() error {
 	byPID := map[int]*Task{}
 	for i, e := range p.Dir.Pstree {
-		t := &Task{Index: i, PID: int(e.GetPid()), PPID: int(e.GetPpid()), PGID: int(e.GetPgid()), SID: int(e.GetSid())}
+		t := &Task{Index: i, PID: int(e.GetPid()), PPID: int(e.GetPpid()), PGID: int(e.GetPgid()), SID: int(e.GetSid()), Kind: TaskAlive}
 		if t.PID <= 0 {
 			return &PlanError{File: "pstree.img", Msg: fmt.Sprintf("entry %d: pid %d", i, t.PID)}
 		}
@@ -321,8 +369,9 @@ func (p *Plan) buildTree() error {
 		}
 		tids := e.GetThreads()
 		if len(tids) == 0 {
-			// Zombies have no threads in pstree.img; they are not planned yet.
-			return &PlanError{PID: t.PID, File: "pstree.img", Msg: "no threads (zombie tasks are not supported yet)"}
+			// CRIU lists a zombie's pid as its one thread; an empty
+			// list means the same (its core image says it is dead).
+			tids = []uint32{uint32(t.PID)}
 		}
 		if int(tids[0]) != t.PID {
 			return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("first thread is %d, not the task's pid", tids[0])}
@@ -357,18 +406,84 @@ func (p *Plan) buildTree() error {
 		return &PlanError{PID: root.PID, Msg: "the root is not pid 1 of its pid namespace: restoring into the current pid namespace is not supported yet"}
 	}
 	p.NewPIDNS = true
+	p.addHelpers(byPID)
 	return p.planSessions(byPID)
 }
 
-// planSessions decides SessionAction and GroupAction for every task. Helper
-// tasks for session or group leaders that are not in the tree are not
-// planned yet: such trees are refused with the leader named.
+// addHelpers adds, as CRIU does (criu/pstree.c, prepare_pstree_ids), a
+// helper task for each session or process group whose leader was gone at
+// the dump, so that the tasks in it can be born into it:
+//
+//   - a child of the root (an orphan the init inherited) in a session that
+//     is neither the root's nor its own is forked by a helper born in that
+//     session. When the session's leader is gone, the helper takes its pid
+//     and calls setsid (so it also leads the group of that number), forked
+//     by the root; when the leader is elsewhere in the tree, the helper
+//     takes a free pid and is the leader's child. The helper forks every
+//     such child, waits until RESTORE is over and exits: its children go
+//     back to the init, their parent in the images, and its parent reaps it;
+//   - a task in a process group whose leader is not in the tree (nor a
+//     session helper) forks a helper that takes the group's number and
+//     calls setpgid(0, 0), and joins its group after FORKING as it would
+//     join any other; the helper exits after RESTORE and the task reaps it.
+//
+// Helpers go at the end of Tasks, with the slots after the threads'.
+func (p *Plan) addHelpers(byPID map[int]*Task) {
+	root := p.Root()
+	add := func(pid, sid, pgid int, parent *Task) *Task {
+		h := &Task{Index: len(p.Tasks), PID: pid, PPID: parent.PID, PGID: pgid, SID: sid,
+			Parent: parent, Kind: TaskHelper, Threads: []Thread{{TID: pid}}}
+		parent.Children = append(parent.Children, h)
+		byPID[pid] = h
+		p.Tasks = append(p.Tasks, h)
+		p.NrHelpers++
+		return h
+	}
+	sessionHelper := map[int]*Task{}
+	for _, t := range append([]*Task(nil), root.Children...) {
+		if t.SID == root.SID || t.SID == t.PID {
+			continue
+		}
+		h := sessionHelper[t.SID]
+		if h == nil {
+			switch leader := byPID[t.SID]; {
+			case leader == nil:
+				h = add(t.SID, t.SID, t.SID, root)
+			case leader.SID == leader.PID:
+				h = add(p.freePID(), t.SID, leader.PGID, leader)
+			default:
+				continue // not a session: planSessions names it
+			}
+			sessionHelper[t.SID] = h
+		}
+		root.Children = slices.DeleteFunc(root.Children, func(c *Task) bool { return c == t })
+		h.Children = append(h.Children, t)
+		t.Parent = h
+	}
+	n := len(p.Tasks)
+	for _, t := range p.Tasks[:n] {
+		if t.Kind != TaskHelper && t.PGID != t.PID && t.PGID > 0 && byPID[t.PGID] == nil {
+			add(t.PGID, t.SID, t.PGID, t)
+		}
+	}
+	slot := p.NrThreads
+	for _, t := range p.Tasks {
+		if t.Kind == TaskHelper {
+			t.Threads[0].Slot = slot
+			slot++
+		}
+	}
+}
+
+// planSessions decides SessionAction and GroupAction for every task, once
+// addHelpers has put a leader in the tree for every session and group it
+// can; what is left without one is refused with the leader named.
 func (p *Plan) planSessions(byPID map[int]*Task) error {
 	// pgidAtFork[t] is the group t is in when it forks its children:
 	// its own after GroupLead, its parent's otherwise (a GroupJoin task
 	// joins only after FORKING).
 	pgidAtFork := map[*Task]int{}
-	for _, t := range p.Tasks {
+	for _, t := range p.forkOrder() {
 		inheritedSID, inheritedPGID := 0, 0
 		if t.Parent != nil {
 			inheritedSID, inheritedPGID = t.Parent.SID, pgidAtFork[t.Parent]
@@ -380,7 +495,7 @@ func (p *Plan) planSessions(byPID map[int]*Task) error {
 			t.Session = SessionInherit
 		default:
 			if byPID[t.SID] == nil {
-				return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("session %d has no leader in the tree (helper tasks are not supported yet)", t.SID)}
+				return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("session %d has no leader in the tree, and the task is not the init's child: not supported", t.SID)}
 			}
 			return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("session %d differs from its parent's (%d): forking into another session is not supported yet", t.SID, inheritedSID)}
 		}
@@ -396,7 +511,7 @@ func (p *Plan) planSessions(byPID map[int]*Task) error {
 		default:
 			leader := byPID[t.PGID]
 			if leader == nil {
-				return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("process group %d has no leader in the tree (helper tasks are not supported yet)", t.PGID)}
+				return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("process group %d has no leader in the tree", t.PGID)}
 			}
 			if leader.SID != t.SID {
 				return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("process group %d is in session %d, the task in %d", t.PGID, leader.SID, t.SID)}
@@ -406,6 +521,38 @@ func (p *Plan) planSessions(byPID map[int]*Task) error {
 		}
 	}
 	return nil
+}
+
+// freePID returns the lowest pid above 1 that no task, thread, session or
+// group of the plan has: the pid of a helper that leads nothing.
+func (p *Plan) freePID() int {
+	used := map[int]bool{}
+	for _, t := range p.Tasks {
+		used[t.PID], used[t.SID], used[t.PGID] = true, true, true
+		for _, th := range t.Threads {
+			used[th.TID] = true
+		}
+	}
+	pid := 2
+	for used[pid] {
+		pid++
+	}
+	return pid
+}
+
+// forkOrder returns the tasks with every task after the one that forks it
+// (helpers come last in Tasks but fork tasks before them).
+func (p *Plan) forkOrder() []*Task {
+	depth := func(t *Task) int {
+		n := 0
+		for ; t.Parent != nil && n <= len(p.Tasks); t = t.Parent {
+			n++
+		}
+		return n
+	}
+	order := slices.Clone(p.Tasks)
+	slices.SortStableFunc(order, func(a, b *Task) int { return depth(a) - depth(b) })
+	return order
 }
 
 // loadTask reads a task's core, ids, fs, fd table and memory.
@@ -423,11 +570,24 @@ func (p *Plan) loadTask(t *Task) error {
 	if tc == nil {
 		return &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", t.PID), Msg: "no task core (tc)"}
 	}
-	// task_state 1 is CRIU's TASK_ALIVE; zombies and stopped tasks come later.
-	if st := tc.GetTaskState(); st != 1 {
-		return &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", t.PID), Msg: fmt.Sprintf("task state %d: only alive tasks are supported yet", st)}
-	}
 	t.Comm = tc.GetComm()
+	switch st := tc.GetTaskState(); st {
+	case agent.TaskAlive:
+		t.Kind = TaskAlive
+	case agent.TaskZombie:
+		// A zombie is its pid, session, group, comm and exit status:
+		// CRIU dumps nothing else of it.
+		if len(t.Threads) != 1 {
+			return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("zombie with %d threads", len(t.Threads))}
+		}
+		t.Kind = TaskZombie
+		t.ExitCode = tc.GetExitCode()
+		p.NrZombies++
+		return nil
+	default:
+		// stopped tasks (TASK_STOPPED) come later
+		return &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", t.PID), Msg: fmt.Sprintf("task state %d: only alive tasks and zombies are supported yet", st)}
+	}
 	t.PersonalityFlags = tc.GetPersonality()
 	if err := checkUnsupported(t); err != nil {
 		return err

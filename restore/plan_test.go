@@ -241,18 +241,37 @@ func TestPlanSessions(t *testing.T) {
 		{name: "nested session", tree: []node{{1, 0, 1, 1}, {2, 1, 2, 2}, {3, 2, 2, 2}},
 			session: []SessionAction{SessionLead, SessionLead, SessionInherit},
 			group:   []GroupAction{GroupLead, GroupLead, GroupInherit}},
-		{name: "dead group leader", tree: []node{{1, 0, 1, 1}, {2, 1, 7, 1}}, err: "process group 7 has no leader"},
-		{name: "dead session leader", tree: []node{{1, 0, 1, 1}, {2, 1, 2, 9}}, err: "session 9 has no leader"},
+		// helpers (addHelpers) come after the tasks: 7 forked by 2, 9 by 1
+		{name: "dead group leader", tree: []node{{1, 0, 1, 1}, {2, 1, 7, 1}},
+			session: []SessionAction{SessionLead, SessionInherit, SessionInherit},
+			group:   []GroupAction{GroupLead, GroupJoin, GroupLead}},
+		{name: "dead session leader", tree: []node{{1, 0, 1, 1}, {2, 1, 2, 9}},
+			session: []SessionAction{SessionLead, SessionInherit, SessionLead},
+			group:   []GroupAction{GroupLead, GroupLead, GroupLead}},
+		{name: "dead session and group leader", tree: []node{{1, 0, 1, 1}, {2, 1, 9, 9}, {3, 2, 9, 9}},
+			session: []SessionAction{SessionLead, SessionInherit, SessionInherit, SessionLead},
+			group:   []GroupAction{GroupLead, GroupInherit, GroupInherit, GroupLead}},
+		// 3 went to the init from a session that 2 leads: a helper with
+		// a free pid (4), 2's child, forks it
+		{name: "session led by a sibling", tree: []node{{1, 0, 1, 1}, {2, 1, 2, 2}, {3, 1, 3, 2}},
+			session: []SessionAction{SessionLead, SessionLead, SessionInherit, SessionInherit},
+			group:   []GroupAction{GroupLead, GroupLead, GroupLead, GroupInherit}},
+		{name: "dead session leader of a grandchild", tree: []node{{1, 0, 1, 1}, {2, 1, 2, 1}, {3, 2, 3, 9}}, err: "session 9 has no leader in the tree"},
+		{name: "group in another session", tree: []node{{1, 0, 1, 1}, {2, 1, 2, 2}, {3, 1, 2, 1}}, err: "process group 2 is in session 2, the task in 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := &Plan{}
 			byPID := map[int]*Task{}
 			for i, n := range tt.tree {
-				task := &Task{Index: i, PID: n.pid, PPID: n.ppid, PGID: n.pgid, SID: n.sid, Parent: byPID[n.ppid]}
+				task := &Task{Index: i, PID: n.pid, PPID: n.ppid, PGID: n.pgid, SID: n.sid, Parent: byPID[n.ppid], Kind: TaskAlive}
+				if task.Parent != nil {
+					task.Parent.Children = append(task.Parent.Children, task)
+				}
 				byPID[n.pid] = task
 				p.Tasks = append(p.Tasks, task)
 			}
+			p.addHelpers(byPID)
 			err := p.planSessions(byPID)
 			if tt.err != "" {
 				var pe *PlanError
@@ -263,6 +282,9 @@ func TestPlanSessions(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatal(err)
+			}
+			if len(p.Tasks) != len(tt.session) {
+				t.Fatalf("%d tasks, want %d", len(p.Tasks), len(tt.session))
 			}
 			for i, task := range p.Tasks {
 				if task.Session != tt.session[i] || task.Group != tt.group[i] {

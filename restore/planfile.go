@@ -40,6 +40,15 @@ func layoutPlan(p *Plan, pr *prepared) planLayout {
 			NrTakes: uint32(len(takes(t, pr))), NrFDs: uint32(len(t.FDs)),
 			NrVMAs: uint32(len(t.Mem.VMAs)), NrRuns: uint32(len(runs)),
 			NrGroups: uint32(len(t.Creds.Groups)),
+			Kind:     uint32(t.Kind), ExitCode: int32(t.ExitCode),
+		}
+		for _, c := range t.Children {
+			switch c.Kind {
+			case TaskHelper:
+				at.NrHelpers++
+			case TaskZombie:
+				at.NrZombies++
+			}
 		}
 		if t.Parent != nil {
 			at.Parent = int32(t.Parent.Index)
@@ -193,9 +202,13 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, faults Fault) ([]by
 		pad(at.ThreadsOff)
 		sigsOff := l.threadSigs[i]
 		for k, th := range t.Threads {
-			ath, err := threadState(t, k, th)
-			if err != nil {
-				return nil, err
+			// zombies and helpers never return into registers
+			ath := agent.Thread{TID: int32(th.TID), Slot: uint32(th.Slot)}
+			if t.Kind == TaskAlive {
+				var err error
+				if ath, err = threadState(t, k, th); err != nil {
+					return nil, err
+				}
 			}
 			ath.NrSigs, ath.SigsOff = uint32(len(th.Signals)), sigsOff
 			sigsOff += uint32(len(th.Signals) * binary.Size(agent.Siginfo{}))
@@ -241,7 +254,7 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, faults Fault) ([]by
 		if c.NoNewPrivs {
 			ac.NoNewPrivs = 1
 		}
-		if t.Mem.MM.Dumpable != nil {
+		if t.Mem.MM != nil && t.Mem.MM.Dumpable != nil {
 			ac.Dumpable = t.Mem.MM.GetDumpable()
 		}
 		put(ac)

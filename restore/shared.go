@@ -29,7 +29,7 @@ func sharedSize(nrSlots int) uint64 {
 }
 
 func newSharedArea(p *Plan) (*sharedArea, error) {
-	size := sharedSize(p.NrThreads)
+	size := sharedSize(p.nrSlots())
 	f, err := memfdCreate("crest-task-entries", mfdCloexec)
 	if err != nil {
 		return nil, err
@@ -45,8 +45,8 @@ func newSharedArea(p *Plan) (*sharedArea, error) {
 	}
 	s := &sharedArea{file: f, mem: mem}
 	s.te = (*agent.TaskEntries)(unsafe.Pointer(&mem[0]))
-	s.slots = unsafe.Slice((*agent.Slot)(unsafe.Pointer(&mem[slotsOff])), p.NrThreads)
-	s.te.NrTasks = uint32(len(p.Tasks))
+	s.slots = unsafe.Slice((*agent.Slot)(unsafe.Pointer(&mem[slotsOff])), p.nrSlots())
+	s.te.NrTasks = uint32(len(p.Tasks) - p.NrHelpers)
 	s.te.NrThreads = uint32(p.NrThreads)
 	s.te.NrHelpers = uint32(p.NrHelpers)
 	for _, t := range p.Tasks {

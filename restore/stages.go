@@ -37,18 +37,21 @@ func (s Stage) String() string {
 
 // Participants returns how many tasks and threads must arrive at the
 // barrier of stage s before the engine switches to the next one (CRIU's
-// stage_participants). Unlike CRIU, every thread also counts itself out of
-// COMPLETE right before its rt_sigreturn (CRIU sees that with ptrace).
+// stage_participants): FORKING every task and helper (Tasks holds both),
+// RESTORE every thread (a zombie counts one) and helper; after RESTORE the
+// zombies and helpers are gone, as in CRIU, which subtracts the zombies
+// from nr_threads then. Unlike CRIU, every thread also counts itself out
+// of COMPLETE right before its rt_sigreturn (CRIU sees that with ptrace).
 func (p *Plan) Participants(s Stage) int {
 	switch s {
 	case StageRootTask, StagePrepareNamespaces:
 		return 1
 	case StageForking:
-		return len(p.Tasks) + p.NrHelpers
+		return len(p.Tasks)
 	case StageRestore:
 		return p.NrThreads + p.NrHelpers
 	case StageRestoreSigchld, StageRestoreCreds, StageComplete:
-		return p.NrThreads
+		return p.NrThreads - p.NrZombies
 	}
 	return 0
 }
@@ -62,7 +65,8 @@ type participant struct {
 }
 
 // participants returns who arrives at stage s: the root for the first two
-// stages, every task for FORKING, every thread from RESTORE on.
+// stages, every task for FORKING, every thread (and zombie and helper) in
+// RESTORE, every thread of the alive tasks after it.
 func (p *Plan) participants(s Stage) []participant {
 	var out []participant
 	switch s {
@@ -75,6 +79,9 @@ func (p *Plan) participants(s Stage) []participant {
 		}
 	default:
 		for _, t := range p.Tasks {
+			if s > StageRestore && t.Kind != TaskAlive {
+				continue
+			}
 			for _, th := range t.Threads {
 				out = append(out, participant{t, th.TID, th.Slot})
 			}

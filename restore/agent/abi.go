@@ -7,7 +7,7 @@ package agent
 // Plan file constants.
 const (
 	PlanMagic   = 0x4e414c5054534552 // "RESTPLAN"
-	PlanVersion = 2
+	PlanVersion = 3
 
 	PlanFD        = 3 // the launcher's fd of the plan memfd
 	SharedFD      = 4 // the launcher's fd of the shared area memfd
@@ -31,24 +31,26 @@ const (
 
 // Steps a task records in its slot.
 const (
-	StepNone      = 0
-	StepLaunch    = 1
-	StepCheckPID  = 2
-	StepSetsid    = 3
-	StepSetpgid   = 4
-	StepFork      = 5
-	StepBarrier   = 6
-	StepJoinPgid  = 7
-	StepFiles     = 8
-	StepMemory    = 9
-	StepThreads   = 10
-	StepCreds     = 11
-	StepSigreturn = 12
-	StepFS        = 13
-	StepSigacts   = 14
-	StepSignals   = 15
-	StepTimers    = 16
-	NrSteps       = 17
+	StepNone         = 0
+	StepLaunch       = 1
+	StepCheckPID     = 2
+	StepSetsid       = 3
+	StepSetpgid      = 4
+	StepFork         = 5
+	StepBarrier      = 6
+	StepJoinPgid     = 7
+	StepFiles        = 8
+	StepMemory       = 9
+	StepThreads      = 10
+	StepCreds        = 11
+	StepSigreturn    = 12
+	StepFS           = 13
+	StepSigacts      = 14
+	StepSignals      = 15
+	StepTimers       = 16
+	StepWaitChildren = 17
+	StepExit         = 18
+	NrSteps          = 19
 )
 
 // Plan.Faults bits: faults injected on purpose for the monitor's tests.
@@ -67,6 +69,13 @@ const (
 	GroupInherit = 0
 	GroupLead    = 1
 	GroupJoin    = 2
+)
+
+// Task.Kind values: CRIU's task states.
+const (
+	TaskAlive  = 1
+	TaskZombie = 2 // CRIU's TASK_DEAD
+	TaskHelper = 4
 )
 
 // VMA.Kind values.
@@ -142,6 +151,10 @@ type Task struct {
 	Itimers     [3]Itimer `c:"itimers"`
 	NrTimers    uint32    `c:"nr_posix_timers"`
 	TimersOff   uint32    `c:"posix_timers_off"`
+	Kind        uint32    `c:"kind"`
+	ExitCode    int32     `c:"exit_code"`
+	NrHelpers   uint32    `c:"nr_helpers"`
+	NrZombies   uint32    `c:"nr_zombies"`
 }
 
 // PosixTimer is struct crest_posix_timer.
@@ -368,4 +381,5 @@ var StepNames = [NrSteps]string{
 	StepSetpgid: "setpgid", StepFork: "fork children", StepBarrier: "barrier", StepJoinPgid: "join group",
 	StepFiles: "files", StepMemory: "memory", StepThreads: "threads", StepCreds: "creds", StepSigreturn: "sigreturn",
 	StepFS: "fs", StepSigacts: "sigactions", StepSignals: "pending signals", StepTimers: "timers",
+	StepWaitChildren: "wait helpers and zombies", StepExit: "exit",
 }

@@ -19,6 +19,7 @@
 //	creds.c      ids, groups, capabilities, securebits
 //	fpu.c        the XSAVE image for rt_sigreturn
 //	sigreturn.c  per-thread kernel state and the rt_sigreturn into the image
+//	exit.c       zombies and helpers end after RESTORE; their parents wait for them
 //	lib.c        memset, memcpy
 //
 // The built binary, crest-agent, is committed and embedded, so building

@@ -74,6 +74,10 @@ int fork_children(const struct crest_task *t);
 int join_group(const struct crest_task *t);
 __attribute__((noreturn)) void task_main(const struct crest_task *t);
 
+/* exit.c */
+int wait_children(struct crest_slot *slot, const struct crest_task *t);
+__attribute__((noreturn)) void end_task(const struct crest_task *t);
+
 /* files.c */
 int take_files(const struct crest_task *t);
 int install_fds(const struct crest_task *t);

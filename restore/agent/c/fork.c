@@ -158,6 +158,9 @@ __attribute__((noreturn)) void task_main(const struct crest_task *t)
 	ret = join_group(t);
 	if (ret < 0)
 		task_fail(CREST_STEP_JOIN_PGID, ret);
+	/* zombies and helpers have nothing more to restore (exit.c) */
+	if (t->kind != CREST_TASK_ALIVE)
+		end_task(t);
 	ret = take_files(t);
 	if (ret < 0)
 		task_fail(CREST_STEP_FILES, ret);

@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #define CREST_PLAN_MAGIC 0x4e414c5054534552ULL /* "RESTPLAN" */
-#define CREST_PLAN_VERSION 2
+#define CREST_PLAN_VERSION 3
 
 /* fds of the launcher as the engine starts it */
 #define CREST_PLAN_FD 3
@@ -64,7 +64,9 @@
 #define CREST_STEP_SIGACTIONS 14
 #define CREST_STEP_SIGNALS 15	/* queue the pending signals again */
 #define CREST_STEP_TIMERS 16	/* interval timers and POSIX timers */
-#define CREST_NR_STEPS 17
+#define CREST_STEP_WAIT_CHILDREN 17	/* wait for helper and zombie children to exit */
+#define CREST_STEP_EXIT 18	/* a zombie or helper ends itself */
+#define CREST_NR_STEPS 19
 
 /* XSAVE components crest_xstate carries */
 #define CREST_XSTATE_KNOWN 0x2ffull
@@ -89,6 +91,21 @@
 #define CREST_GROUP_INHERIT 0
 #define CREST_GROUP_LEAD 1	/* setpgid(0, 0) after the fork */
 #define CREST_GROUP_JOIN 2	/* setpgid(0, pgid) once FORKING is over */
+
+/*
+ * struct crest_task.kind, CRIU's task states (criu/include/pid.h). A
+ * zombie (TASK_DEAD) is forked with its pid, takes its session and group,
+ * waits until RESTORE is over and exits with its exit code (or kills
+ * itself with its signal); its parent waits for that without reaping it.
+ * A helper stands in for a session or group leader that was gone at the
+ * dump: it takes the dead leader's pid, leads its session (or group),
+ * forks the children that must be born in it, waits until RESTORE is
+ * over and exits; its parent reaps it, its children go to the pid
+ * namespace's init. Neither has threads, memory or files to restore.
+ */
+#define CREST_TASK_ALIVE 1
+#define CREST_TASK_ZOMBIE 2
+#define CREST_TASK_HELPER 4
 
 /* struct crest_vma.kind */
 #define CREST_VMA_ANON_PRIVATE 1
@@ -191,6 +208,10 @@ struct crest_task {
 	struct crest_itimer itimers[3];	/* ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF */
 	uint32_t nr_posix_timers;
 	uint32_t posix_timers_off; /* struct crest_posix_timer[nr_posix_timers] */
+	uint32_t kind;		/* CREST_TASK_* */
+	int32_t exit_code;	/* a zombie's wait status: exit code << 8, or its signal */
+	uint32_t nr_helpers;	/* children that are helpers: reaped after RESTORE */
+	uint32_t nr_zombies;	/* children that are zombies: waited for, never reaped */
 };
 
 #define CREST_NR_SIGNALS 64

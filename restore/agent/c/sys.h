@@ -273,6 +273,22 @@ static inline long sys_timer_settime(int id, int flags, const void *its, void *o
 	return sys_call4(__NR_timer_settime, id, flags, (long)its, (long)old);
 }
 
+static inline long sys_kill(int pid, int sig)
+{
+	return sys_call2(__NR_kill, pid, sig);
+}
+
+/* infop may be NULL: the kernel then only waits (and reaps, without WNOWAIT) */
+static inline long sys_waitid(int which, int pid, void *infop, int options)
+{
+	return sys_call6(__NR_waitid, which, pid, (long)infop, options, 0, 0);
+}
+
+static inline long sys_rt_sigtimedwait(const uint64_t *set, void *info, const struct __kernel_timespec *timeout)
+{
+	return sys_call4(__NR_rt_sigtimedwait, (long)set, (long)info, (long)timeout, sizeof(*set));
+}
+
 static inline __attribute__((noreturn)) void sys_exit_group(int code)
 {
 	for (;;)

@@ -88,6 +88,12 @@ __attribute__((noreturn)) void thread_finish(struct crest_slot *slot, const stru
 	int ret;
 
 	finish_stage_slot(slot, CREST_STAGE_RESTORE);
+	/* helpers and zombies end once RESTORE is over: wait for them (exit.c) */
+	if (th->index == 0) {
+		ret = wait_children(slot, agent.task);
+		if (ret < 0)
+			task_fail_slot(slot, CREST_STEP_WAIT_CHILDREN, ret);
+	}
 	finish_stage_slot(slot, CREST_STAGE_RESTORE_SIGCHLD);
 	ret = restore_creds(slot, agent.task);
 	if (ret < 0)
