@@ -37,6 +37,11 @@ type Options struct {
 	// stage barrier uses shared futexes; the Go runtime's are private,
 	// so by default the engine's own locking stays out of the log.
 	AllFutexes bool
+	// PinDir, a directory on a BPF file system (e.g. /sys/fs/bpf/crest),
+	// keeps the loaded programs and maps pinned there after Close, and
+	// Open reuses them: no kernel BTF to decode, no verifier (see pin.go).
+	// Empty: load afresh and leave nothing behind.
+	PinDir string
 }
 
 // Timing is what the monitor cost to set up and tear down.
@@ -44,6 +49,8 @@ type Timing struct {
 	Load   time.Duration `json:"load"`   // BTF, maps, programs through the verifier
 	Attach time.Duration `json:"attach"` // the four tp_btf links
 	Detach time.Duration `json:"detach"` // closing the links (0 until Close)
+	// Reused: Load opened programs pinned by an earlier monitor.
+	Reused bool `json:"reused,omitempty"`
 }
 
 // Range is an address range [Lo, Hi).
@@ -66,6 +73,7 @@ type Monitor struct {
 	objs   objects
 	links  []link.Link
 	reader *ringbuf.Reader
+	slot   *pinSlot // nil unless pinned
 	opts   Options
 	timing Timing
 	cfg    monitorCrestConfig
@@ -99,33 +107,53 @@ func Open(opts Options) (*Monitor, error) {
 	m := &Monitor{opts: opts, flushed: make(chan struct{}, 1), done: make(chan struct{})}
 
 	begin := time.Now()
-	if _, err := kernelTypes.Kernel(); err != nil {
-		return nil, fmt.Errorf("%w: no kernel BTF (%s): %w", ErrNotSupported, vmlinuxBTF, err)
+	if opts.PinDir != "" {
+		slot, err := claimSlot(opts.PinDir, opts.RingSize)
+		if err != nil {
+			return nil, err
+		}
+		m.slot = slot
+		m.timing.Reused = slot.load(&m.objs)
 	}
-	spec, err := loadMonitor()
-	if err != nil {
-		return nil, fmt.Errorf("bpf: the embedded monitor object: %w", err)
-	}
-	// The .bss only holds the type anchors for bpf2go; no program uses it.
-	for name := range spec.Maps {
-		if name == ".bss" {
-			delete(spec.Maps, name)
+	if !m.timing.Reused {
+		if err := m.load(); err != nil {
+			m.slot.release()
+			return nil, err
 		}
 	}
-	for name := range spec.Variables {
-		delete(spec.Variables, name)
+	fail := func(err error) (*Monitor, error) {
+		m.detach()
+		if m.reader != nil {
+			m.reader.Close()
+		}
+		m.objs.Close()
+		m.slot.release()
+		return nil, err
 	}
-	spec.Maps[monitorMapEvents].MaxEntries = uint32(opts.RingSize)
-	if err := spec.LoadAndAssign(&m.objs, &ebpf.CollectionOptions{Cache: kernelTypes}); err != nil {
-		return nil, loadError(err)
+	if m.timing.Reused {
+		if err := m.objs.reset(); err != nil {
+			return fail(err)
+		}
 	}
 	m.cfg = monitorCrestConfig{WakeupEvery: uint32(opts.WakeupEvery)}
 	if opts.AllFutexes {
 		m.cfg.AllFutexes = 1
 	}
 	if err := m.objs.Config.Put(uint32(0), &m.cfg); err != nil {
-		m.objs.Close()
-		return nil, fmt.Errorf("bpf: write the monitor's config: %w", err)
+		return fail(fmt.Errorf("bpf: write the monitor's config: %w", err))
+	}
+	var err error
+	m.reader, err = ringbuf.NewReader(m.objs.Events)
+	if err != nil {
+		return fail(fmt.Errorf("bpf: ring buffer reader: %w", err))
+	}
+	if m.timing.Reused {
+		// What an owner that died left unread, before anything of ours.
+		m.reader.SetDeadline(time.Now())
+		var rec ringbuf.Record
+		for m.reader.ReadInto(&rec) == nil {
+		}
+		m.reader.SetDeadline(time.Time{})
 	}
 	m.timing.Load = time.Since(begin)
 
@@ -139,22 +167,45 @@ func Open(opts Options) (*Monitor, error) {
 	} {
 		l, err := link.AttachTracing(link.TracingOptions{Program: p.prog})
 		if err != nil {
-			m.detach()
-			m.objs.Close()
-			return nil, fmt.Errorf("%w: attach tp_btf/%s: %w", ErrNotSupported, p.name, err)
+			return fail(fmt.Errorf("%w: attach tp_btf/%s: %w", ErrNotSupported, p.name, err))
 		}
 		m.links = append(m.links, l)
 	}
 	m.timing.Attach = time.Since(begin)
-
-	m.reader, err = ringbuf.NewReader(m.objs.Events)
-	if err != nil {
-		m.detach()
-		m.objs.Close()
-		return nil, fmt.Errorf("bpf: ring buffer reader: %w", err)
-	}
 	go m.read()
 	return m, nil
+}
+
+// load loads the programs and maps afresh (kernel BTF, verifier), and
+// pins them in the monitor's slot if it has one.
+func (m *Monitor) load() error {
+	if _, err := kernelTypes.Kernel(); err != nil {
+		return fmt.Errorf("%w: no kernel BTF (%s): %w", ErrNotSupported, vmlinuxBTF, err)
+	}
+	spec, err := loadMonitor()
+	if err != nil {
+		return fmt.Errorf("bpf: the embedded monitor object: %w", err)
+	}
+	// The .bss only holds the type anchors for bpf2go; no program uses it.
+	for name := range spec.Maps {
+		if name == ".bss" {
+			delete(spec.Maps, name)
+		}
+	}
+	for name := range spec.Variables {
+		delete(spec.Variables, name)
+	}
+	spec.Maps[monitorMapEvents].MaxEntries = uint32(m.opts.RingSize)
+	if err := spec.LoadAndAssign(&m.objs, &ebpf.CollectionOptions{Cache: kernelTypes}); err != nil {
+		return loadError(err)
+	}
+	if m.slot != nil {
+		if err := m.slot.pin(&m.objs); err != nil {
+			m.objs.Close()
+			return err
+		}
+	}
+	return nil
 }
 
 // loadError says why the programs did not load, wrapping ErrNotSupported
@@ -349,5 +400,7 @@ func (m *Monitor) Close() error {
 	<-m.done
 	m.cfg = monitorCrestConfig{}
 	m.droppedAtClose = dropped
-	return errors.Join(err, m.objs.Close())
+	err = errors.Join(err, m.objs.Close())
+	m.slot.release()
+	return err
 }

@@ -47,6 +47,9 @@ func tracee(t testing.TB) string {
 }
 
 func TestMain(m *testing.M) {
+	if dir, ok := os.LookupEnv(coldOpenEnv); ok {
+		os.Exit(coldOpen(dir))
+	}
 	code := m.Run()
 	if traceeDir != "" {
 		os.RemoveAll(traceeDir)

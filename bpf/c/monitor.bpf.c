@@ -138,12 +138,10 @@ static __always_inline int futex_wanted(__u64 uaddr, __u32 op)
 
 static __always_inline void on_futex(struct pt_regs *regs, __u64 pid_tgid)
 {
-	__u64 uaddr = BPF_CORE_READ(regs, di);
-	__u32 op = BPF_CORE_READ(regs, si);
+	__u64 uaddr = regs->di;
+	__u32 op = regs->si;
 	struct crest_ev_futex *e;
 
-	if (!futex_wanted(uaddr, op))
-		return;
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_drop();
@@ -152,10 +150,10 @@ static __always_inline void on_futex(struct pt_regs *regs, __u64 pid_tgid)
 	fill_hdr(&e->h, pid_tgid, CREST_EV_FUTEX, NR_FUTEX);
 	e->uaddr = uaddr;
 	e->op = op;
-	e->val = BPF_CORE_READ(regs, dx);
-	e->utime = BPF_CORE_READ(regs, r10);
-	e->uaddr2 = BPF_CORE_READ(regs, r8);
-	e->val3 = BPF_CORE_READ(regs, r9);
+	e->val = regs->dx;
+	e->utime = regs->r10;
+	e->uaddr2 = regs->r8;
+	e->val3 = regs->r9;
 	e->flags = 0;
 	e->pad = 0;
 	if (bpf_probe_read_user(&e->word, sizeof(e->word), (void *)uaddr) == 0)
@@ -174,7 +172,7 @@ static __always_inline void on_clone(struct pt_regs *regs, __u64 pid_tgid)
 		return;
 	}
 	fill_hdr(&e->h, pid_tgid, CREST_EV_CLONE, NR_CLONE);
-	e->flags = BPF_CORE_READ(regs, di);
+	e->flags = regs->di;
 	bpf_ringbuf_submit(e, wakeup_flag(0));
 }
 
@@ -204,8 +202,8 @@ static __always_inline void on_clone3(struct pt_regs *regs, __u64 pid_tgid)
 		return;
 	}
 	fill_hdr(&e->h, pid_tgid, CREST_EV_CLONE3, NR_CLONE3);
-	uargs = BPF_CORE_READ(regs, di);
-	e->size = BPF_CORE_READ(regs, si);
+	uargs = regs->di;
+	e->size = regs->si;
 	e->read = 0;
 	e->pad = 0;
 	__builtin_memset(e->set_tid, 0, sizeof(e->set_tid));
@@ -244,9 +242,9 @@ static __always_inline void on_setns(struct pt_regs *regs, __u64 pid_tgid)
 		return;
 	}
 	fill_hdr(&e->h, pid_tgid, CREST_EV_SETNS, NR_SETNS);
-	fd = BPF_CORE_READ(regs, di);
+	fd = regs->di;
 	e->fd = fd;
-	e->nstype = BPF_CORE_READ(regs, si);
+	e->nstype = regs->si;
 	e->ino = 0;
 	e->magic = 0;
 	e->flags = 0;
@@ -266,6 +264,19 @@ static __always_inline void on_setns(struct pt_regs *regs, __u64 pid_tgid)
 	bpf_ringbuf_submit(e, wakeup_flag(0));
 }
 
+/*
+ * The hot path. Both syscall programs run for every syscall of the machine
+ * while attached, so an uninteresting one leaves after a compare of the
+ * syscall number (sys_enter: the tracepoint's argument; sys_exit: a plain
+ * load of regs->orig_ax, regs being a trusted BTF pointer, no helper) and a
+ * private futex (the Go runtime's, glibc's locks) after one more load;
+ * only then come the helper for the tgid and the tracked map.
+ */
+static __always_inline int watched_nr(long nr)
+{
+	return nr == NR_FUTEX || nr == NR_CLONE || nr == NR_CLONE3 || nr == NR_SETNS;
+}
+
 SEC("tp_btf/sys_enter")
 int crest_sys_enter(__u64 *ctx)
 {
@@ -273,7 +284,9 @@ int crest_sys_enter(__u64 *ctx)
 	long nr = (long)ctx[1];
 	__u64 pid_tgid;
 
-	if (nr != NR_FUTEX && nr != NR_CLONE && nr != NR_CLONE3 && nr != NR_SETNS)
+	if (!watched_nr(nr))
+		return 0;
+	if (nr == NR_FUTEX && !futex_wanted(regs->di, regs->si))
 		return 0;
 	pid_tgid = bpf_get_current_pid_tgid();
 	if (!is_tracked(pid_tgid >> 32))
@@ -304,16 +317,16 @@ int crest_sys_exit(__u64 *ctx)
 	__u64 pid_tgid;
 	long nr;
 
-	nr = BPF_CORE_READ(regs, orig_ax);
-	if (nr != NR_FUTEX && nr != NR_CLONE && nr != NR_CLONE3 && nr != NR_SETNS)
-		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_tracked(pid_tgid >> 32))
+	nr = regs->orig_ax;
+	if (!watched_nr(nr))
 		return 0;
 	/* a new task's first return from clone: the fork event has it */
 	if ((nr == NR_CLONE || nr == NR_CLONE3) && ret == 0)
 		return 0;
-	if (nr == NR_FUTEX && !futex_wanted(BPF_CORE_READ(regs, di), BPF_CORE_READ(regs, si)))
+	if (nr == NR_FUTEX && !futex_wanted(regs->di, regs->si))
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_tracked(pid_tgid >> 32))
 		return 0;
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -326,7 +339,7 @@ int crest_sys_exit(__u64 *ctx)
 	e->word = 0;
 	e->flags = 0;
 	if (nr == NR_FUTEX) {
-		e->uaddr = BPF_CORE_READ(regs, di);
+		e->uaddr = regs->di;
 		if (bpf_probe_read_user(&e->word, sizeof(e->word), (void *)e->uaddr) == 0)
 			e->flags = CREST_WORD_OK;
 	}
