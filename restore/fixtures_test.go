@@ -165,7 +165,7 @@ func TestFailuresCLI(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := fixture.Install(t, tt.fixture)
-			imgs := copyImages(t, tt.fixture)
+			imgs := fixture.CopyImages(t, tt.fixture)
 			want := tt.damage(t, imgs)
 			pidfile := filepath.Join(t.TempDir(), "pid")
 			res := runCLI(t, bin, "restore", "-D", imgs, "-d", "--pidfile", pidfile)
@@ -461,31 +461,6 @@ func checkNothingLeft(t testing.TB, dir string) {
 		t.Errorf("left alive after the failed restore: %v", p)
 		syscall.Kill(p.PID, syscall.SIGKILL)
 	}
-}
-
-// copyImages copies a fixture's image directory into a temporary one that
-// a test may damage.
-func copyImages(t testing.TB, name string) string {
-	t.Helper()
-	src := fixture.Images(t, name)
-	dst := filepath.Join(t.TempDir(), "images")
-	if err := os.Mkdir(dst, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dst
 }
 
 // flipBytes inverts n bytes of path at off.

@@ -348,7 +348,7 @@ func TestPlanRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			dir := copyResourceImages(t, tt.fixture)
+			dir := fixture.CopyImages(t, tt.fixture)
 			tt.damage(t, dir)
 			d, err := images.Open(dir)
 			if err != nil {

@@ -364,28 +364,6 @@ func fdinfoField(t *testing.T, pid, fd int, field string) int64 {
 	return 0
 }
 
-// copyResourceImages copies fixture name's images into a new directory, to be
-// damaged by a test.
-func copyResourceImages(t *testing.T, name string) string {
-	t.Helper()
-	src := fixture.Images(t, name)
-	dst := t.TempDir()
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dst
-}
-
 // editImage rewrites image file of dir through edit.
 func editImage(t *testing.T, dir, file string, edit func(img *images.Image)) {
 	t.Helper()
@@ -477,7 +455,7 @@ func TestResourceFailures(t *testing.T) {
 			installFixture(t, tt.fixture)
 			dir := fixture.Images(t, tt.fixture)
 			if tt.damage != nil {
-				dir = copyResourceImages(t, tt.fixture)
+				dir = fixture.CopyImages(t, tt.fixture)
 				tt.damage(t, dir)
 			}
 			want := tt.want
@@ -517,7 +495,7 @@ func TestResourceFailures(t *testing.T) {
 func TestRestoreFIFO(t *testing.T) {
 	needRoot(t)
 	dir := installFixture(t, "pipe")
-	imgs := copyResourceImages(t, "pipe")
+	imgs := fixture.CopyImages(t, "pipe")
 	path := filepath.Join(t.TempDir(), "fifo")
 	if err := syscall.Mkfifo(path, 0o600); err != nil {
 		t.Fatal(err)
@@ -924,7 +902,7 @@ func pipeSize(t *testing.T, pid, fd int) int {
 func TestRestoreAnonShared(t *testing.T) {
 	needRoot(t)
 	dir := installFixture(t, "shmem")
-	imgs := copyResourceImages(t, "shmem")
+	imgs := fixture.CopyImages(t, "shmem")
 	for _, name := range []string{"mm-1.img", "mm-2.img"} {
 		editImage(t, imgs, name, func(img *images.Image) {
 			v := img.Entries[0].Message.(*mm.MmEntry).Vmas[7]

@@ -17,6 +17,7 @@ import (
 
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/restore/agent"
+	"github.com/crest-restore/crest/test/fixture"
 )
 
 // Trees with helpers and zombies: the fixtures have none, so each test
@@ -44,7 +45,7 @@ func planDir(t *testing.T, dir string) *Plan {
 // init), child2 leading its own group, child3 in the dead leader's group
 // 7; and child1 (2) in process group 9, whose leader died too.
 func deadLeaderImages(t *testing.T) string {
-	dir := copyResourceImages(t, "tree")
+	dir := fixture.CopyImages(t, "tree")
 	rewritePstree(t, dir, func(es []*pstree.PstreeEntry) {
 		ids := map[uint32][2]uint32{2: {9, 1}, 3: {3, 7}, 4: {7, 7}} // pid: pgid, sid
 		for _, e := range es {
@@ -61,7 +62,7 @@ func deadLeaderImages(t *testing.T) string {
 // the init when child1's first child, its parent, died: child2's session
 // leader is alive, but not its ancestor.
 func siblingLeaderImages(t *testing.T) string {
-	dir := copyResourceImages(t, "tree")
+	dir := fixture.CopyImages(t, "tree")
 	rewritePstree(t, dir, func(es []*pstree.PstreeEntry) {
 		es[1].Pgid, es[1].Sid = proto.Uint32(2), proto.Uint32(2)
 		es[2].Sid = proto.Uint32(2)
@@ -74,7 +75,7 @@ func siblingLeaderImages(t *testing.T) string {
 // SIGTERM; their core images are what CRIU writes for a zombie (task_core
 // only).
 func zombieImages(t *testing.T) string {
-	dir := copyResourceImages(t, "tree")
+	dir := fixture.CopyImages(t, "tree")
 	zombies := []struct {
 		pid, sid, exitCode uint32
 	}{{5, 1, 3 << 8}, {6, 6, 15}}
@@ -182,7 +183,7 @@ func TestPlanHelpersAndZombies(t *testing.T) {
 			}, "task 3: pstree.img: session 8 has no leader in the tree, and the task is not the init's child"},
 		} {
 			t.Run(tt.name, func(t *testing.T) {
-				dir := copyResourceImages(t, "tree")
+				dir := fixture.CopyImages(t, "tree")
 				rewritePstree(t, dir, tt.edit)
 				d, err := images.Open(dir)
 				if err != nil {
