@@ -29,7 +29,7 @@ var sources embed.FS
 
 // Program is a workload: a C source in src/ and the gcc line that builds it.
 type Program struct {
-	Name  string
+	Name  string   // the source, src/NAME.c
 	Flags []string // gcc flags besides -o and the source
 }
 
@@ -43,7 +43,8 @@ var Programs = map[string]Program{
 	"shmem":   {Name: "shmem", Flags: []string{"-static", "-O2"}},
 	"files":   {Name: "files", Flags: []string{"-static", "-O2"}},
 	"signals": {Name: "signals", Flags: []string{"-static", "-O2"}},
-	"dynamic": {Name: "dynamic", Flags: []string{"-O2"}},
+	// dynamic is counter linked dynamically (libc.so.6 and ld-linux mapped).
+	"dynamic": {Name: "counter", Flags: []string{"-O2"}},
 	// spin computes outside syscalls: the dumper must write its own syscall.
 	"spin": {Name: "spin", Flags: []string{"-static", "-O2"}},
 	// big holds 1 GiB of memory, for dump benchmarks.
@@ -62,11 +63,11 @@ func Build(t testing.TB, name string) string {
 	if !ok {
 		t.Fatalf("workloads: no program %q", name)
 	}
-	src, err := sources.ReadFile("src/" + name + ".c")
+	src, err := sources.ReadFile("src/" + p.Name + ".c")
 	if err != nil {
 		t.Fatalf("workloads: %v", err)
 	}
-	bin, err := BuildSource(name, name+".c", src, p.Flags)
+	bin, err := BuildSource(name, p.Name+".c", src, p.Flags)
 	if err != nil {
 		t.Fatal(err)
 	}

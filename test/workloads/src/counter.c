@@ -10,6 +10,7 @@
  * mismatch append "CORRUPT ..." and exit 3.
  *
  * build: gcc -static -O2 -o counter counter.c
+ *        gcc -O2 -o dynamic counter.c   (the "dynamic" workload)
  */
 #include <fcntl.h>
 #include <stdarg.h>
