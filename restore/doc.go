@@ -37,7 +37,8 @@
 //
 // What works (every fixture runs on: counter, dynamic, tree, threads,
 // pipe, shmem, files, signals): pids, sessions and groups in a new pid
-// namespace, helper tasks for session and group leaders that were gone at
+// namespace, or in crest's own when the images say the tree was in the
+// dumping criu's (EEXIST for a pid taken there), helper tasks for session and group leaders that were gone at
 // the dump and zombies with their exit status (plan.go addHelpers, agent
 // exit.c), threads with their tids, regular files and device nodes with
 // their offsets (one open file description behind dup'd and inherited

@@ -352,6 +352,13 @@ func (r *Restore) failure() error {
 	if f.Err < 0 {
 		e.Errno = syscall.Errno(-f.Err)
 	}
+	if e.Stage == StageRootTask && f.Step == agent.StepFork && e.Errno == syscall.EEXIST {
+		// The launcher's fork of the root found the root's pid taken in
+		// crest's pid namespace; it records that as the root's failure
+		// (main.c). A task's fork of its children fails in FORKING and
+		// is the parent's failure.
+		e.Err, e.Errno = &PIDInUseError{PID: int(f.PID)}, 0
+	}
 	// The failing thread's id is in the record; report its task.
 	for _, t := range r.plan.Tasks {
 		for _, th := range t.Threads {

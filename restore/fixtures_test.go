@@ -142,14 +142,33 @@ func TestFailuresCLI(t *testing.T) {
 		// The images of counter rewritten so that the root is the test
 		// process's own pid, in the pid namespace of the dumping CRIU
 		// (ids-PID.img's pid_ns_id is inventory.img's root one): no new
-		// pid namespace is asked for, the tree goes into crest's. crest
-		// can not restore into its own pid namespace yet and refuses at
-		// planning, naming the task; once it can, the fork of the root
-		// must fail with EEXIST.
+		// pid namespace is asked for, the tree goes into crest's, where
+		// the fork of the root fails with EEXIST.
 		{"root pid in use in crest's namespace", "counter", func(t *testing.T, imgs string) []string {
 			pid := os.Getpid()
 			renumberRoot(t, imgs, pid)
-			return []string{fmt.Sprintf("task %d", pid), "pid namespace|(errno 17)"}
+			return []string{"stage ROOT_TASK", fmt.Sprintf("task %d: fork children: pid %d is in use (EEXIST)", pid, pid)}
+		}},
+		// The same in RESTORE: counter renumbered to a free pid of
+		// crest's namespace gets a second thread with the test's pid
+		// (its core image a copy of the leader's). The root is forked,
+		// then its clone3 of that thread fails with EEXIST, and the
+		// rollback, with no pid namespace to take the tree along, kills
+		// the root itself.
+		{"thread tid in use in crest's namespace", "counter", func(t *testing.T, imgs string) []string {
+			pid, tid := freePID(t), os.Getpid()
+			renumberRoot(t, imgs, pid)
+			rewritePstree(t, imgs, func(es []*pstree.PstreeEntry) {
+				es[0].Threads = append(es[0].Threads, uint32(tid))
+			})
+			b, err := os.ReadFile(filepath.Join(imgs, fmt.Sprintf("core-%d.img", pid)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(imgs, fmt.Sprintf("core-%d.img", tid)), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return []string{"stage RESTORE", fmt.Sprintf("task %d", pid), "threads", "file exists (errno 17)"}
 		}},
 		// An occupied pid that the restore meets: tree's root gets a
 		// second thread with tid 3, which child2 (pid 3) has by then. The

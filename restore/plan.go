@@ -24,8 +24,10 @@ type Plan struct {
 	// Tasks in pstree order; Tasks[0] is the root. Every Task's Index is
 	// its position here and its slot in the shared task_entries area.
 	Tasks []*Task
-	// NewPIDNS: the root is pid 1 of its own pid namespace, which the
-	// restore creates (every fixture is made this way).
+	// NewPIDNS: the root had a pid namespace of its own (not the dumping
+	// criu's), whose pid 1 it is; the restore creates it (every fixture is
+	// made this way). Otherwise the tree is restored into crest's pid
+	// namespace.
 	NewPIDNS bool
 	// NrThreads counts the threads of the tasks of the images, one for
 	// each zombie (CRIU's nr_threads); NrHelpers the helper tasks the
@@ -399,13 +401,25 @@ func (p *Plan) buildTree() error {
 		t.Parent = par
 		par.Children = append(par.Children, t)
 	}
-	// A restore creates a new pid namespace exactly when the root had pid
-	// 1 in the dumped one; restoring into the caller's namespace would need
-	// the root's pid free there, which is not supported yet.
-	if root.PID != 1 {
-		return &PlanError{PID: root.PID, Msg: "the root is not pid 1 of its pid namespace: restoring into the current pid namespace is not supported yet"}
+	// As CRIU decides (get_clone_mask), the root gets a new pid namespace
+	// exactly when its pid namespace differs from the dumping criu's
+	// (inventory root_ids); otherwise the tree goes into crest's own pid
+	// namespace with the pids of the images, which must be free there.
+	ids, err := p.Dir.IDs(uint32(root.PID))
+	if err != nil {
+		return &PlanError{PID: root.PID, Err: err}
 	}
-	p.NewPIDNS = true
+	rootIDs := p.Dir.Inventory.GetRootIds()
+	if rootIDs == nil || rootIDs.PidNsId == nil || ids.PidNsId == nil {
+		return &PlanError{PID: root.PID, File: fmt.Sprintf("ids-%d.img", root.PID),
+			Msg: "no pid namespace id in the task's ids or in inventory.img's root_ids"}
+	}
+	p.NewPIDNS = ids.GetPidNsId() != rootIDs.GetPidNsId()
+	if p.NewPIDNS && root.PID != 1 {
+		return &PlanError{PID: root.PID, File: fmt.Sprintf("ids-%d.img", root.PID),
+			Msg: fmt.Sprintf("the root has its own pid namespace (%d, the dump ran in %d) but is not its pid 1",
+				ids.GetPidNsId(), rootIDs.GetPidNsId())}
+	}
 	p.addHelpers(byPID)
 	return p.planSessions(byPID)
 }

@@ -8,9 +8,12 @@ import (
 	"time"
 )
 
-// rollback stores FAIL, kills the tree through its root (the init of its
-// pid namespace: its death takes every task of the namespace), reaps the
-// root and waits until every task the engine knew of is gone.
+// rollback stores FAIL, kills the tree and waits until every task the
+// engine knew of is gone. In a pid namespace of its own the root is its
+// init, whose death takes every task of the namespace; in crest's pid
+// namespace every task of the tree is killed, found from the root down
+// again until no new one turns up (a task may be forking while the
+// rollback begins). The root is reaped here.
 func (r *Restore) rollback() error {
 	if r.shared == nil {
 		return nil
@@ -23,14 +26,18 @@ func (r *Restore) rollback() error {
 	for _, h := range r.hostPIDs {
 		known[h] = true
 	}
-	if found, _ := walkTree(r.rootPID); found != nil {
-		for h := range found {
-			known[h] = true
-		}
-	}
 	var errs []error
-	if err := pidfdSignal(r.rootPidfd, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		errs = append(errs, fmt.Errorf("killing root %d: %w", r.rootPID, err))
+	if r.plan.NewPIDNS {
+		if found, _ := walkTree(r.rootPID); found != nil {
+			for h := range found {
+				known[h] = true
+			}
+		}
+		if err := pidfdSignal(r.rootPidfd, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, fmt.Errorf("killing root %d: %w", r.rootPID, err))
+		}
+	} else {
+		errs = append(errs, r.killAll(known)...)
 	}
 	// The root is the engine's child (CLONE_PARENT): reap it here.
 	for {
@@ -57,6 +64,52 @@ func (r *Restore) rollback() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// killAll kills every task of a tree restored into crest's pid namespace,
+// each through a pidfd, the root's last: the root is the engine's child
+// and stays (a zombie at worst) until it is reaped, so the walks from it
+// find the tasks forked meanwhile. Every pid killed is added to known.
+// Killing a parent first does not lose its children: they were found in
+// the same walk.
+func (r *Restore) killAll(known map[int]bool) []error {
+	var errs []error
+	kill := func(h int) {
+		if h == r.rootPID {
+			return
+		}
+		fd, err := pidfdOpen(h)
+		if err != nil {
+			if !errors.Is(err, syscall.ESRCH) {
+				errs = append(errs, fmt.Errorf("killing task %d: %w", h, err))
+			}
+			return
+		}
+		defer syscall.Close(fd)
+		if err := pidfdSignal(fd, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, fmt.Errorf("killing task %d: %w", h, err))
+		}
+	}
+	// Only what the walks find is killed: a pid learned earlier may
+	// have been freed and taken by a process of someone else's.
+	killed := map[int]bool{}
+	for {
+		found, _ := walkTree(r.rootPID)
+		fresh := false
+		for h := range found {
+			if !killed[h] {
+				kill(h)
+				killed[h], known[h], fresh = true, true, true
+			}
+		}
+		if !fresh {
+			break
+		}
+	}
+	if err := pidfdSignal(r.rootPidfd, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		errs = append(errs, fmt.Errorf("killing root %d: %w", r.rootPID, err))
+	}
+	return errs
 }
 
 // release frees the engine's side of a restore.

@@ -138,3 +138,15 @@ func (e *StageError) Unwrap() error {
 	}
 	return nil
 }
+
+// PIDInUseError: the pid a task must have is taken in the pid namespace it
+// is forked into (clone3 with set_tid failed with EEXIST).
+type PIDInUseError struct {
+	PID int
+}
+
+func (e *PIDInUseError) Error() string {
+	return fmt.Sprintf("pid %d is in use (EEXIST)", e.PID)
+}
+
+func (e *PIDInUseError) Unwrap() error { return syscall.EEXIST }

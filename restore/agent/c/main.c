@@ -5,7 +5,8 @@
  * The engine executes the agent from a memfd with the plan on fd 3 and the
  * shared area on fd 4. The launcher maps both at the addresses the plan
  * names, closes every fd above 2 and clones the root task with its pid
- * (CLONE_NEWPID, set_tid {1}) and CLONE_PARENT, so that the root is the
+ * (set_tid {pid}; with CLONE_NEWPID when the plan asks for a new pid
+ * namespace, where pid is 1) and CLONE_PARENT, so that the root is the
  * engine's child. It writes the root's pid into task_entries and exits; the
  * root goes on in task_main (fork.c).
  */
@@ -99,8 +100,16 @@ static __attribute__((noreturn, used)) void agent_main(void)
 	ret = sys_clone3(&args, sizeof(args));
 	if (ret == 0)
 		task_main(plan_task(0));
-	if (ret < 0)
-		launch_fail(ret);
+	if (ret < 0) {
+		/*
+		 * The fork of the root failed (EEXIST: its pid is taken in
+		 * crest's pid namespace): recorded as the root's own failure.
+		 */
+		struct crest_slot *slot = &agent.slots[task_thread(plan_task(0), 0)->slot];
+
+		slot->stage = CREST_STAGE_ROOT_TASK;
+		task_fail_slot(slot, CREST_STEP_FORK, ret);
+	}
 	__atomic_store_n(&agent.te->root_host_pid, (int32_t)ret, __ATOMIC_RELEASE);
 	sys_exit_group(0);
 }
