@@ -1,27 +1,18 @@
 package dump_test
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
-	"slices"
 	"strconv"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/test/check"
+	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/procscan"
 	"github.com/crest-restore/crest/test/workloads"
 )
@@ -39,11 +30,11 @@ func TestRoundTrip(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the round trip needs root (ptrace, clone3 set_tid, new pid namespaces)")
 	}
-	bin := crestBinary(t)
+	bin := cli.Binary(t)
 	// The launcher's child and the root of a tree that `crest restore -d`
 	// left behind come to us, not to pid 1, which reaps late here: so we
 	// can reap them and know they are gone.
-	subreaper(t)
+	cli.Subreaper(t)
 	for _, tc := range []struct {
 		name  string
 		rules map[string]check.Next
@@ -68,8 +59,8 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 			imgs := filepath.Join(t.TempDir(), "images")
-			if res := runCrest(t, bin, "dump", "-t", strconv.Itoa(p.Pid), "-D", imgs); res.code != 0 {
-				t.Fatalf("crest dump -t %d: exit %d: %s", p.Pid, res.code, res.stderr)
+			if res := cli.Run(t, bin, "dump", "-t", strconv.Itoa(p.Pid), "-D", imgs); res.Code != 0 {
+				t.Fatalf("crest dump -t %d: exit %d: %s", p.Pid, res.Code, res.Stderr)
 			}
 			reap(t, p.Pid, dumped)
 			before := map[string][]byte{}
@@ -89,11 +80,11 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			root := restoreDetached(t, bin, imgs)
+			root := cli.RestoreDetached(t, bin, imgs)
 			var hosts []int
 			defer func() {
 				killRestored(t, root, hosts)
-				nothingLeft(t, p.Dir)
+				cli.NothingLeft(t, p.Dir)
 			}()
 			live := check.Tree(t, d, root)
 			for _, lt := range live {
@@ -173,147 +164,6 @@ var (
 	})
 )
 
-// crestBin is the crest binary of this test process, built once.
-var crestBin struct {
-	once sync.Once
-	file *os.File
-	err  error
-}
-
-// crestBinary builds ./cmd/crest into a memfd (nothing to clean up, no
-// ETXTBSY from a file still open for writing) and returns the path that
-// executes it.
-func crestBinary(t testing.TB) string {
-	t.Helper()
-	crestBin.once.Do(func() {
-		tmp, err := os.MkdirTemp("", "crest-roundtrip-")
-		if err != nil {
-			crestBin.err = err
-			return
-		}
-		defer os.RemoveAll(tmp)
-		out := filepath.Join(tmp, "crest")
-		gotool := filepath.Join(runtime.GOROOT(), "bin", "go")
-		if msg, err := exec.Command(gotool, "build", "-o", out, "github.com/crest-restore/crest/cmd/crest").CombinedOutput(); err != nil {
-			crestBin.err = fmt.Errorf("go build ./cmd/crest: %v\n%s", err, msg)
-			return
-		}
-		b, err := os.ReadFile(out)
-		if err != nil {
-			crestBin.err = err
-			return
-		}
-		fd, err := unix.MemfdCreate("crest", unix.MFD_CLOEXEC)
-		if err != nil {
-			crestBin.err = os.NewSyscallError("memfd_create", err)
-			return
-		}
-		f := os.NewFile(uintptr(fd), "memfd:crest")
-		if _, err := f.Write(b); err != nil {
-			f.Close()
-			crestBin.err = err
-			return
-		}
-		crestBin.file = f
-		// Only fds 0-2 go to crest and the trees it restores, whatever
-		// the test process inherited.
-		ents, _ := os.ReadDir("/proc/self/fd")
-		for _, e := range ents {
-			if n, err := strconv.Atoi(e.Name()); err == nil && n > 2 {
-				unix.CloseOnExec(n)
-			}
-		}
-	})
-	if crestBin.err != nil {
-		t.Fatal(crestBin.err)
-	}
-	return fmt.Sprintf("/proc/self/fd/%d", crestBin.file.Fd())
-}
-
-type crestResult struct {
-	code           int
-	stdout, stderr string
-}
-
-// runCrest runs the crest binary with args. Output goes to files, not
-// pipes: restored tasks hold crest's fds 0-2 until their own are in place.
-func runCrest(t testing.TB, bin string, args ...string) crestResult {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var files [2]*os.File
-	for i := range files {
-		f, err := os.CreateTemp(t.TempDir(), "crest-out-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		files[i] = f
-	}
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Args[0] = "crest"
-	cmd.Stdout, cmd.Stderr = files[0], files[1]
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
-		t.Fatalf("crest %s: %v", strings.Join(args, " "), err)
-	}
-	var out [2]string
-	for i, f := range files {
-		b, err := io.ReadAll(io.NewSectionReader(f, 0, 1<<20))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[i] = string(b)
-	}
-	return crestResult{code: cmd.ProcessState.ExitCode(), stdout: out[0], stderr: out[1]}
-}
-
-// restoreDetached runs crest restore -D imgs -d --pidfile and returns the
-// restored root's host pid.
-func restoreDetached(t *testing.T, bin, imgs string) int {
-	t.Helper()
-	pidfile := filepath.Join(t.TempDir(), "pid")
-	res := runCrest(t, bin, "restore", "-D", imgs, "-d", "--pidfile", pidfile)
-	if res.code != 0 {
-		t.Fatalf("crest restore -D %s -d: exit %d: %s", imgs, res.code, res.stderr)
-	}
-	if res.stdout != "" || res.stderr != "" {
-		t.Errorf("crest restore -d printed %q and %q, want nothing", res.stdout, res.stderr)
-	}
-	b, err := os.ReadFile(pidfile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || root <= 0 {
-		t.Fatalf("pidfile %q: %v", b, err)
-	}
-	if st, err := procscan.Read(root); err != nil || st.State == 'Z' || st.PPID != os.Getpid() {
-		killRestored(t, root, nil)
-		t.Fatalf("restored root %d: %+v (%v), want a live child of the test (pid %d, the subreaper)", root, st, err, os.Getpid())
-	}
-	return root
-}
-
-// subreaper makes the test process the reaper of its orphans until the
-// test ends, and then kills and reaps whatever is still its child.
-func subreaper(t *testing.T) {
-	t.Helper()
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		t.Fatal(os.NewSyscallError("prctl(PR_SET_CHILD_SUBREAPER)", err))
-	}
-	t.Cleanup(func() {
-		unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-		kids, _ := procscan.Find(procscan.ChildOf(os.Getpid()))
-		for _, k := range kids {
-			t.Errorf("left behind: %v", k)
-			syscall.Kill(k.PID, syscall.SIGKILL)
-			syscall.Wait4(k.PID, nil, syscall.WALL, nil)
-		}
-	})
-}
-
 // reap waits until the tree of root, killed by the dump, is gone: root
 // reaped by us (it is our child: we are the subreaper), the others by it.
 func reap(t *testing.T, root int, tree map[int]*check.Task) {
@@ -348,30 +198,5 @@ func killRestored(t *testing.T, root int, hosts []int) {
 	}
 	if left := procscan.WaitGone(10*time.Second, append(hosts, root)...); len(left) > 0 {
 		t.Errorf("pids %v of the restored tree of %d still exist 10s after SIGKILL", left, root)
-	}
-}
-
-// nothingLeft fails for every process still running from the workload's
-// directory or as crest's agent, or still our child.
-func nothingLeft(t *testing.T, dir string) {
-	t.Helper()
-	match := procscan.Any(procscan.Under(dir), procscan.MemfdExe("crest"), procscan.ChildOf(os.Getpid()))
-	var left []procscan.Process
-	for try := 0; try < 100; try++ {
-		var err error
-		if left, err = procscan.Find(match); err != nil {
-			t.Fatal(err)
-		}
-		// The test process runs from a memfd too when it is crest's
-		// own tests; not here, but never count ourselves.
-		left = slices.DeleteFunc(left, func(p procscan.Process) bool { return p.PID == os.Getpid() })
-		if len(left) == 0 {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	for _, p := range left {
-		t.Errorf("left alive: %v", p)
-		syscall.Kill(p.PID, syscall.SIGKILL)
 	}
 }

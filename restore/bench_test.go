@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/fixture"
 	"github.com/crest-restore/crest/test/procscan"
 )
@@ -72,8 +73,8 @@ func BenchmarkRestore(b *testing.B) {
 // the exec of the crest binary until it exited: what a user waits for.
 func BenchmarkRestoreCLI(b *testing.B) {
 	benchNeedRoot(b)
-	bin := crestBinary(b)
-	becomeSubreaper(b) // the detached roots come to us, to be reaped
+	bin := cli.Binary(b)
+	cli.Subreaper(b) // the detached roots come to us, to be reaped
 	for _, name := range benchFixtures {
 		b.Run(name, func(b *testing.B) {
 			fixture.Install(b, name)
@@ -81,11 +82,11 @@ func BenchmarkRestoreCLI(b *testing.B) {
 			pidfile := filepath.Join(b.TempDir(), "pid")
 			var times []time.Duration
 			for i := 0; i < b.N; i++ {
-				res := runCLI(b, bin, "restore", "-D", imgs, "-d", "--pidfile", pidfile)
-				times = append(times, res.wall)
+				res := cli.Run(b, bin, "restore", "-D", imgs, "-d", "--pidfile", pidfile)
+				times = append(times, res.Wall)
 				b.StopTimer()
-				if res.code != 0 {
-					b.Fatalf("crest restore: exit %d: %s", res.code, res.stderr)
+				if res.Code != 0 {
+					b.Fatalf("crest restore: exit %d: %s", res.Code, res.Stderr)
 				}
 				pb, err := os.ReadFile(pidfile)
 				if err != nil {

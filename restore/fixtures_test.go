@@ -2,18 +2,12 @@ package restore
 
 import (
 	"bytes"
-	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,9 +15,9 @@ import (
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/inventory"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
-	"golang.org/x/sys/unix"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/fixture"
 	"github.com/crest-restore/crest/test/procscan"
 )
@@ -43,8 +37,8 @@ import (
 // and that every log continues from its dumped line for at least a second.
 func TestFixturesCLI(t *testing.T) {
 	needRoot(t)
-	bin := crestBinary(t)
-	becomeSubreaper(t)
+	bin := cli.Binary(t)
+	cli.Subreaper(t)
 	for _, name := range []string{"counter", "dynamic", "tree", "threads"} {
 		t.Run(name, func(t *testing.T) {
 			p := loadPlan(t, name)
@@ -53,11 +47,11 @@ func TestFixturesCLI(t *testing.T) {
 				restoreFailed := true
 				ok := t.Run(fmt.Sprintf("restore %d", i), func(t *testing.T) {
 					dir := fixture.Install(t, name)
-					root := restoreCLI(t, bin, imgs)
+					root := cli.RestoreDetached(t, bin, imgs)
 					restoreFailed = false
 					defer func() {
 						killTree(t, root)
-						checkNothingLeft(t, dir)
+						cli.NothingLeft(t, dir)
 					}()
 					// crest -d has exited: the root is in no one's
 					// care but ours (we are the subreaper).
@@ -102,8 +96,8 @@ func TestFixturesCLI(t *testing.T) {
 // to us).
 func TestFailuresCLI(t *testing.T) {
 	needRoot(t)
-	bin := crestBinary(t)
-	becomeSubreaper(t)
+	bin := cli.Binary(t)
+	cli.Subreaper(t)
 	prog := filepath.Join(fixture.OptDir, "counter", "prog")
 	tests := []struct {
 		name    string
@@ -187,20 +181,20 @@ func TestFailuresCLI(t *testing.T) {
 			imgs := fixture.CopyImages(t, tt.fixture)
 			want := tt.damage(t, imgs)
 			pidfile := filepath.Join(t.TempDir(), "pid")
-			res := runCLI(t, bin, "restore", "-D", imgs, "-d", "--pidfile", pidfile)
-			if res.code == 0 {
+			res := cli.Run(t, bin, "restore", "-D", imgs, "-d", "--pidfile", pidfile)
+			if res.Code == 0 {
 				if b, err := os.ReadFile(pidfile); err == nil {
 					if root, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
 						killTree(t, root)
 					}
 				}
-				t.Fatalf("crest restore succeeded: %s", res.stderr)
+				t.Fatalf("crest restore succeeded: %s", res.Stderr)
 			}
-			if res.code != 1 {
-				t.Errorf("exit status %d, want 1", res.code)
+			if res.Code != 1 {
+				t.Errorf("exit status %d, want 1", res.Code)
 			}
-			msg := res.stderr
-			t.Logf("exit %d: %s", res.code, strings.TrimSpace(msg))
+			msg := res.Stderr
+			t.Logf("exit %d: %s", res.Code, strings.TrimSpace(msg))
 			for _, w := range want {
 				found := false
 				for _, alt := range strings.Split(w, "|") {
@@ -213,7 +207,7 @@ func TestFailuresCLI(t *testing.T) {
 			if !strings.HasPrefix(msg, "crest restore: ") || strings.Count(strings.TrimSpace(msg), "\n") != 0 {
 				t.Errorf("message %q: want one line starting with \"crest restore: \"", msg)
 			}
-			checkNothingLeft(t, dir)
+			cli.NothingLeft(t, dir)
 		})
 	}
 }
@@ -226,8 +220,8 @@ func TestFailuresCLI(t *testing.T) {
 // works.
 func TestReopenedFileChecked(t *testing.T) {
 	needRoot(t)
-	bin := crestBinary(t)
-	becomeSubreaper(t)
+	bin := cli.Binary(t)
+	cli.Subreaper(t)
 	imgs := fixture.Images(t, "counter")
 	prog := filepath.Join(fixture.OptDir, "counter", "prog")
 	for _, tt := range []struct {
@@ -244,11 +238,11 @@ func TestReopenedFileChecked(t *testing.T) {
 			if err := tt.change(); err != nil {
 				t.Fatal(err)
 			}
-			res := runCLI(t, bin, "restore", "-D", imgs, "-d")
-			if res.code != 1 || !strings.Contains(res.stderr, tt.want) {
-				t.Errorf("exit %d, message %q; want 1 and a message with %q", res.code, res.stderr, tt.want)
+			res := cli.Run(t, bin, "restore", "-D", imgs, "-d")
+			if res.Code != 1 || !strings.Contains(res.Stderr, tt.want) {
+				t.Errorf("exit %d, message %q; want 1 and a message with %q", res.Code, res.Stderr, tt.want)
 			}
-			checkNothingLeft(t, dir)
+			cli.NothingLeft(t, dir)
 		})
 	}
 	t.Run("grown log", func(t *testing.T) {
@@ -261,177 +255,9 @@ func TestReopenedFileChecked(t *testing.T) {
 		}
 		f.WriteString("# appended after the dump\n")
 		f.Close()
-		root := restoreCLI(t, bin, imgs)
+		root := cli.RestoreDetached(t, bin, imgs)
 		killTree(t, root)
-		checkNothingLeft(t, dir)
-	})
-}
-
-// crestBin is the crest binary, built once per test process and kept in a
-// memfd so that nothing of it stays on disk.
-var crestBin struct {
-	once sync.Once
-	file *os.File
-	err  error
-}
-
-// crestBinary builds ./cmd/crest and returns a path to execute it by.
-func crestBinary(t testing.TB) string {
-	t.Helper()
-	crestBin.once.Do(func() {
-		tmp, err := os.MkdirTemp("", "crest-bin-")
-		if err != nil {
-			crestBin.err = err
-			return
-		}
-		defer os.RemoveAll(tmp)
-		out := filepath.Join(tmp, "crest")
-		gotool := filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, err := os.Stat(gotool); err != nil {
-			gotool = "go"
-		}
-		cmd := exec.Command(gotool, "build", "-o", out, "github.com/crest-restore/crest/cmd/crest")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			crestBin.err = fmt.Errorf("go build ./cmd/crest: %v\n%s", err, b)
-			return
-		}
-		b, err := os.ReadFile(out)
-		if err != nil {
-			crestBin.err = err
-			return
-		}
-		fd, err := unix.MemfdCreate("crest", unix.MFD_CLOEXEC)
-		if err != nil {
-			crestBin.err = os.NewSyscallError("memfd_create", err)
-			return
-		}
-		f := os.NewFile(uintptr(fd), "memfd:crest")
-		if _, err := f.Write(b); err != nil {
-			f.Close()
-			crestBin.err = err
-			return
-		}
-		crestBin.file = f // open for the rest of the test process
-	})
-	if crestBin.err != nil {
-		t.Fatal(crestBin.err)
-	}
-	// The child opens the memfd through its own copy of the fd table
-	// (close-on-exec closes it only once the exec has opened it).
-	return fmt.Sprintf("/proc/self/fd/%d", crestBin.file.Fd())
-}
-
-// cliResult is how a crest process ended.
-type cliResult struct {
-	code           int
-	stdout, stderr string
-	wall           time.Duration // from the start of crest until it exited
-}
-
-// runCLI runs the crest binary with args. Its output goes to files, not
-// pipes: the restored tasks hold crest's fds 0-2 until their own files are
-// in place, and a pipe would keep the wait going. Only fds 0-2 are passed
-// (every other fd of the test process is close-on-exec).
-func runCLI(t testing.TB, bin string, args ...string) cliResult {
-	t.Helper()
-	closeOnExecOnce.Do(closeOnExecAll)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	stdout, stderr := tempFile(t), tempFile(t)
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Args[0] = "crest"
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	start := time.Now()
-	err := cmd.Run()
-	wall := time.Since(start)
-	if cmd.ProcessState == nil {
-		t.Fatalf("crest %s: %v", strings.Join(args, " "), err)
-	}
-	res := cliResult{code: cmd.ProcessState.ExitCode(), stdout: readAll(t, stdout), stderr: readAll(t, stderr), wall: wall}
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
-		t.Fatalf("crest %s: %v", strings.Join(args, " "), err)
-	}
-	return res
-}
-
-var closeOnExecOnce sync.Once
-
-// closeOnExecAll marks every fd of the test process above 2 close-on-exec,
-// those it inherited from whoever ran it included, so that crest and the
-// trees it restores start with fds 0-2 only, as the fixtures did.
-func closeOnExecAll() {
-	ents, _ := os.ReadDir("/proc/self/fd")
-	for _, e := range ents {
-		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-			unix.CloseOnExec(fd)
-		}
-	}
-}
-
-func tempFile(t testing.TB) *os.File {
-	t.Helper()
-	f, err := os.CreateTemp(t.TempDir(), "out-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f
-}
-
-func readAll(t testing.TB, f *os.File) string {
-	t.Helper()
-	b, err := io.ReadAll(io.NewSectionReader(f, 0, 1<<20))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
-// restoreCLI runs crest restore -d with a pidfile and returns the root's
-// host pid from it, alive.
-func restoreCLI(t testing.TB, bin, imgs string) int {
-	t.Helper()
-	pidfile := filepath.Join(t.TempDir(), "pid")
-	res := runCLI(t, bin, "restore", "-D", imgs, "-d", "--pidfile", pidfile)
-	if res.code != 0 {
-		t.Fatalf("crest restore -D %s -d: exit %d: %s", imgs, res.code, res.stderr)
-	}
-	if res.stdout != "" || res.stderr != "" {
-		t.Errorf("crest restore -d printed %q and %q, want nothing", res.stdout, res.stderr)
-	}
-	b, err := os.ReadFile(pidfile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || root <= 0 {
-		t.Fatalf("pidfile %q: %v", b, err)
-	}
-	if st, err := procscan.Read(root); err != nil || st.State == 'Z' {
-		t.Fatalf("restored root %d: %+v, %v", root, st, err)
-	}
-	return root
-}
-
-// becomeSubreaper makes the test process the reaper of its orphans for the
-// test: the root of a tree restored by `crest restore -d` is crest's child,
-// and when crest exits it comes to us instead of to pid 1, which here
-// reaps late. That lets killTree reap it and know it is gone.
-func becomeSubreaper(t testing.TB) {
-	t.Helper()
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		t.Fatal(os.NewSyscallError("prctl(PR_SET_CHILD_SUBREAPER)", err))
-	}
-	t.Cleanup(func() {
-		unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-		// Anything still ours is a leftover: kill and reap it.
-		kids, _ := procscan.Find(procscan.ChildOf(os.Getpid()))
-		for _, k := range kids {
-			t.Errorf("left behind: %v", k)
-			syscall.Kill(k.PID, syscall.SIGKILL)
-			syscall.Wait4(k.PID, nil, syscall.WALL, nil)
-		}
+		cli.NothingLeft(t, dir)
 	})
 }
 
@@ -456,29 +282,6 @@ func killTree(t testing.TB, root int) {
 	}
 	if left := procscan.WaitGone(10*time.Second, append(pids, root)...); len(left) > 0 {
 		t.Errorf("pids %v of the tree of %d still exist 10s after SIGKILL", left, root)
-	}
-}
-
-// checkNothingLeft fails the test for every process of a restore attempt
-// still there: running from the fixture's directory, running the agent, or
-// a child of ours.
-func checkNothingLeft(t testing.TB, dir string) {
-	t.Helper()
-	match := procscan.Any(procscan.Under(dir), procscan.MemfdExe("crest"), procscan.ChildOf(os.Getpid()))
-	var left []procscan.Process
-	for try := 0; try < 100; try++ {
-		var err error
-		if left, err = procscan.Find(match); err != nil {
-			t.Fatal(err)
-		}
-		if len(left) == 0 {
-			return
-		}
-		time.Sleep(10 * time.Millisecond) // a zombie on its way to its reaper
-	}
-	for _, p := range left {
-		t.Errorf("left alive after the failed restore: %v", p)
-		syscall.Kill(p.PID, syscall.SIGKILL)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/fixture"
 	"github.com/crest-restore/crest/test/procscan"
 )
@@ -103,16 +104,16 @@ func TestPlanPIDNamespace(t *testing.T) {
 // ours), and out.log continues from its dumped line.
 func TestRestoreCurrentPIDNS(t *testing.T) {
 	needRoot(t)
-	bin := crestBinary(t)
-	becomeSubreaper(t)
+	bin := cli.Binary(t)
+	cli.Subreaper(t)
 	dir := fixture.Install(t, "counter")
 	imgs := fixture.CopyImages(t, "counter")
 	pid := freePID(t)
 	renumberRoot(t, imgs, pid)
-	root := restoreCLI(t, bin, imgs)
+	root := cli.RestoreDetached(t, bin, imgs)
 	defer func() {
 		killTree(t, root)
-		checkNothingLeft(t, dir)
+		cli.NothingLeft(t, dir)
 	}()
 	if root != pid {
 		t.Fatalf("restored root has pid %d, want %d", root, pid)
