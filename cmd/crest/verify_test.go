@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,11 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/crest-restore/crest/bpf"
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/restore"
+	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/fixture"
 	"github.com/crest-restore/crest/test/procscan"
 )
@@ -545,38 +542,21 @@ func TestVerifyEarlySwitch(t *testing.T) {
 	}
 }
 
-// BenchmarkVerifyCost measures what --verify costs, with and without,
-// interleaved, for counter and tree (run with -benchtime=1x):
-//   - the monitor's load+attach and detach, as a fresh crest process
-//     reports them (--json), cold BTF included;
-//   - the wall time of `crest restore -d` of a built crest binary, from
-//     exec to exit, with and without --verify (median of 20 each);
-//   - each stage of the restore (switch to last arrival, from the
-//     engine's Timeline) with and without the monitor attached, in this
-//     process (median of 200 each), and with the programs attached but
-//     tracking nothing.
+// BenchmarkVerifyCost measures what --verify costs a user, for counter and
+// tree (run with -benchtime=1x): the wall time of `crest restore -d` of a
+// built crest binary, from exec to exit, with and without --verify,
+// interleaved (median of 20 each), and the monitor's load+attach and
+// detach as the fresh crest process reports them (--json), cold BTF
+// included. BenchmarkStageCost (verifycost_test.go) measures what the
+// monitor costs the restore's own stages.
 func BenchmarkVerifyCost(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Fatal("needs root")
 	}
 	fixture.Require(b)
-	const runs, stageRuns = 20, 200
-	bin := filepath.Join(b.TempDir(), "crest")
-	if out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		b.Fatalf("go build: %v\n%s", err, out)
-	}
-	// The restored roots outlive crest -d: reap them here.
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		b.Fatal(err)
-	}
-	median := func(ds []time.Duration) time.Duration {
-		s := slices.Clone(ds)
-		slices.Sort(s)
-		if len(s) == 0 {
-			return 0
-		}
-		return s[len(s)/2]
-	}
+	const runs = 20
+	bin := cli.Binary(b)
+	cli.Subreaper(b) // the restored roots outlive crest -d: reap them here
 	for b.Loop() {
 		for _, name := range []string{"counter", "tree"} {
 			var wall [2][]time.Duration // plain, --verify
@@ -589,24 +569,19 @@ func BenchmarkVerifyCost(b *testing.B) {
 				if verify {
 					args = append(args, "--verify", "--json")
 				}
-				cmd := exec.Command(bin, args...)
-				var out bytes.Buffer
-				cmd.Stdout = &out
-				begin := time.Now()
-				err := cmd.Run()
-				took := time.Since(begin)
-				if err != nil {
-					b.Fatalf("%s %v: %v", bin, args, err)
+				res := cli.Run(b, bin, args...)
+				if res.Code != 0 {
+					b.Fatalf("crest %v: exit %d: %s", args, res.Code, res.Stderr)
 				}
 				if verify {
 					var r verifyReport
-					if err := json.Unmarshal(out.Bytes(), &r); err != nil || !r.OK {
+					if err := json.Unmarshal([]byte(res.Stdout), &r); err != nil || !r.OK {
 						b.Fatalf("--json: %v %q", err, r.Verdict)
 					}
 					load, attach, detach = append(load, r.Monitor.Load), append(attach, r.Monitor.Attach), append(detach, r.Monitor.Detach)
-					wall[1] = append(wall[1], took)
+					wall[1] = append(wall[1], res.Wall)
 				} else {
-					wall[0] = append(wall[0], took)
+					wall[0] = append(wall[0], res.Wall)
 				}
 				pb, err := os.ReadFile(pidfile)
 				if err != nil {
@@ -616,78 +591,7 @@ func BenchmarkVerifyCost(b *testing.B) {
 				removeTree(b, root)
 			}
 			b.Logf("%s: crest restore -d wall time, median of %d: %v plain, %v with --verify (+%v); monitor load %v, attach %v, detach %v",
-				name, runs, median(wall[0]), median(wall[1]), median(wall[1])-median(wall[0]), median(load), median(attach), median(detach))
-
-			// Stage durations with and without the monitor attached:
-			// more runs, the stages are short and the machine shared.
-			// A third kind has the programs attached but tracking
-			// nothing: what every syscall of the machine pays, apart
-			// from the events of the restore.
-			stages := map[restore.Stage][3][]time.Duration{}
-			var total [3][]time.Duration
-			for i := range 3 * stageRuns {
-				watched := i % 3
-				fixture.Install(b, name)
-				d, err := images.Open(fixture.Images(b, name))
-				if err != nil {
-					b.Fatal(err)
-				}
-				p, err := restore.NewPlan(d)
-				if err != nil {
-					b.Fatal(err)
-				}
-				tl := &restore.Timeline{}
-				opts := restore.Options{Observer: tl}
-				var kc *kernelCheck
-				var idle *bpf.Monitor
-				switch watched {
-				case 2:
-					if idle, err = bpf.Open(bpf.Options{}); err != nil {
-						b.Fatal(err)
-					}
-				case 1:
-					kc = startKernelCheck(verifyOptions{mode: "on"})
-					if err := kc.ready(); err != nil {
-						b.Fatal(err)
-					}
-					opts.Observer = observerList{kc, tl}
-				}
-				r, err := restore.Start(context.Background(), p, opts)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if kc != nil {
-					if err := kc.verify(p); err != nil || !kc.report.OK {
-						b.Fatalf("verify: %v %q", err, kc.report.Verdict)
-					}
-					kc.close()
-				}
-				if idle != nil {
-					idle.Close()
-				}
-				if err := r.Abort(); err != nil {
-					b.Fatal(err)
-				}
-				for _, s := range tl.Stages {
-					v := stages[s.Stage]
-					v[watched] = append(v[watched], time.Duration(s.Done-s.Switched))
-					stages[s.Stage] = v
-				}
-				total[watched] = append(total[watched], time.Duration(tl.Stage(restore.StageComplete).Done-tl.Stages[0].Switched))
-			}
-			var sum [3]time.Duration
-			for st := restore.StageRootTask; st <= restore.StageComplete; st++ {
-				v := stages[st]
-				for k := range sum {
-					sum[k] += median(v[k])
-				}
-				b.Logf("%s: %-18s median %9v plain, %9v watched, %9v attached untracked", name, st, median(v[0]), median(v[1]), median(v[2]))
-			}
-			pct := func(a, b time.Duration) float64 { return 100 * (float64(b)/float64(a) - 1) }
-			b.Logf("%s: %-19s       %9v plain, %9v watched (%+.1f%%), %9v attached untracked (%+.1f%%)", name, "sum of medians",
-				sum[0], sum[1], pct(sum[0], sum[1]), sum[2], pct(sum[0], sum[2]))
-			b.Logf("%s: %-19s median %9v plain, %9v watched (%+.1f%%), %9v attached untracked (%+.1f%%)", name, "ROOT_TASK..COMPLETE",
-				median(total[0]), median(total[1]), pct(median(total[0]), median(total[1])), median(total[2]), pct(median(total[0]), median(total[2])))
+				name, runs, medianOf(wall[0]), medianOf(wall[1]), medianOf(wall[1])-medianOf(wall[0]), medianOf(load), medianOf(attach), medianOf(detach))
 		}
 	}
 }

@@ -1,24 +1,18 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	"github.com/crest-restore/crest/bpf"
 	"github.com/crest-restore/crest/images"
@@ -176,48 +170,5 @@ func emptySyscallPrograms(b *testing.B) func() {
 		for _, c := range closers {
 			c.Close()
 		}
-	}
-}
-
-// BenchmarkMonitorSetup measures the monitor's load, attach and detach as
-// a fresh crest process reports them (crest restore --verify --json of
-// counter, cold BTF included), median of CREST_COST_RUNS (default 20).
-func BenchmarkMonitorSetup(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Fatal("needs root")
-	}
-	fixture.Require(b)
-	runs := costRuns(20)
-	bin := filepath.Join(b.TempDir(), "crest")
-	if out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		b.Fatalf("go build: %v\n%s", err, out)
-	}
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		b.Fatal(err)
-	}
-	for b.Loop() {
-		var load, attach, detach []time.Duration
-		for range runs {
-			fixture.Install(b, "counter")
-			pidfile := filepath.Join(b.TempDir(), "pid")
-			cmd := exec.Command(bin, "restore", "-D", fixture.Images(b, "counter"), "-d", "--pidfile", pidfile, "--verify", "--json")
-			var out bytes.Buffer
-			cmd.Stdout = &out
-			if err := cmd.Run(); err != nil {
-				b.Fatalf("%v: %v", cmd.Args, err)
-			}
-			var r verifyReport
-			if err := json.Unmarshal(out.Bytes(), &r); err != nil || !r.OK {
-				b.Fatalf("--json: %v %q", err, r.Verdict)
-			}
-			load, attach, detach = append(load, r.Monitor.Load), append(attach, r.Monitor.Attach), append(detach, r.Monitor.Detach)
-			pb, err := os.ReadFile(pidfile)
-			if err != nil {
-				b.Fatal(err)
-			}
-			root, _ := strconv.Atoi(strings.TrimSpace(string(pb)))
-			removeTree(b, root)
-		}
-		b.Logf("fresh crest process, median of %d: monitor load %v, attach %v, detach %v", runs, medianOf(load), medianOf(attach), medianOf(detach))
 	}
 }
