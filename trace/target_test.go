@@ -11,6 +11,8 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"golang.org/x/sys/unix"
+
+	"github.com/crest-restore/crest/trace/tracetest"
 )
 
 func TestParseTarget(t *testing.T) {
@@ -84,34 +86,6 @@ func closedPort(t *testing.T) string {
 	return addr
 }
 
-// hungCollector accepts connections and never answers.
-func hungCollector(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c)
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		<-done
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return l.Addr().String()
-}
-
 // captureStderr runs fn with fd 2 going to a file and returns what was
 // written there: gRPC and the SDK write their complaints to fd 2.
 func captureStderr(t *testing.T, fn func()) string {
@@ -146,7 +120,7 @@ func TestCollectorDown(t *testing.T) {
 	var handled []error
 	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { handled = append(handled, err) }))
 	const timeout = 300 * time.Millisecond
-	hung := hungCollector(t)
+	hung := tracetest.HungCollector(t)
 	for _, c := range []struct{ name, target string }{
 		{"grpc-closed", "grpc://" + closedPort(t)},
 		{"http-closed", "http://" + closedPort(t)},

@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -399,36 +398,6 @@ func TestTraceRestoreJaeger(t *testing.T) {
 	}
 }
 
-// silentCollector accepts connections and never answers, as a hung
-// collector does; the test's end closes it.
-func silentCollector(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c)
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		<-done
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return l.Addr().String()
-}
-
 // TestTraceCollectorDown: a collector that is not there, or does not
 // answer, costs the restore one warning and at most the export timeout,
 // never its success.
@@ -439,7 +408,7 @@ func TestTraceCollectorDown(t *testing.T) {
 	// (making the spans, dialing); it is not a speed claim.
 	const margin = 700 * time.Millisecond
 	base := restoreTraced(t, "counter").took
-	silent := silentCollector(t)
+	silent := tracetest.HungCollector(t)
 	closed := "127.0.0.1:" + tracetest.FreePort(t)
 	for _, c := range []struct{ name, target string }{
 		{"grpc closed port", "grpc://" + closed},
