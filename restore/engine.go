@@ -167,7 +167,13 @@ func (r *Restore) run(ctx context.Context) error {
 		return &StageError{Stage: StageRootTask, Step: "crest area", Err: err}
 	}
 	r.area = a
-	planBytes, err := encodePlan(p, r.files, layout, a, r.opts.Faults)
+	// What the launcher inherits ignored through execve: it resets
+	// only these, not every signal.
+	sigIgnored, err := ignoredSignals()
+	if err != nil {
+		return &StageError{Stage: StageRootTask, Step: "plan", Err: err}
+	}
+	planBytes, err := encodePlan(p, r.files, layout, a, r.opts.Faults, sigIgnored)
 	if err != nil {
 		return &StageError{Stage: StageRootTask, Step: "plan", Err: err}
 	}

@@ -151,7 +151,7 @@ var vmaKinds = map[VMAKind]uint32{
 }
 
 // encodePlan writes the plan file for p, to be mapped at a.PlanAddr.
-func encodePlan(p *Plan, pr *prepared, l planLayout, a area, faults Fault) ([]byte, error) {
+func encodePlan(p *Plan, pr *prepared, l planLayout, a area, faults Fault, sigIgnored uint64) ([]byte, error) {
 	var b bytes.Buffer
 	b.Grow(int(l.size))
 	head := agent.Plan{
@@ -163,7 +163,7 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, faults Fault) ([]by
 		RestorerAddr: a.RestorerAddr, RestorerSize: a.RestorerSize,
 		StackAddr: a.StackAddr, StackSize: a.StackSize, NrStacks: uint32(a.NrStacks),
 		EnginePidfd: int32(pr.fdBase), FDBase: int32(pr.fdBase),
-		Faults: uint32(faults),
+		Faults: uint32(faults), SigIgnored: sigIgnored,
 	}
 	if p.NewPIDNS {
 		head.Flags |= agent.PlanNewPID

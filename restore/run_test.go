@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -25,17 +26,27 @@ func TestRestoreRuns(t *testing.T) {
 	needRoot(t)
 	tests := []struct {
 		name, fixture string
-		tamper        func(*Plan)
+		tamper        func(*testing.T, *Plan)
 	}{
 		{"counter", "counter", nil},
 		{"dynamic", "dynamic", nil},
 		{"tree", "tree", nil},
 		{"threads", "threads", nil},
 		// The fixtures keep every signal's default disposition: this
-		// one gets SIGUSR1 ignored, and checkTask sees it in SigIgn. It
+		// one gets SIGUSR1 ignored, and checkTask sees it in SigIgn;
+		// the engine ignores SIGUSR2, which execve passes on to the
+		// agent, and the restored task must not have it ignored. It
 		// also gets a lower RLIMIT_NOFILE than the engine's, which
 		// checkTask checks like every other limit.
-		{"counter with SIGUSR1 ignored and fewer files", "counter", func(p *Plan) {
+		{"counter with SIGUSR1 ignored and fewer files", "counter", func(t *testing.T, p *Plan) {
+			signal.Ignore(syscall.SIGUSR2)
+			t.Cleanup(func() {
+				// Reset leaves it ignored: Notify installs Go's
+				// handler and Stop puts back the default.
+				c := make(chan os.Signal, 1)
+				signal.Notify(c, syscall.SIGUSR2)
+				signal.Stop(c)
+			})
 			for i := range p.Tasks[0].Sigactions {
 				if sa := &p.Tasks[0].Sigactions[i]; sa.Signal == int(syscall.SIGUSR1) {
 					sa.Handler = 1
@@ -45,7 +56,7 @@ func TestRestoreRuns(t *testing.T) {
 		}},
 		// The fixtures ran as root with the machine's capabilities:
 		// this one runs on as an unprivileged user with one capability.
-		{"counter as uid 1000", "counter", func(p *Plan) {
+		{"counter as uid 1000", "counter", func(_ *testing.T, p *Plan) {
 			c := &p.Tasks[0].Creds
 			c.UID, c.EUID, c.SUID, c.FSUID = 1000, 1000, 1000, 1000
 			c.GID, c.EGID, c.SGID, c.FSGID = 1000, 1000, 1001, 1000
@@ -61,7 +72,7 @@ func TestRestoreRuns(t *testing.T) {
 			dir := installFixture(t, name)
 			p := loadPlan(t, name)
 			if tt.tamper != nil {
-				tt.tamper(p)
+				tt.tamper(t, p)
 			}
 			r, err := Start(context.Background(), p, Options{})
 			if err != nil {

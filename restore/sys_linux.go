@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"unsafe"
 )
@@ -151,4 +153,24 @@ func pollReadable(ctx context.Context, fd int) error {
 		return os.NewSyscallError("poll", errno)
 	}
 	return ctx.Err()
+}
+
+// ignoredSignals returns the signals this process ignores (bit sig-1),
+// from the SigIgn line of /proc/self/status: execve keeps them ignored
+// in the agent.
+func ignoredSignals() (uint64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "SigIgn:"); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/self/status: SigIgn %q: %w", strings.TrimSpace(v), err)
+			}
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("/proc/self/status: no SigIgn line")
 }

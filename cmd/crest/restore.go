@@ -22,10 +22,11 @@ func init() {
 		short: "restore a process tree from a CRIU image directory",
 		long: `
 restore brings back the process tree checkpointed in DIR (CRIU 4.2 images)
-and lets it run on: the same pids and tids in a new pid namespace,
-sessions and process groups, memory (shared memory too), registers,
-threads, files, pipes, FIFOs and memfds, signal handlers, pending
-signals, interval and POSIX timers.
+and lets it run on: the same pids and tids (in a new pid namespace, or
+crest's own when the tree had none), sessions and process groups (with
+helper tasks for leaders that are gone), zombies, memory (shared memory
+too), registers, threads, files, pipes, FIFOs and memfds, signal
+handlers, pending signals, interval and POSIX timers.
 Without -d crest stays the parent of the restored root and exits with its
 status (128+N when a signal N ended it; an interrupted crest kills the
 tree); with -d it leaves the tree running and exits once the restore is
@@ -33,10 +34,10 @@ complete.
 
 Not restored yet: seccomp, personality, namespaces other than pid,
 sockets and other special files (eventfd, epoll, signalfd, ttys ...),
-SysV shared memory, hugetlb memfds, zombies and helper tasks, and
-capabilities crest itself does not have. Image sets
-that need them are refused with an error naming the task and the image
-(at planning) or the stage and step (during the restore).`,
+SysV shared memory, hugetlb memfds, stopped tasks, and capabilities
+crest itself does not have. Image sets that need them are refused with
+an error naming the task and the image (at planning) or the stage and
+step (during the restore).`,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			dir := fs.StringP("images-dir", "D", "", "restore the image directory `DIR`")
 			detach := fs.BoolP("restore-detached", "d", false, "leave the restored tree running and exit")

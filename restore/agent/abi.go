@@ -7,7 +7,7 @@ package agent
 // Plan file constants.
 const (
 	PlanMagic   = 0x4e414c5054534552 // "RESTPLAN"
-	PlanVersion = 3
+	PlanVersion = 4
 
 	PlanFD        = 3 // the launcher's fd of the plan memfd
 	SharedFD      = 4 // the launcher's fd of the shared area memfd
@@ -113,6 +113,7 @@ type Plan struct {
 	FDBase       int32  `c:"fd_base"`
 	NrStacks     uint32 `c:"nr_stacks"`
 	Faults       uint32 `c:"faults"`
+	SigIgnored   uint64 `c:"sig_ignored"`
 }
 
 // Task is struct crest_task.

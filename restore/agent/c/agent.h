@@ -84,7 +84,7 @@ int install_fds(const struct crest_task *t);
 int restore_fs(const struct crest_task *t);
 
 /* signals.c */
-int reset_sigactions(void);
+int reset_sigactions(uint64_t ignored);
 int restore_sigactions(const struct crest_task *t);
 int restore_pending_signals(struct crest_slot *slot, const struct crest_task *t, const struct crest_thread *th);
 int restore_timers(struct crest_slot *slot, const struct crest_task *t);

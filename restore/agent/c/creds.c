@@ -43,7 +43,9 @@ static int restore_caps(const struct crest_creds *c)
 		if (c->cap_bnd & (1ull << i))
 			continue;
 		ret = sys_prctl(PR_CAPBSET_DROP, (unsigned long)i, 0, 0, 0);
-		if (ret < 0 && ret != -EINVAL)	/* EINVAL: no such capability here */
+		if (ret == -EINVAL)	/* no such capability here, nor any above */
+			break;
+		if (ret < 0)
 			return (int)ret;
 	}
 	for (i = 0; i < 2; i++) {

@@ -84,7 +84,7 @@ static __attribute__((noreturn, used)) void agent_main(void)
 	ret = sys_rt_sigprocmask(SIG_SETMASK, &all_signals, NULL);
 	if (ret < 0)
 		launch_fail(ret);
-	ret = reset_sigactions();
+	ret = reset_sigactions(agent.plan->sig_ignored);
 	if (ret < 0)
 		launch_fail(ret);
 

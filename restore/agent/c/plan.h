@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #define CREST_PLAN_MAGIC 0x4e414c5054534552ULL /* "RESTPLAN" */
-#define CREST_PLAN_VERSION 3
+#define CREST_PLAN_VERSION 4
 
 /* fds of the launcher as the engine starts it */
 #define CREST_PLAN_FD 3
@@ -143,6 +143,12 @@ struct crest_plan {
 	int32_t fd_base;
 	uint32_t nr_stacks;	/* the most threads of any task */
 	uint32_t faults;	/* CREST_FAULT_*: break the restore on purpose */
+	/*
+	 * The signals the launcher starts with ignored (bit sig-1): execve
+	 * keeps the engine's ignored ones (make, for one, ignores 32 and 33)
+	 * and makes every other disposition the default.
+	 */
+	uint64_t sig_ignored;
 };
 
 /* struct itimerval of setitimer(2); all zero: not armed */

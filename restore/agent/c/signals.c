@@ -15,11 +15,11 @@
 
 /*
  * reset_sigactions makes every disposition the default, in the launcher
- * before it forks the root: execve keeps the signals the engine's own
- * parent ignored (make, for one, ignores 32 and 33), and restore_sigactions
+ * before it forks the root: execve made all of them the default but those
+ * the engine ignored (the plan's sig_ignored), and restore_sigactions
  * sets only the image's non-default ones.
  */
-int reset_sigactions(void)
+int reset_sigactions(uint64_t ignored)
 {
 	const struct crest_sigaction dfl = { 0 };
 	int sig;
@@ -27,7 +27,7 @@ int reset_sigactions(void)
 	for (sig = 1; sig <= CREST_NR_SIGNALS; sig++) {
 		long ret;
 
-		if (sig == SIGKILL || sig == SIGSTOP)
+		if (sig == SIGKILL || sig == SIGSTOP || !(ignored & (1ull << (sig - 1))))
 			continue;
 		ret = sys_rt_sigaction(sig, &dfl, NULL, sizeof(dfl.mask));
 		if (ret < 0)
