@@ -196,10 +196,6 @@ func (r *Restore) run(ctx context.Context) error {
 		po.Prepared(ev)
 	}
 
-	// ROOT_TASK is open before the root exists: it is its first stage.
-	if err := r.switchTo(StageRootTask); err != nil {
-		return &StageError{Stage: StageRootTask, Err: err}
-	}
 	if err := r.launch(planBytes); err != nil {
 		return err
 	}

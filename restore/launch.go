@@ -6,13 +6,18 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/crest-restore/crest/restore/agent"
 )
 
 // launch runs the agent from a memfd with the plan on fd 3, the shared
-// area on fd 4 and the engine's pidfd on fd 5, and learns the root's pid
-// from it.
+// area on fd 4 and the engine's pidfd on fd 5. The launcher gets ready and
+// waits (task_entries.launch); once it is, launch switches to ROOT_TASK
+// and lets it fork the root, as CRIU forks the root right after that
+// switch: the exec of the launcher is crest's start-up, outside the
+// stages. It learns the root's pid from the launcher.
 func (r *Restore) launch(planBytes []byte) error {
 	fail := func(err error) error { return &StageError{Stage: StageRootTask, Step: "launch", Err: err} }
 	bin, err := memfdFile("crest-agent", agent.Binary)
@@ -53,12 +58,32 @@ func (r *Restore) launch(planBytes []byte) error {
 	if agent.PlanFD != 3 || agent.SharedFD != 4 || agent.EnginePidfdFD != 5 {
 		panic("restore: the launcher's fds moved")
 	}
-	if err := cmd.Run(); err != nil {
+	launchErr := func(err error) error {
 		if r.shared.stage() == StageFail {
 			return r.failure()
 		}
 		msg, _ := io.ReadAll(io.NewSectionReader(stderr, 0, 4096))
 		return fail(fmt.Errorf("%w %s", err, strings.TrimSpace(string(msg))))
+	}
+	if err := cmd.Start(); err != nil {
+		return fail(err)
+	}
+	if err := r.launcherReady(cmd); err != nil {
+		cmd.Process.Kill()
+		if werr := cmd.Wait(); werr != nil {
+			return launchErr(werr)
+		}
+		return fail(err)
+	}
+	// ROOT_TASK is open before the root exists: it is its first stage.
+	if err := r.switchTo(StageRootTask); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return &StageError{Stage: StageRootTask, Err: err}
+	}
+	r.shared.letGo()
+	if err := cmd.Wait(); err != nil {
+		return launchErr(err)
 	}
 	r.rootPID = r.shared.rootHostPID()
 	if r.rootPID <= 0 {
@@ -70,6 +95,32 @@ func (r *Restore) launch(planBytes []byte) error {
 		return fail(fmt.Errorf("root %d: %w", r.rootPID, err))
 	}
 	r.log.Debug("launched", "root", r.rootPID)
+	return nil
+}
+
+// launcherReady waits until the launcher is ready to fork the root, or
+// has exited, or the stage timeout passed.
+func (r *Restore) launcherReady(cmd *exec.Cmd) error {
+	pidfd, err := pidfdOpen(cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(pidfd)
+	deadline := time.Now().Add(r.opts.StageTimeout)
+	for !r.shared.launcherReady() {
+		if how, err := exited(pidfd); err != nil || how != "" {
+			if err == nil {
+				err = fmt.Errorf("the launcher ended before it was ready: %s", how)
+			}
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the launcher was not ready after %v", r.opts.StageTimeout)
+		}
+		if err := futexWaitTimeout(r.shared.launchWord(), 0, int64(10*time.Millisecond)); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -81,6 +81,17 @@ func (s *sharedArea) switchTo(st Stage, n int) error {
 	return futexSetWakeAll(s.start(), int32(st))
 }
 
+func (s *sharedArea) launchWord() *uint32 { return &s.te.Launch }
+func (s *sharedArea) launcherReady() bool {
+	return atomic.LoadUint32(&s.te.Launch) == agent.LaunchReady
+}
+
+// letGo lets the waiting launcher fork the root.
+func (s *sharedArea) letGo() {
+	atomic.StoreUint32(&s.te.Launch, agent.LaunchGo)
+	futexWakeAll(&s.te.Launch)
+}
+
 // abort stores FAIL and wakes everyone waiting on either futex.
 func (s *sharedArea) abort() {
 	if futexSetWakeAll(s.start(), agent.StageFail) != nil {

@@ -7,13 +7,17 @@ package agent
 // Plan file constants.
 const (
 	PlanMagic   = 0x4e414c5054534552 // "RESTPLAN"
-	PlanVersion = 4
+	PlanVersion = 5
 
 	PlanFD        = 3 // the launcher's fd of the plan memfd
 	SharedFD      = 4 // the launcher's fd of the shared area memfd
 	EnginePidfdFD = 5 // the launcher's fd of the engine's pidfd
 
 	PlanNewPID = 0x1 // Plan.Flags: the root is pid 1 of a new pid namespace
+
+	// TaskEntries.Launch: the launcher is ready, the engine lets it go.
+	LaunchReady = 1
+	LaunchGo    = 2
 )
 
 // Stages, CRIU's values.
@@ -361,6 +365,8 @@ type TaskEntries struct {
 	NrHelpers    uint32  `c:"nr_helpers"`
 	RootHostPID  int32   `c:"root_host_pid"`
 	Fail         Failure `c:"fail"`
+	Launch       uint32  `c:"launch"`
+	Pad          uint32  `c:"pad"`
 }
 
 // Slot is struct crest_slot, one per thread in the shared area.

@@ -41,6 +41,7 @@ var cStructs = []struct {
 // cConsts maps plan.h's macros to their Go values.
 var cConsts = map[string]int64{
 	"CREST_PLAN_MAGIC": PlanMagic, "CREST_PLAN_VERSION": PlanVersion,
+	"CREST_LAUNCH_READY": LaunchReady, "CREST_LAUNCH_GO": LaunchGo,
 	"CREST_PLAN_FD": PlanFD, "CREST_SHARED_FD": SharedFD, "CREST_ENGINE_PIDFD": EnginePidfdFD, "CREST_PLAN_NEWPID": PlanNewPID,
 	"CREST_STAGE_FAIL": StageFail, "CREST_STAGE_ROOT_TASK": StageRootTask,
 	"CREST_STAGE_PREPARE_NAMESPACES": StagePrepareNamespaces, "CREST_STAGE_FORKING": StageForking,

@@ -41,6 +41,28 @@ static long map_fixed(uint64_t addr, uint64_t size, int prot, int flags, int fd)
 	return 0;
 }
 
+/*
+ * wait_for_go tells the engine the launcher is ready and waits until it
+ * switched to ROOT_TASK. Should the engine die instead, the launcher exits
+ * (its pidfd turns readable): no launcher outlives a dead engine.
+ */
+static void wait_for_go(void)
+{
+	static const struct __kernel_timespec second = { 1, 0 };
+	struct { int fd; short events, revents; } pfd;
+
+	__atomic_store_n(&agent.te->launch, CREST_LAUNCH_READY, __ATOMIC_SEQ_CST);
+	sys_futex_wake(&agent.te->launch, 1);
+	while (__atomic_load_n(&agent.te->launch, __ATOMIC_SEQ_CST) == CREST_LAUNCH_READY) {
+		sys_futex_wait(&agent.te->launch, CREST_LAUNCH_READY, &second);
+		pfd.fd = agent.plan->engine_pidfd;
+		pfd.events = 1;	/* POLLIN: the engine has exited */
+		pfd.revents = 0;
+		if (sys_call3(__NR_poll, (long)&pfd, 1, 0) > 0)
+			launch_fail(-ESRCH);
+	}
+}
+
 static __attribute__((noreturn, used)) void agent_main(void)
 {
 	struct crest_plan head;
@@ -87,6 +109,7 @@ static __attribute__((noreturn, used)) void agent_main(void)
 	ret = reset_sigactions(agent.plan->sig_ignored);
 	if (ret < 0)
 		launch_fail(ret);
+	wait_for_go();
 
 	memset(&args, 0, sizeof(args));
 	args.flags = CLONE_PARENT;

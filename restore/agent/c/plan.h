@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #define CREST_PLAN_MAGIC 0x4e414c5054534552ULL /* "RESTPLAN" */
-#define CREST_PLAN_VERSION 4
+#define CREST_PLAN_VERSION 5
 
 /* fds of the launcher as the engine starts it */
 #define CREST_PLAN_FD 3
@@ -363,6 +363,13 @@ struct crest_failure {
  * Unlike CRIU, COMPLETE has participants too: every thread counts itself
  * out right before its rt_sigreturn (CRIU watches that moment with
  * ptrace), so the engine knows when the tree runs its own code again.
+ *
+ * launch is the launcher's handshake, before the first stage: the engine
+ * starts the launcher, which gets ready (maps, fds, signals) and stores
+ * CREST_LAUNCH_READY; the engine then switches to ROOT_TASK and stores
+ * CREST_LAUNCH_GO, and only then does the launcher fork the root, as
+ * CRIU forks it right after the switch. The launcher's exec is crest's
+ * start-up, not part of ROOT_TASK.
  */
 struct crest_task_entries {
 	int32_t start;		/* futex: the current stage */
@@ -372,7 +379,12 @@ struct crest_task_entries {
 	uint32_t nr_helpers;
 	int32_t root_host_pid;	/* the root's pid in the launcher's namespace */
 	struct crest_failure fail;
+	uint32_t launch;	/* futex: CREST_LAUNCH_* */
+	uint32_t pad;
 };
+
+#define CREST_LAUNCH_READY 1
+#define CREST_LAUNCH_GO 2
 
 /*
  * One per thread (a task's is its leader's): what the engine and the spans
