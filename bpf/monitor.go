@@ -29,10 +29,11 @@ type Options struct {
 	// RingSize is the ring buffer's size in bytes: a power of two and a
 	// multiple of the page size (default 4 MiB).
 	RingSize int
-	// WakeupEvery wakes the reader once every so many events per CPU
-	// (default 64; 1 wakes it for every event). Exits of a whole process
-	// always wake it, and Sync reads what is pending anyway.
-	WakeupEvery int
+	// WakeupBytes wakes the reader once that many bytes of events wait
+	// unread (default a quarter of RingSize; 1 wakes it for every event),
+	// so that during a restore it does not compete with the tasks for the
+	// CPUs. Sync and Close read what is pending anyway.
+	WakeupBytes int
 	// AllFutexes also reports FUTEX_PRIVATE_FLAG operations. crest's
 	// stage barrier uses shared futexes; the Go runtime's are private,
 	// so by default the engine's own locking stays out of the log.
@@ -97,8 +98,8 @@ func Open(opts Options) (*Monitor, error) {
 	if opts.RingSize == 0 {
 		opts.RingSize = 4 << 20
 	}
-	if opts.WakeupEvery == 0 {
-		opts.WakeupEvery = 64
+	if opts.WakeupBytes == 0 {
+		opts.WakeupBytes = opts.RingSize / 4
 	}
 	page := os.Getpagesize()
 	if opts.RingSize < page || opts.RingSize&(opts.RingSize-1) != 0 {
@@ -135,7 +136,7 @@ func Open(opts Options) (*Monitor, error) {
 			return fail(err)
 		}
 	}
-	m.cfg = monitorCrestConfig{WakeupEvery: uint32(opts.WakeupEvery)}
+	m.cfg = monitorCrestConfig{WakeupBytes: uint32(opts.WakeupBytes)}
 	if opts.AllFutexes {
 		m.cfg.AllFutexes = 1
 	}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -507,7 +508,7 @@ func TestFutexFilter(t *testing.T) {
 // TestDrops overflows a one-page ring buffer that is never woken for:
 // the loss is counted, not silent.
 func TestDrops(t *testing.T) {
-	m := openMonitor(t, Options{RingSize: os.Getpagesize(), WakeupEvery: 1 << 30})
+	m := openMonitor(t, Options{RingSize: os.Getpagesize(), WakeupBytes: 1 << 30})
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	if err := m.Track(os.Getpid()); err != nil {
@@ -529,4 +530,56 @@ func TestDrops(t *testing.T) {
 	if r.OK || r.Dropped == 0 || !strings.Contains(r.Verdict, "events dropped") {
 		t.Errorf("report with drops: ok %v, dropped %d, verdict %q", r.OK, r.Dropped, r.Verdict)
 	}
+}
+
+// TestWakeups: the reader is woken only once WakeupBytes of events wait
+// unread, and Sync reads what waits below that.
+func TestWakeups(t *testing.T) {
+	futexes := func(t *testing.T, m *Monitor, n int) {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := m.Track(os.Getpid()); err != nil {
+			t.Fatal(err)
+		}
+		var word uint32
+		for range n {
+			unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&word)), FutexWake, 1, 0, 0, 0)
+		}
+		m.Untrack(os.Getpid())
+	}
+	// eventually waits up to d for the reader to have decoded n events
+	// of its own accord.
+	eventually := func(m *Monitor, n int, d time.Duration) int {
+		deadline := time.Now().Add(d)
+		for {
+			got := len(m.Events())
+			if got >= n || time.Now().After(deadline) {
+				return got
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	t.Run("below", func(t *testing.T) {
+		m := openMonitor(t, Options{WakeupBytes: 1 << 20})
+		futexes(t, m, 20)
+		// 20 futex calls are 40 events, a few KiB: no wake-up is due.
+		if got := eventually(m, 1, 300*time.Millisecond); got != 0 {
+			t.Fatalf("%d events read with no wake-up due", got)
+		}
+		if err := m.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		if got := len(m.Events()); got < 20 {
+			t.Fatalf("after Sync %d events, want at least 20", got)
+		}
+	})
+	t.Run("above", func(t *testing.T) {
+		m := openMonitor(t, Options{WakeupBytes: 4096})
+		futexes(t, m, 200)
+		// 200 futex calls are well over 4 KiB: the reader was woken and
+		// read them without a Sync.
+		if got := eventually(m, 100, 5*time.Second); got < 100 {
+			t.Fatalf("%d events read, want at least 100 without a Sync", got)
+		}
+	})
 }

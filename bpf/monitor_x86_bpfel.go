@@ -15,7 +15,7 @@ import (
 
 type monitorCrestConfig struct {
 	_           structs.HostLayout
-	WakeupEvery uint32
+	WakeupBytes uint32
 	AllFutexes  uint32
 	FutexLo     [4]uint64
 	FutexHi     [4]uint64

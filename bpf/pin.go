@@ -164,10 +164,8 @@ func (o *objects) reset() error {
 	if err != nil {
 		return fmt.Errorf("bpf: reset the pinned counters: %w", err)
 	}
-	for k := range uint32(2) {
-		if err := o.Counters.Put(k, make([]uint64, cpus)); err != nil {
-			return fmt.Errorf("bpf: reset the pinned counters: %w", err)
-		}
+	if err := o.Counters.Put(uint32(0), make([]uint64, cpus)); err != nil {
+		return fmt.Errorf("bpf: reset the pinned counters: %w", err)
 	}
 	return nil
 }

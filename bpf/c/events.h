@@ -117,7 +117,7 @@ struct crest_ev_exit {
 
 /* The one entry of the config map. */
 struct crest_config {
-	__u32 wakeup_every;	/* wake the reader every Nth event (0: every) */
+	__u32 wakeup_bytes;	/* wake the reader once this much is unread (0: always) */
 	__u32 all_futexes;	/* also FUTEX_PRIVATE_FLAG ones (the Go runtime's) */
 	/* futexes inside [lo, hi) only, when any range is set */
 	__u64 futex_lo[CREST_FUTEX_RANGES];

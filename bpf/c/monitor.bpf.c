@@ -8,9 +8,11 @@
  * the tracked map are watched; Go seeds it with the engine and every fork of
  * a tracked process adds the child.
  *
- * Events go to one ring buffer. Wake-ups are batched (every Nth event, and
- * always for the end of a process); a failed reservation is counted in
- * drops, which Go reports: nothing is lost silently.
+ * Events go to one ring buffer. The reader is woken only once a set amount
+ * of data waits unread (a quarter of the ring by default), so that it does
+ * not compete with the restore for the CPUs; Go reads the rest when the
+ * restore is over (a flush). A failed reservation is counted in drops,
+ * which Go reports: nothing is lost silently.
  */
 #include "kernel.h"
 #include <linux/bpf.h>
@@ -42,7 +44,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);	/* 0: drops, 1: events since the last wake-up */
+	__uint(max_entries, 1);	/* 0: drops */
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
@@ -82,23 +84,15 @@ static __always_inline struct crest_config *get_config(void)
 	return bpf_map_lookup_elem(&config, &k);
 }
 
-/* BPF_RB_NO_WAKEUP except every wakeup_every-th event of a CPU. */
-static __always_inline __u64 wakeup_flag(int force)
+/* BPF_RB_NO_WAKEUP until wakeup_bytes wait unread (0: wake every time). */
+static __always_inline __u64 wakeup_flag(void)
 {
 	struct crest_config *cfg = get_config();
-	__u32 k = 1;
-	__u64 *n;
 
-	if (force || !cfg || cfg->wakeup_every <= 1)
+	if (!cfg || cfg->wakeup_bytes == 0)
 		return BPF_RB_FORCE_WAKEUP;
-	n = bpf_map_lookup_elem(&counters, &k);
-	if (!n)
-		return 0;
-	*n += 1;
-	if (*n >= cfg->wakeup_every) {
-		*n = 0;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg->wakeup_bytes)
 		return BPF_RB_FORCE_WAKEUP;
-	}
 	return BPF_RB_NO_WAKEUP;
 }
 
@@ -160,7 +154,7 @@ static __always_inline void on_futex(struct pt_regs *regs, __u64 pid_tgid)
 		e->flags |= CREST_WORD_OK;
 	else
 		e->word = 0;
-	bpf_ringbuf_submit(e, wakeup_flag(0));
+	bpf_ringbuf_submit(e, wakeup_flag());
 }
 
 static __always_inline void on_clone(struct pt_regs *regs, __u64 pid_tgid)
@@ -173,7 +167,7 @@ static __always_inline void on_clone(struct pt_regs *regs, __u64 pid_tgid)
 	}
 	fill_hdr(&e->h, pid_tgid, CREST_EV_CLONE, NR_CLONE);
 	e->flags = regs->di;
-	bpf_ringbuf_submit(e, wakeup_flag(0));
+	bpf_ringbuf_submit(e, wakeup_flag());
 }
 
 /* The first fields of struct clone_args (uapi, stable) */
@@ -225,7 +219,7 @@ static __always_inline void on_clone3(struct pt_regs *regs, __u64 pid_tgid)
 	if (bpf_probe_read_user(e->set_tid, n * sizeof(__s32), (void *)args.set_tid) == 0)
 		e->read |= CREST_SET_TID_OK;
 out:
-	bpf_ringbuf_submit(e, wakeup_flag(0));
+	bpf_ringbuf_submit(e, wakeup_flag());
 }
 
 static __always_inline void on_setns(struct pt_regs *regs, __u64 pid_tgid)
@@ -261,7 +255,7 @@ static __always_inline void on_setns(struct pt_regs *regs, __u64 pid_tgid)
 			e->flags = CREST_INODE_OK;
 		}
 	}
-	bpf_ringbuf_submit(e, wakeup_flag(0));
+	bpf_ringbuf_submit(e, wakeup_flag());
 }
 
 /*
@@ -343,7 +337,7 @@ int crest_sys_exit(__u64 *ctx)
 		if (bpf_probe_read_user(&e->word, sizeof(e->word), (void *)e->uaddr) == 0)
 			e->flags = CREST_WORD_OK;
 	}
-	bpf_ringbuf_submit(e, wakeup_flag(0));
+	bpf_ringbuf_submit(e, wakeup_flag());
 	return 0;
 }
 
@@ -402,7 +396,7 @@ int crest_fork(__u64 *ctx)
 	e->real_parent_level = BPF_CORE_READ(rp, level);
 	e->pad = 0;
 	pid_levels(rp, e->real_parent_level, e->real_parent_pids);
-	bpf_ringbuf_submit(e, wakeup_flag(0));
+	bpf_ringbuf_submit(e, wakeup_flag());
 	return 0;
 }
 
@@ -425,7 +419,7 @@ int crest_exit(__u64 *ctx)
 		e->h.nr = -1;
 		e->exit_code = BPF_CORE_READ(task, exit_code);
 		e->group_dead = group_dead;
-		bpf_ringbuf_submit(e, wakeup_flag(group_dead));
+		bpf_ringbuf_submit(e, wakeup_flag());
 	} else {
 		count_drop();
 	}

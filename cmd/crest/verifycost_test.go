@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,9 +46,14 @@ func medianOf(ds []time.Duration) time.Duration {
 // each stage's duration (switch to last arrival, from the engine's
 // Timeline) and ROOT_TASK..COMPLETE, with no monitor, with the monitor
 // attached but tracking nothing (what its programs cost every syscall of
-// the machine), and with the monitor watching the restore (--verify's
-// kernelCheck, verification included). The three kinds are interleaved
-// so that the machine's other load falls on all of them alike; medians.
+// the machine), with the monitor watching the restore (--verify's
+// kernelCheck, verification included), and with empty programs on the
+// two syscall tracepoints (the floor of any monitor built on them). Each
+// round runs every kind once in a shuffled order (fixed seed), so that
+// neither the machine's other load nor the aftermath of the kind before
+// falls on one kind more than on another; medians, and for the whole
+// ROOT_TASK..COMPLETE a bootstrap 90% interval of the ratio of medians.
+// CREST_COST_FIXTURES picks the fixtures (default counter,tree).
 func BenchmarkStageCost(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Fatal("needs root")
@@ -57,14 +65,25 @@ func BenchmarkStageCost(b *testing.B) {
 	gcFirst := os.Getenv("CREST_COST_GC") == "1"
 	// CREST_COST_SETTLE=20ms waits that long before each restore.
 	settle, _ := time.ParseDuration(os.Getenv("CREST_COST_SETTLE"))
-	kinds := []string{"plain", "untracked", "watched", "floor"}
+	kinds := []string{"plain", "untracked", "watched", "floor", "floor-enter"}
 	pct := func(a, b time.Duration) float64 { return 100 * (float64(b)/float64(a) - 1) }
+	names := []string{"counter", "tree"}
+	if v := os.Getenv("CREST_COST_FIXTURES"); v != "" {
+		names = strings.Split(v, ",")
+	}
+	// b.Logf keeps only 10 lines of a benchmark's output
+	logf := func(format string, args ...any) { fmt.Printf("    "+format+"\n", args...) }
+	rng := rand.New(rand.NewPCG(1, 2))
+	order := make([]int, 0, len(kinds)*runs)
+	for range runs {
+		round := rng.Perm(len(kinds))
+		order = append(order, round...)
+	}
 	for b.Loop() {
-		for _, name := range []string{"counter", "tree"} {
+		for _, name := range names {
 			stages := map[restore.Stage][][]time.Duration{}
 			total := make([][]time.Duration, len(kinds))
-			for i := range len(kinds) * runs {
-				kind := i % len(kinds)
+			for _, kind := range order {
 				fixture.Install(b, name)
 				d, err := images.Open(fixture.Images(b, name))
 				if err != nil {
@@ -81,7 +100,9 @@ func BenchmarkStageCost(b *testing.B) {
 				var floor func()
 				switch kinds[kind] {
 				case "floor":
-					floor = emptySyscallPrograms(b)
+					floor = emptySyscallPrograms(b, "sys_enter", "sys_exit")
+				case "floor-enter":
+					floor = emptySyscallPrograms(b, "sys_enter")
 				case "untracked":
 					if idle, err = bpf.Open(bpf.Options{}); err != nil {
 						b.Fatal(err)
@@ -127,6 +148,13 @@ func BenchmarkStageCost(b *testing.B) {
 				total[kind] = append(total[kind], time.Duration(tl.Stage(restore.StageComplete).Done-tl.Stages[0].Switched))
 			}
 			sum := make([]time.Duration, len(kinds))
+			pcts := func(ds []time.Duration) string {
+				var out []string
+				for k := 1; k < len(kinds); k++ {
+					out = append(out, fmt.Sprintf("%s %v (%+.1f%%)", kinds[k], ds[k], pct(ds[0], ds[k])))
+				}
+				return fmt.Sprintf("%v plain, %s", ds[0], strings.Join(out, ", "))
+			}
 			for st := restore.StageRootTask; st <= restore.StageComplete; st++ {
 				v := stages[st]
 				if v == nil {
@@ -135,24 +163,52 @@ func BenchmarkStageCost(b *testing.B) {
 				for k := range kinds {
 					sum[k] += medianOf(v[k])
 				}
-				b.Logf("%s: %-18s median %9v plain, %9v untracked, %9v watched, %9v floor", name, st, medianOf(v[0]), medianOf(v[1]), medianOf(v[2]), medianOf(v[3]))
+				med := make([]time.Duration, len(kinds))
+				for k := range kinds {
+					med[k] = medianOf(v[k])
+				}
+				logf("%s: %-18s median %s", name, st, pcts(med))
 			}
-			b.Logf("%s: %-18s        %9v plain, %9v untracked (%+.1f%%), %9v watched (%+.1f%%), %9v floor (%+.1f%%)", name, "sum of medians",
-				sum[0], sum[1], pct(sum[0], sum[1]), sum[2], pct(sum[0], sum[2]), sum[3], pct(sum[0], sum[3]))
-			m := []time.Duration{medianOf(total[0]), medianOf(total[1]), medianOf(total[2]), medianOf(total[3])}
-			b.Logf("%s: %-18s median %9v plain, %9v untracked (%+.1f%%), %9v watched (%+.1f%%), %9v floor (%+.1f%%) [n=%d each]", name, "ROOT_TASK..COMPLETE",
-				m[0], m[1], pct(m[0], m[1]), m[2], pct(m[0], m[2]), m[3], pct(m[0], m[3]), runs)
+			logf("%s: %-18s        %s", name, "sum of medians", pcts(sum))
+			m := make([]time.Duration, len(kinds))
+			for k := range kinds {
+				m[k] = medianOf(total[k])
+			}
+			logf("%s: %-18s median %s [n=%d each]", name, "ROOT_TASK..COMPLETE", pcts(m), runs)
+			for k := 1; k < len(kinds); k++ {
+				lo, hi := bootstrapRatio(rng, total[0], total[k])
+				logf("%s: %-18s %s vs plain: 90%% interval %+.1f%% .. %+.1f%%", name, "ROOT_TASK..COMPLETE", kinds[k], lo, hi)
+			}
 		}
 	}
+}
+
+// bootstrapRatio resamples both sets of durations 2000 times and returns
+// the 5th and 95th percentiles of median(b)/median(a)-1, in percent.
+func bootstrapRatio(rng *rand.Rand, a, b []time.Duration) (lo, hi float64) {
+	const rounds = 2000
+	ratios := make([]float64, rounds)
+	ra, rb := make([]time.Duration, len(a)), make([]time.Duration, len(b))
+	for i := range ratios {
+		for j := range ra {
+			ra[j] = a[rng.IntN(len(a))]
+		}
+		for j := range rb {
+			rb[j] = b[rng.IntN(len(b))]
+		}
+		ratios[i] = 100 * (float64(medianOf(rb))/float64(medianOf(ra)) - 1)
+	}
+	slices.Sort(ratios)
+	return ratios[rounds*5/100], ratios[rounds*95/100]
 }
 
 // emptySyscallPrograms attaches programs that do nothing to the
 // tp_btf sys_enter and sys_exit tracepoints, the floor of any monitor of
 // syscalls built on them (the slow syscall path and two program runs per
 // syscall), and returns what detaches and frees them.
-func emptySyscallPrograms(b *testing.B) func() {
+func emptySyscallPrograms(b *testing.B, targets ...string) func() {
 	var closers []io.Closer
-	for _, target := range []string{"sys_enter", "sys_exit"} {
+	for _, target := range targets {
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 			Name: "crest_floor", Type: ebpf.Tracing, AttachType: ebpf.AttachTraceRawTp, AttachTo: target,
 			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}, License: "GPL",
