@@ -75,6 +75,9 @@ func (r *Restore) launch(planBytes []byte) error {
 		}
 		return fail(err)
 	}
+	if testBeforeGo != nil {
+		testBeforeGo(cmd.Process.Pid)
+	}
 	// ROOT_TASK is open before the root exists: it is its first stage.
 	if err := r.switchTo(StageRootTask); err != nil {
 		cmd.Process.Kill()
@@ -97,6 +100,9 @@ func (r *Restore) launch(planBytes []byte) error {
 	r.log.Debug("launched", "root", r.rootPID)
 	return nil
 }
+
+// testBeforeGo, nil but in tests, runs while the launcher is parked ready, before it is let go.
+var testBeforeGo func(launcherPid int)
 
 // launcherReady waits until the launcher is ready to fork the root, or
 // has exited, or the stage timeout passed.
