@@ -20,13 +20,6 @@ import (
 // registers), and once every thread of a task is there, points one of them
 // at the restorer's syscall instruction to munmap the area, restores its
 // registers at the munmap's exit stop, and detaches all.
-//
-// To reach rt_sigreturn without a stop at every syscall on the way, each
-// thread gets a hardware breakpoint on the rt_sigreturn instruction
-// (crest_sigreturn; debug register 0, as CRIU's x86 ptrace_set_breakpoint)
-// and runs freely up to it; from there it goes syscall to syscall: the
-// entry and the exit of rt_sigreturn. Four stops per thread instead of a
-// dozen.
 
 const (
 	ptraceOTraceSysgood = 0x1
@@ -39,18 +32,12 @@ const (
 	syscallInfoEntry    = 1
 	syscallInfoExit     = 2
 	sysRtSigreturn      = 15
-
-	ptracePokeUser = 6
-	// offsetof(struct user, u_debugreg) on x86-64
-	userDebugReg = 848
-	dr7Local0    = 1 // DR7: enable breakpoint 0, execute, length 1
 )
 
 // tracee is one thread of a task during finishing.
 type tracee struct {
 	task        *Task
 	tid         int                // host tid
-	armed       bool               // runs to the breakpoint on rt_sigreturn
 	inSigreturn bool               // stopped at the entry of rt_sigreturn
 	regs        syscall.PtraceRegs // at its rt_sigreturn exit
 }
@@ -118,11 +105,6 @@ func (r *Restore) finish() (err error) {
 	watchdog := time.AfterFunc(r.opts.StageTimeout, func() { pidfdSignal(r.rootPidfd, syscall.SIGKILL) })
 	defer watchdog.Stop()
 	syscallAddr := r.area.RestorerAddr + off
-	off, err = agent.SymbolOffset("crest_sigreturn")
-	if err != nil {
-		return err
-	}
-	sigreturnAddr := r.area.RestorerAddr + off
 
 	byTid := map[int]*tracee{}
 	left := map[*Task]int{}
@@ -150,41 +132,10 @@ func (r *Restore) finish() (err error) {
 			continue
 		}
 		sig := ws.StopSignal()
-		// how the thread goes on: to the breakpoint, or syscall to syscall
-		resume := func(sig syscall.Signal) error {
-			req := syscall.PTRACE_SYSCALL
-			if t.armed {
-				req = syscall.PTRACE_CONT
-			}
-			return ptrace(req, tid, 0, uintptr(sig))
-		}
 		switch {
 		case ws.TrapCause() == ptraceEventStop:
-			// the interrupt, or a group stop: the first one arms the
-			// breakpoint on rt_sigreturn
-			if !t.armed && !t.inSigreturn {
-				if err := setBreakpoint(tid, sigreturnAddr); err != nil {
-					return fmt.Errorf("task %d thread %d: breakpoint: %w", t.task.PID, tid, err)
-				}
-				t.armed = true
-			}
-			if err := resume(0); err != nil {
-				return err
-			}
-		case sig == syscall.SIGTRAP && t.armed:
-			// at the breakpoint: right before rt_sigreturn
-			var regs syscall.PtraceRegs
-			if err := syscall.PtraceGetRegs(tid, &regs); err != nil {
-				return err
-			}
-			if regs.Rip != sigreturnAddr {
-				return fmt.Errorf("task %d thread %d: SIGTRAP at %#x, not at rt_sigreturn (%#x)", t.task.PID, tid, regs.Rip, sigreturnAddr)
-			}
-			if err := clearBreakpoint(tid); err != nil {
-				return fmt.Errorf("task %d thread %d: breakpoint: %w", t.task.PID, tid, err)
-			}
-			t.armed = false
-			if err := resume(0); err != nil {
+			// the interrupt, or a group stop: go on, syscall to syscall
+			if err := ptrace(syscall.PTRACE_SYSCALL, tid, 0, 0); err != nil {
 				return err
 			}
 		case sig == syscall.SIGTRAP|0x80:
@@ -215,7 +166,7 @@ func (r *Restore) finish() (err error) {
 			}
 		default:
 			// a signal for the task: deliver it
-			if err := resume(sig); err != nil {
+			if err := ptrace(syscall.PTRACE_SYSCALL, tid, 0, uintptr(sig)); err != nil {
 				return err
 			}
 		}
@@ -303,24 +254,6 @@ func injectMunmap(t *tracee, syscallAddr, start, size uint64) error {
 		return os.NewSyscallError("munmap", errno)
 	}
 	return syscall.PtraceSetRegs(t.tid, &t.regs)
-}
-
-// setBreakpoint puts an execute breakpoint at addr in thread tid (DR0,
-// enabled in DR7).
-func setBreakpoint(tid int, addr uint64) error {
-	if err := ptrace(ptracePokeUser, tid, userDebugReg, uintptr(addr)); err != nil {
-		return err
-	}
-	return ptrace(ptracePokeUser, tid, userDebugReg+7*8, dr7Local0)
-}
-
-// clearBreakpoint disables DR0 and clears it, leaving no trace of crest in
-// the thread's debug registers.
-func clearBreakpoint(tid int) error {
-	if err := ptrace(ptracePokeUser, tid, userDebugReg+7*8, 0); err != nil {
-		return err
-	}
-	return ptrace(ptracePokeUser, tid, userDebugReg, 0)
 }
 
 func ptrace(req, pid int, addr, data uintptr) error {

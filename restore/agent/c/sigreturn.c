@@ -127,16 +127,8 @@ __attribute__((noreturn)) void sigreturn_to(struct crest_slot *slot, const struc
 	step_end_slot(slot, CREST_STEP_SIGRETURN);
 	leave_complete(slot);
 
-	/*
-	 * crest_sigreturn names the syscall instruction: the engine puts a
-	 * hardware breakpoint there to catch the thread right before it
-	 * (finish.go), as CRIU does on x86.
-	 */
 	asm volatile("mov %0, %%rsp\n\t"
 		     "mov $15, %%eax\n\t"	/* __NR_rt_sigreturn */
-		     ".global crest_sigreturn\n\t"
-		     ".hidden crest_sigreturn\n"
-		     "crest_sigreturn:\n\t"
 		     "syscall\n\t"
 		     "ud2"
 		     :
