@@ -32,9 +32,17 @@ Exit status: 0 when a restore can work (a missing monitor or dump feature
 only prints a warning), 1 when a feature a restore needs is missing.`,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			asJSON := fs.Bool("json", false, "print a machine-readable report")
+			unpin := fs.String("unpin", "", "remove the monitor programs that crest restore --verify-pins kept under `DIR`, and nothing else")
 			return func(ctx context.Context, env *env, args []string) error {
 				if len(args) != 0 {
 					return usagef("unexpected argument %q", args[0])
+				}
+				if *unpin != "" {
+					if err := bpf.Unpin(*unpin); err != nil {
+						return err
+					}
+					fmt.Fprintf(env.stdout, "removed crest's monitor pins under %s\n", *unpin)
+					return nil
 				}
 				return runCheck(env, *asJSON)
 			}

@@ -23,6 +23,7 @@ type verifyFlags struct {
 	json         *bool
 	faults       *string
 	stageTimeout *time.Duration
+	pinDir       *string
 }
 
 func addVerifyFlags(fs *pflag.FlagSet) verifyFlags {
@@ -31,6 +32,8 @@ func addVerifyFlags(fs *pflag.FlagSet) verifyFlags {
 		"stages, namespaces; --verify=strict fails and rolls back a restore with any finding")
 	fs.Lookup("verify").NoOptDefVal = "on"
 	f.json = fs.Bool("json", false, "print the verification report as JSON on stdout (with --verify)")
+	f.pinDir = fs.String("verify-pins", "", "keep the monitor's programs loaded between restores under `DIR`, on a BPF file system "+
+		"(e.g. /sys/fs/bpf/crest): the next --verify skips loading them (about 2 ms instead of 25); crest check --unpin DIR removes them")
 	f.faults = fs.String("fault", "", "break the restore on purpose (`NAME`[,NAME]: no-set-tid, no-wait, early-switch, drop-thread); for tests")
 	f.stageTimeout = fs.Duration("stage-timeout", 0, "give up a stage after `DURATION` (default 10s); for tests")
 	fs.MarkHidden("fault")
@@ -44,6 +47,7 @@ type verifyOptions struct {
 	json         bool
 	faults       restore.Fault
 	stageTimeout time.Duration
+	pinDir       string
 }
 
 // verifyMode is --verify's value: "" (off), "on" or "strict".
@@ -69,9 +73,12 @@ func (m *verifyMode) Set(s string) error {
 }
 
 func (f verifyFlags) parse() (verifyOptions, error) {
-	o := verifyOptions{mode: string(*f.mode), json: *f.json, stageTimeout: *f.stageTimeout}
+	o := verifyOptions{mode: string(*f.mode), json: *f.json, stageTimeout: *f.stageTimeout, pinDir: *f.pinDir}
 	if o.json && o.mode == "" {
 		return o, usagef("--json reports a verification: give --verify too")
+	}
+	if o.pinDir != "" && o.mode == "" {
+		return o, usagef("--verify-pins keeps the monitor of --verify: give --verify too")
 	}
 	if *f.faults != "" {
 		for _, name := range strings.Split(*f.faults, ",") {
@@ -113,7 +120,7 @@ func startKernelCheck(opts verifyOptions) *kernelCheck {
 	k := &kernelCheck{opts: opts, opened: make(chan struct{}), begin: trace.Boottime()}
 	go func() {
 		defer close(k.opened)
-		k.mon, k.err = bpf.Open(bpf.Options{})
+		k.mon, k.err = bpf.Open(bpf.Options{PinDir: opts.pinDir})
 	}()
 	return k
 }

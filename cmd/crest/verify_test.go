@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/restore"
 	"github.com/crest-restore/crest/test/cli"
@@ -36,6 +38,7 @@ type verifyReport struct {
 	RestoreError  string `json:"restore_error"`
 	Monitor       struct {
 		Load, Attach, Detach time.Duration
+		Reused               bool
 	} `json:"monitor"`
 	Findings []verifyFinding `json:"findings"`
 }
@@ -377,6 +380,7 @@ func TestVerifyUsage(t *testing.T) {
 		{[]string{"--verify=maybe"}, `invalid argument "maybe" for "--verify" flag: "maybe": want --verify or --verify=strict`},
 		{[]string{"--json"}, "--json reports a verification: give --verify too"},
 		{[]string{"--verify", "--fault", "no-such-fault"}, `--fault: restore: unknown fault "no-such-fault"`},
+		{[]string{"--verify-pins", "/sys/fs/bpf"}, "--verify-pins keeps the monitor of --verify: give --verify too"},
 	} {
 		var out, errb bytes.Buffer
 		code := run(append([]string{"restore", "-D", t.TempDir()}, tt.args...), &out, &errb)
@@ -545,9 +549,10 @@ func TestVerifyEarlySwitch(t *testing.T) {
 // BenchmarkVerifyCost measures what --verify costs a user, for counter and
 // tree (run with -benchtime=1x): the wall time of `crest restore -d` of a
 // built crest binary, from exec to exit, with and without --verify,
-// interleaved (median of 20 each), and the monitor's load+attach and
-// detach as the fresh crest process reports them (--json), cold BTF
-// included. BenchmarkStageCost (verifycost_test.go) measures what the
+// and with --verify --verify-pins (pins kept on a bpffs mounted for the
+// benchmark), interleaved (median of 20 each), and the monitor's
+// load+attach and detach as the fresh crest process reports them
+// (--json), cold BTF included. BenchmarkStageCost (verifycost_test.go) measures what the
 // monitor costs the restore's own stages.
 func BenchmarkVerifyCost(b *testing.B) {
 	if os.Geteuid() != 0 {
@@ -557,17 +562,26 @@ func BenchmarkVerifyCost(b *testing.B) {
 	const runs = 20
 	bin := cli.Binary(b)
 	cli.Subreaper(b) // the restored roots outlive crest -d: reap them here
+	pins := b.TempDir()
+	if err := unix.Mount("bpf", pins, "bpf", 0, "mode=700"); err != nil {
+		b.Fatalf("mount bpffs on %s: %v", pins, err)
+	}
+	defer unix.Unmount(pins, unix.MNT_DETACH)
 	for b.Loop() {
 		for _, name := range []string{"counter", "tree"} {
-			var wall [2][]time.Duration // plain, --verify
-			var load, attach, detach []time.Duration
-			for i := range 2 * runs {
-				verify := i%2 == 1
+			var wall [3][]time.Duration // plain, --verify, pinned
+			var load, attach, detach, pinnedLoad []time.Duration
+			for i := range 3 * runs {
+				mode := i % 3
+				verify := mode > 0
 				fixture.Install(b, name)
 				pidfile := filepath.Join(b.TempDir(), "pid")
 				args := []string{"restore", "-D", fixture.Images(b, name), "-d", "--pidfile", pidfile}
 				if verify {
 					args = append(args, "--verify", "--json")
+				}
+				if mode == 2 {
+					args = append(args, "--verify-pins", pins)
 				}
 				res := cli.Run(b, bin, args...)
 				if res.Code != 0 {
@@ -578,8 +592,12 @@ func BenchmarkVerifyCost(b *testing.B) {
 					if err := json.Unmarshal([]byte(res.Stdout), &r); err != nil || !r.OK {
 						b.Fatalf("--json: %v %q", err, r.Verdict)
 					}
-					load, attach, detach = append(load, r.Monitor.Load), append(attach, r.Monitor.Attach), append(detach, r.Monitor.Detach)
-					wall[1] = append(wall[1], res.Wall)
+					if mode == 2 {
+						pinnedLoad = append(pinnedLoad, r.Monitor.Load)
+					} else {
+						load, attach, detach = append(load, r.Monitor.Load), append(attach, r.Monitor.Attach), append(detach, r.Monitor.Detach)
+					}
+					wall[mode] = append(wall[mode], res.Wall)
 				} else {
 					wall[0] = append(wall[0], res.Wall)
 				}
@@ -590,8 +608,66 @@ func BenchmarkVerifyCost(b *testing.B) {
 				root, _ := strconv.Atoi(strings.TrimSpace(string(pb)))
 				removeTree(b, root)
 			}
-			b.Logf("%s: crest restore -d wall time, median of %d: %v plain, %v with --verify (+%v); monitor load %v, attach %v, detach %v",
-				name, runs, medianOf(wall[0]), medianOf(wall[1]), medianOf(wall[1])-medianOf(wall[0]), medianOf(load), medianOf(attach), medianOf(detach))
+			b.Logf("%s: crest restore -d wall time, median of %d: %v plain, %v with --verify (+%v), %v with pins (+%v); monitor load %v (pinned %v), attach %v, detach %v",
+				name, runs, medianOf(wall[0]), medianOf(wall[1]), medianOf(wall[1])-medianOf(wall[0]), medianOf(wall[2]), medianOf(wall[2])-medianOf(wall[0]),
+				medianOf(load), medianOf(pinnedLoad), medianOf(attach), medianOf(detach))
 		}
+	}
+}
+
+// TestVerifyPins: --verify-pins keeps the monitor loaded on a BPF file
+// system between restores: the first restore loads and pins, the second
+// opens the pins, both verdicts clean; crest check --unpin removes the
+// pins; a directory on another file system is refused before anything is
+// restored.
+func TestVerifyPins(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=700"); err != nil {
+		t.Fatalf("mount bpffs on %s: %v", dir, err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	names := func() []string {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n []string
+		for _, e := range ents {
+			n = append(n, e.Name())
+		}
+		return n
+	}
+	fresh := names() // a new bpffs holds maps.debug and progs.debug
+	for i, reused := range []bool{false, true} {
+		v := restoreVerified(t, "counter", "--verify", "--json", "--verify-pins", dir)
+		removeTree(t, v.root)
+		if v.code != 0 {
+			t.Fatalf("run %d: exit %d: %s", i, v.code, v.stderr)
+		}
+		if !v.report.OK || v.report.Monitor.Reused != reused {
+			t.Errorf("run %d: ok %v (%q), monitor reused %v, want %v", i, v.report.OK, v.report.Verdict, v.report.Monitor.Reused, reused)
+		}
+	}
+	if pinned := names(); len(pinned) <= len(fresh) {
+		t.Fatalf("nothing pinned under %s: %v", dir, pinned)
+	}
+
+	var out, errb bytes.Buffer
+	if code := run([]string{"check", "--unpin", dir}, &out, &errb); code != 0 || !strings.Contains(out.String(), "removed crest's monitor pins") {
+		t.Errorf("check --unpin: exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+	if left := names(); !slices.Equal(left, fresh) {
+		t.Errorf("after --unpin, %s holds %v, want %v", dir, left, fresh)
+	}
+
+	other := t.TempDir()
+	v := restoreVerified(t, "counter", "--verify", "--verify-pins", other)
+	removeTree(t, v.root)
+	if v.code == 0 || v.root > 0 || !strings.Contains(v.stderr, "not on a BPF file system") {
+		t.Errorf("--verify-pins %s (tmpfs): exit %d, root %d, stderr %q", other, v.code, v.root, v.stderr)
+	}
+	if left := leftovers(t); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
 	}
 }
