@@ -70,10 +70,8 @@ func (r *Restore) launch(planBytes []byte) error {
 	}
 	if err := r.launcherReady(cmd); err != nil {
 		cmd.Process.Kill()
-		if werr := cmd.Wait(); werr != nil {
-			return launchErr(werr)
-		}
-		return fail(err)
+		cmd.Wait()
+		return launchErr(err)
 	}
 	if testBeforeGo != nil {
 		testBeforeGo(cmd.Process.Pid)
