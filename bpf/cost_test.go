@@ -14,6 +14,8 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/crest-restore/crest/test/bpffs"
 )
 
 // BenchmarkSyscallFloor splits what an attached monitor costs every
@@ -113,11 +115,7 @@ func coldOpen(pinDir string) int {
 // pins, median of 20 of each (run with -benchtime=1x). The first pinned
 // run pins and is left out.
 func BenchmarkColdOpen(b *testing.B) {
-	pins := b.TempDir()
-	if err := unix.Mount("bpf", pins, "bpf", 0, "mode=700"); err != nil {
-		b.Fatalf("mount bpffs on %s: %v", pins, err)
-	}
-	defer unix.Unmount(pins, unix.MNT_DETACH)
+	pins := bpffs.Mount(b)
 	open := func(b *testing.B, dir string) Timing {
 		// Attaching a syscall tracepoint within an RCU grace period of
 		// the last detach from it waits for the grace period (the

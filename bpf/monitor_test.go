@@ -505,20 +505,27 @@ func TestFutexFilter(t *testing.T) {
 	}
 }
 
-// TestDrops overflows a one-page ring buffer that is never woken for:
-// the loss is counted, not silent.
-func TestDrops(t *testing.T) {
-	m := openMonitor(t, Options{RingSize: os.Getpagesize(), WakeupBytes: 1 << 30})
+// trackedFutexWakes makes n shared FUTEX_WAKE calls on one word, from one
+// thread, with this process tracked by m only meanwhile: 2n events.
+func trackedFutexWakes(t *testing.T, m *Monitor, n int) {
+	t.Helper()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	if err := m.Track(os.Getpid()); err != nil {
 		t.Fatal(err)
 	}
 	var word uint32
-	for range 1000 {
+	for range n {
 		unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&word)), FutexWake, 1, 0, 0, 0)
 	}
 	m.Untrack(os.Getpid())
+}
+
+// TestDrops overflows a one-page ring buffer that is never woken for:
+// the loss is counted, not silent.
+func TestDrops(t *testing.T) {
+	m := openMonitor(t, Options{RingSize: os.Getpagesize(), WakeupBytes: 1 << 30})
+	trackedFutexWakes(t, m, 1000)
 	if m.Dropped() == 0 {
 		t.Fatal("1000 futex calls into a one-page ring buffer: nothing dropped")
 	}
@@ -535,18 +542,6 @@ func TestDrops(t *testing.T) {
 // TestWakeups: the reader is woken only once WakeupBytes of events wait
 // unread, and Sync reads what waits below that.
 func TestWakeups(t *testing.T) {
-	futexes := func(t *testing.T, m *Monitor, n int) {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := m.Track(os.Getpid()); err != nil {
-			t.Fatal(err)
-		}
-		var word uint32
-		for range n {
-			unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&word)), FutexWake, 1, 0, 0, 0)
-		}
-		m.Untrack(os.Getpid())
-	}
 	// eventually waits up to d for the reader to have decoded n events
 	// of its own accord.
 	eventually := func(m *Monitor, n int, d time.Duration) int {
@@ -561,7 +556,7 @@ func TestWakeups(t *testing.T) {
 	}
 	t.Run("below", func(t *testing.T) {
 		m := openMonitor(t, Options{WakeupBytes: 1 << 20})
-		futexes(t, m, 20)
+		trackedFutexWakes(t, m, 20)
 		// 20 futex calls are 40 events, a few KiB: no wake-up is due.
 		if got := eventually(m, 1, 300*time.Millisecond); got != 0 {
 			t.Fatalf("%d events read with no wake-up due", got)
@@ -575,7 +570,7 @@ func TestWakeups(t *testing.T) {
 	})
 	t.Run("above", func(t *testing.T) {
 		m := openMonitor(t, Options{WakeupBytes: 4096})
-		futexes(t, m, 200)
+		trackedFutexWakes(t, m, 200)
 		// 200 futex calls are well over 4 KiB: the reader was woken and
 		// read them without a Sync.
 		if got := eventually(m, 100, 5*time.Second); got < 100 {

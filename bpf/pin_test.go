@@ -10,19 +10,9 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-)
 
-// bpffs mounts a BPF file system of the test's own and unmounts it (and
-// with it every pin) at the end.
-func bpffs(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=700"); err != nil {
-		t.Fatalf("mount bpffs on %s: %v", dir, err)
-	}
-	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
-	return dir
-}
+	"github.com/crest-restore/crest/test/bpffs"
+)
 
 // sawFutexWake makes a shared FUTEX_WAKE on a word of its own, tracked,
 // and reports whether m saw it.
@@ -51,7 +41,7 @@ func sawFutexWake(t *testing.T, m *Monitor) bool {
 // (after Close) reuses the pins and starts clean; two open at once get
 // their own slots; Unpin makes the next Open load afresh.
 func TestPinned(t *testing.T) {
-	dir := bpffs(t)
+	dir := bpffs.Mount(t)
 	opts := Options{PinDir: dir}
 
 	first := openMonitor(t, opts)

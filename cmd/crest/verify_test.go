@@ -15,10 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/restore"
+	"github.com/crest-restore/crest/test/bpffs"
 	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/fixture"
 	"github.com/crest-restore/crest/test/procscan"
@@ -562,11 +561,7 @@ func BenchmarkVerifyCost(b *testing.B) {
 	const runs = 20
 	bin := cli.Binary(b)
 	cli.Subreaper(b) // the restored roots outlive crest -d: reap them here
-	pins := b.TempDir()
-	if err := unix.Mount("bpf", pins, "bpf", 0, "mode=700"); err != nil {
-		b.Fatalf("mount bpffs on %s: %v", pins, err)
-	}
-	defer unix.Unmount(pins, unix.MNT_DETACH)
+	pins := bpffs.Mount(b)
 	for b.Loop() {
 		for _, name := range []string{"counter", "tree"} {
 			var wall [3][]time.Duration // plain, --verify, pinned
@@ -622,11 +617,7 @@ func BenchmarkVerifyCost(b *testing.B) {
 // restored.
 func TestVerifyPins(t *testing.T) {
 	requireRoot(t)
-	dir := t.TempDir()
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=700"); err != nil {
-		t.Fatalf("mount bpffs on %s: %v", dir, err)
-	}
-	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	dir := bpffs.Mount(t)
 	names := func() []string {
 		ents, err := os.ReadDir(dir)
 		if err != nil {
