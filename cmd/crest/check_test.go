@@ -116,30 +116,10 @@ func TestCheckUnprivileged(t *testing.T) {
 	if os.Getenv("CREST_CHECK_AS_CHILD") == "1" {
 		os.Exit(run([]string{"check", "--json"}, os.Stdout, os.Stderr))
 	}
-	// The test binary sits in a directory only root may enter: copy it.
-	dir, err := os.MkdirTemp("", "crest-check-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	self, err := os.ReadFile("/proc/self/exe")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "crest.test")
-	if err := os.WriteFile(bin, self, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "-test.run=^TestCheckUnprivileged$")
-	cmd.Env = append(os.Environ(), "CREST_CHECK_AS_CHILD=1")
-	cmd.Dir = dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd, _ := asNobody(t, "TestCheckUnprivileged", "CREST_CHECK_AS_CHILD=1")
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err = cmd.Run()
+	err := cmd.Run()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
 		t.Fatalf("as nobody: %v, want exit status 1; stderr:\n%s", err, errb.String())
@@ -218,4 +198,33 @@ func TestCheckVerdict(t *testing.T) {
 			}
 		})
 	}
+}
+
+// asNobody copies the test binary into a directory nobody may enter (the
+// original sits where only root may) and returns a command that runs the
+// test named test of it there as nobody, with env added, and the
+// directory, removed when t ends.
+func asNobody(t *testing.T, test string, env ...string) (*exec.Cmd, string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "crest-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.ReadFile("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "crest.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^"+test+"$")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	return cmd, dir
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -403,23 +402,7 @@ func TestVerifyUnsupported(t *testing.T) {
 		os.Exit(run([]string{"restore", "-D", os.Getenv("CREST_VERIFY_IMAGES"), "--verify"}, os.Stdout, os.Stderr))
 	}
 	requireRoot(t)
-	// The test binary sits in a directory only root may enter: copy it.
-	dir, err := os.MkdirTemp("", "crest-verify-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	self, err := os.ReadFile("/proc/self/exe")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "crest.test")
-	if err := os.WriteFile(bin, self, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	cmd, dir := asNobody(t, "TestVerifyUnsupported", "CREST_VERIFY_AS_CHILD=1")
 	// A plan needs readable images (a copy of counter's) and the files
 	// they name.
 	fixture.Install(t, "counter")
@@ -429,12 +412,9 @@ func TestVerifyUnsupported(t *testing.T) {
 	}
 	filepath.WalkDir(images, func(p string, _ os.DirEntry, _ error) error { return os.Chmod(p, 0o755) })
 	var out, errb bytes.Buffer
-	cmd := exec.Command(bin, "-test.run=^TestVerifyUnsupported$")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	cmd.Env = append(os.Environ(), "CREST_VERIFY_AS_CHILD=1", "CREST_VERIFY_IMAGES="+images)
-	cmd.Dir = dir
+	cmd.Env = append(cmd.Env, "CREST_VERIFY_IMAGES="+images)
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err = cmd.Run()
+	err := cmd.Run()
 	if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 1 {
 		t.Fatalf("as nobody: %v, want exit status 1; stderr:\n%s", err, errb.String())
 	}
