@@ -32,6 +32,38 @@ var readXSaveOnce = sync.OnceValue(readXSave)
 // or 0 where there is no xsave.
 func XFeatures() uint64 { return readXSaveOnce().xcr0 }
 
+// XSaveComponents is how many state components XSaveLayout describes:
+// x87 up to PKRU (9).
+const XSaveComponents = 10
+
+// XSaveLayoutInfo is where an xsave area in the standard layout (an
+// rt_sigreturn frame's) keeps each user state component on this CPU.
+type XSaveLayoutInfo struct {
+	XCR0 uint64 // 0: no xsave
+	Size int    // bytes of an xsave area for XCR0
+	// each component's offset and size, by component number (0 for
+	// x87 and SSE, which live in the legacy area, and for those XCR0
+	// does not enable)
+	Off, Len [XSaveComponents]int
+}
+
+// XSaveLayout returns the xsave layout, read once per process: CPUID traps
+// to the hypervisor in a virtual machine (4-5 us each here), so the
+// restore's tasks get it from the engine instead of asking the CPU.
+var XSaveLayout = sync.OnceValue(func() XSaveLayoutInfo {
+	x := readXSaveOnce()
+	l := XSaveLayoutInfo{XCR0: x.xcr0, Size: x.size}
+	if !x.osxsave {
+		return XSaveLayoutInfo{}
+	}
+	for bit := 2; bit < XSaveComponents; bit++ {
+		if x.xcr0&(1<<bit) != 0 {
+			l.Off[bit], l.Len[bit] = XSaveComponent(bit)
+		}
+	}
+	return l
+})
+
 func probeXSave(x xsaveInfo, need uint64) Feature {
 	switch {
 	case !x.arch:

@@ -173,7 +173,7 @@ func (r *Restore) run(ctx context.Context) error {
 	if err != nil {
 		return &StageError{Stage: StageRootTask, Step: "plan", Err: err}
 	}
-	planBytes, err := encodePlan(p, r.files, layout, a, r.opts.Faults, sigIgnored)
+	planBytes, err := encodePlan(p, r.files, layout, a, r.opts, sigIgnored)
 	if err != nil {
 		return &StageError{Stage: StageRootTask, Step: "plan", Err: err}
 	}

@@ -39,6 +39,7 @@ type tracee struct {
 	task        *Task
 	tid         int                // host tid
 	inSigreturn bool               // stopped at the entry of rt_sigreturn
+	index       int                // its thread's index in the task, from its restorer stack
 	regs        syscall.PtraceRegs // at its rt_sigreturn exit
 }
 
@@ -149,6 +150,9 @@ func (r *Restore) finish() (err error) {
 				}
 				continue
 			}
+			// It runs its own code now: its arrival at COMPLETE (the
+			// agent leaves the time to the engine, see leave_complete).
+			r.shared.setArrival(t.task.Threads[t.index].Slot, StageComplete, boottime())
 			left[t.task]--
 			if left[t.task] > 0 {
 				continue // wait for its siblings, stopped in their own code
@@ -178,13 +182,26 @@ func (r *Restore) finish() (err error) {
 // keeping its registers then. The exit is known from the entry before it:
 // rt_sigreturn sets orig_rax to -1, so the registers do not tell.
 func (r *Restore) syscallStop(t *tracee) (bool, error) {
-	var info [88]byte // struct ptrace_syscall_info: op at 0, entry.nr at 24
+	// struct ptrace_syscall_info: op at 0, stack_pointer at 16, entry.nr at 24
+	var info [88]byte
 	if err := ptrace(ptraceGetSyscallReq, t.tid, uintptr(len(info)), uintptr(unsafe.Pointer(&info[0]))); err != nil {
 		return false, err
 	}
 	switch info[0] {
 	case syscallInfoEntry:
 		t.inSigreturn = *(*uint64)(unsafe.Pointer(&info[24])) == sysRtSigreturn
+		if t.inSigreturn {
+			// the frame is on the thread's own restorer stack
+			// (sigreturn.c): which one tells the thread
+			sp := *(*uint64)(unsafe.Pointer(&info[16]))
+			if sp < r.area.StackAddr || r.area.StackSize == 0 {
+				return false, fmt.Errorf("rt_sigreturn with the stack at %#x, below the restorer's stacks", sp)
+			}
+			t.index = int((sp - r.area.StackAddr) / r.area.StackSize)
+			if t.index >= len(t.task.Threads) {
+				return false, fmt.Errorf("rt_sigreturn on restorer stack %d of a task with %d threads", t.index, len(t.task.Threads))
+			}
+		}
 		return false, nil
 	case syscallInfoExit:
 		if !t.inSigreturn {

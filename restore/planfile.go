@@ -7,6 +7,7 @@ import (
 	"sort"
 	"syscall"
 
+	"github.com/crest-restore/crest/kerndat"
 	"github.com/crest-restore/crest/restore/agent"
 )
 
@@ -151,7 +152,7 @@ var vmaKinds = map[VMAKind]uint32{
 }
 
 // encodePlan writes the plan file for p, to be mapped at a.PlanAddr.
-func encodePlan(p *Plan, pr *prepared, l planLayout, a area, faults Fault, sigIgnored uint64) ([]byte, error) {
+func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIgnored uint64) ([]byte, error) {
 	var b bytes.Buffer
 	b.Grow(int(l.size))
 	head := agent.Plan{
@@ -163,10 +164,18 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, faults Fault, sigIg
 		RestorerAddr: a.RestorerAddr, RestorerSize: a.RestorerSize,
 		StackAddr: a.StackAddr, StackSize: a.StackSize, NrStacks: uint32(a.NrStacks),
 		EnginePidfd: int32(pr.fdBase), FDBase: int32(pr.fdBase),
-		Faults: uint32(faults), SigIgnored: sigIgnored,
+		Faults: uint32(opts.Faults), SigIgnored: sigIgnored,
 	}
 	if p.NewPIDNS {
 		head.Flags |= agent.PlanNewPID
+	}
+	if !opts.KeepArea {
+		head.Flags |= agent.PlanFinishedByEngine
+	}
+	xs := kerndat.XSaveLayout()
+	head.XCR0, head.XSaveSize = xs.XCR0, uint32(xs.Size)
+	for i := range agent.XSaveComponents {
+		head.XSaveOff[i], head.XSaveLen[i] = uint32(xs.Off[i]), uint32(xs.Len[i])
 	}
 	put := func(v any) {
 		// bytes.Buffer never fails; binary.Write fails only on types

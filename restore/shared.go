@@ -73,6 +73,9 @@ func (s *sharedArea) rootHostPID() int      { return int(atomic.LoadInt32(&s.te.
 func (s *sharedArea) failState() uint32     { return atomic.LoadUint32(&s.te.Fail.State) }
 func (s *sharedArea) slot(i int) agent.Slot { return s.slots[i] }
 
+// setArrival notes an arrival the engine saw itself (COMPLETE, finish.go).
+func (s *sharedArea) setArrival(i int, st Stage, ns uint64) { s.slots[i].ArriveNs[st] = ns }
+
 // switchTo opens stage for n participants, as CRIU's
 // __restore_switch_stage: the count first, then the stage with the wake
 // (one FUTEX_WAKE_OP: the monitor sees the store inside the call).

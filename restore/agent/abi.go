@@ -7,13 +7,18 @@ package agent
 // Plan file constants.
 const (
 	PlanMagic   = 0x4e414c5054534552 // "RESTPLAN"
-	PlanVersion = 5
+	PlanVersion = 7
 
 	PlanFD        = 3 // the launcher's fd of the plan memfd
 	SharedFD      = 4 // the launcher's fd of the shared area memfd
 	EnginePidfdFD = 5 // the launcher's fd of the engine's pidfd
 
 	PlanNewPID = 0x1 // Plan.Flags: the root is pid 1 of a new pid namespace
+	// Plan.Flags: the engine ptraces every thread through COMPLETE and
+	// notes its arrival there itself
+	PlanFinishedByEngine = 0x2
+
+	XSaveComponents = 10 // Plan.XSaveOff and XSaveLen: x87 up to PKRU
 
 	// TaskEntries.Launch: the launcher is ready, the engine lets it go.
 	LaunchReady = 1
@@ -118,6 +123,12 @@ type Plan struct {
 	NrStacks     uint32 `c:"nr_stacks"`
 	Faults       uint32 `c:"faults"`
 	SigIgnored   uint64 `c:"sig_ignored"`
+
+	XCR0      uint64                  `c:"xcr0"`
+	XSaveSize uint32                  `c:"xsave_size"`
+	XSavePad  uint32                  `c:"xsave_pad"`
+	XSaveOff  [XSaveComponents]uint32 `c:"xsave_off"`
+	XSaveLen  [XSaveComponents]uint32 `c:"xsave_len"`
 }
 
 // Task is struct crest_task.

@@ -106,7 +106,10 @@ __attribute__((noreturn)) void thread_finish(struct crest_slot *slot, const stru
 int build_fpstate(uint8_t *fx, uint64_t room, const struct crest_thread *th);
 
 /* sigreturn.c */
-__attribute__((noreturn)) void sigreturn_to(struct crest_slot *slot, const struct crest_thread *th);
+struct crest_ucontext;
+struct crest_ucontext *prepare_sigreturn(struct crest_slot *slot, const struct crest_thread *th);
+__attribute__((noreturn)) void sigreturn_now(struct crest_slot *slot, const struct crest_thread *th,
+					     struct crest_ucontext *uc);
 
 #pragma GCC visibility pop
 

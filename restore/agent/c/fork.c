@@ -137,7 +137,7 @@ __attribute__((noreturn)) void task_main(const struct crest_task *t)
 		 * The root is the engine's child: if the engine dies before
 		 * the end, the half-restored tree (the root is its pid
 		 * namespace's init) dies with it instead of waiting forever.
-		 * Cleared before sigreturn (sigreturn.c).
+		 * Cleared after the switch to COMPLETE (sigreturn.c).
 		 */
 		ret = (int)sys_prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 		if (ret < 0)

@@ -25,26 +25,6 @@ struct fpx_sw_bytes {
 	uint32_t padding[7];
 };
 
-static void cpuid(uint32_t leaf, uint32_t sub, uint32_t *a, uint32_t *b, uint32_t *c, uint32_t *d)
-{
-	asm volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(sub));
-}
-
-static uint64_t xgetbv0(void)
-{
-	uint32_t lo, hi;
-
-	asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-	return ((uint64_t)hi << 32) | lo;
-}
-
-static int has_xsave(void)
-{
-	uint32_t a, b, c, d;
-
-	cpuid(1, 0, &a, &b, &c, &d);
-	return (c & (1u << 27)) != 0;	/* OSXSAVE: XSAVE enabled by the kernel */
-}
 
 /* The component data of crest_xstate, by XSAVE component number. */
 static const uint8_t *component(const struct crest_xstate *xs, int i, uint32_t *size)
@@ -68,42 +48,41 @@ static const uint8_t *component(const struct crest_xstate *xs, int i, uint32_t *
  */
 int build_fpstate(uint8_t *fx, uint64_t room, const struct crest_thread *th)
 {
+	const struct crest_plan *p = agent.plan;
 	const struct crest_xstate *xs = &th->xstate;
 	struct fpx_sw_bytes sw;
-	uint32_t a, b, c, d, size;
-	uint64_t xcr0, bv;
+	uint32_t size;
+	uint64_t xcr0 = p->xcr0, bv;
 	int i;
 
 	if (room < sizeof(th->fxsave))
 		return -E2BIG;
 	memcpy(fx, th->fxsave, sizeof(th->fxsave));
 	memset(fx + SW_RESERVED_OFFSET, 0, sizeof(sw));
-	if (!xs->xstate_bv || !has_xsave())
+	/* the layout is the engine's CPUID reading (plan.h): no CPUID here */
+	if (!xs->xstate_bv || !xcr0)
 		return 0;
-	xcr0 = xgetbv0();
 	bv = xs->xstate_bv & CREST_XSTATE_KNOWN;
 	if (bv & ~xcr0)
 		return -EOPNOTSUPP;	/* the thread used state this CPU does not have */
 
-	cpuid(0xd, 0, &a, &b, &c, &d);
-	size = b;			/* the XSAVE area for what XCR0 enables */
+	size = p->xsave_size;		/* the XSAVE area for what XCR0 enables */
 	if ((uint64_t)size + 4 > room || size < XSAVE_HDR_OFFSET + 64)
 		return -E2BIG;
 	memset(fx + XSAVE_HDR_OFFSET, 0, size - XSAVE_HDR_OFFSET + 4);
 	memcpy(fx + XSAVE_HDR_OFFSET, &bv, sizeof(bv));	/* header: xstate_bv, xcomp_bv 0 */
-	for (i = 2; i < 64; i++) {
+	for (i = 2; i < CREST_XSAVE_COMPONENTS; i++) {
 		const uint8_t *src;
-		uint32_t have;
+		uint32_t have, off = p->xsave_off[i], len = p->xsave_len[i];
 
 		if (!(bv & (1ull << i)))
 			continue;
 		src = component(xs, i, &have);
 		if (!src)
 			return -EOPNOTSUPP;
-		cpuid(0xd, (uint32_t)i, &a, &b, &c, &d);
-		if (a > have || (uint64_t)b + a > size)
+		if (len == 0 || len > have || (uint64_t)off + len > size)
 			return -EPROTO;
-		memcpy(fx + b, src, a);
+		memcpy(fx + off, src, len);
 	}
 	*(uint32_t *)(fx + size) = FP_XSTATE_MAGIC2;
 

@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #define CREST_PLAN_MAGIC 0x4e414c5054534552ULL /* "RESTPLAN" */
-#define CREST_PLAN_VERSION 5
+#define CREST_PLAN_VERSION 7
 
 /* fds of the launcher as the engine starts it */
 #define CREST_PLAN_FD 3
@@ -70,9 +70,12 @@
 
 /* XSAVE components crest_xstate carries */
 #define CREST_XSTATE_KNOWN 0x2ffull
+/* XSAVE components the plan describes: x87 up to PKRU (9) */
+#define CREST_XSAVE_COMPONENTS 10
 
 /* struct crest_plan.flags */
 #define CREST_PLAN_NEWPID 0x1u	/* the root is pid 1 of a new pid namespace */
+#define CREST_PLAN_FINISHED_BY_ENGINE 0x2u	/* the engine ptraces COMPLETE and notes its arrivals */
 
 /*
  * Faults injected on purpose (crest_plan.faults), so that the kernel-side
@@ -149,6 +152,16 @@ struct crest_plan {
 	 * and makes every other disposition the default.
 	 */
 	uint64_t sig_ignored;
+	/*
+	 * This CPU's XSAVE layout as CPUID leaf 0xD gives it, read once by
+	 * the engine: CPUID traps to the hypervisor in a virtual machine
+	 * (4-5 us each), and every thread's frame needs it (fpu.c).
+	 */
+	uint64_t xcr0;		/* the user state the OS enabled; 0: no XSAVE */
+	uint32_t xsave_size;	/* bytes of an XSAVE area for xcr0 */
+	uint32_t xsave_pad;
+	uint32_t xsave_off[CREST_XSAVE_COMPONENTS];	/* by component number */
+	uint32_t xsave_len[CREST_XSAVE_COMPONENTS];	/* 0: not enabled */
 };
 
 /* struct itimerval of setitimer(2); all zero: not armed */

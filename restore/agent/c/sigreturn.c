@@ -49,8 +49,6 @@ static int restore_thread_state(const struct crest_thread *th)
 			return (int)ret;
 	}
 	ret = sys_prctl(PR_SET_NAME, (unsigned long)t->comm, 0, 0, 0);
-	if (ret == 0 && t->parent < 0 && th->index == 0)
-		ret = sys_prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);	/* set in fork.c */
 	if (ret < 0)
 		return (int)ret;
 	ret = sys_set_tid_address(th->clear_tid_addr);
@@ -73,7 +71,7 @@ static int restore_thread_state(const struct crest_thread *th)
 	return ret < 0 ? (int)ret : 0;
 }
 
-__attribute__((noreturn)) void sigreturn_to(struct crest_slot *slot, const struct crest_thread *th)
+struct crest_ucontext *prepare_sigreturn(struct crest_slot *slot, const struct crest_thread *th)
 {
 	const struct crest_regs *r = &th->regs;
 	/*
@@ -125,14 +123,33 @@ __attribute__((noreturn)) void sigreturn_to(struct crest_slot *slot, const struc
 	sc->fpstate = (struct _fpstate_64 *)fx;
 
 	step_end_slot(slot, CREST_STEP_SIGRETURN);
-	leave_complete(slot);
+	return &f->uc;
+}
 
+/*
+ * After the switch to COMPLETE: the root drops the parent-death signal
+ * that guarded the restore (fork.c), every thread counts out and returns
+ * into its own registers. Nothing else happens here: the engine steps
+ * each thread through these calls with ptrace (finish.go), two stops per
+ * call.
+ */
+__attribute__((noreturn)) void sigreturn_now(struct crest_slot *slot, const struct crest_thread *th,
+					     struct crest_ucontext *uc)
+{
+	long ret;
+
+	if (agent.task->parent < 0 && th->index == 0) {
+		ret = sys_prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
+		if (ret < 0)
+			task_fail_slot(slot, CREST_STEP_SIGRETURN, ret);
+	}
+	leave_complete(slot);
 	asm volatile("mov %0, %%rsp\n\t"
 		     "mov $15, %%eax\n\t"	/* __NR_rt_sigreturn */
 		     "syscall\n\t"
 		     "ud2"
 		     :
-		     : "r"(&f->uc)
+		     : "r"(uc)
 		     : "memory");
 	__builtin_unreachable();
 }

@@ -85,6 +85,7 @@ int clone_threads(const struct crest_task *t)
 /* The last stages of one thread, then its registers. */
 __attribute__((noreturn)) void thread_finish(struct crest_slot *slot, const struct crest_thread *th)
 {
+	struct crest_ucontext *uc;
 	int ret;
 
 	finish_stage_slot(slot, CREST_STAGE_RESTORE);
@@ -107,6 +108,13 @@ __attribute__((noreturn)) void thread_finish(struct crest_slot *slot, const stru
 		if (ret < 0)
 			task_fail_slot(slot, CREST_STEP_TIMERS, ret);
 	}
+	/*
+	 * Everything for the return into the thread's own registers is done
+	 * before counting out of RESTORE_CREDS, as in CRIU's restorer: once
+	 * COMPLETE is switched to, the engine steps through each thread's
+	 * calls with ptrace, and every call there costs two stops.
+	 */
+	uc = prepare_sigreturn(slot, th);
 	finish_stage_slot(slot, CREST_STAGE_RESTORE_CREDS);
-	sigreturn_to(slot, th);
+	sigreturn_now(slot, th, uc);
 }
