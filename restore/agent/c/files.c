@@ -32,32 +32,38 @@ int take_files(const struct crest_task *t)
 
 /*
  * Put the fd table in place and close every other fd below fd_base: the
- * launcher's stdio and whatever the fork inherited. The local fds above
- * are closed just before sigreturn.
+ * launcher's stdio and whatever the fork inherited, one close_range per
+ * gap between the table's fds (in ascending order in the plan). The
+ * local fds above are closed before the last stage (sigreturn.c).
  */
 int install_fds(const struct crest_task *t)
 {
 	const struct crest_fd *fds = plan_ptr(t->fds_off);
-	uint32_t i = 0;
-	int fd;
+	int next = 0;	/* the lowest fd not yet put in place or closed */
+	uint32_t i;
+	long ret;
 
 	step_begin(CREST_STEP_FILES);
-	for (fd = 0; fd < agent.plan->fd_base; fd++) {
-		long ret;
+	for (i = 0; i < t->nr_fds; i++) {
+		int fd = fds[i].fd;
 
-		if (i < t->nr_fds && fds[i].fd == fd) {
-			ret = sys_dup3(fds[i].src_fd, fd, fds[i].cloexec ? O_CLOEXEC : 0);
+		if (fd < next || fd >= agent.plan->fd_base)
+			return -EBADF;	/* out of order, or at or above fd_base: the plan is wrong */
+		if (fd > next) {
+			ret = sys_close_range((unsigned int)next, (unsigned int)fd - 1, 0);
 			if (ret < 0)
 				return (int)ret;
-			i++;
-			continue;
 		}
-		ret = sys_close(fd);
-		if (ret < 0 && ret != -EBADF)
+		ret = sys_dup3(fds[i].src_fd, fd, fds[i].cloexec ? O_CLOEXEC : 0);
+		if (ret < 0)
+			return (int)ret;
+		next = fd + 1;
+	}
+	if (next < agent.plan->fd_base) {
+		ret = sys_close_range((unsigned int)next, (unsigned int)agent.plan->fd_base - 1, 0);
+		if (ret < 0)
 			return (int)ret;
 	}
-	if (i != t->nr_fds)
-		return -EBADF;	/* an fd at or above fd_base: the plan is wrong */
 	step_end(CREST_STEP_FILES);
 	return 0;
 }
