@@ -53,6 +53,7 @@ type Restore struct {
 	rootPidfd int
 	hostPIDs  map[int]int // image pid -> pid in the engine's namespace
 	stepsSeen []uint32    // per slot, bit per step already published
+	inherited inheritedRlimits
 	closed    bool
 }
 
@@ -69,6 +70,7 @@ func Start(ctx context.Context, p *Plan, opts Options) (*Restore, error) {
 	}
 	r := &Restore{plan: p, opts: opts, log: opts.Log, rootPidfd: -1, hostPIDs: map[int]int{},
 		stepsSeen: make([]uint32, p.nrSlots())}
+	r.inherited = readInheritedRlimits(maxRlimits(p))
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -84,6 +86,15 @@ func Start(ctx context.Context, p *Plan, opts Options) (*Restore, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// maxRlimits is the most limits any task of p has.
+func maxRlimits(p *Plan) int {
+	n := 0
+	for _, t := range p.Tasks {
+		n = max(n, len(t.Rlimits))
+	}
+	return n
 }
 
 // Timeline returns what happened so far.
@@ -237,8 +248,6 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 				return &StageError{Stage: st, Err: err}
 			}
 		case StageRestore:
-			// every task has taken its files
-			r.files.close()
 			skipped, err := r.setRlimits()
 			if err != nil {
 				return &StageError{Stage: st, Step: "rlimits", Err: err}
@@ -257,6 +266,11 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 		}
 		r.publish(st)
 		if st == until || st == StageComplete {
+			if st >= StageRestore {
+				// Every task has taken its files (in RESTORE): the
+				// engine's copies go, out of the stages' way.
+				r.files.close()
+			}
 			return nil
 		}
 		if err := r.advance(); err != nil {

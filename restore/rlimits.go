@@ -18,13 +18,19 @@ type Rlimit struct{ Cur, Max uint64 }
 // the restorer's way. Like CRIU, a limit the engine may not raise (EPERM:
 // a hard limit above its own, without CAP_SYS_RESOURCE) is a warning, not a
 // failure; it is returned in skipped.
+//
+// The tasks start with the engine's limits (inherited), read before the
+// launch, so that only the limits that differ cost a call here, in the
+// middle of the stages.
 func (r *Restore) setRlimits() (skipped []string, err error) {
 	for _, t := range r.plan.Tasks {
 		host := r.hostPIDs[t.PID]
 		for res, want := range t.Rlimits {
-			var cur Rlimit
-			if err := prlimit(host, res, nil, &cur); err != nil {
-				return skipped, fmt.Errorf("task %d: rlimit %d: %w", t.PID, res, err)
+			cur, known := r.inherited.get(res)
+			if !known {
+				if err := prlimit(host, res, nil, &cur); err != nil {
+					return skipped, fmt.Errorf("task %d: rlimit %d: %w", t.PID, res, err)
+				}
 			}
 			if cur == want {
 				continue
@@ -39,6 +45,33 @@ func (r *Restore) setRlimits() (skipped []string, err error) {
 		}
 	}
 	return skipped, nil
+}
+
+// inheritedRlimits are the limits every task starts with: the engine's
+// own, which the launcher's exec and every fork keep. RLIMIT_NOFILE is not
+// known: Go's runtime raised its own soft limit at start-up and puts the
+// original back in the processes it starts.
+type inheritedRlimits struct {
+	lim   []Rlimit
+	known []bool
+}
+
+// readInheritedRlimits reads the engine's first n limits.
+func readInheritedRlimits(n int) inheritedRlimits {
+	in := inheritedRlimits{lim: make([]Rlimit, n), known: make([]bool, n)}
+	for res := range n {
+		if res != syscall.RLIMIT_NOFILE && prlimit(0, res, nil, &in.lim[res]) == nil {
+			in.known[res] = true
+		}
+	}
+	return in
+}
+
+func (in inheritedRlimits) get(res int) (Rlimit, bool) {
+	if res < len(in.known) && in.known[res] {
+		return in.lim[res], true
+	}
+	return Rlimit{}, false
 }
 
 func prlimit(pid, resource int, set, get *Rlimit) error {
