@@ -66,6 +66,10 @@ func BenchmarkStageCost(b *testing.B) {
 	// CREST_COST_SETTLE=20ms waits that long before each restore.
 	settle, _ := time.ParseDuration(os.Getenv("CREST_COST_SETTLE"))
 	kinds := []string{"plain", "untracked", "watched", "floor", "floor-enter"}
+	// CREST_COST_KINDS=watched,floor picks the kinds besides plain.
+	if v := os.Getenv("CREST_COST_KINDS"); v != "" {
+		kinds = append([]string{"plain"}, strings.Split(v, ",")...)
+	}
 	pct := func(a, b time.Duration) float64 { return 100 * (float64(b)/float64(a) - 1) }
 	names := []string{"counter", "tree"}
 	if v := os.Getenv("CREST_COST_FIXTURES"); v != "" {
@@ -83,7 +87,12 @@ func BenchmarkStageCost(b *testing.B) {
 		for _, name := range names {
 			stages := map[restore.Stage][][]time.Duration{}
 			total := make([][]time.Duration, len(kinds))
-			for _, kind := range order {
+			// rounds[i][k]: ROOT_TASK..COMPLETE of kind k in round i
+			rounds := make([][]time.Duration, runs)
+			for i := range rounds {
+				rounds[i] = make([]time.Duration, len(kinds))
+			}
+			for n, kind := range order {
 				fixture.Install(b, name)
 				d, err := images.Open(fixture.Images(b, name))
 				if err != nil {
@@ -145,7 +154,9 @@ func BenchmarkStageCost(b *testing.B) {
 					v[kind] = append(v[kind], time.Duration(s.Done-s.Switched))
 					stages[s.Stage] = v
 				}
-				total[kind] = append(total[kind], time.Duration(tl.Stage(restore.StageComplete).Done-tl.Stages[0].Switched))
+				totalD := time.Duration(tl.Stage(restore.StageComplete).Done - tl.Stages[0].Switched)
+				total[kind] = append(total[kind], totalD)
+				rounds[n/len(kinds)][kind] = totalD
 			}
 			sum := make([]time.Duration, len(kinds))
 			pcts := func(ds []time.Duration) string {
@@ -179,6 +190,18 @@ func BenchmarkStageCost(b *testing.B) {
 				lo, hi := bootstrapRatio(rng, total[0], total[k])
 				logf("%s: %-18s %s vs plain: 90%% interval %+.1f%% .. %+.1f%%", name, "ROOT_TASK..COMPLETE", kinds[k], lo, hi)
 			}
+			// Paired: the ratio to plain within each round (same
+			// minute, same machine state), its median over the rounds
+			// and a bootstrap 90% interval of that median.
+			for k := 1; k < len(kinds); k++ {
+				ratios := make([]float64, runs)
+				for i, r := range rounds {
+					ratios[i] = 100 * (float64(r[k])/float64(r[0]) - 1)
+				}
+				med, lo, hi := bootstrapMedian(rng, ratios)
+				logf("%s: %-18s %s vs plain, paired by round: median %+.1f%%, 90%% interval %+.1f%% .. %+.1f%%",
+					name, "ROOT_TASK..COMPLETE", kinds[k], med, lo, hi)
+			}
 		}
 	}
 }
@@ -200,6 +223,27 @@ func bootstrapRatio(rng *rand.Rand, a, b []time.Duration) (lo, hi float64) {
 	}
 	slices.Sort(ratios)
 	return ratios[rounds*5/100], ratios[rounds*95/100]
+}
+
+// bootstrapMedian returns the median of xs and the 5th and 95th
+// percentiles of the medians of 2000 resamples of xs.
+func bootstrapMedian(rng *rand.Rand, xs []float64) (med, lo, hi float64) {
+	const rounds = 2000
+	median := func(v []float64) float64 {
+		s := slices.Clone(v)
+		slices.Sort(s)
+		return s[len(s)/2]
+	}
+	meds := make([]float64, rounds)
+	r := make([]float64, len(xs))
+	for i := range meds {
+		for j := range r {
+			r[j] = xs[rng.IntN(len(xs))]
+		}
+		meds[i] = median(r)
+	}
+	slices.Sort(meds)
+	return median(xs), meds[rounds*5/100], meds[rounds*95/100]
 }
 
 // emptySyscallPrograms attaches programs that do nothing to the
