@@ -83,6 +83,7 @@ func (r *Restore) seizeAll() ([]*tracee, error) {
 func (r *Restore) finish() (err error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	defer quietStops()()
 	ts, err := r.seizeAll()
 	defer func() {
 		if err != nil {
@@ -279,4 +280,39 @@ func ptrace(req, pid int, addr, data uintptr) error {
 		return os.NewSyscallError("ptrace", errno)
 	}
 	return nil
+}
+
+// kernelSigaction is the kernel's struct sigaction on x86-64 (what
+// rt_sigaction takes): handler, flags, restorer, mask.
+type kernelSigaction struct {
+	handler  uintptr
+	flags    uint64
+	restorer uintptr
+	mask     uint64
+}
+
+const saNoCldStop = 0x1
+
+// quietStops sets SA_NOCLDSTOP on the engine's SIGCHLD action, keeping
+// Go's handler, and returns what puts the action back. Every ptrace stop
+// of a tracee sends its tracer SIGCHLD unless the tracer has it set, and
+// each one costs the engine a signal delivery into Go's handler; wait4
+// is woken either way. If the action can not be read or set, nothing is
+// changed.
+func quietStops() (restore func()) {
+	var old kernelSigaction
+	if _, _, e := syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, uintptr(syscall.SIGCHLD), 0,
+		uintptr(unsafe.Pointer(&old)), 8, 0, 0); e != 0 || old.flags&saNoCldStop != 0 {
+		return func() {}
+	}
+	quiet := old
+	quiet.flags |= saNoCldStop
+	if _, _, e := syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, uintptr(syscall.SIGCHLD),
+		uintptr(unsafe.Pointer(&quiet)), 0, 8, 0, 0); e != 0 {
+		return func() {}
+	}
+	return func() {
+		syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, uintptr(syscall.SIGCHLD),
+			uintptr(unsafe.Pointer(&old)), 0, 8, 0, 0)
+	}
 }
