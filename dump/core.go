@@ -240,12 +240,13 @@ func fpregs(tid int) (*core_x86.UserX86FpregsEntry, error) {
 		// No shadow stacks here (no user_shstk): CRIU 4.2 still writes
 		// the cet entry, zeroed.
 		Cet: &core_x86.UserX86CetEntry{Cet: proto.Uint64(0), Ssp: proto.Uint64(0)}}
-	mask := kerndat.XFeatures()
+	// the layout is read once per process: CPUID traps in a VM
+	layout := kerndat.XSaveLayout()
 	for _, bit := range xsaveComponents {
-		if mask&(1<<bit) == 0 {
+		if layout.XCR0&(1<<bit) == 0 {
 			continue
 		}
-		off, size := kerndat.XSaveComponent(bit)
+		off, size := layout.Off[bit], layout.Len[bit]
 		if off < 576 || off+size > len(buf) {
 			return nil, fmt.Errorf("xsave area of %d bytes lacks component %d at %d", len(buf), bit, off)
 		}

@@ -52,10 +52,10 @@ type XSaveLayoutInfo struct {
 // restore's tasks get it from the engine instead of asking the CPU.
 var XSaveLayout = sync.OnceValue(func() XSaveLayoutInfo {
 	x := readXSaveOnce()
-	l := XSaveLayoutInfo{XCR0: x.xcr0, Size: x.size}
 	if !x.osxsave {
 		return XSaveLayoutInfo{}
 	}
+	l := XSaveLayoutInfo{XCR0: x.xcr0, Size: x.size}
 	for bit := 2; bit < XSaveComponents; bit++ {
 		if x.xcr0&(1<<bit) != 0 {
 			l.Off[bit], l.Len[bit] = XSaveComponent(bit)

@@ -174,7 +174,7 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 	}
 	xs := kerndat.XSaveLayout()
 	head.XCR0, head.XSaveSize = xs.XCR0, uint32(xs.Size)
-	for i := range agent.XSaveComponents {
+	for i := range head.XSaveOff {
 		head.XSaveOff[i], head.XSaveLen[i] = uint32(xs.Off[i]), uint32(xs.Len[i])
 	}
 	put := func(v any) {
