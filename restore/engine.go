@@ -52,6 +52,7 @@ type Restore struct {
 	rootPID   int // in the engine's pid namespace
 	rootPidfd int
 	hostPIDs  map[int]int // image pid -> pid in the engine's namespace
+	launched  []*os.File  // the engine's copies of the launcher's files (launch.go)
 	stepsSeen []uint32    // per slot, bit per step already published
 	inherited inheritedRlimits
 	closed    bool
@@ -71,6 +72,7 @@ func Start(ctx context.Context, p *Plan, opts Options) (*Restore, error) {
 	r := &Restore{plan: p, opts: opts, log: opts.Log, rootPidfd: -1, hostPIDs: map[int]int{},
 		stepsSeen: make([]uint32, p.nrSlots())}
 	r.inherited = readInheritedRlimits(maxRlimits(p))
+	calibrateBoottime() // anew: the machine may have slept since the last restore
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -242,9 +244,23 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 		if err := r.waitStage(ctx, st); err != nil {
 			return err
 		}
+		switched := false
 		switch st {
 		case StageForking:
+			// The tasks restore their memory while the engine learns
+			// their host pids: nothing in RESTORE waits for those.
+			if st != until {
+				if err := r.advance(); err != nil {
+					return err
+				}
+				switched = true
+			}
 			if err := r.learnTree(); err != nil {
+				if r.shared.stage() == StageFail {
+					// a task failed in RESTORE meanwhile, and
+					// the tree is going: that is the error
+					return r.failure()
+				}
 				return &StageError{Stage: st, Err: err}
 			}
 		case StageRestore:
@@ -271,7 +287,11 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 				// engine's copies go, out of the stages' way.
 				r.files.close()
 			}
+			r.closeLaunched()
 			return nil
+		}
+		if switched {
+			continue
 		}
 		if err := r.advance(); err != nil {
 			return err
@@ -307,7 +327,7 @@ func (r *Restore) switchTo(st Stage) error {
 // switched to FAIL, the root died, ctx ended or the stage timed out.
 func (r *Restore) waitStage(ctx context.Context, st Stage) error {
 	deadline := time.Now().Add(r.opts.StageTimeout)
-	for {
+	for pass := 0; ; pass++ {
 		if r.shared.stage() == StageFail {
 			return r.failure()
 		}
@@ -328,14 +348,13 @@ func (r *Restore) waitStage(ctx context.Context, st Stage) error {
 		if err := ctx.Err(); err != nil {
 			return &StageError{Stage: st, Err: err}
 		}
-		if how, err := exited(r.rootPidfd); err != nil || how != "" {
-			if r.shared.stage() == StageFail {
-				return r.failure()
+		// Whether the root still lives is asked only once a wait ended
+		// without the stage done: a stage's first wait is the common
+		// case, and waitid is one more system call between stages.
+		if pass > 0 {
+			if err := r.rootAlive(st); err != nil {
+				return err
 			}
-			if err == nil {
-				err = fmt.Errorf("the root task (pid %d) ended: %s", r.rootPID, how)
-			}
-			return &StageError{Stage: st, Err: err}
 		}
 		if time.Now().After(deadline) {
 			return &StageError{Stage: st, Err: fmt.Errorf("timed out after %v with %d of %d participants missing",
@@ -351,6 +370,22 @@ func (r *Restore) waitStage(ctx context.Context, st Stage) error {
 			return &StageError{Stage: st, Err: err}
 		}
 	}
+}
+
+// rootAlive returns nil while the root task lives; once it ended, the
+// failure the tasks recorded if they stored FAIL, else how it ended.
+func (r *Restore) rootAlive(st Stage) error {
+	how, err := exited(r.rootPidfd)
+	if err == nil && how == "" {
+		return nil
+	}
+	if r.shared.stage() == StageFail {
+		return r.failure()
+	}
+	if err == nil {
+		err = fmt.Errorf("the root task (pid %d) ended: %s", r.rootPID, how)
+	}
+	return &StageError{Stage: st, Err: err}
 }
 
 // failure returns the failure the tasks recorded, once FAIL is stored.

@@ -20,23 +20,32 @@ import (
 // stages. It learns the root's pid from the launcher.
 func (r *Restore) launch(planBytes []byte) error {
 	fail := func(err error) error { return &StageError{Stage: StageRootTask, Step: "launch", Err: err} }
+	// The engine's copies of the launcher's files are closed after the
+	// stages (closeLaunched), not between them; at once on failure.
+	launched := false
+	keep := func(f *os.File) { r.launched = append(r.launched, f) }
+	defer func() {
+		if !launched {
+			r.closeLaunched()
+		}
+	}()
 	bin, err := memfdFile("crest-agent", agent.Binary)
 	if err != nil {
 		return fail(err)
 	}
-	defer bin.Close()
+	keep(bin)
 	planFile, err := memfdFile("crest-plan", planBytes)
 	if err != nil {
 		return fail(err)
 	}
-	defer planFile.Close()
+	keep(planFile)
 	// The tasks take the engine's files through this pidfd.
 	selfPidfd, err := pidfdOpen(os.Getpid())
 	if err != nil {
 		return fail(err)
 	}
 	pidfdFile := os.NewFile(uintptr(selfPidfd), "pidfd:crest")
-	defer pidfdFile.Close()
+	keep(pidfdFile)
 
 	// The launcher's stderr is a file, not a pipe: os/exec would wait for
 	// a pipe to close, and the tasks inherit fds 0-2 until their files
@@ -45,7 +54,7 @@ func (r *Restore) launch(planBytes []byte) error {
 	if err != nil {
 		return fail(err)
 	}
-	defer stderr.Close()
+	keep(stderr)
 	// Through /proc/self/fd the exec opens the memfd itself, as fexecve
 	// does; the launcher's file table gets only fds 0-2 and these three.
 	cmd := &exec.Cmd{
@@ -96,7 +105,17 @@ func (r *Restore) launch(planBytes []byte) error {
 		return fail(fmt.Errorf("root %d: %w", r.rootPID, err))
 	}
 	r.log.Debug("launched", "root", r.rootPID)
+	launched = true
 	return nil
+}
+
+// closeLaunched closes the engine's copies of the files it gave the
+// launcher.
+func (r *Restore) closeLaunched() {
+	for _, f := range r.launched {
+		f.Close()
+	}
+	r.launched = nil
 }
 
 // testBeforeGo, nil but in tests, runs while the launcher is parked ready, before it is let go.

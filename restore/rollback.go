@@ -125,5 +125,6 @@ func (r *Restore) release() {
 	if r.files != nil {
 		r.files.close()
 	}
+	r.closeLaunched()
 	r.closed = true
 }

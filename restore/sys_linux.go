@@ -6,7 +6,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -129,8 +131,52 @@ func futexWakeAll(addr *uint32) error {
 }
 
 // boottime returns CLOCK_BOOTTIME in nanoseconds, the clock of the agent's
-// readings and of the kernel-side monitor's events.
+// readings and of the kernel-side monitor's events. It is the monotonic
+// clock (read through the vDSO, no system call: the engine stamps every
+// stage switch between the stages) plus the boot clock's offset, which
+// changes only when the machine suspends; calibrateBoottime measures the
+// offset, once per restore.
 func boottime() uint64 {
+	c := bootClock.Load()
+	if c == nil {
+		c = calibrateBoottime()
+	}
+	return c.boot + uint64(time.Since(c.mono))
+}
+
+// bootCalibration pairs a CLOCK_BOOTTIME reading with the time.Time
+// whose monotonic reading was taken at the same moment.
+type bootCalibration struct {
+	mono time.Time
+	boot uint64
+}
+
+var bootClock atomic.Pointer[bootCalibration]
+
+// calibrateBoottime reads CLOCK_BOOTTIME between two monotonic readings
+// a few times and keeps the closest pair, its monotonic time the middle
+// of the two: the error is under half that gap, a few tens of ns.
+func calibrateBoottime() *bootCalibration {
+	var best *bootCalibration
+	gap := time.Duration(1<<63 - 1)
+	for range 5 {
+		t1 := time.Now()
+		b := rawBoottime()
+		d := time.Since(t1)
+		if b != 0 && d < gap {
+			gap = d
+			best = &bootCalibration{mono: t1.Add(d / 2), boot: b}
+		}
+	}
+	if best == nil {
+		best = &bootCalibration{mono: time.Now()}
+	}
+	bootClock.Store(best)
+	return best
+}
+
+// rawBoottime reads CLOCK_BOOTTIME with the system call, 0 on error.
+func rawBoottime() uint64 {
 	var ts syscall.Timespec
 	if _, _, errno := syscall.RawSyscall(syscall.SYS_CLOCK_GETTIME, clockBoottime, uintptr(unsafe.Pointer(&ts)), 0); errno != 0 {
 		return 0
