@@ -244,23 +244,33 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 		if err := r.waitStage(ctx, st); err != nil {
 			return err
 		}
-		switched := false
 		switch st {
 		case StageForking:
 			// The tasks restore their memory while the engine learns
-			// their host pids: nothing in RESTORE waits for those.
+			// their host pids: nothing in RESTORE waits for those. What
+			// FORKING did is taken before the switch and told after,
+			// with the host pids, ahead of the switch itself, so that
+			// observers see the usual order.
 			if st != until {
-				if err := r.advance(); err != nil {
-					return err
+				steps, arrivals := r.collect(st)
+				ev, err := r.switchQuietly(st + 1)
+				if err != nil {
+					return &StageError{Stage: st + 1, Err: err}
 				}
-				switched = true
+				treeErr := r.learnTree()
+				r.emit(steps, arrivals)
+				r.obs.StageSwitched(ev)
+				if treeErr != nil {
+					if r.shared.stage() == StageFail {
+						// a task failed in RESTORE meanwhile, and
+						// the tree is going: that is the error
+						return r.failure()
+					}
+					return &StageError{Stage: st, Err: treeErr}
+				}
+				continue
 			}
 			if err := r.learnTree(); err != nil {
-				if r.shared.stage() == StageFail {
-					// a task failed in RESTORE meanwhile, and
-					// the tree is going: that is the error
-					return r.failure()
-				}
 				return &StageError{Stage: st, Err: err}
 			}
 		case StageRestore:
@@ -290,9 +300,6 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 			r.closeLaunched()
 			return nil
 		}
-		if switched {
-			continue
-		}
 		if err := r.advance(); err != nil {
 			return err
 		}
@@ -316,11 +323,19 @@ func (r *Restore) advance() error {
 }
 
 func (r *Restore) switchTo(st Stage) error {
+	ev, err := r.switchQuietly(st)
+	r.obs.StageSwitched(ev)
+	return err
+}
+
+// switchQuietly switches to st and returns the event, for the caller to
+// tell the observers.
+func (r *Restore) switchQuietly(st Stage) (StageEvent, error) {
 	n := r.plan.Participants(st)
 	r.stage = st
-	r.obs.StageSwitched(StageEvent{Stage: st, Participants: n, At: boottime()})
+	ev := StageEvent{Stage: st, Participants: n, At: boottime()}
 	r.log.Debug("stage", "stage", st, "participants", n)
-	return r.shared.switchTo(st, n)
+	return ev, r.shared.switchTo(st, n)
 }
 
 // waitStage waits until every participant of st has arrived, a task
@@ -438,6 +453,12 @@ func (r *Restore) publish(st Stage) {
 			r.obs.StepDone(e)
 		}
 	}
+	r.emit(r.collect(st))
+}
+
+// collect takes the arrivals at st and the steps done so far from the
+// slots, each step once.
+func (r *Restore) collect(st Stage) (steps []StepEvent, arrivals []ArrivalEvent) {
 	for _, pt := range r.plan.participants(st) {
 		s := r.shared.slot(pt.slot)
 		for step := 1; step < agent.NrSteps; step++ {
@@ -446,9 +467,24 @@ func (r *Restore) publish(st Stage) {
 				continue
 			}
 			r.stepsSeen[pt.slot] |= bit
-			r.obs.StepDone(StepEvent{PID: pt.task.PID, TID: pt.tid, Step: StepName(step), Stage: st,
+			steps = append(steps, StepEvent{PID: pt.task.PID, TID: pt.tid, Step: StepName(step), Stage: st,
 				Begin: s.StepBeginNs[step], End: s.StepEndNs[step], Succeeded: true})
 		}
-		r.obs.TaskArrived(ArrivalEvent{Stage: st, PID: pt.task.PID, TID: pt.tid, HostPID: r.hostPIDs[pt.task.PID], At: s.ArriveNs[st]})
+		arrivals = append(arrivals, ArrivalEvent{Stage: st, PID: pt.task.PID, TID: pt.tid, At: s.ArriveNs[st]})
+	}
+	return steps, arrivals
+}
+
+// emit tells the observers what collect took, each thread's steps before
+// its arrival, with the host pids known by now.
+func (r *Restore) emit(steps []StepEvent, arrivals []ArrivalEvent) {
+	for _, a := range arrivals {
+		for _, e := range steps {
+			if e.PID == a.PID && e.TID == a.TID {
+				r.obs.StepDone(e)
+			}
+		}
+		a.HostPID = r.hostPIDs[a.PID]
+		r.obs.TaskArrived(a)
 	}
 }
