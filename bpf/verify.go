@@ -699,7 +699,11 @@ func (v *verifier) stages() {
 	}
 
 	// A wait that returned while start still held its stage, after which
-	// the thread went on instead of waiting again.
+	// the thread went on instead of waiting again. A wait the tracer broke
+	// off (the engine's interrupt before COMPLETE, finish.go) did not
+	// return to the thread: the kernel would restart it, and the tracer
+	// lets the thread go on only once it switched; what counts then is
+	// that the thread's next call came after the switch out of the stage.
 	for gtid, ws := range waits {
 		for i, w := range ws {
 			if !w.ev.Returned || !w.ev.WordAtExitOK || int32(w.ev.WordAtExit) != int32(w.stage) {
@@ -708,7 +712,11 @@ func (v *verifier) stages() {
 			if i+1 < len(ws) && ws[i+1].stage == w.stage {
 				continue
 			}
-			if !v.wentOn(gtid, w.ev) {
+			next := v.nextCall(gtid, w.ev)
+			if next == nil {
+				continue
+			}
+			if restarted(w.ev.Ret) && v.switchedBefore(switches, w.stage, next.Head().Time) {
 				continue
 			}
 			name, pid, tid := v.describe(gtid)
@@ -718,13 +726,36 @@ func (v *verifier) stages() {
 	}
 }
 
-// wentOn reports whether thread gtid made another traced call after w.
-func (v *verifier) wentOn(gtid int, w *FutexEvent) bool {
+// nextCall returns the traced call thread gtid made after w, nil if it
+// made none (or exited).
+func (v *verifier) nextCall(gtid int, w *FutexEvent) Event {
 	for _, e := range v.events {
 		if e.Head().TID == gtid && e.Head().Time > w.Exit {
 			if _, ok := e.(*ExitEvent); ok {
-				return false
+				return nil
 			}
+			return e
+		}
+	}
+	return nil
+}
+
+// restarted reports whether ret is one of the kernel's restart codes: the
+// call was interrupted and returns to the thread only once restarted
+// (or as the tracer decides).
+func restarted(ret int64) bool {
+	switch ret {
+	case -512, -513, -514, -516: // ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK
+		return true
+	}
+	return false
+}
+
+// switchedBefore reports whether the engine switched out of stage st
+// before the time t.
+func (v *verifier) switchedBefore(switches []switchEv, st int, t uint64) bool {
+	for _, sw := range switches {
+		if v.stageIndex(sw.stage) > v.stageIndex(st) && sw.at < t {
 			return true
 		}
 	}

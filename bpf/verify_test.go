@@ -87,6 +87,14 @@ func TestVerifyFaults(t *testing.T) {
 			"pids 4/4, threads 6/6, stages 7/7 in order, namespaces 0/1, 1 findings"},
 		{"drop-thread", "thread", 9, 10, "", "thread 10 of task 9 was not created: no clone gave tid 10 in process 9",
 			[]string{"fork"}, "pids 4/4, threads 5/6"},
+		{"early-return", "stage", 5, 5, "RESTORE_SIGCHLD",
+			"task 5 returned from its wait at RESTORE_SIGCHLD (ret -110) while start was still RESTORE_SIGCHLD, and went on",
+			[]string{"futex"}, "pids 4/4, threads 6/6"},
+		// the kernel would restart the wait, but the thread went on
+		// before the switch: the exit tracepoint sees -ERESTARTSYS
+		{"interrupted", "stage", 5, 5, "RESTORE_SIGCHLD",
+			"task 5 returned from its wait at RESTORE_SIGCHLD (ret -512) while start was still RESTORE_SIGCHLD, and went on",
+			[]string{"futex"}, "pids 4/4, threads 6/6"},
 	}
 	exp := traceeExpect(t)
 	for _, tt := range tests {

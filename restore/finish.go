@@ -32,12 +32,14 @@ const (
 	syscallInfoEntry    = 1
 	syscallInfoExit     = 2
 	sysRtSigreturn      = 15
+	errRestartSys       = 512 // ERESTARTSYS: an interrupted call the kernel restarts
 )
 
 // tracee is one thread of a task during finishing.
 type tracee struct {
 	task        *Task
 	tid         int                // host tid
+	interrupted bool               // its interrupt stop was seen
 	inSigreturn bool               // stopped at the entry of rt_sigreturn
 	index       int                // its thread's index in the task, from its restorer stack
 	regs        syscall.PtraceRegs // at its rt_sigreturn exit
@@ -137,6 +139,12 @@ func (r *Restore) finish() (err error) {
 		switch {
 		case ws.TrapCause() == ptraceEventStop:
 			// the interrupt, or a group stop: go on, syscall to syscall
+			if !t.interrupted {
+				t.interrupted = true
+				if err := endBarrierWait(tid); err != nil {
+					return fmt.Errorf("task %d thread %d: %w", t.task.PID, tid, err)
+				}
+			}
 			if err := ptrace(syscall.PTRACE_SYSCALL, tid, 0, 0); err != nil {
 				return err
 			}
@@ -177,6 +185,26 @@ func (r *Restore) finish() (err error) {
 		}
 	}
 	return nil
+}
+
+// endBarrierWait ends the futex wait that the interrupt broke off, if the
+// thread was in one, as if it had been woken: the interrupt came while
+// it waited for COMPLETE, which is switched now, and the kernel would
+// restart the wait only for it to return at once, two stops more. The
+// call returns -EINTR instead (the agent checks start again then) and
+// is not restarted (orig_rax -1).
+func endBarrierWait(tid int) error {
+	var regs syscall.PtraceRegs
+	if err := syscall.PtraceGetRegs(tid, &regs); err != nil {
+		return err
+	}
+	if regs.Orig_rax != syscall.SYS_FUTEX || int64(regs.Rax) != -errRestartSys {
+		return nil // not in a wait: it goes on as it would
+	}
+	regs.Orig_rax = ^uint64(0)
+	eintr := -int64(syscall.EINTR)
+	regs.Rax = uint64(eintr)
+	return syscall.PtraceSetRegs(tid, &regs)
 }
 
 // syscallStop reports whether t stopped at the exit of its rt_sigreturn,

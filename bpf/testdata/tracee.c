@@ -23,6 +23,10 @@
  *                arrived at RESTORE_SIGCHLD
  *   wrong-ns     the root joins a fresh uts namespace instead
  *   drop-thread  task 9 does not create thread 10
+ *   early-return task 5 waits at RESTORE_SIGCHLD with a short timeout and
+ *                goes on when it ends, though start still holds the stage
+ *   interrupted  task 5's wait at RESTORE_SIGCHLD is broken off by a
+ *                signal (a handler without SA_RESTART) and it goes on
  *
  * With "plain" as argv[2] it uses CRIU's own protocol instead: an atomic
  * decrement then FUTEX_WAKE (futex_dec_and_wake), and a plain store of
@@ -126,6 +130,35 @@ static void arrive(void)
 		die("arrive");
 }
 
+static void on_alarm(int sig)
+{
+	(void)sig;
+}
+
+/*
+ * early-return and interrupted: one wait that ends before the switch, by
+ * its timeout or by a signal to this thread, and no other.
+ */
+static void wait_once_and_go_on(int stage)
+{
+	struct timespec ts = { 0, 10 * 1000 * 1000 };
+
+	if (is("interrupted")) {
+		struct sigaction sa = { .sa_handler = on_alarm };	/* no SA_RESTART */
+		struct sigevent sev = { .sigev_notify = SIGEV_THREAD_ID, .sigev_signo = SIGALRM };
+		struct itimerspec its = { .it_value = ts };
+		timer_t timer;
+
+		sev._sigev_un._tid = syscall(SYS_gettid);
+		if (sigaction(SIGALRM, &sa, NULL) < 0 || timer_create(CLOCK_MONOTONIC, &sev, &timer) < 0 ||
+		    timer_settime(timer, 0, &its, NULL) < 0)
+			die("the timer");
+		futex(&te->start, FUTEX_WAIT, stage, NULL, NULL, 0);
+		return;
+	}
+	futex(&te->start, FUTEX_WAIT, stage, &ts, NULL, 0);
+}
+
 /* a participant: count out of stage and wait for the switch */
 static void finish_stage(int stage)
 {
@@ -135,6 +168,11 @@ static void finish_stage(int stage)
 	arrive();
 	if (is("no-wait") && stage == RESTORE_SIGCHLD && syscall(SYS_gettid) == 5)
 		return;
+	if ((is("early-return") || is("interrupted")) && stage == RESTORE_SIGCHLD &&
+	    syscall(SYS_gettid) == 5) {
+		wait_once_and_go_on(stage);
+		return;
+	}
 	while (__atomic_load_n(&te->start, __ATOMIC_SEQ_CST) == stage && rounds-- > 0)
 		futex(&te->start, FUTEX_WAIT, stage, &ts, NULL, 0);
 }
@@ -142,11 +180,13 @@ static void finish_stage(int stage)
 static void late_stages(void)
 {
 	/*
-	 * early-switch: task 7 comes late. no-wait: so does task 7, so that
-	 * task 5's count out of RESTORE_CREDS surely falls before the switch
-	 * (were task 5 the last to arrive, the engine could switch first).
+	 * early-switch: task 7 comes late. no-wait, early-return and
+	 * interrupted: so does task 7, so that task 5's count out of
+	 * RESTORE_CREDS surely falls before the switch (were task 5 the last
+	 * to arrive, the engine could switch first).
 	 */
-	if ((is("early-switch") || is("no-wait")) && getpid() == 7 && syscall(SYS_gettid) == 7) {
+	if ((is("early-switch") || is("no-wait") || is("early-return") || is("interrupted")) &&
+	    getpid() == 7 && syscall(SYS_gettid) == 7) {
 		struct timespec d = { 0, 100 * 1000 * 1000 };
 
 		nanosleep(&d, NULL);
