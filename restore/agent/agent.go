@@ -11,12 +11,13 @@
 //	main.c       the launcher: map the plan, clone the root (CLONE_NEWPID, set_tid)
 //	fork.c       a task's life until RESTORE: pid check, session, group, children
 //	stage.c      the stage barrier, step clock readings, failure
+//	vdso.c       clock_gettime through the vDSO, for the step clock
 //	files.c      take the engine's files (pidfd_getfd), fd table, cwd/root/umask
 //	mem.c        move into the crest area, unmap, map and fill VMAs, vdso, mm
 //	restorer.c   the rest of RESTORE, from the copy in the crest area
 //	threads.c    clone the other threads (set_tid) and their last stages
 //	signals.c    sigactions, pending signals, interval and POSIX timers
-//	creds.c      ids, groups, capabilities, securebits
+//	creds.c      ids, groups, capabilities, securebits; only what differs from the launcher's
 //	fpu.c        the XSAVE image for rt_sigreturn
 //	sigreturn.c  per-thread kernel state and the rt_sigreturn into the image
 //	exit.c       zombies and helpers end after RESTORE; their parents wait for them

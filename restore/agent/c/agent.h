@@ -68,6 +68,11 @@ int finish_stage(int stage);
 int finish_stage_slot(struct crest_slot *slot, int stage);
 void leave_complete(struct crest_slot *slot);
 
+/* vdso.c */
+void vdso_use(uint64_t base);
+void vdso_drop(void);
+long vdso_clock_gettime(int clock, struct __kernel_timespec *ts);
+
 /* fork.c */
 int restore_session(const struct crest_task *t);
 int fork_children(const struct crest_task *t);
@@ -96,6 +101,7 @@ __attribute__((noreturn)) void restore_memory(const struct crest_task *t);
 __attribute__((noreturn)) void restorer_main(const struct crest_task *t);
 
 /* creds.c */
+void snapshot_creds(void);
 int restore_creds(struct crest_slot *slot, const struct crest_task *t);
 
 /* threads.c */

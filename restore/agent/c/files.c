@@ -21,8 +21,12 @@ int take_files(const struct crest_task *t)
 			return (int)fd;
 		if (fd == tk[i].local_fd)
 			continue;
+		/*
+		 * The fd pidfd_getfd gave stays open: install_fds closes every
+		 * fd below fd_base, the last stage every one above (sigreturn.c),
+		 * and a later dup3 onto it only replaces a copy.
+		 */
 		ret = sys_dup3((int)fd, tk[i].local_fd, O_CLOEXEC);
-		sys_close((int)fd);
 		if (ret < 0)
 			return (int)ret;
 	}

@@ -8,9 +8,11 @@
  * (set_tid {pid}; with CLONE_NEWPID when the plan asks for a new pid
  * namespace, where pid is 1) and CLONE_PARENT, so that the root is the
  * engine's child. It writes the root's pid into task_entries and exits; the
- * root goes on in task_main (fork.c).
+ * root goes on in task_main (fork.c). First of all it finds the vDSO's
+ * clock (vdso.c), which the tasks inherit.
  */
 #include "agent.h"
+#include <linux/auxvec.h>
 
 struct agent agent;
 
@@ -63,13 +65,33 @@ static void wait_for_go(void)
 	}
 }
 
-static __attribute__((noreturn, used)) void agent_main(void)
+/*
+ * The value of the auxiliary vector's entry type, 0 when it has none. The
+ * vector is on the stack the kernel entered _start with: argc, argv[] and
+ * NULL, envp[] and NULL, then (type, value) pairs up to AT_NULL.
+ */
+static uint64_t auxv_value(const uint64_t *sp, uint64_t type)
+{
+	const uint64_t *p = sp + 1 + sp[0] + 1;
+
+	while (*p)
+		p++;
+	for (p++; p[0] != AT_NULL; p += 2) {
+		if (p[0] == type)
+			return p[1];
+	}
+	return 0;
+}
+
+static __attribute__((noreturn, used)) void agent_main(const uint64_t *sp)
 {
 	struct crest_plan head;
 	struct clone_args args;
 	int64_t set_tid[1];
 	long ret;
 
+	/* the step clock through the vDSO, for every task forked from here on */
+	vdso_use(auxv_value(sp, AT_SYSINFO_EHDR));
 	ret = sys_pread(CREST_PLAN_FD, &head, sizeof(head), 0);
 	if (ret != sizeof(head))
 		launch_fail(ret < 0 ? ret : -EIO);
@@ -109,6 +131,8 @@ static __attribute__((noreturn, used)) void agent_main(void)
 	ret = reset_sigactions(agent.plan->sig_ignored);
 	if (ret < 0)
 		launch_fail(ret);
+	/* what every task inherits, for the creds step to skip what is equal */
+	snapshot_creds();
 	wait_for_go();
 
 	memset(&args, 0, sizeof(args));
@@ -137,12 +161,17 @@ static __attribute__((noreturn, used)) void agent_main(void)
 	sys_exit_group(0);
 }
 
-/* The kernel enters with a 16-byte aligned stack; calls want it 8 off. */
+/*
+ * The kernel enters with a 16-byte aligned stack; calls want it 8 off.
+ * agent_main gets the stack as the kernel left it, to find the auxiliary
+ * vector.
+ */
 asm(".text\n"
     ".global _start\n"
     ".type _start, @function\n"
     "_start:\n"
     "	xor %ebp, %ebp\n"
+    "	mov %rsp, %rdi\n"
     "	and $-16, %rsp\n"
     "	call agent_main\n"
     "	hlt\n");

@@ -24,9 +24,11 @@
 extern char __ehdr_start[] __attribute__((visibility("hidden")));
 extern char _end[] __attribute__((visibility("hidden")));
 
+/* A call of fn on the stack sp, 16-byte aligned as the C ABI (and the vDSO) wants. */
 static __attribute__((noreturn)) void jump_to(uint64_t fn, uint64_t sp, const void *arg)
 {
 	asm volatile("mov %0, %%rsp\n\t"
+		     "and $-16, %%rsp\n\t"
 		     "xor %%ebp, %%ebp\n\t"
 		     "call *%1\n\t"
 		     "ud2"
@@ -178,7 +180,16 @@ static int map_vdso(const struct crest_task *t)
 	if (!vvar || vvar->end != vdso->start)
 		return -EOPNOTSUPP;
 	ret = sys_arch_prctl(ARCH_MAP_VDSO_64, vvar->start);
-	return ret < 0 ? (int)ret : 0;
+	if (ret < 0)
+		return (int)ret;
+	/*
+	 * The step clock goes through the new vDSO, which the kernel put at
+	 * vdso->start: its vvar pages are as many as the image's, the image
+	 * being of this kernel (of another, the task's own calls into its
+	 * vDSO would miss too). The lookup checks the ELF found there.
+	 */
+	vdso_use(vdso->start);
+	return 0;
 }
 
 static int mprotect_vmas(const struct crest_task *t)
@@ -251,6 +262,12 @@ int restore_vmas(const struct crest_task *t)
 {
 	int ret;
 
+	/*
+	 * The old vDSO goes with everything else: the step clock is the
+	 * syscall until map_vdso maps a new one. This and map_vdso run in the
+	 * copy and so set the copy's variable, which the task's threads share.
+	 */
+	vdso_drop();
 	ret = unmap_all();
 	if (ret == 0)
 		ret = map_vmas(t);

@@ -28,11 +28,12 @@ static void count_out(struct crest_task_entries *te)
 			  WAKE_OP(FUTEX_OP_ADD, -1, FUTEX_OP_CMP_EQ, 1));
 }
 
+/* CLOCK_BOOTTIME, the clock of the engine's readings and of bpf_ktime_get_boot_ns */
 uint64_t now_ns(void)
 {
 	struct __kernel_timespec ts;
 
-	if (sys_clock_gettime(CLOCK_BOOTTIME, &ts) < 0)
+	if (vdso_clock_gettime(CLOCK_BOOTTIME, &ts) < 0)
 		return 0;
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
