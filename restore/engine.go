@@ -201,7 +201,10 @@ func (r *Restore) run(ctx context.Context) error {
 		}
 		ev.EngineStartAddr, ev.EngineInProgressAddr = shared.addrs()
 		for st := StageRootTask; st <= StageComplete; st++ {
-			ev.Participants[st] = p.Participants(st)
+			ev.Participants[st] = r.barrierParticipants(st)
+			if ev.Participants[st] == 0 {
+				continue
+			}
 			for _, pt := range p.participants(st) {
 				ev.TIDs[st] = append(ev.TIDs[st], pt.tid)
 			}
@@ -328,10 +331,20 @@ func (r *Restore) switchTo(st Stage) error {
 	return err
 }
 
+// barrierParticipants is how many count out of st at the barrier: the
+// plan's, but none at COMPLETE when the engine finishes the restore, as
+// in CRIU: it sees each thread's rt_sigreturn itself (finish.go).
+func (r *Restore) barrierParticipants(st Stage) int {
+	if st == StageComplete && !r.opts.KeepArea {
+		return 0
+	}
+	return r.plan.Participants(st)
+}
+
 // switchQuietly switches to st and returns the event, for the caller to
 // tell the observers.
 func (r *Restore) switchQuietly(st Stage) (StageEvent, error) {
-	n := r.plan.Participants(st)
+	n := r.barrierParticipants(st)
 	r.stage = st
 	ev := StageEvent{Stage: st, Participants: n, At: boottime()}
 	r.log.Debug("stage", "stage", st, "participants", n)
@@ -355,7 +368,7 @@ func (r *Restore) waitStage(ctx context.Context, st Stage) error {
 			if r.opts.Faults != 0 {
 				return nil
 			}
-			return &StageError{Stage: st, Err: fmt.Errorf("%d more arrivals than the %d participants", -int32(n), r.plan.Participants(st))}
+			return &StageError{Stage: st, Err: fmt.Errorf("%d more arrivals than the %d participants", -int32(n), r.barrierParticipants(st))}
 		}
 		if n == 1 && st == StageRestoreSigchld && r.opts.Faults&FaultEarlySwitch != 0 {
 			return nil // the fault: switch with one arrival missing
@@ -373,7 +386,7 @@ func (r *Restore) waitStage(ctx context.Context, st Stage) error {
 		}
 		if time.Now().After(deadline) {
 			return &StageError{Stage: st, Err: fmt.Errorf("timed out after %v with %d of %d participants missing",
-				r.opts.StageTimeout, n, r.plan.Participants(st))}
+				r.opts.StageTimeout, n, r.barrierParticipants(st))}
 		}
 		wait := 50 * time.Millisecond
 		if st == StageRestoreSigchld && r.opts.Faults&FaultEarlySwitch != 0 {

@@ -40,8 +40,10 @@ func (s Stage) String() string {
 // stage_participants): FORKING every task and helper (Tasks holds both),
 // RESTORE every thread (a zombie counts one) and helper; after RESTORE the
 // zombies and helpers are gone, as in CRIU, which subtracts the zombies
-// from nr_threads then. Unlike CRIU, every thread also counts itself out
-// of COMPLETE right before its rt_sigreturn (CRIU sees that with ptrace).
+// from nr_threads then. Every thread also counts itself out of COMPLETE
+// right before its rt_sigreturn, but only when the engine does not step
+// it through that with ptrace, as CRIU does (Options.KeepArea; see
+// Restore.barrierParticipants).
 func (p *Plan) Participants(s Stage) int {
 	switch s {
 	case StageRootTask, StagePrepareNamespaces:

@@ -276,7 +276,9 @@ func restoreHelpers(t *testing.T, p *Plan, tids string, steps map[int][]string) 
 	}
 	if len(rec.prepared) != 1 || fmt.Sprint(rec.prepared[0].TIDs[StageForking]) != tids ||
 		fmt.Sprint(rec.prepared[0].TIDs[StageRestore]) != tids ||
-		fmt.Sprint(rec.prepared[0].TIDs[StageComplete]) != "[1 2 3 4]" {
+		fmt.Sprint(rec.prepared[0].TIDs[StageRestoreCreds]) != "[1 2 3 4]" ||
+		// the engine sees COMPLETE itself (ptrace): no arrivals at the barrier
+		rec.prepared[0].Participants[StageComplete] != 0 || len(rec.prepared[0].TIDs[StageComplete]) != 0 {
 		t.Errorf("prepared %+v", rec.prepared)
 	}
 	// the helpers took their session and group, and their parents waited for them

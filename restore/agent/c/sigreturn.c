@@ -128,10 +128,10 @@ struct crest_ucontext *prepare_sigreturn(struct crest_slot *slot, const struct c
 
 /*
  * After the switch to COMPLETE: the root drops the parent-death signal
- * that guarded the restore (fork.c), every thread counts out and returns
- * into its own registers. Nothing else happens here: the engine steps
- * each thread through these calls with ptrace (finish.go), two stops per
- * call.
+ * that guarded the restore (fork.c), every thread counts out (only when
+ * the engine does not finish: leave_complete) and returns into its own
+ * registers. Nothing else happens here: the engine steps each thread
+ * through these calls with ptrace (finish.go), two stops per call.
  */
 __attribute__((noreturn)) void sigreturn_now(struct crest_slot *slot, const struct crest_thread *th,
 					     struct crest_ucontext *uc)

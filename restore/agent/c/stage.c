@@ -155,17 +155,17 @@ int finish_stage(int stage)
 }
 
 /*
- * The last thing before rt_sigreturn: count out of COMPLETE, without
- * waiting, so that the engine knows this thread runs its own code now.
- * When the engine steps the thread through it with ptrace, the engine
- * notes the time of its arrival (at the rt_sigreturn's exit): a clock
- * call here would cost two more stops.
+ * The last thing before rt_sigreturn when no engine finishes the restore
+ * (the crest area kept): count out of COMPLETE, without waiting, so that
+ * the engine knows this thread runs its own code now. When the engine
+ * steps the threads through their rt_sigreturn with ptrace, as CRIU does,
+ * it sees that itself and notes the time (finish.go): COMPLETE has no
+ * arrivals at the barrier then, and a count-out would cost two stops.
  */
 void leave_complete(struct crest_slot *slot)
 {
-	struct crest_task_entries *te = agent.te;
-
-	if (!(agent.plan->flags & CREST_PLAN_FINISHED_BY_ENGINE))
-		slot->arrive_ns[CREST_STAGE_COMPLETE] = now_ns();
-	count_out(te);
+	if (agent.plan->flags & CREST_PLAN_FINISHED_BY_ENGINE)
+		return;
+	slot->arrive_ns[CREST_STAGE_COMPLETE] = now_ns();
+	count_out(agent.te);
 }
