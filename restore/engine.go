@@ -160,6 +160,9 @@ func (r *Restore) Detach() { r.release() }
 
 func (r *Restore) run(ctx context.Context) error {
 	p := r.plan
+	if err := checkVDSO(p); err != nil {
+		return &StageError{Stage: StageRootTask, Step: "check vdso", Err: err}
+	}
 	shared, err := newSharedArea(p)
 	if err != nil {
 		return &StageError{Stage: StageRootTask, Step: "shared area", Err: err}
