@@ -94,16 +94,7 @@ func checkStepClock(t *testing.T, name string) {
 		t.Fatal(err)
 	}
 	after := clockNow(t, unix.CLOCK_BOOTTIME)
-	var hosts []int
-	for _, task := range p.Tasks {
-		hosts = append(hosts, r.HostPID(task.PID))
-	}
-	defer func() {
-		if err := r.Abort(); err != nil {
-			t.Error(err)
-		}
-		checkGone(t, hosts)
-	}()
+	abortAtCleanup(t, r, p)
 
 	tl := r.Timeline()
 	inWindow := func(what string, ns uint64, slack uint64) {

@@ -74,14 +74,7 @@ func TestRestoreCredsDiffer(t *testing.T) {
 			imgs := fixture.CopyImages(t, "threads")
 			writeCreds(t, imgs, want, !tt.notDumpable)
 			dir := installFixture(t, "threads")
-			d, err := images.Open(imgs)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p, err := NewPlan(d)
-			if err != nil {
-				t.Fatal(err)
-			}
+			p := planDir(t, imgs)
 			if !reflect.DeepEqual(p.Tasks[0].Creds, want) {
 				t.Fatalf("planned creds %+v, want %+v", p.Tasks[0].Creds, want)
 			}
@@ -89,13 +82,7 @@ func TestRestoreCredsDiffer(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			host := r.HostPID(p.Tasks[0].PID)
-			defer func() {
-				if err := r.Abort(); err != nil {
-					t.Error(err)
-				}
-				checkGone(t, []int{host})
-			}()
+			host := abortAtCleanup(t, r, p)[0]
 			checkThreadCreds(t, host, want, len(p.Tasks[0].Threads))
 			// /proc/PID/environ is the task's euid's while it is
 			// dumpable, root's when not (/proc/PID itself is always
@@ -198,17 +185,7 @@ func checkThreadCreds(t *testing.T, host int, c Creds, nrThreads int) {
 	if len(ents) != nrThreads {
 		t.Errorf("%d threads, want %d", len(ents), nrThreads)
 	}
-	want := map[string]string{
-		"Uid":        fmt.Sprintf("%d %d %d %d", c.UID, c.EUID, c.SUID, c.FSUID),
-		"Gid":        fmt.Sprintf("%d %d %d %d", c.GID, c.EGID, c.SGID, c.FSGID),
-		"Groups":     strings.Trim(fmt.Sprint(c.Groups), "[]"),
-		"CapInh":     fmt.Sprintf("%016x", c.CapInh),
-		"CapPrm":     fmt.Sprintf("%016x", c.CapPrm),
-		"CapEff":     fmt.Sprintf("%016x", c.CapEff),
-		"CapBnd":     fmt.Sprintf("%016x", c.CapBnd),
-		"CapAmb":     fmt.Sprintf("%016x", c.CapAmb),
-		"NoNewPrivs": map[bool]string{false: "0", true: "1"}[c.NoNewPrivs],
-	}
+	want := credsStatus(c)
 	for _, e := range ents {
 		f, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", host, e.Name()))
 		if err != nil {

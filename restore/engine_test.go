@@ -65,6 +65,24 @@ type recorder struct {
 
 func (r *recorder) Prepared(e PreparedEvent) { r.prepared = append(r.prepared, e) }
 
+// abortAtCleanup aborts restore r of plan p when the test ends, and checks
+// that none of its tasks is left. It returns their host pids, in the
+// plan's order.
+func abortAtCleanup(t *testing.T, r *Restore, p *Plan) []int {
+	t.Helper()
+	var hosts []int
+	for _, task := range p.Tasks {
+		hosts = append(hosts, r.HostPID(task.PID))
+	}
+	t.Cleanup(func() {
+		if err := r.Abort(); err != nil {
+			t.Error(err)
+		}
+		checkGone(t, hosts)
+	})
+	return hosts
+}
+
 // gone reports whether no process of pids exists any more.
 func checkGone(t *testing.T, pids []int) {
 	t.Helper()

@@ -49,16 +49,7 @@ func TestRestoreResources(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var hosts []int
-			for _, task := range p.Tasks {
-				hosts = append(hosts, r.HostPID(task.PID))
-			}
-			defer func() {
-				if err := r.Abort(); err != nil {
-					t.Error(err)
-				}
-				checkGone(t, hosts)
-			}()
+			hosts := abortAtCleanup(t, r, p)
 			for i, task := range p.Tasks {
 				checkTask(t, task, hosts[i])
 			}

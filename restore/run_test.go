@@ -78,16 +78,7 @@ func TestRestoreRuns(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var hosts []int
-			for _, task := range p.Tasks {
-				hosts = append(hosts, r.HostPID(task.PID))
-			}
-			defer func() {
-				if err := r.Abort(); err != nil {
-					t.Error(err)
-				}
-				checkGone(t, hosts)
-			}()
+			hosts := abortAtCleanup(t, r, p)
 			tl := r.Timeline()
 			if len(tl.Stages) != 7 || tl.Stages[6].Stage != StageComplete || tl.Stages[6].Done == 0 {
 				t.Errorf("timeline: %+v", tl.Stages)
@@ -121,17 +112,7 @@ func checkTask(t *testing.T, task *Task, host int) {
 	}
 	// Credentials.
 	c := task.Creds
-	for k, want := range map[string]string{
-		"Uid":        fmt.Sprintf("%d %d %d %d", c.UID, c.EUID, c.SUID, c.FSUID),
-		"Gid":        fmt.Sprintf("%d %d %d %d", c.GID, c.EGID, c.SGID, c.FSGID),
-		"Groups":     strings.Trim(fmt.Sprint(c.Groups), "[]"),
-		"CapInh":     fmt.Sprintf("%016x", c.CapInh),
-		"CapPrm":     fmt.Sprintf("%016x", c.CapPrm),
-		"CapEff":     fmt.Sprintf("%016x", c.CapEff),
-		"CapBnd":     fmt.Sprintf("%016x", c.CapBnd),
-		"CapAmb":     fmt.Sprintf("%016x", c.CapAmb),
-		"NoNewPrivs": map[bool]string{false: "0", true: "1"}[c.NoNewPrivs],
-	} {
+	for k, want := range credsStatus(c) {
 		if got := strings.Join(st[k], " "); got != want {
 			t.Errorf("task %d: %s %q, want %q", task.PID, k, got, want)
 		}
@@ -451,4 +432,19 @@ func noHugepage(t *testing.T, pid int) map[uint64]bool {
 		}
 	}
 	return out
+}
+
+// credsStatus is what /proc/PID/status shows of credentials c.
+func credsStatus(c Creds) map[string]string {
+	return map[string]string{
+		"Uid":        fmt.Sprintf("%d %d %d %d", c.UID, c.EUID, c.SUID, c.FSUID),
+		"Gid":        fmt.Sprintf("%d %d %d %d", c.GID, c.EGID, c.SGID, c.FSGID),
+		"Groups":     strings.Trim(fmt.Sprint(c.Groups), "[]"),
+		"CapInh":     fmt.Sprintf("%016x", c.CapInh),
+		"CapPrm":     fmt.Sprintf("%016x", c.CapPrm),
+		"CapEff":     fmt.Sprintf("%016x", c.CapEff),
+		"CapBnd":     fmt.Sprintf("%016x", c.CapBnd),
+		"CapAmb":     fmt.Sprintf("%016x", c.CapAmb),
+		"NoNewPrivs": map[bool]string{false: "0", true: "1"}[c.NoNewPrivs],
+	}
 }

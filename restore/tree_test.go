@@ -303,16 +303,7 @@ func TestRestoreZombies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var hosts []int
-	for _, task := range p.Tasks {
-		hosts = append(hosts, r.HostPID(task.PID))
-	}
-	defer func() {
-		if err := r.Abort(); err != nil {
-			t.Error(err)
-		}
-		checkGone(t, hosts)
-	}()
+	hosts := abortAtCleanup(t, r, p)
 	for i, task := range p.Tasks {
 		if task.Kind == TaskAlive {
 			checkTask(t, task, hosts[i])
