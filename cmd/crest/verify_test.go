@@ -138,6 +138,10 @@ var verifyFixtures = []struct{ name, verdict string }{
 	{"tree", "pids 4/4, threads 4/4, stages 7/7 in order"},
 	{"threads", "pids 1/1, threads 3/3, stages 7/7 in order"},
 	{"dynamic", "pids 1/1, threads 1/1, stages 7/7 in order"},
+	{"files", "pids 1/1, threads 1/1, stages 7/7 in order"},
+	{"pipe", "pids 2/2, threads 2/2, stages 7/7 in order"},
+	{"shmem", "pids 2/2, threads 2/2, stages 7/7 in order"},
+	{"signals", "pids 1/1, threads 1/1, stages 7/7 in order"},
 }
 
 // TestVerifyClean restores the fixtures 50 times in turn with --verify:
