@@ -373,9 +373,11 @@ struct crest_failure {
  * kernel-side monitor can order them exactly. Never FUTEX_PRIVATE_FLAG:
  * the page is shared between processes.
  *
- * Unlike CRIU, COMPLETE has participants too: every thread counts itself
- * out right before its rt_sigreturn (CRIU watches that moment with
- * ptrace), so the engine knows when the tree runs its own code again.
+ * COMPLETE has no participants when the engine steps every thread
+ * through its rt_sigreturn with ptrace, as CRIU does
+ * (CREST_PLAN_FINISHED_BY_ENGINE). Without that (the crest area kept),
+ * every thread counts itself out right before its rt_sigreturn, so the
+ * engine knows when the tree runs its own code again.
  *
  * launch is the launcher's handshake, before the first stage: the engine
  * starts the launcher, which gets ready (maps, fds, signals) and stores
