@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"syscall"
 	"time"
 	"unsafe"
@@ -53,9 +54,13 @@ type Restore struct {
 	rootPidfd int
 	hostPIDs  map[int]int // image pid -> pid in the engine's namespace
 	launched  []*os.File  // the engine's copies of the launcher's files (launch.go)
-	stepsSeen []uint32    // per slot, bit per step already published
-	inherited inheritedRlimits
-	closed    bool
+
+	launcher       *exec.Cmd // until reaped (reapLauncher)
+	launcherPidfd  int
+	launcherStderr *os.File
+	stepsSeen      []uint32 // per slot, bit per step already published
+	inherited      inheritedRlimits
+	closed         bool
 }
 
 // Start restores the tree of p: it launches the agent, which forks the
@@ -69,7 +74,7 @@ func Start(ctx context.Context, p *Plan, opts Options) (*Restore, error) {
 	if opts.StageTimeout == 0 {
 		opts.StageTimeout = 10 * time.Second
 	}
-	r := &Restore{plan: p, opts: opts, log: opts.Log, rootPidfd: -1, hostPIDs: map[int]int{},
+	r := &Restore{plan: p, opts: opts, log: opts.Log, rootPidfd: -1, launcherPidfd: -1, hostPIDs: map[int]int{},
 		stepsSeen: make([]uint32, p.nrSlots())}
 	r.inherited = readInheritedRlimits(maxRlimits(p))
 	calibrateBoottime() // anew: the machine may have slept since the last restore
@@ -251,6 +256,13 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 			return err
 		}
 		switch st {
+		case StageRootTask:
+			if err := r.learnRoot(); err != nil {
+				return &StageError{Stage: st, Err: err}
+			}
+			if r.rootPidfd < 0 {
+				return &StageError{Stage: st, Err: errors.New("the root arrived, but task_entries has no pid of it")}
+			}
 		case StageForking:
 			// The tasks restore their memory while the engine learns
 			// their host pids: nothing in RESTORE waits for those. What
@@ -317,6 +329,8 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 func (r *Restore) advance() error {
 	next := r.stage + 1
 	if next == StageComplete && !r.opts.KeepArea {
+		// finish waits for any child: the launcher must not be one
+		r.reapLauncher()
 		if err := r.finish(); err != nil {
 			return &StageError{Stage: next, Step: "finish", Err: err}
 		}
@@ -406,6 +420,14 @@ func (r *Restore) waitStage(ctx context.Context, st Stage) error {
 // rootAlive returns nil while the root task lives; once it ended, the
 // failure the tasks recorded if they stored FAIL, else how it ended.
 func (r *Restore) rootAlive(st Stage) error {
+	if r.rootPidfd < 0 {
+		if err := r.launcherAlive(st); err != nil {
+			return err
+		}
+		if err := r.learnRoot(); err != nil || r.rootPidfd < 0 {
+			return err
+		}
+	}
 	how, err := exited(r.rootPidfd)
 	if err == nil && how == "" {
 		return nil

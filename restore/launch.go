@@ -77,9 +77,14 @@ func (r *Restore) launch(planBytes []byte) error {
 	if err := cmd.Start(); err != nil {
 		return fail(err)
 	}
-	if err := r.launcherReady(cmd); err != nil {
-		cmd.Process.Kill()
-		cmd.Wait()
+	r.launcher, r.launcherStderr = cmd, stderr
+	r.launcherPidfd, err = pidfdOpen(cmd.Process.Pid)
+	if err != nil {
+		r.reapLauncher()
+		return fail(err)
+	}
+	if err := r.launcherReady(); err != nil {
+		r.reapLauncher()
 		return launchErr(err)
 	}
 	if testBeforeGo != nil {
@@ -87,26 +92,70 @@ func (r *Restore) launch(planBytes []byte) error {
 	}
 	// ROOT_TASK is open before the root exists: it is its first stage.
 	if err := r.switchTo(StageRootTask); err != nil {
-		cmd.Process.Kill()
-		cmd.Wait()
+		r.reapLauncher()
 		return &StageError{Stage: StageRootTask, Err: err}
 	}
+	// The engine does not wait for the launcher to exit: it learns the
+	// root's pid when the root arrives (learnRoot), and reaps the
+	// launcher later (reapLauncher).
 	r.shared.letGo()
-	if err := cmd.Wait(); err != nil {
-		return launchErr(err)
-	}
-	r.rootPID = r.shared.rootHostPID()
-	if r.rootPID <= 0 {
-		return fail(fmt.Errorf("the launcher exited without a root pid"))
-	}
-	r.hostPIDs[r.plan.Root().PID] = r.rootPID
-	r.rootPidfd, err = pidfdOpen(r.rootPID)
-	if err != nil {
-		return fail(fmt.Errorf("root %d: %w", r.rootPID, err))
-	}
-	r.log.Debug("launched", "root", r.rootPID)
 	launched = true
 	return nil
+}
+
+// learnRoot takes the root's host pid, which the kernel stored in
+// task_entries for the launcher (CLONE_PARENT_SETTID) before the root
+// ran, and opens a pidfd of it; nothing when the root is known already
+// or was not forked.
+func (r *Restore) learnRoot() error {
+	if r.rootPidfd >= 0 {
+		return nil
+	}
+	pid := r.shared.rootHostPID()
+	if pid <= 0 {
+		return nil
+	}
+	r.rootPID = pid
+	r.hostPIDs[r.plan.Root().PID] = pid
+	fd, err := pidfdOpen(pid)
+	if err != nil {
+		return fmt.Errorf("root %d: %w", pid, err)
+	}
+	r.rootPidfd = fd
+	r.log.Debug("launched", "root", pid)
+	return nil
+}
+
+// launcherAlive, until the root is known: nil while the launcher runs or
+// once it forked the root; how it ended when it ended without.
+func (r *Restore) launcherAlive(st Stage) error {
+	how, err := exited(r.launcherPidfd)
+	if err == nil && (how == "" || r.shared.rootHostPID() > 0) {
+		return nil
+	}
+	if r.shared.stage() == StageFail {
+		return r.failure()
+	}
+	if err == nil {
+		msg, _ := io.ReadAll(io.NewSectionReader(r.launcherStderr, 0, 4096))
+		err = fmt.Errorf("the launcher ended (%s) before it forked the root: %s", how, strings.TrimSpace(string(msg)))
+	}
+	return &StageError{Stage: st, Step: "launch", Err: err}
+}
+
+// reapLauncher ends and reaps the launcher: it has exited by the time the
+// root ran its first stages, or it must not go on.
+func (r *Restore) reapLauncher() {
+	if r.launcher == nil {
+		return
+	}
+	r.launcher.Process.Kill()
+	r.launcher.Wait()
+	r.launcher = nil
+	if r.launcherPidfd >= 0 {
+		syscall.Close(r.launcherPidfd)
+		r.launcherPidfd = -1
+	}
 }
 
 // closeLaunched closes the engine's copies of the files it gave the
@@ -123,15 +172,10 @@ var testBeforeGo func(launcherPid int)
 
 // launcherReady waits until the launcher is ready to fork the root, or
 // has exited, or the stage timeout passed.
-func (r *Restore) launcherReady(cmd *exec.Cmd) error {
-	pidfd, err := pidfdOpen(cmd.Process.Pid)
-	if err != nil {
-		return err
-	}
-	defer syscall.Close(pidfd)
+func (r *Restore) launcherReady() error {
 	deadline := time.Now().Add(r.opts.StageTimeout)
 	for !r.shared.launcherReady() {
-		if how, err := exited(pidfd); err != nil || how != "" {
+		if how, err := exited(r.launcherPidfd); err != nil || how != "" {
 			if err == nil {
 				err = fmt.Errorf("the launcher ended before it was ready: %s", how)
 			}

@@ -435,3 +435,38 @@ func childrenOfOurs(t *testing.T) []int {
 	}
 	return pids
 }
+
+// TestLauncherKilledAfterGo: the engine does not wait for the launcher to
+// exit once it let it go, but learns the root's pid from task_entries. A
+// launcher that dies before it forked the root (killed right before the
+// go) must still be noticed: the restore fails in ROOT_TASK naming the
+// launch and how the launcher ended, and no process is left.
+func TestLauncherKilledAfterGo(t *testing.T) {
+	needRoot(t)
+	installFixture(t, "counter")
+	p := loadPlan(t, "counter")
+	testBeforeGo = func(launcher int) {
+		syscall.Kill(launcher, syscall.SIGKILL)
+		// our child: a zombie once the kill took, until it is reaped
+		for i := 0; i < 1000; i++ {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", launcher)); err != nil || strings.Contains(string(b), ") Z ") {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	defer func() { testBeforeGo = nil }()
+	r, err := Start(context.Background(), p, Options{StageTimeout: 5 * time.Second})
+	if err == nil {
+		r.Abort()
+		t.Fatal("the restore succeeded")
+	}
+	var se *StageError
+	if !errors.As(err, &se) || se.Stage != StageRootTask || se.Step != "launch" ||
+		!strings.Contains(err.Error(), "the launcher ended (killed by signal 9") {
+		t.Errorf("error %v, want ROOT_TASK, launch, the launcher killed before it forked the root", err)
+	}
+	if kids, err := procscan.Find(procscan.ChildOf(os.Getpid())); err != nil || len(kids) != 0 {
+		t.Errorf("children left: %v (%v)", kids, err)
+	}
+}

@@ -19,6 +19,12 @@ func (r *Restore) rollback() error {
 		return nil
 	}
 	r.shared.abort()
+	r.reapLauncher()
+	// the kernel stored the root's pid before the root ran, also when the
+	// restore fails before the root arrived
+	if err := r.learnRoot(); err != nil {
+		r.log.Warn("rollback", "err", err)
+	}
 	if r.rootPID <= 0 {
 		return nil
 	}
@@ -33,7 +39,11 @@ func (r *Restore) rollback() error {
 				known[h] = true
 			}
 		}
-		if err := pidfdSignal(r.rootPidfd, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		kill := func() error { return pidfdSignal(r.rootPidfd, syscall.SIGKILL) }
+		if r.rootPidfd < 0 {
+			kill = func() error { return syscall.Kill(r.rootPID, syscall.SIGKILL) } // still our unreaped child
+		}
+		if err := kill(); err != nil && !errors.Is(err, syscall.ESRCH) {
 			errs = append(errs, fmt.Errorf("killing root %d: %w", r.rootPID, err))
 		}
 	} else {
@@ -114,6 +124,7 @@ func (r *Restore) killAll(known map[int]bool) []error {
 
 // release frees the engine's side of a restore.
 func (r *Restore) release() {
+	r.reapLauncher()
 	if r.rootPidfd >= 0 {
 		syscall.Close(r.rootPidfd)
 		r.rootPidfd = -1

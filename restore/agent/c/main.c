@@ -136,7 +136,14 @@ static __attribute__((noreturn, used)) void agent_main(const uint64_t *sp)
 	wait_for_go();
 
 	memset(&args, 0, sizeof(args));
-	args.flags = CLONE_PARENT;
+	/*
+	 * CLONE_PARENT_SETTID: the kernel stores the root's pid (in this,
+	 * the engine's, namespace) in task_entries before the root runs, so
+	 * the engine has it when the root arrives at ROOT_TASK, without
+	 * waiting for this process to exit.
+	 */
+	args.flags = CLONE_PARENT | CLONE_PARENT_SETTID;
+	args.parent_tid = (uint64_t)(uintptr_t)&agent.te->root_host_pid;
 	if (agent.plan->flags & CREST_PLAN_NEWPID)
 		args.flags |= CLONE_NEWPID;
 	/* with CLONE_PARENT the exit signal is the launcher's own (SIGCHLD) */
