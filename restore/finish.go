@@ -117,8 +117,11 @@ func (r *Restore) finish() (err error) {
 		left[t.task]++
 	}
 	for len(byTid) > 0 {
+		// Only this thread's tracees and children (__WNOTHREAD): the
+		// tracees are this thread's, as ptrace wants, and a child that
+		// another goroutine of the process started stays its own.
 		var ws syscall.WaitStatus
-		tid, err := syscall.Wait4(-1, &ws, syscall.WALL, nil)
+		tid, err := syscall.Wait4(-1, &ws, syscall.WALL|wNothread, nil)
 		if err == syscall.EINTR {
 			continue
 		}

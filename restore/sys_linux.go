@@ -26,6 +26,7 @@ const (
 
 	pWaitPidfd = 3 // P_PIDFD
 	wNowait    = 0x01000000
+	wNothread  = 0x20000000 // __WNOTHREAD: only the calling thread's children and tracees
 
 	mfdCloexec = 0x1
 )
