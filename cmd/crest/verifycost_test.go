@@ -52,8 +52,10 @@ func medianOf(ds []time.Duration) time.Duration {
 // round runs every kind once in a shuffled order (fixed seed), so that
 // neither the machine's other load nor the aftermath of the kind before
 // falls on one kind more than on another; medians, and for the whole
-// ROOT_TASK..COMPLETE a bootstrap 90% interval of the ratio of medians.
-// CREST_COST_FIXTURES picks the fixtures (default counter,tree).
+// ROOT_TASK..COMPLETE a bootstrap 90% interval of the ratio of medians,
+// and the ratio paired within each round. Restores are 20 ms apart unless
+// CREST_COST_SETTLE says otherwise. CREST_COST_FIXTURES picks the
+// fixtures (default counter,tree).
 func BenchmarkStageCost(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Fatal("needs root")
@@ -63,8 +65,19 @@ func BenchmarkStageCost(b *testing.B) {
 	// CREST_COST_GC=1 collects garbage before each restore, so that a
 	// collection the monitor's loading set off does not fall in it.
 	gcFirst := os.Getenv("CREST_COST_GC") == "1"
-	// CREST_COST_SETTLE=20ms waits that long before each restore.
-	settle, _ := time.ParseDuration(os.Getenv("CREST_COST_SETTLE"))
+	// Each restore begins 20 ms after the one before ended, as separate
+	// crest runs are apart: back to back, the last restore's teardown
+	// (the tree's exit, the monitor's detach and the frees the kernel
+	// defers) runs into the next one. CREST_COST_SETTLE=0 measures back
+	// to back, another duration waits that long.
+	settle := 20 * time.Millisecond
+	if v := os.Getenv("CREST_COST_SETTLE"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			b.Fatalf("CREST_COST_SETTLE=%q: %v", v, err)
+		}
+		settle = d
+	}
 	kinds := []string{"plain", "untracked", "watched", "floor", "floor-enter"}
 	// CREST_COST_KINDS=watched,floor picks the kinds besides plain.
 	if v := os.Getenv("CREST_COST_KINDS"); v != "" {
