@@ -17,7 +17,8 @@ import (
 // waits (task_entries.launch); once it is, launch switches to ROOT_TASK
 // and lets it fork the root, as CRIU forks the root right after that
 // switch: the exec of the launcher is crest's start-up, outside the
-// stages. It learns the root's pid from the launcher.
+// stages. It returns without waiting for the root: runStages learns its
+// pid when it arrives at ROOT_TASK (learnRoot).
 func (r *Restore) launch(planBytes []byte) error {
 	fail := func(err error) error { return &StageError{Stage: StageRootTask, Step: "launch", Err: err} }
 	// The engine's copies of the launcher's files are closed after the
