@@ -52,8 +52,9 @@ type Restore struct {
 
 	rootPID   int // in the engine's pid namespace
 	rootPidfd int
-	hostPIDs  map[int]int // image pid -> pid in the engine's namespace
-	launched  []*os.File  // the engine's copies of the launcher's files (launch.go)
+	hostPIDs  map[int]int     // image pid -> pid in the engine's namespace
+	launched  []*os.File      // the engine's copies of the launcher's files (launch.go)
+	threads   map[*Task][]int // host tids of every thread, for finishing (listThreads)
 
 	launcher       *exec.Cmd // until reaped (reapLauncher)
 	launcherPidfd  int
@@ -252,6 +253,18 @@ func (r *Restore) Continue(ctx context.Context, until Stage) error {
 // following ones up to until.
 func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 	for st := from; ; st++ {
+		if st == StageRestoreCreds && !r.opts.KeepArea {
+			// finishing needs every thread's host tid: learnt while
+			// the tasks restore their credentials
+			threads, err := r.listThreads()
+			if err != nil {
+				if r.shared.stage() == StageFail {
+					return r.failure()
+				}
+				return &StageError{Stage: st, Step: "list threads", Err: err}
+			}
+			r.threads = threads
+		}
 		if err := r.waitStage(ctx, st); err != nil {
 			return err
 		}
@@ -276,6 +289,9 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 					return &StageError{Stage: st + 1, Err: err}
 				}
 				treeErr := r.learnTree()
+				// the launcher exited right after it forked the
+				// root: reaped here, not between two stages
+				r.reapLauncher()
 				r.emit(steps, arrivals)
 				r.obs.StageSwitched(ev)
 				if treeErr != nil {

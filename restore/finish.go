@@ -45,27 +45,40 @@ type tracee struct {
 	regs        syscall.PtraceRegs // at its rt_sigreturn exit
 }
 
-// seizeAll attaches to every thread of every task. They are parked at the
-// RESTORE_CREDS barrier, so none can slip through before the switch.
-func (r *Restore) seizeAll() ([]*tracee, error) {
-	var ts []*tracee
+// listThreads finds the host tids of every thread of every alive task,
+// for finishing. Every thread exists once RESTORE is over, and none is
+// added after it: the engine lists them while the tasks restore their
+// credentials, out of the way of the switch to COMPLETE.
+func (r *Restore) listThreads() (map[*Task][]int, error) {
+	tids := map[*Task][]int{}
 	for _, t := range r.plan.Tasks {
 		if t.Kind != TaskAlive {
 			continue // zombies and helpers ended after RESTORE
 		}
-		host := r.hostPIDs[t.PID]
-		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", host))
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", r.hostPIDs[t.PID]))
 		if err != nil {
-			return ts, err
+			return nil, fmt.Errorf("task %d: %w", t.PID, err)
 		}
 		if len(ents) != len(t.Threads) {
-			return ts, fmt.Errorf("task %d has %d threads, want %d", t.PID, len(ents), len(t.Threads))
+			return nil, fmt.Errorf("task %d has %d threads, want %d", t.PID, len(ents), len(t.Threads))
 		}
 		for _, e := range ents {
 			tid, err := strconv.Atoi(e.Name())
 			if err != nil {
-				return ts, err
+				return nil, fmt.Errorf("task %d: thread %q: %w", t.PID, e.Name(), err)
 			}
+			tids[t] = append(tids[t], tid)
+		}
+	}
+	return tids, nil
+}
+
+// seizeAll attaches to every thread listThreads found. They are parked at
+// the RESTORE_CREDS barrier, so none can slip through before the switch.
+func (r *Restore) seizeAll() ([]*tracee, error) {
+	var ts []*tracee
+	for _, t := range r.plan.Tasks {
+		for _, tid := range r.threads[t] {
 			if err := ptrace(ptraceSeizeReq, tid, 0, ptraceOTraceSysgood); err != nil {
 				return ts, fmt.Errorf("task %d thread %d: %w", t.PID, tid, err)
 			}
