@@ -57,6 +57,9 @@ static void wait_for_go(void)
 	sys_futex_wake(&agent.te->launch, 1);
 	while (__atomic_load_n(&agent.te->launch, __ATOMIC_SEQ_CST) == CREST_LAUNCH_READY) {
 		sys_futex_wait(&agent.te->launch, CREST_LAUNCH_READY, &second);
+		/* let go: the root is forked at once, without the check below */
+		if (__atomic_load_n(&agent.te->launch, __ATOMIC_SEQ_CST) != CREST_LAUNCH_READY)
+			break;
 		pfd.fd = agent.plan->engine_pidfd;
 		pfd.events = 1;	/* POLLIN: the engine has exited */
 		pfd.revents = 0;
