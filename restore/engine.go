@@ -289,8 +289,8 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 					return &StageError{Stage: st + 1, Err: err}
 				}
 				treeErr := r.learnTree()
-				// the launcher exited right after it forked the
-				// root: reaped here, not between two stages
+				// the launcher lingers after it forked the root:
+				// ended here, not between two stages
 				r.reapLauncher()
 				r.emit(steps, arrivals)
 				r.obs.StageSwitched(ev)

@@ -144,8 +144,8 @@ func (r *Restore) launcherAlive(st Stage) error {
 	return &StageError{Stage: st, Step: "launch", Err: err}
 }
 
-// reapLauncher ends and reaps the launcher: it has exited by the time the
-// root ran its first stages, or it must not go on.
+// reapLauncher ends and reaps the launcher: once it forked the root it
+// lingers for this (agent main.c), and before that it must not go on.
 func (r *Restore) reapLauncher() {
 	if r.launcher == nil {
 		return

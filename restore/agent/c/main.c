@@ -7,8 +7,8 @@
  * names, closes every fd above 2 and clones the root task with its pid
  * (set_tid {pid}; with CLONE_NEWPID when the plan asks for a new pid
  * namespace, where pid is 1) and CLONE_PARENT, so that the root is the
- * engine's child. It writes the root's pid into task_entries and exits; the
- * root goes on in task_main (fork.c). First of all it finds the vDSO's
+ * engine's child. It writes the root's pid into task_entries and lingers
+ * until the engine ends it (linger); the root goes on in task_main (fork.c). First of all it finds the vDSO's
  * clock (vdso.c), which the tasks inherit.
  */
 #include "agent.h"
@@ -43,6 +43,31 @@ static long map_fixed(uint64_t addr, uint64_t size, int prot, int flags, int fd)
 	return 0;
 }
 
+/* Whether the engine has exited: its pidfd turns readable (POLLIN). */
+static int engine_gone(void)
+{
+	struct { int fd; short events, revents; } pfd = { agent.plan->engine_pidfd, 1, 0 };
+
+	return sys_call3(__NR_poll, (long)&pfd, 1, 0) > 0;
+}
+
+/*
+ * After the fork of the root the launcher lingers until the engine ends it
+ * (SIGKILL, while the tasks restore their memory): its exit, and the
+ * SIGCHLD that tells the engine, do not fall between two stages then.
+ * Should the engine die instead, it leaves within a second.
+ */
+static __attribute__((noreturn)) void linger(void)
+{
+	static const struct __kernel_timespec second = { 1, 0 };
+
+	for (;;) {
+		sys_futex_wait(&agent.te->launch, CREST_LAUNCH_GO, &second);
+		if (engine_gone())
+			sys_exit_group(0);
+	}
+}
+
 /*
  * wait_for_go tells the engine the launcher is ready and waits until it
  * switched to ROOT_TASK. Should the engine die instead, the launcher exits
@@ -51,7 +76,6 @@ static long map_fixed(uint64_t addr, uint64_t size, int prot, int flags, int fd)
 static void wait_for_go(void)
 {
 	static const struct __kernel_timespec second = { 1, 0 };
-	struct { int fd; short events, revents; } pfd;
 
 	__atomic_store_n(&agent.te->launch, CREST_LAUNCH_READY, __ATOMIC_SEQ_CST);
 	sys_futex_wake(&agent.te->launch, 1);
@@ -60,10 +84,7 @@ static void wait_for_go(void)
 		/* let go: the root is forked at once, without the check below */
 		if (__atomic_load_n(&agent.te->launch, __ATOMIC_SEQ_CST) != CREST_LAUNCH_READY)
 			break;
-		pfd.fd = agent.plan->engine_pidfd;
-		pfd.events = 1;	/* POLLIN: the engine has exited */
-		pfd.revents = 0;
-		if (sys_call3(__NR_poll, (long)&pfd, 1, 0) > 0)
+		if (engine_gone())
 			launch_fail(-ESRCH);
 	}
 }
@@ -168,7 +189,7 @@ static __attribute__((noreturn, used)) void agent_main(const uint64_t *sp)
 		task_fail_slot(slot, CREST_STEP_FORK, ret);
 	}
 	__atomic_store_n(&agent.te->root_host_pid, (int32_t)ret, __ATOMIC_RELEASE);
-	sys_exit_group(0);
+	linger();
 }
 
 /*
