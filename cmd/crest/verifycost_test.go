@@ -20,6 +20,7 @@ import (
 	"github.com/crest-restore/crest/bpf"
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/restore"
+	"github.com/crest-restore/crest/test/bpffs"
 	"github.com/crest-restore/crest/test/fixture"
 )
 
@@ -54,7 +55,8 @@ func medianOf(ds []time.Duration) time.Duration {
 // falls on one kind more than on another; medians, and for the whole
 // ROOT_TASK..COMPLETE a bootstrap 90% interval of the ratio of medians,
 // and the ratio paired within each round. Restores are 20 ms apart unless
-// CREST_COST_SETTLE says otherwise. CREST_COST_FIXTURES picks the
+// CREST_COST_SETTLE says otherwise; the programs stay loaded throughout
+// unless CREST_COST_KEEP=0. CREST_COST_FIXTURES picks the
 // fixtures (default counter,tree).
 func BenchmarkStageCost(b *testing.B) {
 	if os.Geteuid() != 0 {
@@ -82,6 +84,24 @@ func BenchmarkStageCost(b *testing.B) {
 	// CREST_COST_KINDS=watched,floor picks the kinds besides plain.
 	if v := os.Getenv("CREST_COST_KINDS"); v != "" {
 		kinds = append([]string{"plain"}, strings.Split(v, ",")...)
+	}
+	// Every program stays loaded for the whole benchmark (the monitor's
+	// on pins, as --verify-pins keeps them), so that only links are
+	// attached and detached between restores: freeing a program's JIT
+	// image is deferred past RCU grace periods, and its TLB flush then
+	// falls into some later restore of any kind. CREST_COST_KEEP=0 loads
+	// and frees them for each restore instead.
+	keep := os.Getenv("CREST_COST_KEEP") != "0"
+	var pins string
+	var floorProgs []*ebpf.Program
+	if keep {
+		pins = bpffs.Mount(b)
+		floorProgs = loadEmptyPrograms(b, "sys_enter", "sys_exit")
+		defer func() {
+			for _, p := range floorProgs {
+				p.Close()
+			}
+		}()
 	}
 	pct := func(a, b time.Duration) float64 { return 100 * (float64(b)/float64(a) - 1) }
 	names := []string{"counter", "tree"}
@@ -122,15 +142,23 @@ func BenchmarkStageCost(b *testing.B) {
 				var floor func()
 				switch kinds[kind] {
 				case "floor":
-					floor = emptySyscallPrograms(b, "sys_enter", "sys_exit")
+					if keep {
+						floor = attachPrograms(b, floorProgs)
+					} else {
+						floor = emptySyscallPrograms(b, "sys_enter", "sys_exit")
+					}
 				case "floor-enter":
-					floor = emptySyscallPrograms(b, "sys_enter")
+					if keep {
+						floor = attachPrograms(b, floorProgs[:1])
+					} else {
+						floor = emptySyscallPrograms(b, "sys_enter")
+					}
 				case "untracked":
 					if idle, err = bpf.Open(bpf.Options{}); err != nil {
 						b.Fatal(err)
 					}
 				case "watched":
-					kc = startKernelCheck(verifyOptions{mode: "on"})
+					kc = startKernelCheck(verifyOptions{mode: "on", pinDir: pins})
 					if err := kc.ready(); err != nil {
 						b.Fatal(err)
 					}
@@ -264,7 +292,20 @@ func bootstrapMedian(rng *rand.Rand, xs []float64) (med, lo, hi float64) {
 // syscalls built on them (the slow syscall path and two program runs per
 // syscall), and returns what detaches and frees them.
 func emptySyscallPrograms(b *testing.B, targets ...string) func() {
-	var closers []io.Closer
+	progs := loadEmptyPrograms(b, targets...)
+	detach := attachPrograms(b, progs)
+	return func() {
+		detach()
+		for _, p := range progs {
+			p.Close()
+		}
+	}
+}
+
+// loadEmptyPrograms loads a program that does nothing for each tp_btf
+// target.
+func loadEmptyPrograms(b *testing.B, targets ...string) []*ebpf.Program {
+	var progs []*ebpf.Program
 	for _, target := range targets {
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 			Name: "crest_floor", Type: ebpf.Tracing, AttachType: ebpf.AttachTraceRawTp, AttachTo: target,
@@ -273,15 +314,24 @@ func emptySyscallPrograms(b *testing.B, targets ...string) func() {
 		if err != nil {
 			b.Fatal(err)
 		}
+		progs = append(progs, prog)
+	}
+	return progs
+}
+
+// attachPrograms attaches progs and returns what detaches them.
+func attachPrograms(b *testing.B, progs []*ebpf.Program) func() {
+	var links []io.Closer
+	for _, prog := range progs {
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog})
 		if err != nil {
 			b.Fatal(err)
 		}
-		closers = append(closers, l, prog)
+		links = append(links, l)
 	}
 	return func() {
-		for _, c := range closers {
-			c.Close()
+		for _, l := range links {
+			l.Close()
 		}
 	}
 }
