@@ -154,7 +154,7 @@ func BenchmarkStageCost(b *testing.B) {
 						floor = emptySyscallPrograms(b, "sys_enter")
 					}
 				case "untracked":
-					if idle, err = bpf.Open(bpf.Options{}); err != nil {
+					if idle, err = bpf.Open(bpf.Options{PinDir: pins}); err != nil {
 						b.Fatal(err)
 					}
 				case "watched":
