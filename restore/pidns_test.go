@@ -65,17 +65,10 @@ func TestPlanPIDNamespace(t *testing.T) {
 	}
 
 	const pid = 4242
-	plan := func(t *testing.T, dir string) (*Plan, error) {
-		d, err := images.Open(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return NewPlan(d)
-	}
 	t.Run("the dumping criu's namespace", func(t *testing.T) {
 		dir := fixture.CopyImages(t, "counter")
 		renumberRoot(t, dir, pid)
-		p, err := plan(t, dir)
+		p, err := openPlan(t, dir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -89,7 +82,7 @@ func TestPlanPIDNamespace(t *testing.T) {
 		editImage(t, dir, fmt.Sprintf("ids-%d.img", pid), func(img *images.Image) {
 			img.Entries[0].Message.(*criu_core.TaskKobjIdsEntry).PidNsId = proto.Uint32(9)
 		})
-		_, err := plan(t, dir)
+		_, err := openPlan(t, dir)
 		var pe *PlanError
 		want := fmt.Sprintf("task %d: ids-%d.img: the root has its own pid namespace (9, the dump ran in 1) but is not its pid 1", pid, pid)
 		if !errors.As(err, &pe) || !strings.Contains(err.Error(), want) {

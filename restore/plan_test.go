@@ -17,17 +17,31 @@ import (
 	"github.com/crest-restore/crest/test/fixture"
 )
 
-func loadPlan(t *testing.T, name string) *Plan {
+// openPlan plans the image directory dir, which must open: the error is
+// NewPlan's.
+func openPlan(t testing.TB, dir string) (*Plan, error) {
 	t.Helper()
-	d, err := images.Open(fixture.Images(t, name))
+	d, err := images.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := NewPlan(d)
+	return NewPlan(d)
+}
+
+// planDir plans the image directory dir, which must plan.
+func planDir(t testing.TB, dir string) *Plan {
+	t.Helper()
+	p, err := openPlan(t, dir)
 	if err != nil {
-		t.Fatalf("%s: %v", name, err)
+		t.Fatalf("%s: %v", dir, err)
 	}
 	return p
+}
+
+// loadPlan plans fixture name.
+func loadPlan(t testing.TB, name string) *Plan {
+	t.Helper()
+	return planDir(t, fixture.Images(t, name))
 }
 
 type wantTask struct {
@@ -350,11 +364,7 @@ func TestPlanRefuses(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := fixture.CopyImages(t, tt.fixture)
 			tt.damage(t, dir)
-			d, err := images.Open(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = NewPlan(d)
+			_, err := openPlan(t, dir)
 			var pe *PlanError
 			if !errors.As(err, &pe) || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error %v, want a PlanError with %q", err, tt.want)

@@ -30,12 +30,12 @@ func BenchmarkRestoreResources(b *testing.B) {
 	for _, name := range []string{"pipe", "shmem", "files", "signals"} {
 		b.Run(name, func(b *testing.B) {
 			fixture.Install(b, name)
-			benchRestore(b, loadPlanB(b, name))
+			benchRestore(b, loadPlan(b, name))
 		})
 	}
 	b.Run("pipe-1MiB", func(b *testing.B) {
 		fixture.Install(b, "pipe")
-		p := loadPlanB(b, "pipe")
+		p := loadPlan(b, "pipe")
 		pp := p.Pipes[97264]
 		data := make([]byte, 1<<20)
 		for i := range data {
@@ -46,23 +46,10 @@ func BenchmarkRestoreResources(b *testing.B) {
 	})
 	b.Run("shmem-64MiB", func(b *testing.B) {
 		fixture.Install(b, "shmem")
-		p := loadPlanB(b, "shmem")
+		p := loadPlan(b, "shmem")
 		growShmem(b, p, 64<<20)
 		benchRestore(b, p)
 	})
-}
-
-func loadPlanB(b *testing.B, name string) *Plan {
-	b.Helper()
-	d, err := images.Open(fixture.Images(b, name))
-	if err != nil {
-		b.Fatal(err)
-	}
-	p, err := NewPlan(d)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return p
 }
 
 // growShmem makes the shmem fixture's shared memory size bytes: a pages

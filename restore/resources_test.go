@@ -453,11 +453,7 @@ func TestResourceFailures(t *testing.T) {
 			if strings.Contains(want, "%") {
 				want = fmt.Sprintf(want, dir)
 			}
-			d, err := images.Open(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p, err := NewPlan(d)
+			p, err := openPlan(t, dir)
 			if err == nil {
 				if tt.tamper != nil {
 					tt.tamper(p)
@@ -532,14 +528,7 @@ func TestRestoreFIFO(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	d, err := images.Open(imgs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := NewPlan(d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := planDir(t, imgs)
 	if ff := p.Fifos[97264]; len(p.Pipes) != 0 || ff == nil || ff.Path != path || string(ff.Data) != "msg 153\nmsg 154\n" {
 		t.Fatalf("pipes %v, FIFOs %v", p.Pipes, p.Fifos)
 	}
@@ -547,13 +536,7 @@ func TestRestoreFIFO(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hosts := []int{r.HostPID(1), r.HostPID(2)}
-	defer func() {
-		if err := r.Abort(); err != nil {
-			t.Error(err)
-		}
-		checkGone(t, hosts)
-	}()
+	hosts := abortAtCleanup(t, r, p)
 	for i, task := range p.Tasks {
 		checkTask(t, task, hosts[i])
 	}
@@ -902,14 +885,7 @@ func TestRestoreAnonShared(t *testing.T) {
 			v.Flags = proto.Uint32(syscall.MAP_SHARED | syscall.MAP_ANONYMOUS)
 		})
 	}
-	d, err := images.Open(imgs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := NewPlan(d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := planDir(t, imgs)
 	if m := p.Shmems[300]; len(p.Shmems) != 1 || len(p.Memfds) != 0 || m == nil || m.Size != 1<<20 || !m.Anon {
 		t.Fatalf("shmems %v, memfds %v", p.Shmems, p.Memfds)
 	}
@@ -917,13 +893,7 @@ func TestRestoreAnonShared(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hosts := []int{r.HostPID(1), r.HostPID(2)}
-	defer func() {
-		if err := r.Abort(); err != nil {
-			t.Error(err)
-		}
-		checkGone(t, hosts)
-	}()
+	hosts := abortAtCleanup(t, r, p)
 	for i, task := range p.Tasks {
 		checkTask(t, task, hosts[i])
 	}

@@ -27,19 +27,6 @@ import (
 // out-init.log, which checkLogsContinue would see): zombies are given to
 // child1 (pid 2), which never waits, so that they stay zombies.
 
-func planDir(t *testing.T, dir string) *Plan {
-	t.Helper()
-	d, err := images.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := NewPlan(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // deadLeaderImages is the tree fixture as if child2 (3) and child3 (4)
 // had been born in a session whose leader, 7, died (they went to the
 // init), child2 leading its own group, child3 in the dead leader's group
@@ -185,11 +172,7 @@ func TestPlanHelpersAndZombies(t *testing.T) {
 			t.Run(tt.name, func(t *testing.T) {
 				dir := fixture.CopyImages(t, "tree")
 				rewritePstree(t, dir, tt.edit)
-				d, err := images.Open(dir)
-				if err != nil {
-					t.Fatal(err)
-				}
-				_, err = NewPlan(d)
+				_, err := openPlan(t, dir)
 				var pe *PlanError
 				if !errors.As(err, &pe) || !strings.Contains(err.Error(), tt.want) {
 					t.Fatalf("error %v, want a PlanError with %q", err, tt.want)
@@ -203,11 +186,7 @@ func TestPlanHelpersAndZombies(t *testing.T) {
 			rewritePstree(t, dir, func(es []*pstree.PstreeEntry) {
 				es[4].Ppid, es[4].Pgid, es[4].Sid = proto.Uint32(1), proto.Uint32(7), proto.Uint32(7)
 			})
-			d, err := images.Open(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = NewPlan(d)
+			_, err := openPlan(t, dir)
 			if want := "task 5: pstree.img: zombie born in session 7 by helper 7: not supported"; err == nil || !strings.Contains(err.Error(), want) {
 				t.Fatalf("error %v, want %q", err, want)
 			}
