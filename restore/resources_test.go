@@ -581,13 +581,7 @@ func TestRestoreFileSharedMapping(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	host := r.HostPID(1)
-	defer func() {
-		if err := r.Abort(); err != nil {
-			t.Error(err)
-		}
-		checkGone(t, []int{host})
-	}()
+	host := abortAtCleanup(t, r, p)[0]
 	checkTask(t, task, host)
 	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", host))
 	if err != nil {
@@ -772,13 +766,7 @@ func TestRestoreVariants(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			host := r.HostPID(1)
-			defer func() {
-				if err := r.Abort(); err != nil {
-					t.Error(err)
-				}
-				checkGone(t, []int{host})
-			}()
+			host := abortAtCleanup(t, r, p)[0]
 			checkTask(t, p.Tasks[0], host)
 			tt.check(t, p, r)
 		})
