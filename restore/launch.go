@@ -72,8 +72,7 @@ func (r *Restore) launch(planBytes []byte) error {
 		if r.shared.stage() == StageFail {
 			return r.failure()
 		}
-		msg, _ := io.ReadAll(io.NewSectionReader(stderr, 0, 4096))
-		return fail(fmt.Errorf("%w %s", err, strings.TrimSpace(string(msg))))
+		return fail(fmt.Errorf("%w %s", err, r.launcherSaid()))
 	}
 	if err := cmd.Start(); err != nil {
 		return fail(err)
@@ -138,10 +137,15 @@ func (r *Restore) launcherAlive(st Stage) error {
 		return r.failure()
 	}
 	if err == nil {
-		msg, _ := io.ReadAll(io.NewSectionReader(r.launcherStderr, 0, 4096))
-		err = fmt.Errorf("the launcher ended (%s) before it forked the root: %s", how, strings.TrimSpace(string(msg)))
+		err = fmt.Errorf("the launcher ended (%s) before it forked the root: %s", how, r.launcherSaid())
 	}
 	return &StageError{Stage: st, Step: "launch", Err: err}
+}
+
+// launcherSaid is what the launcher wrote to its stderr (the first 4 KiB).
+func (r *Restore) launcherSaid() string {
+	msg, _ := io.ReadAll(io.NewSectionReader(r.launcherStderr, 0, 4096))
+	return strings.TrimSpace(string(msg))
 }
 
 // reapLauncher ends and reaps the launcher: once it forked the root it
