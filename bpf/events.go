@@ -63,8 +63,8 @@ type SetnsEvent struct {
 }
 
 // FutexEvent is a futex(2) on a watched address. Word is the futex word
-// as the call entered, WordAtExit as it returned (both read from the
-// caller's memory by the program).
+// as the call entered, WordAtExit as a wait returned (both read from the
+// caller's memory by the program; a wake's word is not read at its exit).
 type FutexEvent struct {
 	Header
 	Return

@@ -386,14 +386,18 @@ func TestTrackTracee(t *testing.T) {
 				t.Errorf("switch by %d, not the engine: %+v", f.PID, f)
 			}
 			switches = append(switches, oparg)
-			if !f.WordAtExitOK || int32(f.WordAtExit) < oparg {
-				t.Errorf("switch to %d: start at exit %d", oparg, int32(f.WordAtExit))
+			if f.WordAtExitOK {
+				t.Errorf("switch to %d: a wake's word read at its exit: %+v", oparg, f)
 			}
 		case f.Cmd() == FutexWakeOp && f.Addr == teAddr+4 && f.Addr2 == teAddr+4 && op == futexOpAdd && oparg == -1:
 			arrivals[byNS[f.TID]]++
 		case f.Cmd() == FutexWait && f.Addr == teAddr:
 			if !f.WordOK || f.Word != f.Val && !(f.Returned && f.Ret == -int64(unix.EAGAIN)) {
 				t.Errorf("wait on start: word %d val %d ret %d", f.Word, f.Val, f.Ret)
+			}
+			// it returned once the engine switched past its stage
+			if !f.Returned || !f.WordAtExitOK || int32(f.WordAtExit) <= int32(f.Val) {
+				t.Errorf("wait on start for %d: returned %v, word at exit %d (ok %v)", int32(f.Val), f.Returned, int32(f.WordAtExit), f.WordAtExitOK)
 			}
 		case f.Cmd() == FutexWait && f.Addr == teAddr+4:
 			if f.PID != engine {

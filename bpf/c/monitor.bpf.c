@@ -29,6 +29,9 @@ char LICENSE[] SEC("license") = "GPL";
 #define NR_CLONE3 435
 
 #define FUTEX_PRIVATE_FLAG 128
+#define FUTEX_CLOCK_REALTIME 256
+#define FUTEX_WAIT 0
+#define FUTEX_WAIT_BITSET 9
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -110,6 +113,12 @@ static __always_inline void fill_hdr(struct crest_hdr *h, __u64 pid_tgid, __u32 
 	h->nr = nr;
 }
 
+/* *uaddr into *out; 0 if that memory can not be read */
+static __always_inline int read_user_u32(__u64 uaddr, __u32 *out)
+{
+	return bpf_probe_read_user(out, sizeof(*out), (void *)uaddr) == 0;
+}
+
 static __always_inline int futex_wanted(__u64 uaddr, __u32 op)
 {
 	struct crest_config *cfg = get_config();
@@ -150,10 +159,9 @@ static __always_inline void on_futex(struct pt_regs *regs, __u64 pid_tgid)
 	e->val3 = regs->r9;
 	e->flags = 0;
 	e->pad = 0;
-	if (bpf_probe_read_user(&e->word, sizeof(e->word), (void *)uaddr) == 0)
+	e->word = 0;
+	if (read_user_u32(uaddr, &e->word))
 		e->flags |= CREST_WORD_OK;
-	else
-		e->word = 0;
 	bpf_ringbuf_submit(e, wakeup_flag());
 }
 
@@ -333,27 +341,30 @@ int crest_sys_exit(__u64 *ctx)
 	e->word = 0;
 	e->flags = 0;
 	if (nr == NR_FUTEX) {
+		__u32 cmd = regs->si & ~(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME);
+
+		/* the word as a wait returns (did the stage change?); a
+		 * wake's word at its exit tells nothing its entry did not */
 		e->uaddr = regs->di;
-		if (bpf_probe_read_user(&e->word, sizeof(e->word), (void *)e->uaddr) == 0)
+		if ((cmd == FUTEX_WAIT || cmd == FUTEX_WAIT_BITSET) && read_user_u32(e->uaddr, &e->word))
 			e->flags = CREST_WORD_OK;
 	}
 	bpf_ringbuf_submit(e, wakeup_flag());
 	return 0;
 }
 
-/* the pid of p at every level, 0 beyond its own */
+/*
+ * The pid of p at every level, 0 beyond its own. The scheduler's
+ * tracepoints hand the programs trusted task pointers, so the task and pid
+ * fields here and below are plain loads that the verifier guards, not a
+ * probe-read helper call each: the fork program runs inside every clone of
+ * the restore (about 0.9 us instead of 1.8).
+ */
 static __always_inline void pid_levels(struct pid *p, unsigned int level, __s32 *out)
 {
-	void *numbers = (void *)p + bpf_core_field_offset(struct pid, numbers);
-
 #pragma unroll
-	for (int i = 0; i < CREST_MAX_LEVELS; i++) {
-		out[i] = 0;
-		if (i <= level)
-			bpf_probe_read_kernel(&out[i], sizeof(__s32),
-					      numbers + i * sizeof(struct upid) +
-					      bpf_core_field_offset(struct upid, nr));
-	}
+	for (int i = 0; i < CREST_MAX_LEVELS; i++)
+		out[i] = i <= level ? p->numbers[i].nr : 0;
 }
 
 SEC("tp_btf/sched_process_fork")
@@ -362,8 +373,8 @@ int crest_fork(__u64 *ctx)
 	struct task_struct *parent = (struct task_struct *)ctx[0];
 	struct task_struct *child = (struct task_struct *)ctx[1];
 	struct crest_ev_fork *e;
-	__u32 ptgid = BPF_CORE_READ(parent, tgid);
-	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	__u32 ptgid = parent->tgid;
+	__u32 ctgid = child->tgid;
 	struct pid *pp, *pl, *cp, *cl, *rp;
 
 	if (!is_tracked(ptgid))
@@ -377,24 +388,24 @@ int crest_fork(__u64 *ctx)
 	}
 	e->h.ts = bpf_ktime_get_boot_ns();
 	e->h.pid = ptgid;
-	e->h.tid = BPF_CORE_READ(parent, pid);
+	e->h.tid = parent->pid;
 	e->h.kind = CREST_EV_FORK;
 	e->h.nr = -1;
 	e->child_pid = ctgid;
-	e->child_tid = BPF_CORE_READ(child, pid);
-	pp = BPF_CORE_READ(parent, thread_pid);
-	pl = BPF_CORE_READ(parent, group_leader, thread_pid);
-	cp = BPF_CORE_READ(child, thread_pid);
-	cl = BPF_CORE_READ(child, group_leader, thread_pid);
-	e->parent_level = BPF_CORE_READ(pp, level);
-	e->child_level = BPF_CORE_READ(cp, level);
+	e->child_tid = child->pid;
+	pp = parent->thread_pid;
+	pl = parent->group_leader->thread_pid;
+	cp = child->thread_pid;
+	cl = child->group_leader->thread_pid;
+	rp = child->real_parent->group_leader->thread_pid;
+	e->parent_level = pp->level;
+	e->child_level = cp->level;
+	e->real_parent_level = rp->level;
+	e->pad = 0;
 	pid_levels(pp, e->parent_level, e->parent_tids);
 	pid_levels(pl, e->parent_level, e->parent_pids);
 	pid_levels(cp, e->child_level, e->child_tids);
 	pid_levels(cl, e->child_level, e->child_pids);
-	rp = BPF_CORE_READ(child, real_parent, group_leader, thread_pid);
-	e->real_parent_level = BPF_CORE_READ(rp, level);
-	e->pad = 0;
 	pid_levels(rp, e->real_parent_level, e->real_parent_pids);
 	bpf_ringbuf_submit(e, wakeup_flag());
 	return 0;
@@ -406,7 +417,7 @@ int crest_exit(__u64 *ctx)
 	struct task_struct *task = (struct task_struct *)ctx[0];
 	int group_dead = (int)ctx[1] & 1;
 	struct crest_ev_exit *e;
-	__u32 tgid = BPF_CORE_READ(task, tgid);
+	__u32 tgid = task->tgid;
 
 	if (!is_tracked(tgid))
 		return 0;
@@ -414,10 +425,10 @@ int crest_exit(__u64 *ctx)
 	if (e) {
 		e->h.ts = bpf_ktime_get_boot_ns();
 		e->h.pid = tgid;
-		e->h.tid = BPF_CORE_READ(task, pid);
+		e->h.tid = task->pid;
 		e->h.kind = CREST_EV_EXIT;
 		e->h.nr = -1;
-		e->exit_code = BPF_CORE_READ(task, exit_code);
+		e->exit_code = task->exit_code;
 		e->group_dead = group_dead;
 		bpf_ringbuf_submit(e, wakeup_flag());
 	} else {
