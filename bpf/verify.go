@@ -484,6 +484,7 @@ func (v *verifier) stages() {
 
 	var switches []switchEv
 	var arrivals []arrival
+	var engineWaits []*FutexEvent // waits on nr_in_progress
 	type waitEv struct {
 		stage int
 		ev    *FutexEvent
@@ -532,6 +533,9 @@ func (v *verifier) stages() {
 			a = &arrival{tid: f.TID, lo: f.Time, hi: hi, ev: f}
 		case cmd == FutexWake && isInProg(f.Addr) && known:
 			a = &arrival{tid: f.TID, lo: prev, hi: f.Time, ev: f}
+		case cmd == FutexWait && isInProg(f.Addr):
+			engineWaits = append(engineWaits, f)
+			continue
 		case cmd == FutexWait && isStart(f.Addr):
 			st := int(int32(f.Val))
 			// After counting out of a stage a thread waits while start
@@ -566,6 +570,25 @@ func (v *verifier) stages() {
 		last[f.TID], started[f.TID] = st, true
 		lastArrival[f.TID] = len(arrivals)
 		arrivals = append(arrivals, *a)
+	}
+
+	// A count-out that woke the engine's wait on nr_in_progress made its
+	// decrement before that wait returned, whatever its own exit says: a
+	// thread preempted between its decrement and its exit may come back
+	// after the engine, woken, already switched. Of the engine's waits
+	// that overlap the count-out and were woken (ret 0), the first to
+	// return bounds it. The bound stays above the count-out's entry, so
+	// an arrival after its stage opened can not look early by it.
+	for i := range arrivals {
+		a := &arrivals[i]
+		if a.ev.Cmd() != FutexWakeOp || !a.ev.Returned || a.ev.Ret <= 0 {
+			continue
+		}
+		for _, w := range engineWaits {
+			if w.Returned && w.Ret == 0 && w.Time < a.hi && w.Exit > a.lo && w.Exit < a.hi {
+				a.hi = w.Exit
+			}
+		}
 	}
 
 	// A plain store of start came after the last decrement of the stage

@@ -145,3 +145,78 @@ func TestVerifyFaults(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifyPreemptedCountOut: a thread preempted between its count-out's
+// decrement and the syscall's exit can return after the engine, woken by
+// that decrement, switched. The count-out's exit then lies after the
+// switch, but it woke the engine's wait, which returned before the switch:
+// the early count-out is still found. The events are a real no-wait run
+// with the count-out's exit moved past the switch, as the preemption
+// would record it.
+func TestVerifyPreemptedCountOut(t *testing.T) {
+	exp := traceeExpect(t)
+	const early = "task 5 left RESTORE_SIGCHLD without waiting"
+	for try := 0; ; try++ {
+		m := openMonitor(t, Options{})
+		runTracked(t, m, "no-wait")
+		evs := m.Events()
+		m.Close()
+		r := Verify(exp, evs)
+		var found *Finding
+		for i, f := range r.Findings {
+			if strings.Contains(f.Message, early) {
+				found = &r.Findings[i]
+			}
+		}
+		if found == nil || len(found.Evidence) != 2 {
+			t.Fatalf("the unchanged run: no finding %q with two events: %s", early, r.Verdict)
+		}
+		countOut, ok1 := found.Evidence[0].(*FutexEvent)
+		sw, ok2 := found.Evidence[1].(*FutexEvent)
+		if !ok1 || !ok2 || !countOut.Returned {
+			t.Fatalf("evidence %+v", found.Evidence)
+		}
+		// The count-out must have woken the engine's wait (the engine
+		// of the tracee mostly waits by then, but may be between two
+		// waits).
+		var woken *FutexEvent
+		for _, e := range evs {
+			if w, ok := e.(*FutexEvent); ok && w.Cmd() == FutexWait && w.Addr == teAddr+4 &&
+				w.Returned && w.Ret == 0 && w.Time < countOut.Exit && w.Exit > countOut.Time {
+				woken = w
+			}
+		}
+		if countOut.Ret <= 0 || woken == nil {
+			if try == 5 {
+				t.Fatalf("in 6 runs the count-out never woke the engine's wait")
+			}
+			continue
+		}
+		if woken.Exit >= sw.Time {
+			t.Fatalf("the engine's wait returned at %d, not before its switch at %d", woken.Exit, sw.Time)
+		}
+		countOut.Exit = sw.Time + 1000
+		r = Verify(exp, evs)
+		found = nil
+		for i, f := range r.Findings {
+			if strings.Contains(f.Message, early) {
+				found = &r.Findings[i]
+			}
+		}
+		if found == nil || found.Stage != "RESTORE_SIGCHLD" || found.TID != 5 {
+			t.Errorf("count-out returning after the switch: no finding %q for tid 5 at RESTORE_SIGCHLD: %s", early, r.Verdict)
+		}
+		for _, f := range r.Findings {
+			t.Log("  ", f)
+		}
+		// Without the wake-up as evidence the exit time alone can
+		// not put the count-out before the switch.
+		countOut.Ret = 0
+		for _, f := range Verify(exp, evs).Findings {
+			if strings.Contains(f.Message, early) {
+				t.Errorf("a count-out that woke nobody and returned after the switch was found early: %s", f)
+			}
+		}
+		return
+	}
+}

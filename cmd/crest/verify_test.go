@@ -270,8 +270,10 @@ var verifyFaults = []struct {
 	// The root skips RESTORE_SIGCHLD: its count-out of RESTORE_CREDS
 	// closes RESTORE_SIGCHLD before the switch to RESTORE_CREDS. When
 	// the root is preempted between its decrement and its syscall's
-	// exit, the engine's switch may enter before that exit: the kernel's
-	// times can not put the count-out before the switch then, and the
+	// exit, the engine's switch may enter before that exit. If the
+	// count-out woke the engine's wait, that wait's return still puts
+	// it before the switch (bpf's TestVerifyPreemptedCountOut); if the
+	// engine had not begun to wait, the kernel's times can not, and the
 	// finding is that the root never arrived at RESTORE_SIGCHLD.
 	{fault: "no-wait", fixture: "tree", check: "stage", pid: 1, tid: 1, stage: "RESTORE_SIGCHLD",
 		message: "task 1 left RESTORE_SIGCHLD without waiting", or: "task 1 never arrived at RESTORE_SIGCHLD"},
