@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/crest-restore/crest/bench"
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/restore"
 	"github.com/crest-restore/crest/test/bpffs"
@@ -597,8 +598,8 @@ func BenchmarkVerifyCost(b *testing.B) {
 				removeTree(b, root)
 			}
 			b.Logf("%s: crest restore -d wall time, median of %d: %v plain, %v with --verify (+%v), %v with pins (+%v); monitor load %v (pinned %v), attach %v, detach %v",
-				name, runs, medianOf(wall[0]), medianOf(wall[1]), medianOf(wall[1])-medianOf(wall[0]), medianOf(wall[2]), medianOf(wall[2])-medianOf(wall[0]),
-				medianOf(load), medianOf(pinnedLoad), medianOf(attach), medianOf(detach))
+				name, runs, bench.Median(wall[0]), bench.Median(wall[1]), bench.Median(wall[1])-bench.Median(wall[0]), bench.Median(wall[2]), bench.Median(wall[2])-bench.Median(wall[0]),
+				bench.Median(load), bench.Median(pinnedLoad), bench.Median(attach), bench.Median(detach))
 		}
 	}
 }

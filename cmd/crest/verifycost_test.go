@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/crest-restore/crest/bench"
 	"github.com/crest-restore/crest/bpf"
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/restore"
@@ -31,15 +31,6 @@ func costRuns(def int) int {
 		return n
 	}
 	return def
-}
-
-func medianOf(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	return s[len(s)/2]
 }
 
 // BenchmarkStageCost measures what the monitor costs a restore's own
@@ -213,78 +204,38 @@ func BenchmarkStageCost(b *testing.B) {
 					continue
 				}
 				for k := range kinds {
-					sum[k] += medianOf(v[k])
+					sum[k] += bench.Median(v[k])
 				}
 				med := make([]time.Duration, len(kinds))
 				for k := range kinds {
-					med[k] = medianOf(v[k])
+					med[k] = bench.Median(v[k])
 				}
 				logf("%s: %-18s median %s", name, st, pcts(med))
 			}
 			logf("%s: %-18s        %s", name, "sum of medians", pcts(sum))
 			m := make([]time.Duration, len(kinds))
 			for k := range kinds {
-				m[k] = medianOf(total[k])
+				m[k] = bench.Median(total[k])
 			}
 			logf("%s: %-18s median %s [n=%d each]", name, "ROOT_TASK..COMPLETE", pcts(m), runs)
 			for k := 1; k < len(kinds); k++ {
-				lo, hi := bootstrapRatio(rng, total[0], total[k])
-				logf("%s: %-18s %s vs plain: 90%% interval %+.1f%% .. %+.1f%%", name, "ROOT_TASK..COMPLETE", kinds[k], lo, hi)
+				iv := bench.RatioInterval(rng, total[0], total[k])
+				logf("%s: %-18s %s vs plain: 90%% interval %+.1f%% .. %+.1f%%", name, "ROOT_TASK..COMPLETE", kinds[k], iv.Lo, iv.Hi)
 			}
 			// Paired: the ratio to plain within each round (same
 			// minute, same machine state), its median over the rounds
 			// and a bootstrap 90% interval of that median.
 			for k := 1; k < len(kinds); k++ {
-				ratios := make([]float64, runs)
+				base, other := make([]time.Duration, runs), make([]time.Duration, runs)
 				for i, r := range rounds {
-					ratios[i] = 100 * (float64(r[k])/float64(r[0]) - 1)
+					base[i], other[i] = r[0], r[k]
 				}
-				med, lo, hi := bootstrapMedian(rng, ratios)
+				iv := bench.PairedInterval(rng, base, other)
 				logf("%s: %-18s %s vs plain, paired by round: median %+.1f%%, 90%% interval %+.1f%% .. %+.1f%%",
-					name, "ROOT_TASK..COMPLETE", kinds[k], med, lo, hi)
+					name, "ROOT_TASK..COMPLETE", kinds[k], iv.Estimate, iv.Lo, iv.Hi)
 			}
 		}
 	}
-}
-
-// bootstrapRatio resamples both sets of durations 2000 times and returns
-// the 5th and 95th percentiles of median(b)/median(a)-1, in percent.
-func bootstrapRatio(rng *rand.Rand, a, b []time.Duration) (lo, hi float64) {
-	const rounds = 2000
-	ratios := make([]float64, rounds)
-	ra, rb := make([]time.Duration, len(a)), make([]time.Duration, len(b))
-	for i := range ratios {
-		for j := range ra {
-			ra[j] = a[rng.IntN(len(a))]
-		}
-		for j := range rb {
-			rb[j] = b[rng.IntN(len(b))]
-		}
-		ratios[i] = 100 * (float64(medianOf(rb))/float64(medianOf(ra)) - 1)
-	}
-	slices.Sort(ratios)
-	return ratios[rounds*5/100], ratios[rounds*95/100]
-}
-
-// bootstrapMedian returns the median of xs and the 5th and 95th
-// percentiles of the medians of 2000 resamples of xs.
-func bootstrapMedian(rng *rand.Rand, xs []float64) (med, lo, hi float64) {
-	const rounds = 2000
-	median := func(v []float64) float64 {
-		s := slices.Clone(v)
-		slices.Sort(s)
-		return s[len(s)/2]
-	}
-	meds := make([]float64, rounds)
-	r := make([]float64, len(xs))
-	for i := range meds {
-		for j := range r {
-			r[j] = xs[rng.IntN(len(xs))]
-		}
-		meds[i] = median(r)
-	}
-	slices.Sort(meds)
-	return median(xs), meds[rounds*5/100], meds[rounds*95/100]
 }
 
 // emptySyscallPrograms attaches programs that do nothing to the

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
+	"github.com/crest-restore/crest/bench"
+	"github.com/crest-restore/crest/bpf"
+	"github.com/crest-restore/crest/restore"
+)
+
+func init() {
+	register(&verb{
+		name:  "bench",
+		usage: "-D DIR [--runs N] [--verify] [--reset CMD] [--json]",
+		short: "restore an image directory many times and report each stage's latency",
+		long: `
+bench restores the process tree in DIR (CRIU 4.2 images) N times, kills it
+after each restore, and reports how long every stage of the restore took:
+the median of each stage, and of the stages together, restore.Start (launch,
+stages and finishing) and planning with their 10th and 90th percentiles.
+
+With --verify every restore is done twice, plain and watched by the eBPF
+monitor (and verified: a finding ends the benchmark), the two taking turns
+in shuffled rounds; the report adds the monitor's overhead on each stage,
+on the stages together (with a bootstrap 90% interval) and paired by round,
+which takes out the machine's drift between rounds. The monitor's programs
+stay loaded between restores: under --verify-pins DIR, else in a pin
+directory under /sys/fs/bpf that bench removes when it ends.
+
+A restored tree may change what lies outside its images, e.g. append to a
+log file whose size the images recorded; --reset CMD (a shell command) runs
+before every restore to put that back. Timings are what this machine did
+this time: compare runs made side by side.`,
+		setup: func(fs *pflag.FlagSet) runFunc {
+			dir := fs.StringP("images-dir", "D", "", "restore the image directory `DIR`")
+			runs := fs.Int("runs", 20, "restores per mode")
+			verify := fs.Bool("verify", false, "also restore with the eBPF monitor watching, and report its overhead")
+			pins := fs.String("verify-pins", "", "keep the monitor's programs pinned under `DIR` (a BPF file system) and leave them there")
+			reset := fs.String("reset", "", "run the shell command `CMD` before every restore")
+			warmup := fs.Int("warmup", 1, "rounds to run first and leave out of the report")
+			settle := fs.Duration("settle", 20*time.Millisecond, "pause before every restore")
+			seed := fs.Uint64("seed", 1, "the order of the modes in each round")
+			asJSON := fs.Bool("json", false, "print the report, with every sample, as JSON")
+			return func(ctx context.Context, env *env, args []string) error {
+				switch {
+				case *dir == "":
+					return usagef("no image directory: give -D DIR")
+				case len(args) > 0:
+					return usagef("unexpected arguments %q", args)
+				case *runs < 1:
+					return usagef("--runs %d: need at least one", *runs)
+				case *warmup < 0:
+					return usagef("--warmup %d: negative", *warmup)
+				case *settle < 0:
+					return usagef("--settle %v: negative", *settle)
+				case *pins != "" && !*verify:
+					return usagef("--verify-pins without --verify")
+				}
+				cfg := bench.Config{Dir: *dir, Runs: *runs, Modes: []bench.Mode{bench.Plain},
+					Warmup: *warmup, Settle: *settle, Seed: *seed, Log: env.log}
+				if *reset != "" {
+					cfg.Reset = resetCommand(ctx, *reset)
+				}
+				if *verify {
+					pinDir, cleanup, err := benchPins(env, *pins)
+					if err != nil {
+						return err
+					}
+					defer cleanup()
+					cfg.Modes = append(cfg.Modes, watchedMode(pinDir))
+				}
+				rep, err := bench.Run(ctx, cfg)
+				if err != nil {
+					return err
+				}
+				if *asJSON {
+					enc := json.NewEncoder(env.stdout)
+					enc.SetIndent("", "  ")
+					return enc.Encode(rep)
+				}
+				return rep.Markdown(env.stdout)
+			}
+		},
+	})
+}
+
+// resetCommand runs cmd with /bin/sh before each restore.
+func resetCommand(ctx context.Context, cmd string) func() error {
+	return func() error {
+		out, err := exec.CommandContext(ctx, "/bin/sh", "-c", cmd).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%q: %w: %s", cmd, err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+}
+
+// watchedMode restores with the monitor watching and verifies each restore.
+func watchedMode(pinDir string) bench.Mode {
+	begin := func(p *restore.Plan) (restore.Observer, func(*restore.Restore, error) error, error) {
+		kc := startKernelCheck(verifyOptions{mode: "on", pinDir: pinDir})
+		if err := kc.ready(); err != nil {
+			kc.close()
+			return nil, nil, err
+		}
+		end := func(r *restore.Restore, startErr error) error {
+			defer kc.close()
+			if startErr != nil {
+				return nil // the restore's own error says what went wrong
+			}
+			if err := kc.verify(p); err != nil {
+				return fmt.Errorf("--verify: no verdict: %w", err)
+			}
+			if !kc.report.OK {
+				return fmt.Errorf("--verify: %s; first: %s", kc.report.Verdict, kc.report.Findings[0])
+			}
+			return nil
+		}
+		return kc, end, nil
+	}
+	return bench.Mode{Name: "verify", Begin: begin}
+}
+
+// benchPins is where the monitor's programs stay loaded between the
+// restores: dir when given (and left there), else a directory of its own
+// under /sys/fs/bpf that cleanup removes. Without a BPF file system there
+// the monitor loads afresh for every restore.
+func benchPins(env *env, dir string) (string, func(), error) {
+	if dir != "" {
+		return dir, func() {}, nil
+	}
+	const root = "/sys/fs/bpf"
+	var st unix.Statfs_t
+	if err := unix.Statfs(root, &st); err != nil || uint32(st.Type) != unix.BPF_FS_MAGIC {
+		fmt.Fprintf(env.stderr, "crest bench: no BPF file system on %s: the monitor loads afresh for every restore "+
+			"(outside the stages, but freeing its programs adds noise); mount one or give --verify-pins DIR\n", root)
+		return "", func() {}, nil
+	}
+	pins, err := os.MkdirTemp(root, "crest-bench-")
+	if err != nil {
+		return "", nil, fmt.Errorf("a pin directory for the monitor: %w", err)
+	}
+	cleanup := func() {
+		if err := bpf.Unpin(pins); err != nil {
+			env.log.Warn("monitor pins left", "dir", pins, "err", err)
+		}
+		if err := os.Remove(pins); err != nil {
+			env.log.Warn("monitor pin directory left", "dir", filepath.Clean(pins), "err", err)
+		}
+	}
+	return pins, cleanup, nil
+}
