@@ -13,8 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/crest-restore/crest/images"
@@ -69,17 +71,43 @@ type Sample struct {
 	Window time.Duration   `json:"window_ns"` // from the switch to ROOT_TASK to the end of COMPLETE
 	Start  time.Duration   `json:"start_ns"`  // restore.Start's wall time: launch, stages and finishing
 	Plan   time.Duration   `json:"plan_ns"`   // opening the images and planning
+	Tasks  []TaskSample    `json:"tasks"`     // in the plan's order
+	// Steps is the time each step of the agent and the engine took,
+	// summed over the tasks and threads that ran it (they run side by
+	// side: a sum, not a span of the stages).
+	Steps map[string]time.Duration `json:"steps_ns"`
+}
+
+// TaskSample is when one task arrived at each stage (the last of its
+// threads), counted from the stage's switch; 0 where it takes no part.
+type TaskSample struct {
+	PID    int             `json:"pid"`
+	Stages []time.Duration `json:"stages_ns"` // by Report.Stages
 }
 
 // ModeReport is what one mode measured.
 type ModeReport struct {
-	Name   string    `json:"name"`
-	Stages []Summary `json:"stages"` // by Report.Stages
-	Window Summary   `json:"window"`
-	Start  Summary   `json:"start"`
-	Plan   Summary   `json:"plan"`
+	Name   string       `json:"name"`
+	Stages []Summary    `json:"stages"` // by Report.Stages
+	Window Summary      `json:"window"`
+	Start  Summary      `json:"start"`
+	Plan   Summary      `json:"plan"`
+	Tasks  []TaskReport `json:"tasks"`
+	Steps  []StepReport `json:"steps"` // by name
 	// Overhead against the first mode; nil for the first.
 	Overhead *Overhead `json:"overhead,omitempty"`
+}
+
+// TaskReport is when a task arrived at each stage, from its switch.
+type TaskReport struct {
+	PID    int       `json:"pid"`
+	Stages []Summary `json:"stages"` // N 0 where it takes no part
+}
+
+// StepReport is a step's time per restore, summed over the tasks.
+type StepReport struct {
+	Name string  `json:"name"`
+	Time Summary `json:"time"`
 }
 
 // Overhead is a mode's cost against the first mode, in percent.
@@ -204,7 +232,34 @@ func runOnce(ctx context.Context, cfg Config, m Mode) (Sample, *restore.Plan, er
 	}
 	first, last := tl.Stage(Stages[0]), tl.Stage(Stages[len(Stages)-1])
 	s.Window = time.Duration(last.Done - first.Switched)
+	s.Tasks = taskSamples(p, tl)
+	s.Steps = map[string]time.Duration{}
+	for _, st := range tl.Steps {
+		if st.Succeeded && st.End >= st.Begin {
+			s.Steps[st.Step] += time.Duration(st.End - st.Begin)
+		}
+	}
 	return s, p, nil
+}
+
+// taskSamples is when each task of p arrived at each stage of tl.
+func taskSamples(p *restore.Plan, tl *restore.Timeline) []TaskSample {
+	index := map[int]int{}
+	out := make([]TaskSample, len(p.Tasks))
+	for i, t := range p.Tasks {
+		index[t.PID] = i
+		out[i] = TaskSample{PID: t.PID, Stages: make([]time.Duration, len(Stages))}
+	}
+	for _, a := range tl.Arrivals {
+		i, ok := index[a.PID]
+		j := slices.Index(Stages, a.Stage)
+		span := tl.Stage(a.Stage)
+		if !ok || j < 0 || span == nil || a.At < span.Switched {
+			continue
+		}
+		out[i].Stages[j] = max(out[i].Stages[j], time.Duration(a.At-span.Switched))
+	}
+	return out
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
@@ -249,6 +304,7 @@ func (rep *Report) summarize(modes []Mode, rng *rand.Rand) {
 		for _, ds := range by[i].stages {
 			mr.Stages = append(mr.Stages, Summarize(ds))
 		}
+		mr.Tasks, mr.Steps = rep.perTask(m.Name), rep.perStep(m.Name)
 		if i > 0 {
 			base := rep.Modes[0]
 			o := &Overhead{
@@ -271,4 +327,55 @@ func pct(base, d time.Duration) float64 {
 		return 0
 	}
 	return 100 * (float64(d)/float64(base) - 1)
+}
+
+// perTask summarizes the tasks' arrivals in mode's samples.
+func (rep *Report) perTask(mode string) []TaskReport {
+	var pids []int
+	byPID := map[int][][]time.Duration{} // pid -> stage -> arrivals
+	for _, s := range rep.Samples {
+		if s.Mode != mode {
+			continue
+		}
+		for _, t := range s.Tasks {
+			v, ok := byPID[t.PID]
+			if !ok {
+				pids = append(pids, t.PID)
+				v = make([][]time.Duration, len(Stages))
+				byPID[t.PID] = v
+			}
+			for j, d := range t.Stages {
+				if d > 0 {
+					v[j] = append(v[j], d)
+				}
+			}
+		}
+	}
+	var out []TaskReport
+	for _, pid := range pids {
+		tr := TaskReport{PID: pid}
+		for _, ds := range byPID[pid] {
+			tr.Stages = append(tr.Stages, Summarize(ds))
+		}
+		out = append(out, tr)
+	}
+	return out
+}
+
+// perStep summarizes the steps' time per restore in mode's samples.
+func (rep *Report) perStep(mode string) []StepReport {
+	times := map[string][]time.Duration{}
+	for _, s := range rep.Samples {
+		if s.Mode != mode {
+			continue
+		}
+		for name, d := range s.Steps {
+			times[name] = append(times[name], d)
+		}
+	}
+	var out []StepReport
+	for _, name := range slices.Sorted(maps.Keys(times)) {
+		out = append(out, StepReport{Name: name, Time: Summarize(times[name])})
+	}
+	return out
 }

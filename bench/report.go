@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 )
@@ -10,7 +11,8 @@ import (
 // Markdown writes the report as a table: one row per stage with each
 // mode's median (and its overhead against the first mode), then the
 // stages together, restore.Start and planning with their 10th and 90th
-// percentiles, and the paired overheads.
+// percentiles, and the paired overheads; then, for each mode, when each
+// task arrived at each stage, and the steps' time side by side.
 func (rep *Report) Markdown(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "crest bench: %s (%s, %s), %d restores per mode in shuffled rounds",
@@ -64,6 +66,10 @@ func (rep *Report) Markdown(w io.Writer) error {
 				o.StartPaired.Estimate, o.StartPaired.Lo, o.StartPaired.Hi)
 		}
 	}
+	for _, m := range rep.Modes {
+		rep.taskTable(&b, m)
+	}
+	rep.stepTable(&b)
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -91,4 +97,71 @@ func Format(d time.Duration) string {
 		return fmt.Sprintf("%.3f ms", float64(d)/1e6)
 	}
 	return fmt.Sprintf("%.2f s", d.Seconds())
+}
+
+// taskTable writes when each task arrived at each stage in mode m
+// (medians, from the stage's switch): the last to arrive made the stage
+// as long as it was.
+func (rep *Report) taskTable(b *strings.Builder, m ModeReport) {
+	if len(m.Tasks) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "\n%s: each task's arrival, from the stage's switch (medians)\n\n| task |", m.Name)
+	for _, name := range rep.Stages {
+		fmt.Fprintf(b, " %s |", name)
+	}
+	b.WriteString("\n| ---: |")
+	for range rep.Stages {
+		b.WriteString(" ---: |")
+	}
+	b.WriteString("\n")
+	for _, t := range m.Tasks {
+		fmt.Fprintf(b, "| %d |", t.PID)
+		for _, s := range t.Stages {
+			if s.N == 0 {
+				b.WriteString(" - |")
+				continue
+			}
+			fmt.Fprintf(b, " %s |", Format(s.Median))
+		}
+		b.WriteString("\n")
+	}
+}
+
+// stepTable writes each step's time per restore, summed over the tasks
+// (medians), side by side for the modes.
+func (rep *Report) stepTable(b *strings.Builder) {
+	var names []string
+	for _, m := range rep.Modes {
+		for _, st := range m.Steps {
+			if !slices.Contains(names, st.Name) {
+				names = append(names, st.Name)
+			}
+		}
+	}
+	if len(names) == 0 {
+		return
+	}
+	slices.Sort(names)
+	b.WriteString("\nsteps: time per restore, summed over the tasks that ran them (medians)\n\n| step |")
+	for _, m := range rep.Modes {
+		fmt.Fprintf(b, " %s |", m.Name)
+	}
+	b.WriteString("\n| --- |")
+	for range rep.Modes {
+		b.WriteString(" ---: |")
+	}
+	b.WriteString("\n")
+	for _, name := range names {
+		fmt.Fprintf(b, "| %s |", name)
+		for _, m := range rep.Modes {
+			i := slices.IndexFunc(m.Steps, func(s StepReport) bool { return s.Name == name })
+			if i < 0 {
+				b.WriteString(" - |")
+				continue
+			}
+			fmt.Fprintf(b, " %s |", Format(m.Steps[i].Time.Median))
+		}
+		b.WriteString("\n")
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -78,6 +79,19 @@ func TestBenchJSON(t *testing.T) {
 				if len(s.Stages) != len(wantStages) || s.Window < sum || s.Start < s.Window || s.Plan <= 0 {
 					t.Errorf("%s round %d: stages %v (sum %v), window %v, start %v, plan %v", s.Mode, s.Round, s.Stages, sum, s.Window, s.Start, s.Plan)
 				}
+				// every task arrives at FORKING and after, no later
+				// than the stage ended; only the root before
+				for i, task := range s.Tasks {
+					for j, d := range task.Stages {
+						takesPart := j >= 2 || i == 0
+						if takesPart != (d > 0) || d > s.Stages[j] {
+							t.Errorf("%s round %d: task %d arrived %v into %s (which took %v)", s.Mode, s.Round, task.PID, d, wantStages[j], s.Stages[j])
+						}
+					}
+				}
+				if s.Steps["memory"] <= 0 || s.Steps["sigreturn"] <= 0 {
+					t.Errorf("%s round %d: steps %v", s.Mode, s.Round, s.Steps)
+				}
 			}
 			for _, m := range []string{"plain", "verify"} {
 				if len(rounds[m]) != 3 {
@@ -100,6 +114,14 @@ func TestBenchJSON(t *testing.T) {
 			if rep.Tasks != wantTasks {
 				t.Errorf("%d tasks, want %d", rep.Tasks, wantTasks)
 			}
+			for _, m := range rep.Modes {
+				if len(m.Tasks) != wantTasks || m.Tasks[0].PID != 1 || m.Tasks[0].Stages[0].N != 3 {
+					t.Errorf("mode %s: tasks %+v", m.Name, m.Tasks)
+				}
+				if i := slices.IndexFunc(m.Steps, func(s bench.StepReport) bool { return s.Name == "memory" }); i < 0 || m.Steps[i].Time.N != 3 {
+					t.Errorf("mode %s: steps %+v", m.Name, m.Steps)
+				}
+			}
 			noneLeft(t, name)
 		})
 	}
@@ -115,7 +137,8 @@ func TestBenchTable(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 	for _, want := range []string{"(1 task, 1 thread), 2 restores per mode", "| stage | plain |", "| ROOT_TASK | ",
-		"| COMPLETE | ", "| stages (ROOT_TASK .. COMPLETE) | ", "| restore.Start"} {
+		"| COMPLETE | ", "| stages (ROOT_TASK .. COMPLETE) | ", "| restore.Start", "plain: each task's arrival", "\n| 1 | ",
+		"| step | plain |", "\n| memory | "} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("no %q in\n%s", want, stdout)
 		}
