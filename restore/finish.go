@@ -43,7 +43,18 @@ type tracee struct {
 	inSigreturn bool               // stopped at the entry of rt_sigreturn
 	index       int                // its thread's index in the task, from its restorer stack
 	regs        syscall.PtraceRegs // at its rt_sigreturn exit
+	unmap       unmapPhase         // where its task's munmap is, on the thread that runs it
+	mask        uint64             // its signal mask while it runs the munmap
 }
+
+// unmapPhase is how far the injected munmap of a task has come.
+type unmapPhase int
+
+const (
+	unmapNone  unmapPhase = iota
+	unmapEntry            // injected: the next stop is the munmap's entry
+	unmapExit             // the next stop is its exit
+)
 
 // listThreads finds the host tids of every thread of every alive task,
 // for finishing. Every thread exists once RESTORE is over, and none is
@@ -164,6 +175,30 @@ func (r *Restore) finish() (err error) {
 			if err := ptrace(syscall.PTRACE_SYSCALL, tid, 0, 0); err != nil {
 				return err
 			}
+		case t.unmap != unmapNone:
+			// The munmap runs with every signal blocked: only its
+			// own two stops can come.
+			if sig != syscall.SIGTRAP|0x80 {
+				return fmt.Errorf("task %d thread %d: unexpected stop %#x while unmapping the crest area", t.task.PID, tid, ws)
+			}
+			if t.unmap == unmapEntry {
+				t.unmap = unmapExit
+				if err := ptrace(syscall.PTRACE_SYSCALL, tid, 0, 0); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := endUnmap(t); err != nil {
+				return fmt.Errorf("task %d: unmapping the crest area: %w", t.task.PID, err)
+			}
+			for tid2, t2 := range byTid {
+				if t2.task == t.task {
+					if err := ptrace(syscall.PTRACE_DETACH, tid2, 0, 0); err != nil {
+						return err
+					}
+					delete(byTid, tid2)
+				}
+			}
 		case sig == syscall.SIGTRAP|0x80:
 			done, err := r.syscallStop(t)
 			if err != nil {
@@ -182,16 +217,10 @@ func (r *Restore) finish() (err error) {
 			if left[t.task] > 0 {
 				continue // wait for its siblings, stopped in their own code
 			}
-			if err := unmapArea(t, syscallAddr, r.area.Start, r.area.Size); err != nil {
+			// The munmap's two stops come back through this loop, so
+			// that the other tasks go on meanwhile.
+			if err := beginUnmap(t, syscallAddr, r.area.Start, r.area.Size); err != nil {
 				return fmt.Errorf("task %d: unmapping the crest area: %w", t.task.PID, err)
-			}
-			for tid2, t2 := range byTid {
-				if t2.task == t.task {
-					if err := ptrace(syscall.PTRACE_DETACH, tid2, 0, 0); err != nil {
-						return err
-					}
-					delete(byTid, tid2)
-				}
 			}
 		default:
 			// a signal for the task: deliver it
@@ -261,27 +290,22 @@ func (r *Restore) syscallStop(t *tracee) (bool, error) {
 	return true, nil
 }
 
-// unmapArea makes t run munmap(start, size) from the restorer's syscall
-// instruction and puts its registers back at the exit stop. As compel does
-// for code it injects, it blocks every signal meanwhile: rt_sigreturn has
-// just unblocked the task's own mask, and a pending signal (a restored one,
-// or an interval timer's) must be delivered in the task's registers, after
-// the detach, not in the middle of the injected call.
-func unmapArea(t *tracee, syscallAddr, start, size uint64) error {
-	var mask, all uint64 = 0, ^uint64(0)
-	if err := ptrace(ptraceGetSigmask, t.tid, 8, uintptr(unsafe.Pointer(&mask))); err != nil {
+// beginUnmap makes t run munmap(start, size) from the restorer's syscall
+// instruction: it sets the registers and lets t go to the call's entry
+// stop; endUnmap, at the exit stop, checks the result and puts t's
+// registers back. As compel does for code it injects, every signal is
+// blocked meanwhile: rt_sigreturn has just unblocked the task's own mask,
+// and a pending signal (a restored one, or an interval timer's) must be
+// delivered in the task's registers, after the detach, not in the middle
+// of the injected call.
+func beginUnmap(t *tracee, syscallAddr, start, size uint64) error {
+	var all uint64 = ^uint64(0)
+	if err := ptrace(ptraceGetSigmask, t.tid, 8, uintptr(unsafe.Pointer(&t.mask))); err != nil {
 		return err
 	}
 	if err := ptrace(ptraceSetSigmask, t.tid, 8, uintptr(unsafe.Pointer(&all))); err != nil {
 		return err
 	}
-	if err := injectMunmap(t, syscallAddr, start, size); err != nil {
-		return err
-	}
-	return ptrace(ptraceSetSigmask, t.tid, 8, uintptr(unsafe.Pointer(&mask)))
-}
-
-func injectMunmap(t *tracee, syscallAddr, start, size uint64) error {
 	inj := t.regs
 	inj.Rip = syscallAddr
 	inj.Rax = syscall.SYS_MUNMAP
@@ -290,24 +314,12 @@ func injectMunmap(t *tracee, syscallAddr, start, size uint64) error {
 	if err := syscall.PtraceSetRegs(t.tid, &inj); err != nil {
 		return err
 	}
-	for stop := 0; stop < 2; stop++ { // the munmap's entry, then its exit
-		if err := ptrace(syscall.PTRACE_SYSCALL, t.tid, 0, 0); err != nil {
-			return err
-		}
-		var ws syscall.WaitStatus
-		for {
-			_, err := syscall.Wait4(t.tid, &ws, syscall.WALL, nil)
-			if err != syscall.EINTR {
-				if err != nil {
-					return os.NewSyscallError("wait4", err)
-				}
-				break
-			}
-		}
-		if !ws.Stopped() || ws.StopSignal() != syscall.SIGTRAP|0x80 {
-			return fmt.Errorf("unexpected stop %#x", ws)
-		}
-	}
+	t.unmap = unmapEntry
+	return ptrace(syscall.PTRACE_SYSCALL, t.tid, 0, 0)
+}
+
+// endUnmap finishes what beginUnmap started, at the munmap's exit stop.
+func endUnmap(t *tracee) error {
 	var regs syscall.PtraceRegs
 	if err := syscall.PtraceGetRegs(t.tid, &regs); err != nil {
 		return err
@@ -315,7 +327,11 @@ func injectMunmap(t *tracee, syscallAddr, start, size uint64) error {
 	if errno := syscall.Errno(-int64(regs.Rax)); int64(regs.Rax) < 0 {
 		return os.NewSyscallError("munmap", errno)
 	}
-	return syscall.PtraceSetRegs(t.tid, &t.regs)
+	if err := syscall.PtraceSetRegs(t.tid, &t.regs); err != nil {
+		return err
+	}
+	t.unmap = unmapNone
+	return ptrace(ptraceSetSigmask, t.tid, 8, uintptr(unsafe.Pointer(&t.mask)))
 }
 
 func ptrace(req, pid int, addr, data uintptr) error {
