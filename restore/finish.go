@@ -26,7 +26,6 @@ const (
 	ptraceSeizeReq      = 0x4206
 	ptraceInterruptReq  = 0x4207
 	ptraceGetSyscallReq = 0x420e
-	ptraceGetSigmask    = 0x420a
 	ptraceSetSigmask    = 0x420b
 	ptraceEventStop     = 128
 	syscallInfoEntry    = 1
@@ -40,11 +39,12 @@ type tracee struct {
 	task        *Task
 	tid         int                // host tid
 	interrupted bool               // its interrupt stop was seen
+	inSyscall   bool               // its last syscall stop was an entry
 	inSigreturn bool               // stopped at the entry of rt_sigreturn
 	index       int                // its thread's index in the task, from its restorer stack
 	regs        syscall.PtraceRegs // at its rt_sigreturn exit
 	unmap       unmapPhase         // where its task's munmap is, on the thread that runs it
-	mask        uint64             // its signal mask while it runs the munmap
+	mask        uint64             // its own signal mask, put back after the munmap
 }
 
 // unmapPhase is how far the injected munmap of a task has come.
@@ -218,7 +218,10 @@ func (r *Restore) finish() (err error) {
 				continue // wait for its siblings, stopped in their own code
 			}
 			// The munmap's two stops come back through this loop, so
-			// that the other tasks go on meanwhile.
+			// that the other tasks go on meanwhile. rt_sigreturn gave
+			// the thread its own mask, the plan's (the kernel never
+			// blocks SIGKILL and SIGSTOP, nor does PTRACE_SETSIGMASK).
+			t.mask = threadSigmask(t.task, t.task.Threads[t.index])
 			if err := beginUnmap(t, syscallAddr, r.area.Start, r.area.Size); err != nil {
 				return fmt.Errorf("task %d: unmapping the crest area: %w", t.task.PID, err)
 			}
@@ -254,8 +257,21 @@ func endBarrierWait(tid int) error {
 
 // syscallStop reports whether t stopped at the exit of its rt_sigreturn,
 // keeping its registers then. The exit is known from the entry before it:
-// rt_sigreturn sets orig_rax to -1, so the registers do not tell.
+// rt_sigreturn sets orig_rax to -1, so the registers do not tell. Entry
+// and exit stops alternate, the first after the interrupt stop being an
+// entry (the thread was stopped outside any call, or in a wait it then
+// leaves or restarts from its entry): only an entry is asked about.
 func (r *Restore) syscallStop(t *tracee) (bool, error) {
+	if t.inSyscall {
+		t.inSyscall = false
+		if !t.inSigreturn {
+			return false, nil
+		}
+		if err := syscall.PtraceGetRegs(t.tid, &t.regs); err != nil {
+			return false, err
+		}
+		return true, nil
+	}
 	// struct ptrace_syscall_info: op at 0, stack_pointer at 16, entry.nr at 24
 	var info [88]byte
 	if err := ptrace(ptraceGetSyscallReq, t.tid, uintptr(len(info)), uintptr(unsafe.Pointer(&info[0]))); err != nil {
@@ -263,6 +279,7 @@ func (r *Restore) syscallStop(t *tracee) (bool, error) {
 	}
 	switch info[0] {
 	case syscallInfoEntry:
+		t.inSyscall = true
 		t.inSigreturn = *(*uint64)(unsafe.Pointer(&info[24])) == sysRtSigreturn
 		if t.inSigreturn {
 			// the frame is on the thread's own restorer stack
@@ -277,17 +294,9 @@ func (r *Restore) syscallStop(t *tracee) (bool, error) {
 			}
 		}
 		return false, nil
-	case syscallInfoExit:
-		if !t.inSigreturn {
-			return false, nil
-		}
 	default:
-		return false, nil
+		return false, fmt.Errorf("syscall stop %d where an entry was due", info[0])
 	}
-	if err := syscall.PtraceGetRegs(t.tid, &t.regs); err != nil {
-		return false, err
-	}
-	return true, nil
 }
 
 // beginUnmap makes t run munmap(start, size) from the restorer's syscall
@@ -300,9 +309,6 @@ func (r *Restore) syscallStop(t *tracee) (bool, error) {
 // of the injected call.
 func beginUnmap(t *tracee, syscallAddr, start, size uint64) error {
 	var all uint64 = ^uint64(0)
-	if err := ptrace(ptraceGetSigmask, t.tid, 8, uintptr(unsafe.Pointer(&t.mask))); err != nil {
-		return err
-	}
 	if err := ptrace(ptraceSetSigmask, t.tid, 8, uintptr(unsafe.Pointer(&all))); err != nil {
 		return err
 	}

@@ -337,11 +337,7 @@ func threadState(t *Task, index int, th Thread) (agent.Thread, error) {
 			DS: g.GetDs(), ES: g.GetEs(), FS: g.GetFs(), GS: g.GetGs(),
 		},
 	}
-	if th.TID == t.PID {
-		at.Sigmask = th.Core.GetTc().GetBlkSigset()
-	} else {
-		at.Sigmask = tc.GetBlkSigset()
-	}
+	at.Sigmask = threadSigmask(t, th)
 	if sas := tc.GetSas(); sas != nil {
 		at.SasSP, at.SasSize, at.SasFlags = sas.GetSsSp(), sas.GetSsSize(), sas.GetSsFlags()
 	} else {
@@ -424,4 +420,13 @@ func fillXState(x *agent.XState, bv uint64, ymmh []uint32, bndreg, bndcsr, opmas
 	}
 	x.PKRU = le.Uint32(pk[:])
 	return nil
+}
+
+// threadSigmask is the signal mask th of t had at the dump: the leader's
+// is in the task's core, another thread's in its thread core.
+func threadSigmask(t *Task, th Thread) uint64 {
+	if th.TID == t.PID {
+		return th.Core.GetTc().GetBlkSigset()
+	}
+	return th.Core.GetThreadCore().GetBlkSigset()
 }
