@@ -29,7 +29,6 @@ const (
 	ptraceSetSigmask    = 0x420b
 	ptraceEventStop     = 128
 	syscallInfoEntry    = 1
-	syscallInfoExit     = 2
 	sysRtSigreturn      = 15
 	errRestartSys       = 512 // ERESTARTSYS: an interrupted call the kernel restarts
 )
