@@ -4,7 +4,7 @@ OUT     ?= out
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build generate test check bench bench-restore fuzz demo jaeger clean
+.PHONY: all build generate test check bench bench-restore bench-verify fuzz demo jaeger clean
 
 all: build
 
@@ -35,6 +35,19 @@ bench:
 # bench-restore: restore medians of the CRIU 4.2 fixtures, library and CLI.
 bench-restore:
 	$(GO) test -p 1 -count 1 -run '^$$' -bench '^BenchmarkRestore' -benchtime 200x ./restore
+
+# bench-verify: what the eBPF monitor costs a restore's stages (crest bench
+# --verify: plain and watched restores alternating, paired by round) for
+# the fixtures in BENCH_FIXTURES, RUNS restores of each mode.
+FIXTURES       ?= $(or $(CREST_FIXTURES),../shared/fixtures)
+BENCH_FIXTURES ?= counter tree
+RUNS           ?= 300
+bench-verify: build
+	@for f in $(BENCH_FIXTURES); do \
+		flock /run/crest-fixtures.lock sh $(FIXTURES)/install.sh $$f >/dev/null || exit 1; \
+		./crest bench -D $(FIXTURES)/criu-4.2/$$f/images --runs $(RUNS) --verify \
+			--reset "flock /run/crest-fixtures.lock sh $(FIXTURES)/install.sh $$f" || exit 1; \
+	done
 
 # fuzz: run every fuzz target of the images package for FUZZTIME each.
 FUZZTIME ?= 1m
