@@ -8,7 +8,6 @@ import (
 	"time"
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
 	"github.com/crest-restore/crest/trace/tracetest"
@@ -77,10 +76,10 @@ func TestJaegerEndToEnd(t *testing.T) {
 			got := j.fetch(t, tr.ID().String())
 			checkOTLP(t, tr, got)
 			res := got.ResourceSpans[0].Resource.Attributes
-			if v := anyString(res, "service.name"); v != c.service {
+			if v := tracetest.String(res, "service.name"); v != c.service {
 				t.Errorf("service.name %q, want %q", v, c.service)
 			}
-			if c.env["OTEL_RESOURCE_ATTRIBUTES"] != "" && anyString(res, "deployment.environment.name") != "ci" {
+			if c.env["OTEL_RESOURCE_ATTRIBUTES"] != "" && tracetest.String(res, "deployment.environment.name") != "ci" {
 				t.Errorf("OTEL_RESOURCE_ATTRIBUTES not on the resource: %v", res)
 			}
 			n, roots, ops := j.fetchV1(t, tr.ID().String())
@@ -95,24 +94,6 @@ func countSpans(root *Span) int {
 	n := 0
 	root.Walk(func(*Span, *Span) { n++ })
 	return n
-}
-
-func anyString(kvs []*commonpb.KeyValue, key string) string {
-	for _, kv := range kvs {
-		if kv.Key == key {
-			return kv.Value.GetStringValue()
-		}
-	}
-	return ""
-}
-
-func anyInt(kvs []*commonpb.KeyValue, key string) (int64, bool) {
-	for _, kv := range kvs {
-		if kv.Key == key {
-			return kv.Value.GetIntValue(), true
-		}
-	}
-	return 0, false
 }
 
 // checkOTLP checks a trace as a reader gets it back (from a collector or
@@ -155,14 +136,14 @@ func checkOTLP(t *testing.T, tr *Trace, req *coltracepb.ExportTraceServiceReques
 		if s.StartTimeUnixNano < p.StartTimeUnixNano || s.EndTimeUnixNano > p.EndTimeUnixNano {
 			t.Errorf("%s outside its parent %s", s.Name, p.Name)
 		}
-		if len(p.ParentSpanId) == 0 && anyString(s.Attributes, string(keyStage)) != "" {
+		if len(p.ParentSpanId) == 0 && tracetest.String(s.Attributes, string(keyStage)) != "" {
 			stages = append(stages, s)
 		}
 		if strings.HasPrefix(s.Name, "task ") {
-			if _, ok := anyInt(s.Attributes, "process.vpid"); !ok {
+			if _, ok := tracetest.Int(s.Attributes, "process.vpid"); !ok {
 				t.Errorf("%s without process.vpid", s.Name)
 			}
-			if _, ok := anyInt(s.Attributes, "process.pid"); !ok {
+			if _, ok := tracetest.Int(s.Attributes, "process.pid"); !ok {
 				t.Errorf("%s without process.pid", s.Name)
 			}
 		}
@@ -170,11 +151,11 @@ func checkOTLP(t *testing.T, tr *Trace, req *coltracepb.ExportTraceServiceReques
 	if root == nil {
 		t.Fatal("no root span")
 	}
-	if root.Name != "crest restore" || anyString(root.Attributes, "crest.verification.verdict") != "ok" ||
-		anyString(root.Attributes, "crest.images_dir") != "/images/tree" {
+	if root.Name != "crest restore" || tracetest.String(root.Attributes, "crest.verification.verdict") != "ok" ||
+		tracetest.String(root.Attributes, "crest.images_dir") != "/images/tree" {
 		t.Errorf("root %s attributes %v", root.Name, root.Attributes)
 	}
-	if n, _ := anyInt(root.Attributes, "crest.tasks"); n != 3 {
+	if n, _ := tracetest.Int(root.Attributes, "crest.tasks"); n != 3 {
 		t.Errorf("root crest.tasks %d", n)
 	}
 	// in the order a reader sorts them: by start

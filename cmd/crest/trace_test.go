@@ -15,7 +15,6 @@ import (
 	"time"
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
 
@@ -65,24 +64,6 @@ func otlpSpans(req *coltracepb.ExportTraceServiceRequest) []*tracepb.Span {
 		}
 	}
 	return out
-}
-
-func kvString(kvs []*commonpb.KeyValue, key string) string {
-	for _, kv := range kvs {
-		if kv.Key == key {
-			return kv.Value.GetStringValue()
-		}
-	}
-	return ""
-}
-
-func kvInt(kvs []*commonpb.KeyValue, key string) (int64, bool) {
-	for _, kv := range kvs {
-		if kv.Key == key {
-			return kv.Value.GetIntValue(), true
-		}
-	}
-	return 0, false
 }
 
 // otlpTree is a trace as a reader gets it back, with its links checked.
@@ -142,7 +123,7 @@ func readTree(t *testing.T, req *coltracepb.ExportTraceServiceRequest) *otlpTree
 func (tr *otlpTree) stages() []*tracepb.Span {
 	var out []*tracepb.Span
 	for _, c := range tr.children[tr.root] {
-		if kvString(c.Attributes, string(trace.AttrStage)) != "" {
+		if tracetest.String(c.Attributes, string(trace.AttrStage)) != "" {
 			out = append(out, c)
 		}
 	}
@@ -199,19 +180,19 @@ func checkRestoreTrace(t *testing.T, name string, req *coltracepb.ExportTraceSer
 	dir := fixture.Images(t, name)
 	want, nTasks, nThreads := expectedParticipants(t, dir)
 	root := tr.root
-	if root.Name != "crest restore" || kvString(root.Attributes, "crest.images_dir") != dir {
-		t.Errorf("root %q images_dir %q", root.Name, kvString(root.Attributes, "crest.images_dir"))
+	if root.Name != "crest restore" || tracetest.String(root.Attributes, "crest.images_dir") != dir {
+		t.Errorf("root %q images_dir %q", root.Name, tracetest.String(root.Attributes, "crest.images_dir"))
 	}
-	if n, _ := kvInt(root.Attributes, "crest.tasks"); n != int64(nTasks) {
+	if n, _ := tracetest.Int(root.Attributes, "crest.tasks"); n != int64(nTasks) {
 		t.Errorf("root crest.tasks %d, want %d", n, nTasks)
 	}
-	if n, _ := kvInt(root.Attributes, "crest.threads"); n != int64(nThreads) {
+	if n, _ := tracetest.Int(root.Attributes, "crest.threads"); n != int64(nThreads) {
 		t.Errorf("root crest.threads %d, want %d", n, nThreads)
 	}
-	if kvString(root.Attributes, "service.name") != "" {
+	if tracetest.String(root.Attributes, "service.name") != "" {
 		t.Error("service.name on a span, want it on the resource")
 	}
-	if svc := kvString(req.ResourceSpans[0].Resource.GetAttributes(), "service.name"); svc == "" {
+	if svc := tracetest.String(req.ResourceSpans[0].Resource.GetAttributes(), "service.name"); svc == "" {
 		t.Error("no service.name on the resource")
 	}
 
@@ -226,7 +207,7 @@ func checkRestoreTrace(t *testing.T, name string, req *coltracepb.ExportTraceSer
 		t.Fatalf("stages %v, want %v", names, restoreStages)
 	}
 	for i, st := range stages {
-		if n, _ := kvInt(st.Attributes, "crest.stage.number"); n != int64(i) {
+		if n, _ := tracetest.Int(st.Attributes, "crest.stage.number"); n != int64(i) {
 			t.Errorf("%s: crest.stage.number %d, want %d", st.Name, n, i)
 		}
 		if i > 0 && st.StartTimeUnixNano < stages[i-1].EndTimeUnixNano {
@@ -237,26 +218,26 @@ func checkRestoreTrace(t *testing.T, name string, req *coltracepb.ExportTraceSer
 			if !strings.HasPrefix(c.Name, "task ") {
 				continue
 			}
-			pid, ok1 := kvInt(c.Attributes, "process.vpid")
-			tid, ok2 := kvInt(c.Attributes, "crest.image_tid")
+			pid, ok1 := tracetest.Int(c.Attributes, "process.vpid")
+			tid, ok2 := tracetest.Int(c.Attributes, "crest.image_tid")
 			if !ok2 {
 				tid = pid
 			}
 			if !ok1 {
 				t.Errorf("%s/%s: no process.vpid", st.Name, c.Name)
 			}
-			if _, ok := kvInt(c.Attributes, "process.pid"); !ok {
+			if _, ok := tracetest.Int(c.Attributes, "process.pid"); !ok {
 				t.Errorf("%s/%s: no process.pid", st.Name, c.Name)
 			}
-			if kvString(c.Attributes, "process.command") == "" {
+			if tracetest.String(c.Attributes, "process.command") == "" {
 				t.Errorf("%s/%s: no process.command", st.Name, c.Name)
 			}
 			got[participant{int(pid), int(tid)}]++
 			for _, s := range tr.children[c] {
-				if kvString(s.Attributes, string(trace.AttrStep)) == "" {
+				if tracetest.String(s.Attributes, string(trace.AttrStep)) == "" {
 					continue
 				}
-				if v, _ := kvInt(s.Attributes, "process.vpid"); v != pid {
+				if v, _ := tracetest.Int(s.Attributes, "process.vpid"); v != pid {
 					t.Errorf("%s/%s: step %s of task %d", st.Name, c.Name, s.Name, v)
 				}
 			}
@@ -274,20 +255,20 @@ func checkRestoreTrace(t *testing.T, name string, req *coltracepb.ExportTraceSer
 	// every step is inside the span of its task, or the engine's
 	// preparation of it
 	for s, p := range tr.parent {
-		if kvString(s.Attributes, string(trace.AttrStep)) == "" {
+		if tracetest.String(s.Attributes, string(trace.AttrStep)) == "" {
 			continue
 		}
-		if kvString(s.Attributes, "crest.phase") == "prepare" {
+		if tracetest.String(s.Attributes, "crest.phase") == "prepare" {
 			if p.Name != "prepare" || tr.parent[p] != root {
 				t.Errorf("preparation step %s under %s, want under the root's prepare", s.Name, p.Name)
 			}
 			continue
 		}
-		if !strings.HasPrefix(p.Name, "task ") || tr.parent[p] == nil || kvString(tr.parent[p].Attributes, string(trace.AttrStage)) == "" {
+		if !strings.HasPrefix(p.Name, "task ") || tr.parent[p] == nil || tracetest.String(tr.parent[p].Attributes, string(trace.AttrStage)) == "" {
 			t.Errorf("step %s under %s, want under a task span of a stage", s.Name, p.Name)
 		}
 	}
-	measured, ok := kvInt(root.Attributes, string(trace.AttrMeasured))
+	measured, ok := tracetest.Int(root.Attributes, string(trace.AttrMeasured))
 	if !ok || measured <= 0 {
 		t.Fatalf("root has no %s", trace.AttrMeasured)
 	}
@@ -371,10 +352,10 @@ func TestTraceRestoreJaeger(t *testing.T) {
 				t.Errorf("Jaeger has %d spans, the file %d", n, want)
 			}
 			tr := checkRestoreTrace(t, "tree", got, r.took)
-			if svc := kvString(got.ResourceSpans[0].Resource.GetAttributes(), "service.name"); svc != "crest" {
+			if svc := tracetest.String(got.ResourceSpans[0].Resource.GetAttributes(), "service.name"); svc != "crest" {
 				t.Errorf("service.name %q, want crest", svc)
 			}
-			if v := kvString(tr.root.Attributes, string(trace.AttrOp)); v != "restore" {
+			if v := tracetest.String(tr.root.Attributes, string(trace.AttrOp)); v != "restore" {
 				t.Errorf("root crest.op %q", v)
 			}
 			// The v1 API, which Jaeger's UI reads, shows the same tree.
@@ -459,15 +440,15 @@ func TestTraceDump(t *testing.T) {
 				t.Fatal(err)
 			}
 			tr := readTree(t, req)
-			if tr.root.Name != "crest dump" || kvString(tr.root.Attributes, string(trace.AttrOp)) != "dump" ||
-				kvString(tr.root.Attributes, "crest.images_dir") != dir {
+			if tr.root.Name != "crest dump" || tracetest.String(tr.root.Attributes, string(trace.AttrOp)) != "dump" ||
+				tracetest.String(tr.root.Attributes, "crest.images_dir") != dir {
 				t.Errorf("root %q attributes %v", tr.root.Name, tr.root.Attributes)
 			}
 			d, err := images.Open(dir)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if n, _ := kvInt(tr.root.Attributes, "crest.tasks"); n != int64(len(d.Pstree)) {
+			if n, _ := tracetest.Int(tr.root.Attributes, "crest.tasks"); n != int64(len(d.Pstree)) {
 				t.Errorf("root crest.tasks %d, the images have %d", n, len(d.Pstree))
 			}
 			stages := tr.stages()
@@ -487,7 +468,7 @@ func TestTraceDump(t *testing.T) {
 			for _, st := range stages {
 				var pids []int
 				for _, c := range tr.children[st] {
-					pid, _ := kvInt(c.Attributes, "process.vpid")
+					pid, _ := tracetest.Int(c.Attributes, "process.vpid")
 					pids = append(pids, int(pid))
 					if st.Name != "dump tasks" {
 						continue
