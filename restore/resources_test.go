@@ -71,13 +71,8 @@ func hasStep(r *Restore, pid int, step string) bool {
 // checkPipe: out.log continues with the bytes that were in the pipe, then
 // every later message exactly once, in order.
 func checkPipe(t *testing.T, p *Plan, r *Restore, dir string) {
-	before, err := os.ReadFile(fixture.Path(t, "pipe", "files", "out.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	added := waitLines(t, filepath.Join(dir, "out.log"), before, 20)
-	old := strings.Split(strings.TrimSpace(string(before)), "\n")
-	_, last := splitCounter(t, old[len(old)-1])
+	lastLine, added := logLines(t, "pipe", dir, "out.log", 20)
+	_, last := splitCounter(t, lastLine)
 	for i, l := range added {
 		if want := fmt.Sprintf("msg %d", last+1+i); l != want {
 			t.Fatalf("out.log: new line %d is %q, want %q", i, l, want)
@@ -115,16 +110,11 @@ func checkShmem(t *testing.T, p *Plan, r *Restore, dir string) {
 // show as name.
 func checkSharedCounter(t *testing.T, p *Plan, r *Restore, dir, name string) {
 	checkLogContinues(t, "shmem", dir, "out-parent.log", 10)
-	before, err := os.ReadFile(fixture.Path(t, "shmem", "files", "out.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	line := regexp.MustCompile(`^seen (\d+) tick=(\d+)$`)
-	old := strings.Split(strings.TrimSpace(string(before)), "\n")
-	m := line.FindStringSubmatch(old[len(old)-1])
+	lastLine, added := logLines(t, "shmem", dir, "out.log", 30)
+	m := line.FindStringSubmatch(lastLine)
 	seen, _ := strconv.Atoi(m[1])
 	tick, _ := strconv.Atoi(m[2])
-	added := waitLines(t, filepath.Join(dir, "out.log"), before, 30)
 	for i, l := range added {
 		m := line.FindStringSubmatch(l)
 		if m == nil {
@@ -169,16 +159,11 @@ func checkSharedCounter(t *testing.T, p *Plan, r *Restore, dir, name string) {
 // one offset, fd 7 is /dev/null, the memfd holds its content.
 func checkFiles(t *testing.T, p *Plan, r *Restore, dir string) {
 	host := r.HostPID(1)
-	before, err := os.ReadFile(fixture.Path(t, "files", "files", "out.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	line := regexp.MustCompile(`^(\d+) fd=([45]) off=(\d+) hex=([0-9a-f]{32})$`)
-	old := strings.Split(strings.TrimSpace(string(before)), "\n")
-	m := line.FindStringSubmatch(old[len(old)-1])
+	lastLine, added := logLines(t, "files", dir, "out.log", 20)
+	m := line.FindStringSubmatch(lastLine)
 	n, _ := strconv.Atoi(m[1])
 	off, _ := strconv.Atoi(m[3])
-	added := waitLines(t, filepath.Join(dir, "out.log"), before, 20)
 	for i, l := range added {
 		m := line.FindStringSubmatch(l)
 		if m == nil {
@@ -268,10 +253,6 @@ func checkSignals(t *testing.T, p *Plan, r *Restore, dir string) {
 		t.Errorf("images: pending %v", sigs)
 	}
 
-	before, err := os.ReadFile(fixture.Path(t, "signals", "files", "out.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	line := regexp.MustCompile(`^tick=(\d+) alarms=(\d+) usr1=(\d+) usr2=(\d+) alt=(\d+)$`)
 	parse := func(l string) [5]int {
 		m := line.FindStringSubmatch(l)
@@ -284,9 +265,8 @@ func checkSignals(t *testing.T, p *Plan, r *Restore, dir string) {
 		}
 		return v
 	}
-	old := strings.Split(strings.TrimSpace(string(before)), "\n")
-	last := parse(old[len(old)-1])
-	added := waitLines(t, filepath.Join(dir, "out.log"), before, 30)
+	lastLine, added := logLines(t, "signals", dir, "out.log", 30)
+	last := parse(lastLine)
 	for i, l := range added {
 		v := parse(l)
 		if v[0] != last[0]+1+i || v[1] < last[1] || v[3] != 0 || v[4] != v[1]+v[2] {

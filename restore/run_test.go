@@ -293,20 +293,27 @@ func checkLogsContinue(t *testing.T, name, dir string, n int) {
 // checkLogContinues is checkLogsContinue for the one log base.
 func checkLogContinues(t *testing.T, name, dir, base string, n int) {
 	t.Helper()
+	lastLine, added := logLines(t, name, dir, base, n)
+	prefix, last := splitCounter(t, lastLine)
+	for i, l := range added {
+		p, v := splitCounter(t, l)
+		if p != prefix || v != last+1+i {
+			t.Fatalf("%s: new line %d is %q, want %q", filepath.Join(dir, base), i, l, fmt.Sprintf("%s%d", prefix, last+1+i))
+		}
+	}
+}
+
+// logLines waits for n new lines of the log base of fixture name, restored
+// in dir, and returns the last line the log had at the dump and the new
+// ones.
+func logLines(t *testing.T, name, dir, base string, n int) (last string, added []string) {
+	t.Helper()
 	before, err := os.ReadFile(fixture.Path(t, name, "files", base))
 	if err != nil {
 		t.Fatal(err)
 	}
-	live := filepath.Join(dir, base)
-	added := waitLines(t, live, before, n)
-	lines := strings.Split(strings.TrimRight(string(before), "\n"), "\n")
-	prefix, last := splitCounter(t, lines[len(lines)-1])
-	for i, l := range added {
-		p, v := splitCounter(t, l)
-		if p != prefix || v != last+1+i {
-			t.Fatalf("%s: new line %d is %q, want %q", live, i, l, fmt.Sprintf("%s%d", prefix, last+1+i))
-		}
-	}
+	old := strings.Split(strings.TrimRight(string(before), "\n"), "\n")
+	return old[len(old)-1], waitLines(t, filepath.Join(dir, base), before, n)
 }
 
 // splitCounter splits "child1 159" into "child1 " and 159.
@@ -330,10 +337,6 @@ func checkThreadLogs(t *testing.T, dir string, n int) {
 	seen := map[int]string{}
 	for k := 0; k < 3; k++ {
 		base := fmt.Sprintf("out-%d.log", k)
-		before, err := os.ReadFile(fixture.Path(t, "threads", "files", base))
-		if err != nil {
-			t.Fatal(err)
-		}
 		parse := func(l string) (int, int) {
 			m := threadLine.FindStringSubmatch(l)
 			if m == nil || m[1] != strconv.Itoa(k) {
@@ -343,9 +346,8 @@ func checkThreadLogs(t *testing.T, dir string, n int) {
 			sv, _ := strconv.Atoi(m[3])
 			return nv, sv
 		}
-		old := strings.Split(strings.TrimRight(string(before), "\n"), "\n")
-		lastN, lastS := parse(old[len(old)-1])
-		added := waitLines(t, filepath.Join(dir, base), before, n)
+		lastLine, added := logLines(t, "threads", dir, base, n)
+		lastN, lastS := parse(lastLine)
 		for i, l := range added {
 			nv, sv := parse(l)
 			if nv != lastN+1+i || sv <= lastS {
