@@ -40,9 +40,10 @@ var Plain = Mode{Name: "plain", Begin: func(*restore.Plan) (restore.Observer, fu
 
 // Config says what to benchmark and how.
 type Config struct {
-	Dir   string // the image directory
-	Runs  int    // restores per mode
-	Modes []Mode // the first is what the others are compared with
+	Dir      string // the image directory
+	Workload string // what made Dir, when bench did (Workload.String)
+	Runs     int    // restores per mode
+	Modes    []Mode // the first is what the others are compared with
 	// Reset runs before every restore and puts back what the last one
 	// changed outside the images (files the tree wrote to); nil: nothing.
 	Reset func() error
@@ -121,14 +122,15 @@ type Overhead struct {
 
 // Report is a benchmark's result.
 type Report struct {
-	Dir     string        `json:"dir"`
-	Tasks   int           `json:"tasks"`
-	Threads int           `json:"threads"`
-	Runs    int           `json:"runs"` // per mode
-	Settle  time.Duration `json:"settle_ns"`
-	Stages  []string      `json:"stages"`
-	Modes   []ModeReport  `json:"modes"`
-	Samples []Sample      `json:"samples"` // every restore, in the order they ran
+	Dir      string        `json:"dir"`
+	Workload string        `json:"workload,omitempty"`
+	Tasks    int           `json:"tasks"`
+	Threads  int           `json:"threads"`
+	Runs     int           `json:"runs"` // per mode
+	Settle   time.Duration `json:"settle_ns"`
+	Stages   []string      `json:"stages"`
+	Modes    []ModeReport  `json:"modes"`
+	Samples  []Sample      `json:"samples"` // every restore, in the order they ran
 }
 
 // Run restores cfg.Dir cfg.Runs times in each mode. Every restored tree is
@@ -148,7 +150,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		seen[m.Name] = true
 	}
-	rep := &Report{Dir: cfg.Dir, Runs: cfg.Runs, Settle: cfg.Settle}
+	rep := &Report{Dir: cfg.Dir, Workload: cfg.Workload, Runs: cfg.Runs, Settle: cfg.Settle}
 	for _, st := range Stages {
 		rep.Stages = append(rep.Stages, st.String())
 	}

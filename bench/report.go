@@ -15,8 +15,12 @@ import (
 // task arrived at each stage, and the steps' time side by side.
 func (rep *Report) Markdown(w io.Writer) error {
 	var b strings.Builder
+	what := rep.Dir
+	if rep.Workload != "" {
+		what = "workload " + rep.Workload
+	}
 	fmt.Fprintf(&b, "crest bench: %s (%s, %s), %d restores per mode in shuffled rounds",
-		rep.Dir, plural(rep.Tasks, "task"), plural(rep.Threads, "thread"), rep.Runs)
+		what, plural(rep.Tasks, "task"), plural(rep.Threads, "thread"), rep.Runs)
 	if rep.Settle > 0 {
 		fmt.Fprintf(&b, ", %v apart", rep.Settle)
 	}

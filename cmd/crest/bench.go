@@ -21,7 +21,7 @@ import (
 func init() {
 	register(&verb{
 		name:  "bench",
-		usage: "-D DIR [--runs N] [--verify] [--reset CMD] [--json]",
+		usage: "-D DIR | --workload SPEC [--runs N] [--verify] [--reset CMD] [--json]",
 		short: "restore an image directory many times and report each stage's latency",
 		long: `
 bench restores the process tree in DIR (CRIU 4.2 images) N times, kills it
@@ -37,12 +37,21 @@ which takes out the machine's drift between rounds. The monitor's programs
 stay loaded between restores: under --verify-pins DIR, else in a pin
 directory under /sys/fs/bpf that bench removes when it ends.
 
+With --workload SPEC bench makes the tree itself: tasks=N processes (init
+and its children, in a new pid namespace), each with threads=N threads,
+mem=SIZE of memory filled with data (K, M or G, KiB without a unit;
+default 1M) and fds=N
+open files; it starts them, dumps them once with crest dump, restores the
+images RUNS times and removes it all at the end. Such a tree writes
+nothing after it is ready: no --reset is needed.
+
 A restored tree may change what lies outside its images, e.g. append to a
 log file whose size the images recorded; --reset CMD (a shell command) runs
 before every restore to put that back. Timings are what this machine did
 this time: compare runs made side by side.`,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			dir := fs.StringP("images-dir", "D", "", "restore the image directory `DIR`")
+			workload := fs.String("workload", "", "instead of -D, start bench's own workload `SPEC` (tasks=N,threads=N,mem=SIZE,fds=N), dump it once and restore that")
 			runs := fs.Int("runs", 20, "restores per mode")
 			verify := fs.Bool("verify", false, "also restore with the eBPF monitor watching, and report its overhead")
 			pins := fs.String("verify-pins", "", "keep the monitor's programs pinned under `DIR` (a BPF file system) and leave them there")
@@ -53,8 +62,10 @@ this time: compare runs made side by side.`,
 			asJSON := fs.Bool("json", false, "print the report, with every sample, as JSON")
 			return func(ctx context.Context, env *env, args []string) error {
 				switch {
-				case *dir == "":
-					return usagef("no image directory: give -D DIR")
+				case *dir == "" && *workload == "":
+					return usagef("nothing to restore: give -D DIR or --workload SPEC")
+				case *dir != "" && *workload != "":
+					return usagef("-D and --workload: give one")
 				case len(args) > 0:
 					return usagef("unexpected arguments %q", args)
 				case *runs < 1:
@@ -68,6 +79,18 @@ this time: compare runs made side by side.`,
 				}
 				cfg := bench.Config{Dir: *dir, Runs: *runs, Modes: []bench.Mode{bench.Plain},
 					Warmup: *warmup, Settle: *settle, Seed: *seed, Log: env.log}
+				if *workload != "" {
+					w, err := bench.ParseWorkload(*workload)
+					if err != nil {
+						return usagef("%v", err)
+					}
+					images, cleanup, err := w.Prepare(ctx, env.log)
+					if err != nil {
+						return err
+					}
+					defer cleanup()
+					cfg.Dir, cfg.Workload = images, w.String()
+				}
 				if *reset != "" {
 					cfg.Reset = resetCommand(ctx, *reset)
 				}

@@ -156,6 +156,9 @@ func TestBenchErrors(t *testing.T) {
 	images := fixture.Images(t, "counter")
 	usage := [][]string{
 		{},
+		{"-D", images, "--workload", "tasks=2"},
+		{"--workload", "tasks=0"},
+		{"--workload", "cpus=2"},
 		{"-D", images, "--runs", "0"},
 		{"-D", images, "--verify-pins", "/sys/fs/bpf/x"},
 		{"-D", images, "--warmup", "-1"},
@@ -183,6 +186,33 @@ func TestBenchErrors(t *testing.T) {
 	}
 	if code != 1 || !strings.HasPrefix(stderr, "crest bench: run 1 of 1, ") || !strings.Contains(stderr, prog) {
 		t.Errorf("restore failing: exit %d, %q", code, stderr)
+	}
+	noneLeft(t, "counter")
+}
+
+// TestBenchWorkload: bench makes its own tree, dumps it, restores it in
+// both modes without a finding, and removes everything.
+func TestBenchWorkload(t *testing.T) {
+	needRoot(t)
+	before, _ := filepath.Glob(filepath.Join(os.TempDir(), "crest-bench-*"))
+	code, stdout, stderr := runBench("--workload", "tasks=2,threads=2,mem=256K,fds=2", "--runs", "2", "--verify", "--settle", "0", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("%v: %s", err, stdout)
+	}
+	if rep.Workload != "tasks=2,threads=2,mem=256K,fds=2" || rep.Tasks != 2 || rep.Threads != 4 || len(rep.Samples) != 4 {
+		t.Errorf("workload %q: %d tasks, %d threads, %d samples", rep.Workload, rep.Tasks, rep.Threads, len(rep.Samples))
+	}
+	after, _ := filepath.Glob(filepath.Join(os.TempDir(), "crest-bench-*"))
+	if len(after) != len(before) {
+		t.Errorf("bench's directories left: %v (before: %v)", after, before)
+	}
+	workloads := func(p procscan.Process) bool { return strings.Contains(p.Exe, "/crest-bench-") }
+	if left, err := procscan.Find(workloads); err != nil || len(left) > 0 {
+		t.Errorf("processes left: %v %v", left, err)
 	}
 	noneLeft(t, "counter")
 }
