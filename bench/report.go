@@ -24,15 +24,8 @@ func (rep *Report) Markdown(w io.Writer) error {
 	if rep.Settle > 0 {
 		fmt.Fprintf(&b, ", %v apart", rep.Settle)
 	}
-	b.WriteString("\n\n| stage |")
-	for _, m := range rep.Modes {
-		fmt.Fprintf(&b, " %s |", m.Name)
-	}
-	b.WriteString("\n| --- |")
-	for range rep.Modes {
-		b.WriteString(" ---: |")
-	}
-	b.WriteString("\n")
+	b.WriteString("\n\n")
+	tableHead(&b, "stage", "---", rep.modeNames())
 	for j, name := range rep.Stages {
 		fmt.Fprintf(&b, "| %s |", name)
 		for _, m := range rep.Modes {
@@ -78,6 +71,28 @@ func (rep *Report) Markdown(w io.Writer) error {
 	return err
 }
 
+// tableHead writes a Markdown table's head: the first column (aligned as
+// align says) and the right-aligned cols.
+func tableHead(b *strings.Builder, first, align string, cols []string) {
+	fmt.Fprintf(b, "| %s |", first)
+	for _, c := range cols {
+		fmt.Fprintf(b, " %s |", c)
+	}
+	fmt.Fprintf(b, "\n| %s |", align)
+	for range cols {
+		b.WriteString(" ---: |")
+	}
+	b.WriteString("\n")
+}
+
+func (rep *Report) modeNames() []string {
+	var names []string
+	for _, m := range rep.Modes {
+		names = append(names, m.Name)
+	}
+	return names
+}
+
 func overheadOf(m ModeReport, stage int) string {
 	if m.Overhead == nil {
 		return ""
@@ -110,15 +125,8 @@ func (rep *Report) taskTable(b *strings.Builder, m ModeReport) {
 	if len(m.Tasks) == 0 {
 		return
 	}
-	fmt.Fprintf(b, "\n%s: each task's arrival, from the stage's switch (medians)\n\n| task |", m.Name)
-	for _, name := range rep.Stages {
-		fmt.Fprintf(b, " %s |", name)
-	}
-	b.WriteString("\n| ---: |")
-	for range rep.Stages {
-		b.WriteString(" ---: |")
-	}
-	b.WriteString("\n")
+	fmt.Fprintf(b, "\n%s: each task's arrival, from the stage's switch (medians)\n\n", m.Name)
+	tableHead(b, "task", "---:", rep.Stages)
 	for _, t := range m.Tasks {
 		fmt.Fprintf(b, "| %d |", t.PID)
 		for _, s := range t.Stages {
@@ -147,15 +155,8 @@ func (rep *Report) stepTable(b *strings.Builder) {
 		return
 	}
 	slices.Sort(names)
-	b.WriteString("\nsteps: time per restore, summed over the tasks that ran them (medians)\n\n| step |")
-	for _, m := range rep.Modes {
-		fmt.Fprintf(b, " %s |", m.Name)
-	}
-	b.WriteString("\n| --- |")
-	for range rep.Modes {
-		b.WriteString(" ---: |")
-	}
-	b.WriteString("\n")
+	b.WriteString("\nsteps: time per restore, summed over the tasks that ran them (medians)\n\n")
+	tableHead(b, "step", "---", rep.modeNames())
 	for _, name := range names {
 		fmt.Fprintf(b, "| %s |", name)
 		for _, m := range rep.Modes {
