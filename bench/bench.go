@@ -118,6 +118,9 @@ type Overhead struct {
 	Window       Interval  `json:"window"`        // medians, with a bootstrap interval
 	WindowPaired Interval  `json:"window_paired"` // the median of the ratios within each round
 	StartPaired  Interval  `json:"start_paired"`
+	// WindowAdded is what the mode added to the stages in absolute
+	// terms: the median of the differences within each round.
+	WindowAdded time.Duration `json:"window_added_ns"`
 }
 
 // Report is a benchmark's result.
@@ -314,6 +317,7 @@ func (rep *Report) summarize(modes []Mode, rng *rand.Rand) {
 				Window:       RatioInterval(rng, by[0].window, by[i].window),
 				WindowPaired: PairedInterval(rng, by[0].window, by[i].window),
 				StartPaired:  PairedInterval(rng, by[0].start, by[i].start),
+				WindowAdded:  pairedDelta(by[0].window, by[i].window),
 			}
 			for j := range Stages {
 				o.Stages = append(o.Stages, pct(base.Stages[j].Median, mr.Stages[j].Median))
@@ -380,4 +384,14 @@ func (rep *Report) perStep(mode string) []StepReport {
 		out = append(out, StepReport{Name: name, Time: Summarize(times[name])})
 	}
 	return out
+}
+
+// pairedDelta is the median of b[i]-a[i].
+func pairedDelta(a, b []time.Duration) time.Duration {
+	n := min(len(a), len(b))
+	d := make([]time.Duration, n)
+	for i := range n {
+		d[i] = b[i] - a[i]
+	}
+	return Median(d)
 }

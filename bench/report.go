@@ -57,9 +57,9 @@ func (rep *Report) Markdown(w io.Writer) error {
 	b.WriteString("\nmedians, [10th .. 90th percentile]\n")
 	for _, m := range rep.Modes {
 		if o := m.Overhead; o != nil {
-			fmt.Fprintf(&b, "%s against %s: stages %+.1f%% (90%% interval %+.1f%% .. %+.1f%%), paired by round %+.1f%% (%+.1f%% .. %+.1f%%); restore.Start paired %+.1f%% (%+.1f%% .. %+.1f%%)\n",
+			fmt.Fprintf(&b, "%s against %s: stages %+.1f%% (90%% interval %+.1f%% .. %+.1f%%), paired by round %+.1f%% (%+.1f%% .. %+.1f%%), %s%s a restore; restore.Start paired %+.1f%% (%+.1f%% .. %+.1f%%)\n",
 				m.Name, o.Against, o.Window.Estimate, o.Window.Lo, o.Window.Hi,
-				o.WindowPaired.Estimate, o.WindowPaired.Lo, o.WindowPaired.Hi,
+				o.WindowPaired.Estimate, o.WindowPaired.Lo, o.WindowPaired.Hi, sign(o.WindowAdded), Format(o.WindowAdded.Abs()),
 				o.StartPaired.Estimate, o.StartPaired.Lo, o.StartPaired.Hi)
 		}
 	}
@@ -169,4 +169,11 @@ func (rep *Report) stepTable(b *strings.Builder) {
 		}
 		b.WriteString("\n")
 	}
+}
+
+func sign(d time.Duration) string {
+	if d < 0 {
+		return "-"
+	}
+	return "+"
 }

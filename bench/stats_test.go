@@ -70,6 +70,11 @@ func TestIntervals(t *testing.T) {
 	if !near(r.Estimate, 10) || r.Lo > r.Estimate || r.Hi < r.Estimate {
 		t.Errorf("unpaired +10%%: %+v", r)
 	}
+	// base's rounds add 1.0, 1.1, 1.1, 1.2, 1.2, 1.3, 3.0 and 1.0 ms: the
+	// upper median of the eight is 1.2 ms
+	if d := pairedDelta(base, slower); d != 1200*time.Microsecond {
+		t.Errorf("paired +10%%: added %v, want 1.2ms", d)
+	}
 	if (PairedInterval(rng, nil, nil) != Interval{}) || (RatioInterval(rng, nil, base) != Interval{}) {
 		t.Error("intervals of nothing are not zero")
 	}
