@@ -28,16 +28,18 @@ var workloadBinary []byte
 
 // Workload is a process tree bench makes to restore: Tasks processes (init
 // and its children, in a new pid namespace), each with Threads threads,
-// MemKiB KiB of its own memory filled with data, and FDs open files.
+// MemKiB KiB of its own memory filled with data, FDs open files, and both
+// ends of Pipes pipes that all tasks share, a byte in each.
 type Workload struct {
 	Tasks, Threads int
 	MemKiB         int64
-	FDs            int
+	FDs, Pipes     int
 }
 
-// ParseWorkload reads a workload such as "tasks=4,threads=2,mem=16M,fds=8"
-// (mem in K, M or G, KiB without a unit); what is not given is 1 task,
-// 1 thread, 1 MiB and no extra fds.
+// ParseWorkload reads a workload such as
+// "tasks=4,threads=2,mem=16M,fds=8,pipes=2" (mem in K, M or G, KiB without
+// a unit); what is not given is 1 task, 1 thread, 1 MiB, no extra fds and
+// no pipes.
 func ParseWorkload(spec string) (Workload, error) {
 	w := Workload{Tasks: 1, Threads: 1, MemKiB: 1024}
 	for _, kv := range strings.Split(spec, ",") {
@@ -53,10 +55,12 @@ func ParseWorkload(spec string) (Workload, error) {
 			w.Threads, err = positive(v, 1, 100)
 		case "fds":
 			w.FDs, err = positive(v, 0, 1000)
+		case "pipes":
+			w.Pipes, err = positive(v, 0, 500)
 		case "mem":
 			w.MemKiB, err = kibibytes(v)
 		default:
-			err = errors.New("not tasks, threads, mem or fds")
+			err = errors.New("not tasks, threads, mem, fds or pipes")
 		}
 		if err != nil {
 			return w, fmt.Errorf("workload %q: %s: %w", spec, k, err)
@@ -92,7 +96,7 @@ func kibibytes(v string) (int64, error) {
 }
 
 func (w Workload) String() string {
-	return fmt.Sprintf("tasks=%d,threads=%d,mem=%dK,fds=%d", w.Tasks, w.Threads, w.MemKiB, w.FDs)
+	return fmt.Sprintf("tasks=%d,threads=%d,mem=%dK,fds=%d,pipes=%d", w.Tasks, w.Threads, w.MemKiB, w.FDs, w.Pipes)
 }
 
 // Prepare starts the workload in a directory of its own, waits until every
@@ -119,7 +123,8 @@ func (w Workload) Prepare(ctx context.Context, log *slog.Logger) (images string,
 	if err := os.WriteFile(prog, workloadBinary, 0o755); err != nil {
 		return "", nil, err
 	}
-	cmd := exec.Command(prog, strconv.Itoa(w.Tasks), strconv.Itoa(w.Threads), strconv.FormatInt(w.MemKiB, 10), strconv.Itoa(w.FDs))
+	cmd := exec.Command(prog, strconv.Itoa(w.Tasks), strconv.Itoa(w.Threads), strconv.FormatInt(w.MemKiB, 10),
+		strconv.Itoa(w.FDs), strconv.Itoa(w.Pipes))
 	cmd.Dir = run
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -2,12 +2,15 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/restore"
 	"github.com/crest-restore/crest/test/procscan"
 )
 
@@ -18,6 +21,8 @@ func TestParseWorkload(t *testing.T) {
 		err  string
 	}{
 		{"tasks=4,threads=2,mem=16M,fds=8", Workload{Tasks: 4, Threads: 2, MemKiB: 16 << 10, FDs: 8}, ""},
+		{"pipes=3,tasks=2", Workload{Tasks: 2, Threads: 1, MemKiB: 1024, Pipes: 3}, ""},
+		{"pipes=501", Workload{}, "pipes"},
 		{"tasks=3", Workload{Tasks: 3, Threads: 1, MemKiB: 1024}, ""},
 		{"mem=512", Workload{Tasks: 1, Threads: 1, MemKiB: 512}, ""},
 		{"mem=2G, fds=0", Workload{Tasks: 1, Threads: 1, MemKiB: 2 << 20}, ""},
@@ -27,7 +32,7 @@ func TestParseWorkload(t *testing.T) {
 		{"mem=65G", Workload{}, "mem"},
 		{"mem=-1M", Workload{}, "mem"},
 		{"fds=x", Workload{}, "fds"},
-		{"cpus=2", Workload{}, "not tasks, threads, mem or fds"},
+		{"cpus=2", Workload{}, "not tasks, threads, mem, fds or pipes"},
 		{"tasks", Workload{}, "not KEY=VALUE"},
 	}
 	for _, tt := range tests {
@@ -48,12 +53,13 @@ func TestParseWorkload(t *testing.T) {
 }
 
 // TestWorkload: the workload is made, dumped and restored as the spec
-// says, and nothing of it is left afterwards.
+// says (in the restored tree every task holds both ends of the same
+// pipes), and nothing of it is left afterwards.
 func TestWorkload(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root: new pid namespaces, dump and restore")
 	}
-	w := Workload{Tasks: 3, Threads: 2, MemKiB: 256, FDs: 3}
+	w := Workload{Tasks: 3, Threads: 2, MemKiB: 256, FDs: 3, Pipes: 2}
 	dir, cleanup, err := w.Prepare(context.Background(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -87,9 +93,48 @@ func TestWorkload(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(fds) != 3+3 { // 0-2 and the data file three times
-			t.Errorf("task %d has %d fds, want 6", p.GetPid(), len(fds))
+		if len(fds) != 3+3+4 { // 0-2, the data file three times, two pipes
+			t.Errorf("task %d has %d fds, want 10", p.GetPid(), len(fds))
 		}
+	}
+	data, err := d.PipesData()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) != 2 || string(data[0].Data) != "x" || string(data[1].Data) != "x" {
+		t.Errorf("pipes-data.img: %d entries %v, want two pipes holding \"x\"", len(data), data)
+	}
+	// One restore by hand: the pipes are one set, shared by the tasks.
+	p, err := restore.NewPlan(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := restore.Start(context.Background(), p, restore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first []string
+	for i, task := range p.Tasks {
+		var pipes []string
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", r.HostPID(task.PID)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", r.HostPID(task.PID), e.Name())); strings.HasPrefix(l, "pipe:") {
+				pipes = append(pipes, l)
+			}
+		}
+		slices.Sort(pipes)
+		if len(pipes) != 4 || i > 0 && !slices.Equal(pipes, first) {
+			t.Errorf("task %d holds pipes %v, want the four ends task 1 holds (%v)", task.PID, pipes, first)
+		}
+		if i == 0 {
+			first = pipes
+		}
+	}
+	if err := r.Abort(); err != nil {
+		t.Fatal(err)
 	}
 	rep, err := Run(context.Background(), Config{Dir: dir, Workload: w.String(), Runs: 2, Modes: []Mode{Plain}})
 	if err != nil {

@@ -2,17 +2,17 @@
  * workload.c - crest bench's own workload: a process tree to dump once and
  * restore many times.
  *
- *   workload TASKS THREADS MEM_KIB FDS
+ *   workload TASKS THREADS MEM_KIB FDS PIPES
  *
  * It runs as pid 1 of a new pid namespace and session leader (bench starts
- * it so), in a directory of its own. Init forks TASKS-1 children. Every
- * task fills MEM_KIB KiB of anonymous memory with pseudo-random data,
- * opens FDS read-only fds of the file "data" (4 KiB that init writes
- * first), starts THREADS-1 more threads
- * and then writes "ready.N" (N its index) and ticks: a counter in its
- * memory every 10 ms, its threads sleep. Init reaps nothing (no child
- * ends). Nothing is written after "ready", so a restore needs no reset.
- * Of the fds it was started with it keeps 0-2 only.
+ * it so), in a directory of its own. Of the fds it was started with it
+ * keeps 0-2 only. Init makes PIPES pipes with a byte in each, whose ends
+ * every task then holds, and forks TASKS-1 children. Every task fills
+ * MEM_KIB KiB of anonymous memory with pseudo-random data, opens FDS
+ * read-only fds of the file "data" (4 KiB that init writes first),
+ * starts THREADS-1 more threads, writes "ready.N" (N its index) and then
+ * ticks: a counter in its memory every 10 ms; its threads sleep. No child
+ * ends, and nothing is written after "ready": a restore needs no reset.
  *
  * build: see Makefile (static, -pthread)
  */
@@ -83,16 +83,17 @@ static void run(int index, int threads, long mem_kib, int fds)
 
 int main(int argc, char **argv)
 {
-	int tasks, threads, fds;
+	int tasks, threads, fds, pipes;
 	long mem_kib;
 
-	if (argc != 5)
+	if (argc != 6)
 		return 1;
 	tasks = atoi(argv[1]);
 	threads = atoi(argv[2]);
 	mem_kib = atol(argv[3]);
 	fds = atoi(argv[4]);
-	if (tasks < 1 || threads < 1 || mem_kib < 0 || fds < 0)
+	pipes = atoi(argv[5]);
+	if (tasks < 1 || threads < 1 || mem_kib < 0 || fds < 0 || pipes < 0)
 		return 1;
 	/* only 0-2 from whoever started it (a shell leaks more) */
 	if (syscall(SYS_close_range, 3, ~0u, 0) < 0)
@@ -103,6 +104,13 @@ int main(int argc, char **argv)
 
 		if (fd < 0 || write(fd, page, sizeof page) != (ssize_t)sizeof page || close(fd) < 0)
 			return 7;
+	}
+	/* pipes: both ends in every task (forked after), a byte in each */
+	for (int i = 0; i < pipes; i++) {
+		int p[2];
+
+		if (pipe(p) < 0 || write(p[1], "x", 1) != 1)
+			return 9;
 	}
 	for (int i = 1; i < tasks; i++) {
 		pid_t pid = fork();

@@ -40,9 +40,10 @@ directory under /sys/fs/bpf that bench removes when it ends.
 With --workload SPEC bench makes the tree itself: tasks=N processes (init
 and its children, in a new pid namespace), each with threads=N threads,
 mem=SIZE of memory filled with data (K, M or G, KiB without a unit;
-default 1M) and fds=N open files. It starts them, dumps them once with
-crest dump, restores the images RUNS times and removes it all at the end.
-Such a tree writes nothing after it is ready: no --reset is needed.
+default 1M), fds=N open files and both ends of pipes=N pipes that all
+tasks share, a byte in each. It starts them, dumps them once with crest
+dump, restores the images RUNS times and removes it all at the end. Such
+a tree writes nothing after it is ready: no --reset is needed.
 
 A restored tree may change what lies outside its images, e.g. append to a
 log file whose size the images recorded; --reset CMD (a shell command) runs

@@ -195,7 +195,7 @@ func TestBenchErrors(t *testing.T) {
 func TestBenchWorkload(t *testing.T) {
 	needRoot(t)
 	before, _ := filepath.Glob(filepath.Join(os.TempDir(), "crest-bench-*"))
-	code, stdout, stderr := runBench("--workload", "tasks=2,threads=2,mem=256K,fds=2", "--runs", "2", "--verify", "--settle", "0", "--json")
+	code, stdout, stderr := runBench("--workload", "tasks=2,threads=2,mem=256K,fds=2,pipes=1", "--runs", "2", "--verify", "--settle", "0", "--json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -203,7 +203,7 @@ func TestBenchWorkload(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
 		t.Fatalf("%v: %s", err, stdout)
 	}
-	if rep.Workload != "tasks=2,threads=2,mem=256K,fds=2" || rep.Tasks != 2 || rep.Threads != 4 || len(rep.Samples) != 4 {
+	if rep.Workload != "tasks=2,threads=2,mem=256K,fds=2,pipes=1" || rep.Tasks != 2 || rep.Threads != 4 || len(rep.Samples) != 4 {
 		t.Errorf("workload %q: %d tasks, %d threads, %d samples", rep.Workload, rep.Tasks, rep.Threads, len(rep.Samples))
 	}
 	after, _ := filepath.Glob(filepath.Join(os.TempDir(), "crest-bench-*"))
