@@ -96,7 +96,14 @@ func kibibytes(v string) (int64, error) {
 }
 
 func (w Workload) String() string {
-	return fmt.Sprintf("tasks=%d,threads=%d,mem=%dK,fds=%d,pipes=%d", w.Tasks, w.Threads, w.MemKiB, w.FDs, w.Pipes)
+	mem := fmt.Sprintf("%dK", w.MemKiB)
+	switch {
+	case w.MemKiB > 0 && w.MemKiB%(1<<20) == 0:
+		mem = fmt.Sprintf("%dG", w.MemKiB>>20)
+	case w.MemKiB > 0 && w.MemKiB%(1<<10) == 0:
+		mem = fmt.Sprintf("%dM", w.MemKiB>>10)
+	}
+	return fmt.Sprintf("tasks=%d,threads=%d,mem=%s,fds=%d,pipes=%d", w.Tasks, w.Threads, mem, w.FDs, w.Pipes)
 }
 
 // Prepare starts the workload in a directory of its own, waits until every

@@ -46,6 +46,9 @@ func TestParseWorkload(t *testing.T) {
 		if err != nil || w != tt.want {
 			t.Errorf("%q: %+v %v, want %+v", tt.spec, w, err, tt.want)
 		}
+		if tt.spec == "tasks=4,threads=2,mem=16M,fds=8" && w.String() != "tasks=4,threads=2,mem=16M,fds=8,pipes=0" {
+			t.Errorf("%q: String %q", tt.spec, w)
+		}
 		if back, err := ParseWorkload(w.String()); err != nil || back != w {
 			t.Errorf("%q: String %q reads back as %+v %v", tt.spec, w, back, err)
 		}
