@@ -48,7 +48,8 @@ a tree writes nothing after it is ready: no --reset is needed.
 A restored tree may change what lies outside its images, e.g. append to a
 log file whose size the images recorded; --reset CMD (a shell command) runs
 before every restore to put that back. Timings are what this machine did
-this time: compare runs made side by side.`,
+this time: compare runs made side by side. --svg FILE also draws the
+stages' medians and the spread of the stages together.`,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			dir := fs.StringP("images-dir", "D", "", "restore the image directory `DIR`")
 			workload := fs.String("workload", "", "instead of -D, start bench's own workload `SPEC` (tasks=N,threads=N,mem=SIZE,fds=N), dump it once and restore that")
@@ -60,6 +61,7 @@ this time: compare runs made side by side.`,
 			settle := fs.Duration("settle", 20*time.Millisecond, "pause before every restore")
 			seed := fs.Uint64("seed", 1, "the order of the modes in each round")
 			asJSON := fs.Bool("json", false, "print the report, with every sample, as JSON")
+			svg := fs.String("svg", "", "also draw the stages' medians and the spread of the stages together into `FILE` (SVG)")
 			return func(ctx context.Context, env *env, args []string) error {
 				switch {
 				case *dir == "" && *workload == "":
@@ -106,6 +108,11 @@ this time: compare runs made side by side.`,
 				if err != nil {
 					return err
 				}
+				if *svg != "" {
+					if err := writeSVG(*svg, rep); err != nil {
+						return err
+					}
+				}
 				if *asJSON {
 					enc := json.NewEncoder(env.stdout)
 					enc.SetIndent("", "  ")
@@ -115,6 +122,19 @@ this time: compare runs made side by side.`,
 			}
 		},
 	})
+}
+
+// writeSVG draws rep into the file path.
+func writeSVG(path string, rep *bench.Report) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := rep.SVG(f); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return f.Close()
 }
 
 // resetCommand runs cmd with /bin/sh before each restore.

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"encoding/xml"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -131,8 +133,9 @@ func TestBenchJSON(t *testing.T) {
 // stage, and a plain-only run has no overheads.
 func TestBenchTable(t *testing.T) {
 	needRoot(t)
+	svg := filepath.Join(t.TempDir(), "bench.svg")
 	code, stdout, stderr := runBench("-D", fixture.Images(t, "counter"), "--runs", "2", "--warmup", "0", "--settle", "1ms",
-		"--reset", benchReset(t, "counter"))
+		"--reset", benchReset(t, "counter"), "--svg", svg)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -145,6 +148,29 @@ func TestBenchTable(t *testing.T) {
 	}
 	if strings.Contains(stdout, "against") || strings.Contains(stdout, "%") {
 		t.Errorf("a plain-only report with overheads:\n%s", stdout)
+	}
+	// the plot: well-formed, a bar for each stage and a box for the mode
+	b, err := os.ReadFile(svg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := xml.NewDecoder(bytes.NewReader(b))
+	rects := 0
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", svg, err)
+		}
+		if el, ok := tok.(xml.StartElement); ok && el.Name.Local == "rect" {
+			rects++
+		}
+	}
+	// 7 stage bars, 1 box, 7 legend swatches
+	if rects != 15 || !strings.Contains(string(b), "plain COMPLETE: ") {
+		t.Errorf("%s: %d rects, want 15:\n%s", svg, rects, b)
 	}
 	noneLeft(t, "counter")
 }
