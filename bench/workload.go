@@ -112,14 +112,17 @@ func (w Workload) String() string {
 // must run after the last restore, which maps the workload's program from
 // there.
 func (w Workload) Prepare(ctx context.Context, log *slog.Logger) (images string, cleanup func(), err error) {
+	if w.Tasks < 1 || w.Threads < 1 || w.MemKiB < 0 || w.FDs < 0 || w.Pipes < 0 {
+		return "", nil, fmt.Errorf("workload %s: at least one task and one thread, and no negative size", w)
+	}
 	top, err := os.MkdirTemp("", "crest-bench-")
 	if err != nil {
 		return "", nil, err
 	}
-	cleanup = func() { os.RemoveAll(top) }
+	remove := func() { os.RemoveAll(top) }
 	defer func() {
 		if err != nil {
-			cleanup()
+			remove()
 		}
 	}()
 	run := filepath.Join(top, "run")
@@ -157,7 +160,7 @@ func (w Workload) Prepare(ctx context.Context, log *slog.Logger) (images string,
 	if _, err := dump.Dump(ctx, dump.Options{Pid: cmd.Process.Pid, Dir: images, Log: log}); err != nil {
 		return "", nil, fmt.Errorf("workload %s: dump: %w", w, err)
 	}
-	return images, cleanup, nil
+	return images, remove, nil
 }
 
 // waitReady waits for every task's ready file, for 10 s at most.
@@ -176,7 +179,7 @@ func (w Workload) waitReady(ctx context.Context, run string, pidfd int) error {
 			return fmt.Errorf("workload %s: task %d not ready after 10s", w, i)
 		}
 		if err := sleep(ctx, 5*time.Millisecond); err != nil {
-			return err
+			return fmt.Errorf("workload %s: waiting for task %d: %w", w, i, err)
 		}
 	}
 	return nil

@@ -147,3 +147,33 @@ func TestWorkload(t *testing.T) {
 		t.Errorf("report: %d tasks, %d threads, %d samples, workload %q", rep.Tasks, rep.Threads, len(rep.Samples), rep.Workload)
 	}
 }
+
+// TestWorkloadFails: a workload Prepare can not make is an error naming
+// it, and nothing of it is left: not one it refuses, nor one whose context
+// ends while it starts.
+func TestWorkloadFails(t *testing.T) {
+	before, _ := filepath.Glob(filepath.Join(os.TempDir(), "crest-bench-*"))
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tt := range []struct {
+		w    Workload
+		ctx  context.Context
+		want string
+	}{
+		{Workload{Tasks: 0, Threads: 1}, context.Background(), "at least one task"},
+		{Workload{Tasks: 2, Threads: 1, MemKiB: 64}, cancelled, "context canceled"},
+	} {
+		_, cleanup, err := tt.w.Prepare(tt.ctx, nil)
+		if err == nil || cleanup != nil || !strings.Contains(err.Error(), "workload "+tt.w.String()+": ") || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v (cleanup %v), want an error naming the workload and %q", tt.w, err, cleanup != nil, tt.want)
+		}
+	}
+	after, _ := filepath.Glob(filepath.Join(os.TempDir(), "crest-bench-*"))
+	if len(after) != len(before) {
+		t.Errorf("left: %v (before: %v)", after, before)
+	}
+	workloads := func(p procscan.Process) bool { return strings.Contains(p.Exe, "/crest-bench-") }
+	if left, err := procscan.Find(workloads); err != nil || len(left) > 0 {
+		t.Errorf("processes left: %v %v", left, err)
+	}
+}
