@@ -104,12 +104,29 @@ stages' medians and the spread of the stages together.`,
 					defer cleanup()
 					cfg.Modes = append(cfg.Modes, watchedMode(pinDir))
 				}
+				// The plot's file is made first: a path that can not be
+				// written fails before the restores, not after them.
+				var plot *os.File
+				if *svg != "" {
+					f, err := os.Create(*svg)
+					if err != nil {
+						return err
+					}
+					plot = f
+					defer f.Close()
+				}
 				rep, err := bench.Run(ctx, cfg)
 				if err != nil {
+					if plot != nil {
+						os.Remove(*svg)
+					}
 					return err
 				}
-				if *svg != "" {
-					if err := writeSVG(*svg, rep); err != nil {
+				if plot != nil {
+					if err := rep.SVG(plot); err != nil {
+						return fmt.Errorf("%s: %w", *svg, err)
+					}
+					if err := plot.Close(); err != nil {
 						return err
 					}
 				}
@@ -122,19 +139,6 @@ stages' medians and the spread of the stages together.`,
 			}
 		},
 	})
-}
-
-// writeSVG draws rep into the file path.
-func writeSVG(path string, rep *bench.Report) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := rep.SVG(f); err != nil {
-		f.Close()
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return f.Close()
 }
 
 // resetCommand runs cmd with /bin/sh before each restore.

@@ -195,7 +195,18 @@ func TestBenchErrors(t *testing.T) {
 			t.Errorf("%q: exit %d, %q; want usage (2)", args, code, stderr)
 		}
 	}
-	code, _, stderr := runBench("-D", images, "--runs", "2", "--reset", "echo no such fixture >&2; exit 3")
+	// a plot that can not be written fails before any restore
+	badSVG := filepath.Join(t.TempDir(), "missing", "bench.svg")
+	code, _, stderr := runBench("-D", images, "--runs", "2", "--reset", "echo restored >&2; exit 3", "--svg", badSVG)
+	if code != 1 || !strings.Contains(stderr, badSVG) || strings.Contains(stderr, "restored") {
+		t.Errorf("unwritable --svg: exit %d, %q", code, stderr)
+	}
+	// a failing restore leaves no plot behind
+	svg := filepath.Join(t.TempDir(), "bench.svg")
+	code, _, stderr = runBench("-D", images, "--runs", "2", "--reset", "echo no such fixture >&2; exit 3", "--svg", svg)
+	if _, err := os.Stat(svg); !os.IsNotExist(err) {
+		t.Errorf("a failed bench left %s (%v)", svg, err)
+	}
 	if code != 1 || !strings.Contains(stderr, "warm-up run 1 of 1, plain: reset:") || !strings.Contains(stderr, "no such fixture") {
 		t.Errorf("failing reset: exit %d, %q", code, stderr)
 	}
