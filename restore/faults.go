@@ -20,9 +20,9 @@ const (
 	// assignment); the sibling whose pid it took then fails with EEXIST.
 	FaultNoSetTID Fault = agent.FaultNoSetTID
 	// FaultNoWait makes the root go through RESTORE_SIGCHLD without
-	// arriving or waiting, so it counts out of RESTORE_CREDS before the
-	// switch to it (stage synchronization: nobody leaves early); the
-	// restore then times out in RESTORE_CREDS.
+	// arriving or waiting, so it counts out of RESTORE_CREDS, 20 ms late,
+	// before the switch to it (stage synchronization: nobody leaves
+	// early); the restore then times out in RESTORE_CREDS.
 	FaultNoWait Fault = agent.FaultNoWait
 	// FaultEarlySwitch makes the engine switch from RESTORE_SIGCHLD to
 	// RESTORE_CREDS with one arrival missing (stage synchronization:
