@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sort"
 	"syscall"
 )
 
@@ -252,16 +251,4 @@ func (pr *prepared) openPagesFile(path string) error {
 	}
 	pr.add(key, fd)
 	return nil
-}
-
-// sortedFiles returns the files of p of kind k, by id.
-func sortedFiles(p *Plan, k FileKind) []*File {
-	var out []*File
-	for _, f := range p.Files {
-		if f.Kind == k {
-			out = append(out, f)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
 }

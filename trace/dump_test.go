@@ -28,7 +28,7 @@ func TestBuildDump(t *testing.T) {
 	}
 	tr := Build(rec)
 	if tr.Root.Name != "crest dump" || attr(tr.Root.Attrs, keyOp).AsString() != "dump" {
-		t.Errorf("root %q op %v", tr.Root.Name, attr(tr.Root.Attrs, keyOp).Emit())
+		t.Errorf("root %q op %v", tr.Root.Name, attr(tr.Root.Attrs, keyOp).String())
 	}
 	if n := attr(tr.Root.Attrs, keyThreads).AsInt64(); n != 3 {
 		t.Errorf("crest.threads %d, want 3 from the task list", n)

@@ -142,7 +142,7 @@ func TestBuildShape(t *testing.T) {
 		keyBytes: attribute.Int64Value(120 * 4096), keyVerdict: attribute.StringValue("ok"),
 	} {
 		if got := attr(root.Attrs, k); got != want {
-			t.Errorf("root %s = %v, want %v", k, got.Emit(), want.Emit())
+			t.Errorf("root %s = %v, want %v", k, got.String(), want.String())
 		}
 	}
 }
@@ -243,7 +243,7 @@ func TestBuildFailure(t *testing.T) {
 		t.Errorf("the failed step ends at %d, want the restore's end %d", step.End, us(800))
 	}
 	if attr(tr.Root.Attrs, keyVerdict).AsString() != "not verified" {
-		t.Errorf("verdict %v", attr(tr.Root.Attrs, keyVerdict).Emit())
+		t.Errorf("verdict %v", attr(tr.Root.Attrs, keyVerdict).String())
 	}
 	if !errors.Is(rec.Err, syscall.ENOMEM) {
 		t.Fatal("test setup")
@@ -347,8 +347,8 @@ func TestKernelEventKinds(t *testing.T) {
 		if c.e.Kind != c.kind {
 			t.Errorf("%+v: kind %q, want %q", c.e, c.e.Kind, c.kind)
 		}
-		if got := attr(c.e.Attrs, c.key); got.Emit() != c.want.Emit() {
-			t.Errorf("%s: %s = %s, want %s", c.kind, c.key, got.Emit(), c.want.Emit())
+		if got := attr(c.e.Attrs, c.key); got.String() != c.want.String() {
+			t.Errorf("%s: %s = %s, want %s", c.kind, c.key, got.String(), c.want.String())
 		}
 	}
 	if hasKey(Clone3(1, 1, 10, 0, 0, nil, -17).Attrs, AttrCloneChild) {

@@ -110,7 +110,7 @@ func valueProto(v attribute.Value) *commonpb.AnyValue {
 			elems = append(elems, valueProto(attribute.StringValue(x)))
 		}
 	default:
-		return &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v.Emit()}}
+		return &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v.String()}}
 	}
 	return &commonpb.AnyValue{Value: &commonpb.AnyValue_ArrayValue{ArrayValue: &commonpb.ArrayValue{Values: elems}}}
 }

@@ -183,7 +183,7 @@ func TestResourceFromEnv(t *testing.T) {
 	}
 	res := map[string]string{}
 	for _, kv := range spans[0].Resource().Attributes() {
-		res[string(kv.Key)] = kv.Value.Emit()
+		res[string(kv.Key)] = kv.Value.String()
 	}
 	if res["service.name"] != "crest-ci" || res["host.name"] != "box" || res["telemetry.sdk.name"] != "opentelemetry" {
 		t.Errorf("resource %v", res)

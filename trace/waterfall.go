@@ -239,7 +239,7 @@ func (t *Trace) headline() string {
 	get := func(k string) (string, bool) {
 		for _, a := range t.Root.Attrs {
 			if string(a.Key) == k {
-				return a.Value.Emit(), true
+				return a.Value.String(), true
 			}
 		}
 		return "", false
