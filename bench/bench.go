@@ -1,9 +1,12 @@
 // Package bench restores an image directory many times and reports how
 // long each stage of the restore took: a distribution per stage and per
 // mode (a plain restore, one watched by the eBPF monitor ...), side by
-// side, and what each mode costs against the first. The modes take turns
-// in shuffled rounds, so that the machine's drift falls on all of them
-// alike, and a mode's overhead is also given paired by round.
+// side, when each task arrived at each stage, each step's time, and what
+// each mode costs against the first. The modes take turns in shuffled
+// rounds, so that the machine's drift falls on all of them alike, and a
+// mode's overhead is also given paired by round. A Workload is a tree
+// bench makes and dumps itself to restore; a Report prints as Markdown,
+// JSON or an SVG plot.
 //
 // Timings are benchmarks, not tests: nothing here judges a duration.
 package bench
