@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -28,11 +29,15 @@ func Summarize(ds []time.Duration) Summary {
 }
 
 // Median is the median of ds (the upper one of an even count), 0 for none.
-func Median(ds []time.Duration) time.Duration {
-	if len(ds) == 0 {
-		return 0
+func Median(ds []time.Duration) time.Duration { return median(ds) }
+
+// median is the upper median of xs, the zero value for none.
+func median[T cmp.Ordered](xs []T) T {
+	if len(xs) == 0 {
+		var zero T
+		return zero
 	}
-	s := slices.Clone(ds)
+	s := slices.Clone(xs)
 	slices.Sort(s)
 	return s[len(s)/2]
 }
@@ -88,11 +93,6 @@ func PairedInterval(rng *rand.Rand, a, b []time.Duration) Interval {
 	ratios := make([]float64, n)
 	for i := range n {
 		ratios[i] = 100 * (float64(b[i])/float64(a[i]) - 1)
-	}
-	median := func(v []float64) float64 {
-		s := slices.Clone(v)
-		slices.Sort(s)
-		return s[len(s)/2]
 	}
 	meds := make([]float64, bootstrapRounds)
 	r := make([]float64, n)

@@ -35,6 +35,19 @@ const maxPinSlots = 64
 // bpffsMagic is BPF_FS_MAGIC.
 const bpffsMagic = 0xcafe4a11
 
+// OnBPFFS returns nil when dir is on a BPF file system, where pins can
+// be kept, else an error saying why not.
+func OnBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("bpf: pin directory %s: %w", dir, err)
+	}
+	if uint32(st.Type) != bpffsMagic {
+		return fmt.Errorf("bpf: pin directory %s: not on a BPF file system (mount -t bpf bpf %s)", dir, dir)
+	}
+	return nil
+}
+
 // pinSlot is a claimed slot: its directory and the locked handle of it.
 type pinSlot struct {
 	dir  string
@@ -56,12 +69,8 @@ func pinKey(ringSize int) string {
 // claimSlot locks the first free slot under dir for this build and ring
 // size, making it if needed.
 func claimSlot(dir string, ringSize int) (*pinSlot, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return nil, fmt.Errorf("bpf: pin directory %s: %w", dir, err)
-	}
-	if uint32(st.Type) != bpffsMagic {
-		return nil, fmt.Errorf("bpf: pin directory %s: not on a BPF file system (mount -t bpf bpf %s)", dir, dir)
+	if err := OnBPFFS(dir); err != nil {
+		return nil, err
 	}
 	base := filepath.Join(dir, pinKey(ringSize))
 	if err := os.Mkdir(base, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {

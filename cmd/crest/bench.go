@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"golang.org/x/sys/unix"
 
 	"github.com/crest-restore/crest/bench"
 	"github.com/crest-restore/crest/bpf"
@@ -187,8 +186,7 @@ func benchPins(env *env, dir string) (string, func(), error) {
 		return dir, func() {}, nil
 	}
 	const root = "/sys/fs/bpf"
-	var st unix.Statfs_t
-	if err := unix.Statfs(root, &st); err != nil || uint32(st.Type) != unix.BPF_FS_MAGIC {
+	if bpf.OnBPFFS(root) != nil {
 		fmt.Fprintf(env.stderr, "crest bench: no BPF file system on %s: the monitor loads afresh for every restore "+
 			"(outside the stages, but freeing its programs adds noise); mount one or give --verify-pins DIR\n", root)
 		return "", func() {}, nil
