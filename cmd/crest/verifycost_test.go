@@ -72,7 +72,9 @@ func BenchmarkStageCost(b *testing.B) {
 		settle = d
 	}
 	kinds := []string{"plain", "untracked", "watched", "floor", "floor-enter"}
-	// CREST_COST_KINDS=watched,floor picks the kinds besides plain.
+	// CREST_COST_KINDS=watched,floor picks the kinds besides plain; it
+	// may also name floor-exit, an empty program on sys_exit alone (the
+	// floor of a monitor without entry events).
 	if v := os.Getenv("CREST_COST_KINDS"); v != "" {
 		kinds = append([]string{"plain"}, strings.Split(v, ",")...)
 	}
@@ -143,6 +145,12 @@ func BenchmarkStageCost(b *testing.B) {
 						floor = attachPrograms(b, floorProgs[:1])
 					} else {
 						floor = emptySyscallPrograms(b, "sys_enter")
+					}
+				case "floor-exit":
+					if keep {
+						floor = attachPrograms(b, floorProgs[1:])
+					} else {
+						floor = emptySyscallPrograms(b, "sys_exit")
 					}
 				case "untracked":
 					if idle, err = bpf.Open(bpf.Options{PinDir: pins}); err != nil {
