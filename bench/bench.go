@@ -32,12 +32,18 @@ type Mode struct {
 	// Begin readies the mode for one restore of p. It returns the
 	// observer to give the engine (nil: none) and what to call once
 	// Start returned (nil: nothing), e.g. to verify and detach a
-	// monitor; an error from either ends the benchmark.
-	Begin func(p *restore.Plan) (obs restore.Observer, end func(r *restore.Restore, startErr error) error, err error)
+	// monitor, which returns the mode's verdict on the restore ("": none);
+	// an error from either ends the benchmark.
+	Begin func(p *restore.Plan) (obs restore.Observer, end End, err error)
 }
 
+// End ends a mode's part in one restore: r and startErr are what
+// restore.Start returned (r nil when it rolled back), verdict what the
+// mode found (the monitor's verdict), if it checks anything.
+type End func(r *restore.Restore, startErr error) (verdict string, err error)
+
 // Plain is a restore with nothing attached.
-var Plain = Mode{Name: "plain", Begin: func(*restore.Plan) (restore.Observer, func(*restore.Restore, error) error, error) {
+var Plain = Mode{Name: "plain", Begin: func(*restore.Plan) (restore.Observer, End, error) {
 	return nil, nil, nil
 }}
 
@@ -76,6 +82,9 @@ type Sample struct {
 	Start  time.Duration   `json:"start_ns"`  // restore.Start's wall time: launch, stages and finishing
 	Plan   time.Duration   `json:"plan_ns"`   // opening the images and planning
 	Tasks  []TaskSample    `json:"tasks"`     // in the plan's order
+	// Verdict is the mode's verdict on the restore (the monitor's, for
+	// --verify); empty for a mode that checks nothing.
+	Verdict string `json:"verdict,omitempty"`
 	// Steps is the time each step of the agent and the engine took,
 	// summed over the tasks and threads that ran it (they run side by
 	// side: a sum, not a span of the stages).
@@ -100,6 +109,15 @@ type ModeReport struct {
 	Steps  []StepReport `json:"steps"` // by name
 	// Overhead against the first mode; nil for the first.
 	Overhead *Overhead `json:"overhead,omitempty"`
+	// Verdicts are the mode's verdicts on its restores, each with how
+	// many restores it was given to, in order of first appearance.
+	Verdicts []VerdictCount `json:"verdicts,omitempty"`
+}
+
+// VerdictCount is a verdict and the number of restores it was given to.
+type VerdictCount struct {
+	Verdict string `json:"verdict"`
+	N       int    `json:"n"`
 }
 
 // TaskReport is when a task arrived at each stage, from its switch.
@@ -209,7 +227,8 @@ func runOnce(ctx context.Context, cfg Config, m Mode) (Sample, *restore.Plan, er
 	runtime.GC()
 	if err := sleep(ctx, cfg.Settle); err != nil {
 		if end != nil {
-			err = errors.Join(err, end(nil, err))
+			_, eerr := end(nil, err)
+			err = errors.Join(err, eerr)
 		}
 		return s, p, err
 	}
@@ -217,9 +236,9 @@ func runOnce(ctx context.Context, cfg Config, m Mode) (Sample, *restore.Plan, er
 	r, err := restore.Start(ctx, p, restore.Options{Observer: obs, Log: cfg.Log})
 	s.Start = time.Since(begin)
 	if end != nil {
-		if eerr := end(r, err); eerr != nil {
-			err = errors.Join(err, eerr)
-		}
+		verdict, eerr := end(r, err)
+		s.Verdict = verdict
+		err = errors.Join(err, eerr)
 	}
 	if r == nil {
 		return s, p, err // Start rolled back
@@ -312,7 +331,7 @@ func (rep *Report) summarize(modes []Mode, rng *rand.Rand) {
 		for _, ds := range by[i].stages {
 			mr.Stages = append(mr.Stages, Summarize(ds))
 		}
-		mr.Tasks, mr.Steps = rep.perTask(m.Name), rep.perStep(m.Name)
+		mr.Tasks, mr.Steps, mr.Verdicts = rep.perTask(m.Name), rep.perStep(m.Name), rep.verdicts(m.Name)
 		if i > 0 {
 			base := rep.Modes[0]
 			o := &Overhead{
@@ -336,6 +355,23 @@ func pct(base, d time.Duration) float64 {
 		return 0
 	}
 	return 100 * (float64(d)/float64(base) - 1)
+}
+
+// verdicts counts mode's verdicts, in order of first appearance.
+func (rep *Report) verdicts(mode string) []VerdictCount {
+	var out []VerdictCount
+	for _, s := range rep.Samples {
+		if s.Mode != mode || s.Verdict == "" {
+			continue
+		}
+		k := slices.IndexFunc(out, func(v VerdictCount) bool { return v.Verdict == s.Verdict })
+		if k < 0 {
+			k = len(out)
+			out = append(out, VerdictCount{Verdict: s.Verdict})
+		}
+		out[k].N++
+	}
+	return out
 }
 
 // perTask summarizes the tasks' arrivals in mode's samples.

@@ -64,6 +64,11 @@ func (rep *Report) Markdown(w io.Writer) error {
 		}
 	}
 	for _, m := range rep.Modes {
+		for _, v := range m.Verdicts {
+			fmt.Fprintf(&b, "%s: %d of %d restores: %s\n", m.Name, v.N, m.Window.N, v.Verdict)
+		}
+	}
+	for _, m := range rep.Modes {
 		rep.taskTable(&b, m)
 	}
 	rep.stepTable(&b)

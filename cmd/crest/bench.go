@@ -153,24 +153,24 @@ func resetCommand(ctx context.Context, cmd string) func() error {
 
 // watchedMode restores with the monitor watching and verifies each restore.
 func watchedMode(pinDir string) bench.Mode {
-	begin := func(p *restore.Plan) (restore.Observer, func(*restore.Restore, error) error, error) {
+	begin := func(p *restore.Plan) (restore.Observer, bench.End, error) {
 		kc := startKernelCheck(verifyOptions{mode: "on", pinDir: pinDir})
 		if err := kc.ready(); err != nil {
 			kc.close()
 			return nil, nil, err
 		}
-		end := func(r *restore.Restore, startErr error) error {
+		end := func(r *restore.Restore, startErr error) (string, error) {
 			defer kc.close()
 			if startErr != nil {
-				return nil // the restore's own error says what went wrong
+				return "", nil // the restore's own error says what went wrong
 			}
 			if err := kc.verify(p); err != nil {
-				return fmt.Errorf("--verify: no verdict: %w", err)
+				return "", fmt.Errorf("--verify: no verdict: %w", err)
 			}
 			if !kc.report.OK {
-				return fmt.Errorf("--verify: %s; first: %s", kc.report.Verdict, kc.report.Findings[0])
+				return kc.report.Verdict, fmt.Errorf("--verify: %s; first: %s", kc.report.Verdict, kc.report.Findings[0])
 			}
-			return nil
+			return kc.report.Verdict, nil
 		}
 		return kc, end, nil
 	}

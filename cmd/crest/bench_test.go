@@ -112,6 +112,17 @@ func TestBenchJSON(t *testing.T) {
 			if rep.Modes[0].Overhead != nil {
 				t.Errorf("plain has an overhead against itself: %+v", rep.Modes[0].Overhead)
 			}
+			// each watched restore has the monitor's clean verdict, a
+			// plain one none
+			clean := verifyFixtures[slices.IndexFunc(verifyFixtures, func(f struct{ name, verdict string }) bool { return f.name == name })].verdict
+			for _, s := range rep.Samples {
+				if want := map[string]string{"verify": clean}[s.Mode]; s.Verdict != want {
+					t.Errorf("%s round %d: verdict %q, want %q", s.Mode, s.Round, s.Verdict, want)
+				}
+			}
+			if v := rep.Modes[1].Verdicts; len(v) != 1 || v[0] != (bench.VerdictCount{Verdict: clean, N: 3}) || rep.Modes[0].Verdicts != nil {
+				t.Errorf("verdicts: plain %+v, verify %+v; want %q for all 3 of verify", rep.Modes[0].Verdicts, v, clean)
+			}
 			wantTasks := map[string]int{"counter": 1, "tree": 4}[name]
 			if rep.Tasks != wantTasks {
 				t.Errorf("%d tasks, want %d", rep.Tasks, wantTasks)

@@ -179,6 +179,44 @@ func TestVerifyClean(t *testing.T) {
 	}
 }
 
+// TestVerifyCleanLoop restores every fixture 50 times in a row with the
+// monitor through crest bench --verify, which keeps its programs loaded
+// between the restores (as --verify-pins does) and ends at the first
+// finding: every one of the 50 must get the fixture's clean verdict.
+// TestVerifyClean does the same through crest restore, a fresh monitor
+// each time, 50 restores over all the fixtures.
+func TestVerifyCleanLoop(t *testing.T) {
+	requireRoot(t)
+	const runs = 50
+	for _, fx := range verifyFixtures {
+		t.Run(fx.name, func(t *testing.T) {
+			code, stdout, stderr := runBench("-D", fixture.Images(t, fx.name), "--runs", strconv.Itoa(runs), "--warmup", "0",
+				"--verify", "--settle", "0", "--reset", benchReset(t, fx.name), "--json")
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			var rep bench.Report
+			if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+				t.Fatalf("%v: %s", err, stdout)
+			}
+			n := 0
+			for _, s := range rep.Samples {
+				if s.Mode != "verify" {
+					continue
+				}
+				n++
+				if s.Verdict != fx.verdict {
+					t.Errorf("round %d: verdict %q, want %q", s.Round, s.Verdict, fx.verdict)
+				}
+			}
+			if n != runs {
+				t.Errorf("%d verified restores, want %d", n, runs)
+			}
+			noneLeft(t, fx.name)
+		})
+	}
+}
+
 // TestVerifyText checks the verdict line without --json, and the verdict
 // on the trace's root span.
 func TestVerifyText(t *testing.T) {
