@@ -32,7 +32,8 @@ With --verify every restore is done twice, plain and watched by the eBPF
 monitor (and verified: a finding ends the benchmark), the two taking turns
 in shuffled rounds; the report adds the monitor's overhead on each stage,
 on the stages together (with a bootstrap 90% interval) and paired by round,
-which takes out the machine's drift between rounds. The monitor's programs
+which takes out the machine's drift between rounds, and the monitor's
+verdicts (each restore's is in the JSON). The monitor's programs
 stay loaded between restores: under --verify-pins DIR, else in a pin
 directory under /sys/fs/bpf that bench removes when it ends.
 
