@@ -83,6 +83,22 @@ func abortAtCleanup(t *testing.T, r *Restore, p *Plan) []int {
 	return hosts
 }
 
+// startChecked restores p, rolls it back when the test ends, and checks
+// every task against its image; it returns the restore and the tasks'
+// host pids, in the plan's order.
+func startChecked(t *testing.T, p *Plan) (*Restore, []int) {
+	t.Helper()
+	r, err := Start(context.Background(), p, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts := abortAtCleanup(t, r, p)
+	for i, task := range p.Tasks {
+		checkTask(t, task, hosts[i])
+	}
+	return r, hosts
+}
+
 // gone reports whether no process of pids exists any more.
 func checkGone(t *testing.T, pids []int) {
 	t.Helper()

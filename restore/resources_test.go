@@ -45,14 +45,7 @@ func TestRestoreResources(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := installFixture(t, tt.name)
 			p := loadPlan(t, tt.name)
-			r, err := Start(context.Background(), p, Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			hosts := abortAtCleanup(t, r, p)
-			for i, task := range p.Tasks {
-				checkTask(t, task, hosts[i])
-			}
+			r, _ := startChecked(t, p)
 			tt.check(t, p, r, dir)
 		})
 	}
@@ -512,14 +505,7 @@ func TestRestoreFIFO(t *testing.T) {
 	if ff := p.Fifos[97264]; len(p.Pipes) != 0 || ff == nil || ff.Path != path || string(ff.Data) != "msg 153\nmsg 154\n" {
 		t.Fatalf("pipes %v, FIFOs %v", p.Pipes, p.Fifos)
 	}
-	r, err := Start(context.Background(), p, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hosts := abortAtCleanup(t, r, p)
-	for i, task := range p.Tasks {
-		checkTask(t, task, hosts[i])
-	}
+	_, hosts := startChecked(t, p)
 	checkLogContinues(t, "pipe", dir, "out.log", 20)
 	checkLogContinues(t, "pipe", dir, "out-parent.log", 10)
 	if fl := fdinfoField(t, hosts[0], 4, "flags"); fl&syscall.O_ACCMODE != syscall.O_WRONLY || fl&syscall.O_NONBLOCK != 0 {
@@ -857,13 +843,6 @@ func TestRestoreAnonShared(t *testing.T) {
 	if m := p.Shmems[300]; len(p.Shmems) != 1 || len(p.Memfds) != 0 || m == nil || m.Size != 1<<20 || !m.Anon {
 		t.Fatalf("shmems %v, memfds %v", p.Shmems, p.Memfds)
 	}
-	r, err := Start(context.Background(), p, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hosts := abortAtCleanup(t, r, p)
-	for i, task := range p.Tasks {
-		checkTask(t, task, hosts[i])
-	}
+	r, _ := startChecked(t, p)
 	checkSharedCounter(t, p, r, dir, "/dev/zero (deleted)")
 }
