@@ -354,12 +354,19 @@ int crest_sys_exit(__u64 *ctx)
 }
 
 /*
- * The pid of p at every level, 0 beyond its own. The scheduler's
- * tracepoints hand the programs trusted task pointers, so the task and pid
- * fields here and below are plain loads that the verifier guards, not a
- * probe-read helper call each: the fork program runs inside every clone of
- * the restore (about 0.9 us instead of 1.8).
+ * The fork program reads task and pid fields with plain loads, not a
+ * probe-read helper call each: it runs inside every clone of the restore
+ * (about 1 us instead of 1.8). The tracepoint's task pointers are trusted,
+ * and the verifier checks every pointer loaded through a trusted one
+ * against its lists of trusted and RCU fields, by name, through the whole
+ * kernel BTF: about 6 ms of a fresh load for this program. Cast to
+ * untrusted (read-only) pointers first, the loads need no such check (0.7
+ * ms), and run as loads that a fault ends with 0 instead of an oops.
  */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#define untrusted(p, type) ((type *)bpf_rdonly_cast((void *)(p), bpf_core_type_id_kernel(type)))
+
+/* The pid of p at every level, 0 beyond its own. */
 static __always_inline void pid_levels(struct pid *p, unsigned int level, __s32 *out)
 {
 #pragma unroll
@@ -370,8 +377,8 @@ static __always_inline void pid_levels(struct pid *p, unsigned int level, __s32 
 SEC("tp_btf/sched_process_fork")
 int crest_fork(__u64 *ctx)
 {
-	struct task_struct *parent = (struct task_struct *)ctx[0];
-	struct task_struct *child = (struct task_struct *)ctx[1];
+	struct task_struct *parent = untrusted(ctx[0], struct task_struct);
+	struct task_struct *child = untrusted(ctx[1], struct task_struct);
 	struct crest_ev_fork *e;
 	__u32 ptgid = parent->tgid;
 	__u32 ctgid = child->tgid;
