@@ -29,17 +29,20 @@ var workloadBinary []byte
 // Workload is a process tree bench makes to restore: Tasks processes (init
 // and its children, in a new pid namespace), each with Threads threads,
 // MemKiB KiB of its own memory filled with data, FDs open files, and both
-// ends of Pipes pipes that all tasks share, a byte in each.
+// ends of Pipes pipes that all tasks share, a byte in each; and ShmKiB
+// KiB of shared anonymous memory (MAP_SHARED), filled with data, that all
+// tasks share.
 type Workload struct {
 	Tasks, Threads int
 	MemKiB         int64
 	FDs, Pipes     int
+	ShmKiB         int64
 }
 
 // ParseWorkload reads a workload such as
-// "tasks=4,threads=2,mem=16M,fds=8,pipes=2" (mem in K, M or G, KiB without
-// a unit); what is not given is 1 task, 1 thread, 1 MiB, no extra fds and
-// no pipes.
+// "tasks=4,threads=2,mem=16M,fds=8,pipes=2,shm=4M" (mem and shm in K, M or
+// G, KiB without a unit); what is not given is 1 task, 1 thread, 1 MiB,
+// no extra fds, no pipes and no shared memory.
 func ParseWorkload(spec string) (Workload, error) {
 	w := Workload{Tasks: 1, Threads: 1, MemKiB: 1024}
 	for _, kv := range strings.Split(spec, ",") {
@@ -59,8 +62,10 @@ func ParseWorkload(spec string) (Workload, error) {
 			w.Pipes, err = positive(v, 0, 500)
 		case "mem":
 			w.MemKiB, err = kibibytes(v)
+		case "shm":
+			w.ShmKiB, err = kibibytes(v)
 		default:
-			err = errors.New("not tasks, threads, mem, fds or pipes")
+			err = errors.New("not tasks, threads, mem, fds, pipes or shm")
 		}
 		if err != nil {
 			return w, fmt.Errorf("workload %q: %s: %w", spec, k, err)
@@ -95,15 +100,26 @@ func kibibytes(v string) (int64, error) {
 	return n * mult, nil
 }
 
+// String is the spec of w, as ParseWorkload reads it; shm only when w has
+// shared memory.
 func (w Workload) String() string {
-	mem := fmt.Sprintf("%dK", w.MemKiB)
-	switch {
-	case w.MemKiB > 0 && w.MemKiB%(1<<20) == 0:
-		mem = fmt.Sprintf("%dG", w.MemKiB>>20)
-	case w.MemKiB > 0 && w.MemKiB%(1<<10) == 0:
-		mem = fmt.Sprintf("%dM", w.MemKiB>>10)
+	s := fmt.Sprintf("tasks=%d,threads=%d,mem=%s,fds=%d,pipes=%d", w.Tasks, w.Threads, size(w.MemKiB), w.FDs, w.Pipes)
+	if w.ShmKiB > 0 {
+		s += ",shm=" + size(w.ShmKiB)
 	}
-	return fmt.Sprintf("tasks=%d,threads=%d,mem=%s,fds=%d,pipes=%d", w.Tasks, w.Threads, mem, w.FDs, w.Pipes)
+	return s
+}
+
+// size writes KiB as ParseWorkload reads it, in the largest unit that
+// divides it.
+func size(kib int64) string {
+	switch {
+	case kib > 0 && kib%(1<<20) == 0:
+		return fmt.Sprintf("%dG", kib>>20)
+	case kib > 0 && kib%(1<<10) == 0:
+		return fmt.Sprintf("%dM", kib>>10)
+	}
+	return fmt.Sprintf("%dK", kib)
 }
 
 // Prepare starts the workload in a directory of its own, waits until every
@@ -112,7 +128,7 @@ func (w Workload) String() string {
 // must run after the last restore, which maps the workload's program from
 // there.
 func (w Workload) Prepare(ctx context.Context, log *slog.Logger) (images string, cleanup func(), err error) {
-	if w.Tasks < 1 || w.Threads < 1 || w.MemKiB < 0 || w.FDs < 0 || w.Pipes < 0 {
+	if w.Tasks < 1 || w.Threads < 1 || w.MemKiB < 0 || w.FDs < 0 || w.Pipes < 0 || w.ShmKiB < 0 {
 		return "", nil, fmt.Errorf("workload %s: at least one task and one thread, and no negative size", w)
 	}
 	top, err := os.MkdirTemp("", "crest-bench-")
@@ -134,7 +150,7 @@ func (w Workload) Prepare(ctx context.Context, log *slog.Logger) (images string,
 		return "", nil, err
 	}
 	cmd := exec.Command(prog, strconv.Itoa(w.Tasks), strconv.Itoa(w.Threads), strconv.FormatInt(w.MemKiB, 10),
-		strconv.Itoa(w.FDs), strconv.Itoa(w.Pipes))
+		strconv.Itoa(w.FDs), strconv.Itoa(w.Pipes), strconv.FormatInt(w.ShmKiB, 10))
 	cmd.Dir = run
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -27,12 +28,15 @@ func TestParseWorkload(t *testing.T) {
 		{"mem=512", Workload{Tasks: 1, Threads: 1, MemKiB: 512}, ""},
 		{"mem=2G, fds=0", Workload{Tasks: 1, Threads: 1, MemKiB: 2 << 20}, ""},
 		{"mem=0K", Workload{Tasks: 1, Threads: 1}, ""},
+		{"shm=4M,tasks=2", Workload{Tasks: 2, Threads: 1, MemKiB: 1024, ShmKiB: 4 << 10}, ""},
+		{"shm=0", Workload{Tasks: 1, Threads: 1, MemKiB: 1024}, ""},
+		{"shm=65G", Workload{}, "shm"},
 		{"tasks=0", Workload{}, "tasks"},
 		{"threads=101", Workload{}, "threads"},
 		{"mem=65G", Workload{}, "mem"},
 		{"mem=-1M", Workload{}, "mem"},
 		{"fds=x", Workload{}, "fds"},
-		{"cpus=2", Workload{}, "not tasks, threads, mem, fds or pipes"},
+		{"cpus=2", Workload{}, "not tasks, threads, mem, fds, pipes or shm"},
 		{"tasks", Workload{}, "not KEY=VALUE"},
 	}
 	for _, tt := range tests {
@@ -46,8 +50,11 @@ func TestParseWorkload(t *testing.T) {
 		if err != nil || w != tt.want {
 			t.Errorf("%q: %+v %v, want %+v", tt.spec, w, err, tt.want)
 		}
-		if tt.spec == "tasks=4,threads=2,mem=16M,fds=8" && w.String() != "tasks=4,threads=2,mem=16M,fds=8,pipes=0" {
-			t.Errorf("%q: String %q", tt.spec, w)
+		if want := map[string]string{
+			"tasks=4,threads=2,mem=16M,fds=8": "tasks=4,threads=2,mem=16M,fds=8,pipes=0",
+			"shm=4M,tasks=2":                  "tasks=2,threads=1,mem=1M,fds=0,pipes=0,shm=4M",
+		}[tt.spec]; want != "" && w.String() != want {
+			t.Errorf("%q: String %q, want %q", tt.spec, w, want)
 		}
 		if back, err := ParseWorkload(w.String()); err != nil || back != w {
 			t.Errorf("%q: String %q reads back as %+v %v", tt.spec, w, back, err)
@@ -56,13 +63,14 @@ func TestParseWorkload(t *testing.T) {
 }
 
 // TestWorkload: the workload is made, dumped and restored as the spec
-// says (in the restored tree every task holds both ends of the same
-// pipes), and nothing of it is left afterwards.
+// says (in the restored tree every task holds both ends of the same pipes
+// and maps the same shared memory, with the data init wrote), and nothing
+// of it is left afterwards.
 func TestWorkload(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root: new pid namespaces, dump and restore")
 	}
-	w := Workload{Tasks: 3, Threads: 2, MemKiB: 256, FDs: 3, Pipes: 2}
+	w := Workload{Tasks: 3, Threads: 2, MemKiB: 256, FDs: 3, Pipes: 2, ShmKiB: 64}
 	dir, cleanup, err := w.Prepare(context.Background(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -116,6 +124,12 @@ func TestWorkload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	aborted := false
+	defer func() {
+		if !aborted {
+			r.Abort()
+		}
+	}()
 	var first []string
 	for i, task := range p.Tasks {
 		var pipes []string
@@ -136,6 +150,8 @@ func TestWorkload(t *testing.T) {
 			first = pipes
 		}
 	}
+	checkSharedMemory(t, r, p, w)
+	aborted = true
 	if err := r.Abort(); err != nil {
 		t.Fatal(err)
 	}
@@ -175,5 +191,79 @@ func TestWorkloadFails(t *testing.T) {
 	workloads := func(p procscan.Process) bool { return strings.Contains(p.Exe, "/crest-bench-") }
 	if left, err := procscan.Find(workloads); err != nil || len(left) > 0 {
 		t.Errorf("processes left: %v %v", left, err)
+	}
+}
+
+// checkSharedMemory: every task of the restored workload maps the same
+// shared memory at the same address (one object: the same inode), which holds what init wrote
+// there past the tasks' tick words; a word written through one task's
+// /proc/PID/mem reads back through every other's.
+func checkSharedMemory(t *testing.T, r *restore.Restore, p *restore.Plan, w Workload) {
+	t.Helper()
+	size := uint64(w.ShmKiB) * 1024
+	type region struct {
+		start uint64
+		inode string
+	}
+	var regions []region
+	for _, task := range p.Tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", r.HostPID(task.PID)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var found []region
+		var shared []string
+		for line := range strings.Lines(string(b)) {
+			f := strings.Fields(line)
+			var lo, hi uint64
+			if len(f) > 1 && strings.HasSuffix(f[1], "s") {
+				shared = append(shared, strings.TrimSpace(line))
+			}
+			// dumped as CRIU 4.2 does, as a memfd named /dev/zero, it
+			// comes back as one (the shmem fixture too)
+			if len(f) < 6 || f[1] != "rw-s" || f[5] != "/memfd:/dev/zero" {
+				continue
+			}
+			if _, err := fmt.Sscanf(f[0], "%x-%x", &lo, &hi); err == nil && hi-lo == size {
+				found = append(found, region{lo, f[4]})
+			}
+		}
+		if len(found) != 1 || len(regions) > 0 && found[0] != regions[0] {
+			t.Fatalf("task %d maps shared memory %+v (shared mappings %q), want one region of %d bytes as task 1 does (%+v)", task.PID, found, shared, size, regions)
+		}
+		regions = append(regions, found[0])
+	}
+	mem := func(task *restore.Task) *os.File {
+		f, err := os.OpenFile(fmt.Sprintf("/proc/%d/mem", r.HostPID(task.PID)), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	// init's data: xorshift64 from workload.c's seed, the first word of
+	// each task its tick counter
+	data := make([]byte, size)
+	if _, err := mem(p.Tasks[0]).ReadAt(data, int64(regions[0].start)); err != nil {
+		t.Fatal(err)
+	}
+	x := uint64(0x2545f4914f6cdd1d)
+	for i := 0; i < len(data)/8; i++ {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		if got := binary.LittleEndian.Uint64(data[8*i:]); i >= w.Tasks && got != x {
+			t.Fatalf("shared memory word %d: %#x, want %#x", i, got, x)
+		}
+	}
+	last := int64(regions[0].start + size - 8)
+	if _, err := mem(p.Tasks[0]).WriteAt([]byte("crest-sh"), last); err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range p.Tasks[1:] {
+		got := make([]byte, 8)
+		if _, err := mem(task).ReadAt(got, last); err != nil || string(got) != "crest-sh" {
+			t.Errorf("task %d reads %q (%v) where task 1 wrote \"crest-sh\": not shared", task.PID, got, err)
+		}
 	}
 }

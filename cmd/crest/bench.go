@@ -41,7 +41,8 @@ With --workload SPEC bench makes the tree itself: tasks=N processes (init
 and its children, in a new pid namespace), each with threads=N threads,
 mem=SIZE of memory filled with data (K, M or G, KiB without a unit;
 default 1M), fds=N open files and both ends of pipes=N pipes that all
-tasks share, a byte in each. It starts them, dumps them once with crest
+tasks share, a byte in each, and shm=SIZE of shared anonymous memory
+(MAP_SHARED, filled with data) that all tasks share. It starts them, dumps them once with crest
 dump, restores the images RUNS times and removes it all at the end. Such
 a tree writes nothing after it is ready: no --reset is needed.
 
@@ -52,7 +53,7 @@ this time: compare runs made side by side. --svg FILE also draws the
 stages' medians and the spread of the stages together.`,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			dir := fs.StringP("images-dir", "D", "", "restore the image directory `DIR`")
-			workload := fs.String("workload", "", "instead of -D, start bench's own workload `SPEC` (tasks=N,threads=N,mem=SIZE,fds=N), dump it once and restore that")
+			workload := fs.String("workload", "", "instead of -D, start bench's own workload `SPEC` (tasks=N,threads=N,mem=SIZE,fds=N,pipes=N,shm=SIZE), dump it once and restore that")
 			runs := fs.Int("runs", 20, "restores per mode")
 			verify := fs.Bool("verify", false, "also restore with the eBPF monitor watching, and report its overhead")
 			pins := fs.String("verify-pins", "", "keep the monitor's programs pinned under `DIR` (a BPF file system) and leave them there")
