@@ -70,7 +70,7 @@ func TestWorkload(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root: new pid namespaces, dump and restore")
 	}
-	w := Workload{Tasks: 3, Threads: 2, MemKiB: 256, FDs: 3, Pipes: 2, ShmKiB: 64}
+	w := Workload{Tasks: 3, Threads: 2, MemKiB: 256, FDs: 3, Pipes: 2, ShmKiB: 1024}
 	dir, cleanup, err := w.Prepare(context.Background(), nil)
 	if err != nil {
 		t.Fatal(err)
