@@ -48,6 +48,7 @@ func TestRoundTrip(t *testing.T) {
 		{"files", map[string]check.Next{"out.log": filesRecord}},
 		{"signals", map[string]check.Next{"out.log": signalsTick}},
 		{"dynamic", map[string]check.Next{"out.log": check.Counter}},
+		{"memfd", map[string]check.Next{"out.log": check.Counter}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := workloads.Start(t, tc.name)

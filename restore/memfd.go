@@ -233,8 +233,15 @@ func (pr *prepared) makeAnonShmem(m *Memfd) error {
 // fillMemfd copies the memfd's pages from the pages files into it with
 // sendfile: the kernel copies from the page cache into the memfd's pages
 // at once, without faulting a mapping in page by page (copy_file_range
-// would, but refuses to cross filesystems).
+// would, but refuses to cross filesystems). A memfd's last page is copied
+// up to its size, not beyond: a write past the end would make the memfd
+// longer than it was (the dump has the whole page, zeros after the end).
+// A shared anonymous object is as large as its pages.
 func (pr *prepared) fillMemfd(fd int, m *Memfd) error {
+	end := m.Size
+	if m.Anon {
+		end = pageAlign(m.Size)
+	}
 	for _, r := range m.Runs {
 		if r.End() > pageAlign(m.Size) {
 			return fmt.Errorf("%s: run %#x-%#x is past the end of its %d bytes", m.pagemapImg, r.Vaddr, r.End(), m.Size)
@@ -242,13 +249,16 @@ func (pr *prepared) fillMemfd(fd int, m *Memfd) error {
 		if err := pr.openPagesFile(r.Pages); err != nil {
 			return err
 		}
+		if r.Vaddr >= end {
+			continue
+		}
 		src := pr.fds[pr.index["pages:"+r.Pages]]
 		// sendfile writes at the memfd's offset: its own, no task's
 		if _, err := syscall.Seek(fd, int64(r.Vaddr), 0); err != nil {
 			return os.NewSyscallError("lseek", err)
 		}
 		in := r.Offset
-		for left := int64(r.NrPages * images.PageSize); left > 0; {
+		for left := int64(min(r.End(), end) - r.Vaddr); left > 0; {
 			n, err := syscall.Sendfile(fd, src, &in, int(min(left, 1<<30)))
 			if err == syscall.EINTR {
 				continue

@@ -43,6 +43,8 @@ var Programs = map[string]Program{
 	"shmem":   {Name: "shmem", Flags: []string{"-static", "-O2"}},
 	"files":   {Name: "files", Flags: []string{"-static", "-O2"}},
 	"signals": {Name: "signals", Flags: []string{"-static", "-O2"}},
+	// memfd has a memfd whose size is not a page multiple.
+	"memfd": {Name: "memfd", Flags: []string{"-static", "-O2"}},
 	// dynamic is counter linked dynamically (libc.so.6 and ld-linux mapped).
 	"dynamic": {Name: "counter", Flags: []string{"-O2"}},
 	// spin computes outside syscalls: the dumper must write its own syscall.
