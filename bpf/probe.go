@@ -25,6 +25,10 @@ const (
 	RingbufName = "bpf_ringbuf"
 )
 
+// rdonlyCast is the kfunc the fork program reads the tasks through
+// (monitor.bpf.c).
+const rdonlyCast = "bpf_rdonly_cast"
+
 // vmlinuxBTF is where the kernel exposes its own BTF.
 const vmlinuxBTF = "/sys/kernel/btf/vmlinux"
 
@@ -43,7 +47,8 @@ func Features() []kerndat.Feature {
 }
 
 // KernelBTF reports whether the kernel's BTF loads and describes what the
-// monitor reads: task_struct and the sys_enter tracepoint.
+// monitor needs: task_struct, the sys_enter tracepoint and the kfunc
+// bpf_rdonly_cast (Linux 6.2), through which the fork program reads.
 var KernelBTF = kerndat.NewProbe(BTFName, kerndat.Monitor, func() kerndat.Feature {
 	return probeBTF(vmlinuxBTF)
 })
@@ -78,8 +83,13 @@ func probeBTF(path string) kerndat.Feature {
 	if err := spec.TypeByName("btf_trace_"+tpBTFTarget, &tp); err != nil {
 		return kerndat.Missing("%s loads, but typedef btf_trace_%s: %s", path, tpBTFTarget, kerndat.ErrText(err))
 	}
-	return kerndat.OK("%s (%d bytes) loads: task_struct (%d bytes) and btf_trace_%s found",
-		path, fi.Size(), task.Size, tpBTFTarget)
+	var cast *btf.Func
+	if err := spec.TypeByName(rdonlyCast, &cast); err != nil {
+		return kerndat.Missing("%s loads, but the kfunc %s (Linux 6.2), which the monitor's fork program calls: %s",
+			path, rdonlyCast, kerndat.ErrText(err))
+	}
+	return kerndat.OK("%s (%d bytes) loads: task_struct (%d bytes), btf_trace_%s and the kfunc %s found",
+		path, fi.Size(), task.Size, tpBTFTarget, rdonlyCast)
 }
 
 func probeTpBTF(target string) kerndat.Feature {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 
 	"github.com/crest-restore/crest/kerndat"
 )
@@ -22,7 +23,7 @@ func TestFeaturesHere(t *testing.T) {
 		name     string
 		contains []string
 	}{
-		{BTFName, []string{vmlinuxBTF, "task_struct", "btf_trace_sys_enter found"}},
+		{BTFName, []string{vmlinuxBTF, "task_struct", "btf_trace_sys_enter and the kfunc bpf_rdonly_cast found"}},
 		{TpBTFName, []string{"tp_btf/sys_enter", "loaded (BPF_PROG_LOAD), attached (BPF_LINK_CREATE) and detached"}},
 		{RingbufName, []string{"ring buffer: tp_btf/sys_enter wrote an event for getppid() on thread", "read back in Go"}},
 	}
@@ -62,6 +63,8 @@ func TestProbesFail(t *testing.T) {
 			[]string{"no kernel BTF: stat /nonexistent/vmlinux: no such file or directory (ENOENT)"}},
 		{"not BTF", probeBTF(notBTF),
 			[]string{notBTF + " (44 bytes) does not load as BTF"}},
+		{"no bpf_rdonly_cast", probeBTF(oldKernelBTF(t)),
+			[]string{"loads, but the kfunc bpf_rdonly_cast (Linux 6.2), which the monitor's fork program calls"}},
 		{"no such tracepoint", probeTpBTF("crest_no_such_tracepoint"),
 			[]string{"load tp_btf/crest_no_such_tracepoint", "crest_no_such_tracepoint"}},
 		{"ring buffer not a page multiple", probeRingbuf(4097),
@@ -153,4 +156,26 @@ func openFDs(t *testing.T) []string {
 		fds = append(fds, e.Name()+"->"+target)
 	}
 	return fds
+}
+
+// oldKernelBTF writes the BTF of a kernel before 6.2 as the monitor sees
+// it: task_struct and btf_trace_sys_enter, but no kfunc bpf_rdonly_cast.
+func oldKernelBTF(t *testing.T) string {
+	t.Helper()
+	var b btf.Builder
+	task := &btf.Struct{Name: "task_struct", Size: 8, Members: []btf.Member{{Name: "pid", Type: &btf.Int{Name: "int", Size: 4, Encoding: btf.Signed}}}}
+	for _, typ := range []btf.Type{task, &btf.Typedef{Name: "btf_trace_sys_enter", Type: &btf.Pointer{Target: &btf.Void{}}}} {
+		if _, err := b.Add(typ); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw, err := b.Marshal(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "vmlinux")
+	if err := os.WriteFile(path, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
