@@ -2,6 +2,7 @@ package restore
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -468,5 +469,109 @@ func TestLauncherKilledAfterGo(t *testing.T) {
 	}
 	if kids, err := procscan.Find(procscan.ChildOf(os.Getpid())); err != nil || len(kids) != 0 {
 		t.Errorf("children left: %v (%v)", kids, err)
+	}
+}
+
+// parkedRootEnv makes TestLauncherGoneAfterRoot play the engine: it
+// restores counter up to PREPARE_NAMESPACES (the root forked, the launcher
+// lingering until FORKING), prints "crest-parked-root LAUNCHER ROOT" and
+// waits.
+const parkedRootEnv = "CREST_TEST_PARKED_ROOT"
+
+// TestLauncherGoneAfterRoot: the engine dies once the launcher forked the
+// root, while the launcher lingers (it is ended in FORKING). The root, a
+// child of the engine (CLONE_PARENT), dies with it (PR_SET_PDEATHSIG), and
+// the launcher follows its engine out of linger (exit status 0): nothing of
+// the attempt is left.
+func TestLauncherGoneAfterRoot(t *testing.T) {
+	if os.Getenv(parkedRootEnv) != "" {
+		p := loadPlan(t, "counter")
+		var launcher int
+		testBeforeGo = func(l int) { launcher = l }
+		// (Until 0, ROOT_TASK, means COMPLETE)
+		r, err := Start(context.Background(), p, Options{Until: StagePrepareNamespaces})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		fmt.Printf("crest-parked-root %d %d\n", launcher, r.RootPID())
+		io.Copy(io.Discard, os.Stdin)
+		os.Exit(engineExitCode)
+	}
+	needRoot(t)
+	installFixture(t, "counter") // under our lock: the engine must not take it
+	cli.Subreaper(t)             // the launcher and the root come to us
+	before := childrenOfOurs(t)
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestLauncherGoneAfterRoot$", "-test.count=1", "-test.timeout=2m")
+	cmd.Env = append(os.Environ(), parkedRootEnv+"=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var launcher, root int
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if _, err := fmt.Sscanf(sc.Text(), "crest-parked-root %d %d", &launcher, &root); err == nil {
+			break
+		}
+	}
+	if launcher <= 0 || root <= 0 {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("the engine did not park at PREPARE_NAMESPACES: %s", stderr.String())
+	}
+	pidfds := map[string]int{}
+	for name, pid := range map[string]int{"launcher": launcher, "root": root} {
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("%s %d: %v", name, pid, os.NewSyscallError("pidfd_open", err))
+		}
+		defer unix.Close(fd)
+		pidfds[name] = fd
+	}
+	if pidfdReadable(t, pidfds["launcher"], 0) || pidfdReadable(t, pidfds["root"], 0) {
+		t.Fatal("the launcher or the root ended while the engine lived")
+	}
+
+	killed := time.Now()
+	cmd.Process.Kill()
+	cmd.Wait()
+	for _, c := range []struct {
+		name string
+		pid  int
+		want string
+	}{{"root", root, "killed by signal 9 (killed)"}, {"launcher", launcher, "exit status 0"}} {
+		if !pidfdReadable(t, pidfds[c.name], 5*time.Second) {
+			st, _ := procscan.Read(c.pid)
+			t.Fatalf("%s %d still runs 5 s after its engine died: %v", c.name, c.pid, st)
+		}
+		t.Logf("%s ended %v after the engine's SIGKILL", c.name, time.Since(killed).Round(time.Microsecond))
+		if how, err := exited(pidfds[c.name]); err != nil || how != c.want {
+			t.Errorf("%s: %q (%v), want %q", c.name, how, err, c.want)
+		}
+	}
+	for _, pid := range []int{launcher, root} {
+		if _, err := syscall.Wait4(pid, nil, syscall.WALL, nil); err != nil {
+			t.Errorf("reaping %d: %v", pid, err)
+		}
+	}
+	for _, k := range childrenOfOurs(t) {
+		if !slices.Contains(before, k) {
+			st, _ := procscan.Read(k)
+			t.Errorf("left behind: %v", st)
+		}
 	}
 }

@@ -55,15 +55,15 @@ static int engine_gone(void)
  * After the fork of the root the launcher lingers until the engine ends it
  * (SIGKILL, while the tasks restore their memory): its exit, and the
  * SIGCHLD that tells the engine, do not fall between two stages then.
- * Should the engine die instead, it leaves within a second.
+ * Should the engine die instead, it leaves at once: it sleeps in poll on
+ * the engine's pidfd, which turns readable when the engine exits.
  */
 static __attribute__((noreturn)) void linger(void)
 {
-	static const struct __kernel_timespec second = { 1, 0 };
+	struct { int fd; short events, revents; } pfd = { agent.plan->engine_pidfd, 1, 0 };
 
 	for (;;) {
-		sys_futex_wait(&agent.te->launch, CREST_LAUNCH_GO, &second);
-		if (engine_gone())
+		if (sys_call3(__NR_poll, (long)&pfd, 1, -1) > 0)
 			sys_exit_group(0);
 	}
 }
