@@ -42,9 +42,10 @@ and its children, in a new pid namespace), each with threads=N threads,
 mem=SIZE of memory filled with data (K, M or G, KiB without a unit;
 default 1M), fds=N open files and both ends of pipes=N pipes that all
 tasks share, a byte in each, and shm=SIZE of shared anonymous memory
-(MAP_SHARED, filled with data) that all tasks share. It starts them, dumps them once with crest
-dump, restores the images RUNS times and removes it all at the end. Such
-a tree writes nothing after it is ready: no --reset is needed.
+(MAP_SHARED, filled with data) that all tasks share. It starts them,
+dumps them once with crest dump, restores the images RUNS times and
+removes it all at the end. Such a tree writes nothing after it is ready:
+no --reset is needed.
 
 A restored tree may change what lies outside its images, e.g. append to a
 log file whose size the images recorded; --reset CMD (a shell command) runs
