@@ -18,8 +18,9 @@ import (
 type Options struct {
 	// Until is the last stage to run: once all its participants have
 	// arrived, Start returns with the tasks parked at its barrier. The
-	// zero value runs to COMPLETE. Tests use it to look at a tree
-	// half-way; Abort then removes it.
+	// zero value runs to COMPLETE, so a restore can not be parked at
+	// ROOT_TASK (CRIU's value 0): PREPARE_NAMESPACES is the first stop.
+	// Tests use it to look at a tree half-way; Abort then removes it.
 	Until Stage
 	// StageTimeout bounds each stage (default 10s): a task that dies
 	// without recording a failure is noticed this way.
