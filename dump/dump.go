@@ -42,8 +42,11 @@ type Options struct {
 // Result tells what was dumped.
 type Result struct {
 	Tasks, Threads int
-	// Pages counts the memory pages written; Bytes their size.
+	// Pages counts the tasks' own memory pages written; Bytes their size.
 	Pages, Bytes uint64
+	// SharedPages counts the pages of shared memory and memfds written
+	// (pagemap-shmem-*.img), once each however many tasks map them.
+	SharedPages uint64
 	// Frozen is how long the tree was stopped, Freezing how long freezing
 	// it took.
 	Freezing, Frozen time.Duration
@@ -196,6 +199,7 @@ func (d *dumper) run(ctx context.Context) (*Result, error) {
 	}
 	d.tmp = ""
 	res.Pages, res.Bytes = d.stats.written, d.stats.written*images.PageSize
+	res.SharedPages = d.stats.shWritten
 	return res, nil
 }
 

@@ -69,7 +69,7 @@ per task and its steps inside.`,
 					return err
 				}
 				env.log.Info("dump complete", "dir", *dir, "tasks", res.Tasks, "threads", res.Threads,
-					"pages", res.Pages, "frozen", res.Frozen)
+					"pages", res.Pages, "shared_pages", res.SharedPages, "frozen", res.Frozen)
 				return nil
 			}
 		},
