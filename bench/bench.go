@@ -51,8 +51,10 @@ var Plain = Mode{Name: "plain", Begin: func(*restore.Plan) (restore.Observer, En
 type Config struct {
 	Dir      string // the image directory
 	Workload string // what made Dir, when bench did (Workload.String)
-	Runs     int    // restores per mode
-	Modes    []Mode // the first is what the others are compared with
+	// Dump is what bench's dump of the workload took (nil: no workload).
+	Dump  *DumpReport
+	Runs  int    // restores per mode
+	Modes []Mode // the first is what the others are compared with
 	// Reset runs before every restore and puts back what the last one
 	// changed outside the images (files the tree wrote to); nil: nothing.
 	Reset func() error
@@ -148,6 +150,7 @@ type Overhead struct {
 type Report struct {
 	Dir      string        `json:"dir"`
 	Workload string        `json:"workload,omitempty"`
+	Dump     *DumpReport   `json:"dump,omitempty"` // of the workload, once
 	Tasks    int           `json:"tasks"`
 	Threads  int           `json:"threads"`
 	Runs     int           `json:"runs"` // per mode
@@ -174,7 +177,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		seen[m.Name] = true
 	}
-	rep := &Report{Dir: cfg.Dir, Workload: cfg.Workload, Runs: cfg.Runs, Settle: cfg.Settle}
+	rep := &Report{Dir: cfg.Dir, Workload: cfg.Workload, Dump: cfg.Dump, Runs: cfg.Runs, Settle: cfg.Settle}
 	for _, st := range Stages {
 		rep.Stages = append(rep.Stages, st.String())
 	}

@@ -24,6 +24,10 @@ func (rep *Report) Markdown(w io.Writer) error {
 	if rep.Settle > 0 {
 		fmt.Fprintf(&b, ", %v apart", rep.Settle)
 	}
+	if d := rep.Dump; d != nil {
+		fmt.Fprintf(&b, "\ndumped once with crest dump in %s (the tree frozen %s): %d pages of the tasks' own memory (%.1f MiB), %d of shared memory",
+			Format(d.Wall), Format(d.Frozen), d.Pages, float64(d.Bytes)/(1<<20), d.Shared)
+	}
 	b.WriteString("\n\n")
 	tableHead(&b, "stage", "---", rep.modeNames())
 	for j, name := range rep.Stages {

@@ -122,18 +122,28 @@ func size(kib int64) string {
 	return fmt.Sprintf("%dK", kib)
 }
 
+// DumpReport is what the dump of a workload took and wrote.
+type DumpReport struct {
+	Wall     time.Duration `json:"wall_ns"`      // dump.Dump, from the call to its return
+	Freezing time.Duration `json:"freezing_ns"`  // stopping the tree
+	Frozen   time.Duration `json:"frozen_ns"`    // how long the tree was stopped
+	Pages    uint64        `json:"pages"`        // the tasks' own memory pages written
+	Bytes    uint64        `json:"bytes"`        // their size
+	Shared   uint64        `json:"shared_pages"` // shared memory's pages written
+}
+
 // Prepare starts the workload in a directory of its own, waits until every
 // task is ready, dumps it with crest dump into an image directory there
-// (which kills it) and returns that directory. cleanup removes it all; it
-// must run after the last restore, which maps the workload's program from
-// there.
-func (w Workload) Prepare(ctx context.Context, log *slog.Logger) (images string, cleanup func(), err error) {
+// (which kills it) and returns that directory and what the dump took.
+// cleanup removes it all; it must run after the last restore, which maps
+// the workload's program from there.
+func (w Workload) Prepare(ctx context.Context, log *slog.Logger) (images string, dumped DumpReport, cleanup func(), err error) {
 	if w.Tasks < 1 || w.Threads < 1 || w.MemKiB < 0 || w.FDs < 0 || w.Pipes < 0 || w.ShmKiB < 0 {
-		return "", nil, fmt.Errorf("workload %s: at least one task and one thread, and no negative size", w)
+		return "", dumped, nil, fmt.Errorf("workload %s: at least one task and one thread, and no negative size", w)
 	}
 	top, err := os.MkdirTemp("", "crest-bench-")
 	if err != nil {
-		return "", nil, err
+		return "", dumped, nil, err
 	}
 	remove := func() { os.RemoveAll(top) }
 	defer func() {
@@ -144,17 +154,17 @@ func (w Workload) Prepare(ctx context.Context, log *slog.Logger) (images string,
 	run := filepath.Join(top, "run")
 	prog := filepath.Join(run, "workload")
 	if err := os.Mkdir(run, 0o755); err != nil {
-		return "", nil, err
+		return "", dumped, nil, err
 	}
 	if err := os.WriteFile(prog, workloadBinary, 0o755); err != nil {
-		return "", nil, err
+		return "", dumped, nil, err
 	}
 	cmd := exec.Command(prog, strconv.Itoa(w.Tasks), strconv.Itoa(w.Threads), strconv.FormatInt(w.MemKiB, 10),
 		strconv.Itoa(w.FDs), strconv.Itoa(w.Pipes), strconv.FormatInt(w.ShmKiB, 10))
 	cmd.Dir = run
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return "", nil, fmt.Errorf("workload %s: %w", w, err)
+		return "", dumped, nil, fmt.Errorf("workload %s: %w", w, err)
 	}
 	// The root is pid 1 of its namespace: killing it ends the tree. It
 	// is reaped only after the dump: a wait for it meanwhile would take
@@ -166,17 +176,21 @@ func (w Workload) Prepare(ctx context.Context, log *slog.Logger) (images string,
 	}()
 	pidfd, err := unix.PidfdOpen(cmd.Process.Pid, 0)
 	if err != nil {
-		return "", nil, fmt.Errorf("workload %s: %w", w, os.NewSyscallError("pidfd_open", err))
+		return "", dumped, nil, fmt.Errorf("workload %s: %w", w, os.NewSyscallError("pidfd_open", err))
 	}
 	defer unix.Close(pidfd)
 	if err := w.waitReady(ctx, run, pidfd); err != nil {
-		return "", nil, err
+		return "", dumped, nil, err
 	}
 	images = filepath.Join(top, "images")
-	if _, err := dump.Dump(ctx, dump.Options{Pid: cmd.Process.Pid, Dir: images, Log: log}); err != nil {
-		return "", nil, fmt.Errorf("workload %s: dump: %w", w, err)
+	begin := time.Now()
+	res, err := dump.Dump(ctx, dump.Options{Pid: cmd.Process.Pid, Dir: images, Log: log})
+	if err != nil {
+		return "", dumped, nil, fmt.Errorf("workload %s: dump: %w", w, err)
 	}
-	return images, remove, nil
+	dumped = DumpReport{Wall: time.Since(begin), Freezing: res.Freezing, Frozen: res.Frozen, Pages: res.Pages, Bytes: res.Bytes,
+		Shared: res.SharedPages}
+	return images, dumped, remove, nil
 }
 
 // waitReady waits for every task's ready file, for 10 s at most.

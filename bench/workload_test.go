@@ -71,9 +71,13 @@ func TestWorkload(t *testing.T) {
 		t.Fatal("needs root: new pid namespaces, dump and restore")
 	}
 	w := Workload{Tasks: 3, Threads: 2, MemKiB: 256, FDs: 3, Pipes: 2, ShmKiB: 1024}
-	dir, cleanup, err := w.Prepare(context.Background(), nil)
+	dir, dumped, cleanup, err := w.Prepare(context.Background(), nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// 3 tasks of 256 KiB each, and 1 MiB shared, written once
+	if dumped.Pages*images.PageSize != dumped.Bytes || dumped.Bytes < 3*256<<10 || dumped.Shared != 256 || dumped.Frozen <= 0 || dumped.Wall < dumped.Frozen {
+		t.Errorf("dump: %+v, want at least 3 x 256 KiB of the tasks' own and 256 shared pages", dumped)
 	}
 	top := filepath.Dir(dir)
 	defer func() {
@@ -179,7 +183,7 @@ func TestWorkloadFails(t *testing.T) {
 		{Workload{Tasks: 0, Threads: 1}, context.Background(), "at least one task"},
 		{Workload{Tasks: 2, Threads: 1, MemKiB: 64}, cancelled, "context canceled"},
 	} {
-		_, cleanup, err := tt.w.Prepare(tt.ctx, nil)
+		_, _, cleanup, err := tt.w.Prepare(tt.ctx, nil)
 		if err == nil || cleanup != nil || !strings.Contains(err.Error(), "workload "+tt.w.String()+": ") || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: %v (cleanup %v), want an error naming the workload and %q", tt.w, err, cleanup != nil, tt.want)
 		}

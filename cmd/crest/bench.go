@@ -43,9 +43,9 @@ mem=SIZE of memory filled with data (K, M or G, KiB without a unit;
 default 1M), fds=N open files and both ends of pipes=N pipes that all
 tasks share, a byte in each, and shm=SIZE of shared anonymous memory
 (MAP_SHARED, filled with data) that all tasks share. It starts them,
-dumps them once with crest dump, restores the images RUNS times and
-removes it all at the end. Such a tree writes nothing after it is ready:
-no --reset is needed.
+dumps them once with crest dump (the report says what the dump took),
+restores the images RUNS times and removes it all at the end. Such a tree
+writes nothing after it is ready: no --reset is needed.
 
 A restored tree may change what lies outside its images, e.g. append to a
 log file whose size the images recorded; --reset CMD (a shell command) runs
@@ -88,12 +88,12 @@ stages' medians and the spread of the stages together.`,
 					if err != nil {
 						return usagef("%v", err)
 					}
-					images, cleanup, err := w.Prepare(ctx, env.log)
+					images, dumped, cleanup, err := w.Prepare(ctx, env.log)
 					if err != nil {
 						return err
 					}
 					defer cleanup()
-					cfg.Dir, cfg.Workload = images, w.String()
+					cfg.Dir, cfg.Workload, cfg.Dump = images, w.String(), &dumped
 				}
 				if *reset != "" {
 					cfg.Reset = resetCommand(ctx, *reset)

@@ -254,6 +254,9 @@ func TestBenchWorkload(t *testing.T) {
 	if rep.Workload != "tasks=2,threads=2,mem=256K,fds=2,pipes=1" || rep.Tasks != 2 || rep.Threads != 4 || len(rep.Samples) != 4 {
 		t.Errorf("workload %q: %d tasks, %d threads, %d samples", rep.Workload, rep.Tasks, rep.Threads, len(rep.Samples))
 	}
+	if d := rep.Dump; d == nil || d.Bytes < 2*256<<10 || d.Wall <= 0 {
+		t.Errorf("the workload's dump: %+v, want its time and at least the tasks' 512 KiB", d)
+	}
 	after, _ := filepath.Glob(filepath.Join(os.TempDir(), "crest-bench-*"))
 	if len(after) != len(before) {
 		t.Errorf("bench's directories left: %v (before: %v)", after, before)
