@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -581,4 +582,19 @@ func TestWakeups(t *testing.T) {
 			t.Fatalf("%d events read, want at least 100 without a Sync", got)
 		}
 	})
+}
+
+// TestVerifyTooDeep: a task deeper in pid namespaces than the fork events
+// record gets no verdict, and the error says why; one level less is
+// verified.
+func TestVerifyTooDeep(t *testing.T) {
+	m := openMonitor(t, Options{})
+	_, err := m.Verify(Expect{Tasks: []ExpectTask{{PID: 1, NSLevel: maxLevels}}})
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("task 1 is at pid-namespace level %d", maxLevels)) ||
+		!strings.Contains(err.Error(), fmt.Sprintf("levels 0 to %d only", maxLevels-1)) {
+		t.Errorf("level %d: %v, want no verdict naming the task and the levels", maxLevels, err)
+	}
+	if _, err := m.Verify(Expect{Tasks: []ExpectTask{{PID: 1, NSLevel: maxLevels - 1}}}); err != nil {
+		t.Errorf("level %d: %v, want a verdict", maxLevels-1, err)
+	}
 }

@@ -115,8 +115,16 @@ func Verify(exp Expect, events []Event) Report {
 }
 
 // Verify syncs and checks the events seen so far; drops make a finding,
-// since a verdict on a partial log proves nothing.
+// since a verdict on a partial log proves nothing. A task deeper in pid
+// namespaces than the fork events record (levels 0 to 7) gets no verdict:
+// its pids could not be told apart from wrong ones.
 func (m *Monitor) Verify(exp Expect) (Report, error) {
+	for _, t := range exp.Tasks {
+		if t.NSLevel >= maxLevels {
+			return Report{}, fmt.Errorf("bpf: task %d is at pid-namespace level %d: the monitor records a task's pids at levels 0 to %d only",
+				t.PID, t.NSLevel, maxLevels-1)
+		}
+	}
 	if err := m.Sync(); err != nil {
 		return Report{}, err
 	}
