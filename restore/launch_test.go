@@ -519,6 +519,17 @@ func TestLauncherGoneAfterRoot(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// On any way out the engine goes too (a second kill and wait, after
+	// the test killed it, do nothing).
+	engineGone := false
+	killEngine := func() {
+		if !engineGone {
+			cmd.Process.Kill()
+			cmd.Wait()
+			engineGone = true
+		}
+	}
+	defer killEngine()
 	var launcher, root int
 	sc := bufio.NewScanner(stdout)
 	for sc.Scan() {
@@ -527,45 +538,41 @@ func TestLauncherGoneAfterRoot(t *testing.T) {
 		}
 	}
 	if launcher <= 0 || root <= 0 {
-		cmd.Process.Kill()
-		cmd.Wait()
+		killEngine()
 		t.Fatalf("the engine did not park at PREPARE_NAMESPACES: %s", stderr.String())
 	}
-	pidfds := map[string]int{}
-	for name, pid := range map[string]int{"launcher": launcher, "root": root} {
-		fd, err := unix.PidfdOpen(pid, 0)
+	procs := []struct {
+		name  string
+		pid   int
+		want  string // how it ends once the engine is killed
+		pidfd int
+	}{{"root", root, "killed by signal 9 (killed)", -1}, {"launcher", launcher, "exit status 0", -1}}
+	for i := range procs {
+		p := &procs[i]
+		fd, err := unix.PidfdOpen(p.pid, 0)
 		if err != nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-			t.Fatalf("%s %d: %v", name, pid, os.NewSyscallError("pidfd_open", err))
+			t.Fatalf("%s %d: %v", p.name, p.pid, os.NewSyscallError("pidfd_open", err))
 		}
 		defer unix.Close(fd)
-		pidfds[name] = fd
-	}
-	if pidfdReadable(t, pidfds["launcher"], 0) || pidfdReadable(t, pidfds["root"], 0) {
-		t.Fatal("the launcher or the root ended while the engine lived")
+		p.pidfd = fd
+		if pidfdReadable(t, fd, 0) {
+			t.Fatalf("%s %d ended while the engine lived", p.name, p.pid)
+		}
 	}
 
 	killed := time.Now()
-	cmd.Process.Kill()
-	cmd.Wait()
-	for _, c := range []struct {
-		name string
-		pid  int
-		want string
-	}{{"root", root, "killed by signal 9 (killed)"}, {"launcher", launcher, "exit status 0"}} {
-		if !pidfdReadable(t, pidfds[c.name], 5*time.Second) {
-			st, _ := procscan.Read(c.pid)
-			t.Fatalf("%s %d still runs 5 s after its engine died: %v", c.name, c.pid, st)
+	killEngine()
+	for _, p := range procs {
+		if !pidfdReadable(t, p.pidfd, 5*time.Second) {
+			st, _ := procscan.Read(p.pid)
+			t.Fatalf("%s %d still runs 5 s after its engine died: %v", p.name, p.pid, st)
 		}
-		t.Logf("%s ended %v after the engine's SIGKILL", c.name, time.Since(killed).Round(time.Microsecond))
-		if how, err := exited(pidfds[c.name]); err != nil || how != c.want {
-			t.Errorf("%s: %q (%v), want %q", c.name, how, err, c.want)
+		t.Logf("%s ended %v after the engine's SIGKILL", p.name, time.Since(killed).Round(time.Microsecond))
+		if how, err := exited(p.pidfd); err != nil || how != p.want {
+			t.Errorf("%s: %q (%v), want %q", p.name, how, err, p.want)
 		}
-	}
-	for _, pid := range []int{launcher, root} {
-		if _, err := syscall.Wait4(pid, nil, syscall.WALL, nil); err != nil {
-			t.Errorf("reaping %d: %v", pid, err)
+		if _, err := syscall.Wait4(p.pid, nil, syscall.WALL, nil); err != nil {
+			t.Errorf("reaping %s %d: %v", p.name, p.pid, err)
 		}
 	}
 	for _, k := range childrenOfOurs(t) {
