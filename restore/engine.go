@@ -35,7 +35,9 @@ type Options struct {
 	Faults Fault
 	// KeepArea leaves the crest area mapped in the restored tasks
 	// instead of removing it with ptrace (finish.go): for callers that
-	// trace the tasks themselves.
+	// trace the tasks themselves. Finishing also stops the tasks that
+	// were stopped at the dump (Task.StopSignal): with KeepArea that is
+	// the caller's to do.
 	KeepArea bool
 }
 
@@ -60,7 +62,9 @@ type Restore struct {
 	launcher       *exec.Cmd // until reaped (reapLauncher)
 	launcherPidfd  int
 	launcherStderr *os.File
-	stepsSeen      []uint32 // per slot, bit per step already published
+	stepsSeen      []uint32         // per slot, bit per step already published
+	stopSent       map[*Task]uint64 // when finishing sent a stopped task its signal
+	stopSteps      []StepEvent      // the "stop" step of each, for COMPLETE
 	inherited      inheritedRlimits
 	closed         bool
 }
@@ -342,7 +346,8 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 }
 
 // advance switches to the stage after the current one; COMPLETE goes
-// through finish, which switches with every thread seized.
+// through finish, which switches with every thread seized, and then waits
+// until the tasks stopped at the dump are stopped again.
 func (r *Restore) advance() error {
 	next := r.stage + 1
 	if next == StageComplete && !r.opts.KeepArea {
@@ -351,7 +356,7 @@ func (r *Restore) advance() error {
 		if err := r.finish(); err != nil {
 			return &StageError{Stage: next, Step: "finish", Err: err}
 		}
-		return nil
+		return r.waitStopped()
 	}
 	if err := r.switchTo(next); err != nil {
 		return &StageError{Stage: next, Err: err}
@@ -505,6 +510,11 @@ func (r *Restore) failure() error {
 func (r *Restore) publish(st Stage) {
 	if st == StageRootTask && r.files != nil {
 		for _, e := range r.files.steps {
+			r.obs.StepDone(e)
+		}
+	}
+	if st == StageComplete {
+		for _, e := range r.stopSteps {
 			r.obs.StepDone(e)
 		}
 	}

@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"runtime"
@@ -8,6 +9,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/crest-restore/crest/restore/agent"
 )
@@ -190,6 +193,19 @@ func (r *Restore) finish() (err error) {
 			if err := endUnmap(t); err != nil {
 				return fmt.Errorf("task %d: unmapping the crest area: %w", t.task.PID, err)
 			}
+			if sig := t.task.StopSignal; sig != 0 {
+				// Stopped at the dump: the signal waits while the
+				// threads are traced, and stops the task as soon as
+				// they are let go, before it runs any code of its
+				// own (CRIU sends it at the same point).
+				if r.stopSent == nil {
+					r.stopSent = map[*Task]uint64{}
+				}
+				r.stopSent[t.task] = boottime()
+				if err := syscall.Kill(r.hostPIDs[t.task.PID], sig); err != nil {
+					return fmt.Errorf("task %d: stopping it again with %s: %w", t.task.PID, unix.SignalName(sig), os.NewSyscallError("kill", err))
+				}
+			}
 			for tid2, t2 := range byTid {
 				if t2.task == t.task {
 					if err := ptrace(syscall.PTRACE_DETACH, tid2, 0, 0); err != nil {
@@ -232,6 +248,60 @@ func (r *Restore) finish() (err error) {
 		}
 	}
 	return nil
+}
+
+// waitStopped waits until every thread of each task stopped at the dump
+// is in its group stop again ('T' in /proc), and fails if one is not by
+// the stage timeout: a restore whose stopped tasks run on is not the
+// dumped tree. (SIGTSTP, SIGTTIN and SIGTTOU do not stop a task of an
+// orphaned process group, nor does any signal but SIGSTOP stop a pid
+// namespace's init.) Such a task is done with COMPLETE once stopped: its
+// threads arrive then, after a "stop" step from the signal on.
+func (r *Restore) waitStopped() error {
+	deadline := time.Now().Add(r.opts.StageTimeout)
+	for _, t := range r.plan.Tasks {
+		if t.StopSignal == 0 {
+			continue
+		}
+		for _, tid := range r.threads[t] {
+			path := fmt.Sprintf("/proc/%d/task/%d/stat", r.hostPIDs[t.PID], tid)
+			for {
+				state, err := procState(path)
+				if err != nil {
+					return &StageError{Stage: StageComplete, PID: t.PID, Step: "stop", Err: err}
+				}
+				if state == 'T' {
+					break
+				}
+				if time.Now().After(deadline) {
+					return &StageError{Stage: StageComplete, PID: t.PID, Step: "stop",
+						Err: fmt.Errorf("not stopped by %s %v after the restore (host tid %d in state %c)",
+							unix.SignalName(t.StopSignal), r.opts.StageTimeout, tid, state)}
+				}
+				time.Sleep(50 * time.Microsecond)
+			}
+		}
+		now := boottime()
+		for _, th := range t.Threads {
+			r.shared.setArrival(th.Slot, StageComplete, now)
+		}
+		r.stopSteps = append(r.stopSteps, StepEvent{PID: t.PID, TID: t.PID, Step: "stop", Stage: StageComplete,
+			Begin: r.stopSent[t], End: now, Succeeded: true})
+	}
+	return nil
+}
+
+// procState is the state letter of a /proc/PID[/task/TID]/stat file.
+func procState(path string) (byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0, fmt.Errorf("%s: no state in %q", path, b)
+	}
+	return b[i+2], nil
 }
 
 // endBarrierWait ends the futex wait that the interrupt broke off, if the

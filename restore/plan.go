@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
@@ -82,6 +83,10 @@ type Task struct {
 	Sigactions       []Sigaction
 	Rlimits          []Rlimit
 	PersonalityFlags uint32
+	// StopSignal, when not 0, is the signal that had stopped the task
+	// at the dump (CRIU's TASK_STOPPED): the engine sends it again once
+	// the task is restored, and the task stays stopped until a SIGCONT.
+	StopSignal syscall.Signal
 	// Itimers are ITIMER_REAL, ITIMER_VIRTUAL and ITIMER_PROF;
 	// PosixTimers the task's timer_create timers; SharedSignals the
 	// signals pending for the whole task (signals.go).
@@ -97,6 +102,23 @@ type Thread struct {
 	Core *criu_core.CoreEntry
 	// Signals pending for this thread only, oldest first.
 	Signals []Siginfo
+}
+
+// taskStopped is CRIU's TASK_STOPPED: a task in a group stop at the dump.
+const taskStopped = 3
+
+// stopSignal is the signal that stops a TASK_STOPPED task again: the
+// image's stop_signo, or SIGSTOP for images before CRIU wrote it (0), as
+// CRIU does. Other signals would not stop the task, or would kill it.
+func stopSignal(signo uint32) (syscall.Signal, error) {
+	switch sig := syscall.Signal(signo); sig {
+	case 0:
+		return syscall.SIGSTOP, nil
+	case syscall.SIGSTOP, syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU:
+		return sig, nil
+	default:
+		return 0, fmt.Errorf("stopped task with stop_signo %d, which is not a stop signal", signo)
+	}
 }
 
 // TaskKind is CRIU's task state (criu/include/pid.h) of a planned task.
@@ -588,6 +610,14 @@ func (p *Plan) loadTask(t *Task) error {
 	switch st := tc.GetTaskState(); st {
 	case agent.TaskAlive:
 		t.Kind = TaskAlive
+	case taskStopped:
+		// restored as alive, and stopped again when finishing
+		t.Kind = TaskAlive
+		sig, err := stopSignal(tc.GetStopSigno())
+		if err != nil {
+			return &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", t.PID), Msg: err.Error()}
+		}
+		t.StopSignal = sig
 	case agent.TaskZombie:
 		// A zombie is its pid, session, group, comm and exit status:
 		// CRIU dumps nothing else of it.
@@ -599,8 +629,7 @@ func (p *Plan) loadTask(t *Task) error {
 		p.NrZombies++
 		return nil
 	default:
-		// stopped tasks (TASK_STOPPED) come later
-		return &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", t.PID), Msg: fmt.Sprintf("task state %d: only alive tasks and zombies are supported yet", st)}
+		return &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", t.PID), Msg: fmt.Sprintf("task state %d: only alive, stopped and dead (zombie) tasks are restored", st)}
 	}
 	t.PersonalityFlags = tc.GetPersonality()
 	if err := checkUnsupported(t); err != nil {
