@@ -8,7 +8,10 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
+
+	"golang.org/x/sys/unix"
 
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -155,9 +158,12 @@ type Task struct {
 	Threads []uint32 `json:"threads"`
 	Comm    string   `json:"comm"`
 	// State is the task's state at dump: Alive, Dead, Stopped or Zombie.
-	State    string     `json:"state"`
-	ExitCode uint32     `json:"exit_code,omitempty"`
-	NS       Namespaces `json:"ns"`
+	State    string `json:"state"`
+	ExitCode uint32 `json:"exit_code,omitempty"`
+	// StopSigno is the signal that stopped a Stopped task (CRIU's
+	// stop_signo; 0 in images from before CRIU wrote it).
+	StopSigno uint32     `json:"stop_signo,omitempty"`
+	NS        Namespaces `json:"ns"`
 	// FilesID is the id of the fd table (fdinfo-ID.img); tasks that share
 	// one (CLONE_FILES) have the same id.
 	FilesID uint32  `json:"files_id"`
@@ -400,6 +406,9 @@ func summarizeTask(d *Dir, pid uint32, inodes map[uint64]*memfd.MemfdInodeEntry,
 		t.State = fmt.Sprintf("state %d", tc.GetTaskState())
 	}
 	t.ExitCode = tc.GetExitCode()
+	if t.State == "Stopped" {
+		t.StopSigno = tc.GetStopSigno()
+	}
 	if t.State == "Zombie" || t.State == "Dead" {
 		// Zombies have a core and nothing else.
 		return t, nil
@@ -803,6 +812,13 @@ func (s *Summary) WriteText(w io.Writer) error {
 			ew.printf(", %s", strings.ToLower(t.State))
 			if t.State == "Zombie" {
 				ew.printf(", exit code %d", t.ExitCode)
+			}
+			if t.StopSigno != 0 {
+				name := unix.SignalName(syscall.Signal(t.StopSigno))
+				if name == "" {
+					name = fmt.Sprintf("signal %d", t.StopSigno)
+				}
+				ew.printf(" by %s", name)
 			}
 		}
 		ew.printf("\n")

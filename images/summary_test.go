@@ -1,6 +1,7 @@
 package images_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
 
 	"github.com/crest-restore/crest/images"
@@ -434,5 +436,55 @@ func TestSummaryText(t *testing.T) {
 	}
 	if strings.Contains(b.String(), "warning") {
 		t.Errorf("text summary warns:\n%s", b.String())
+	}
+}
+
+// TestSummaryStopped: a stopped task's state and stop signal (CRIU's
+// TASK_STOPPED and stop_signo), in the summary and its text.
+func TestSummaryStopped(t *testing.T) {
+	dir := fixture.CopyImages(t, "tree")
+	for pid, signo := range map[int]uint32{2: 20, 4: 0} {
+		path := filepath.Join(dir, fmt.Sprintf("core-%d.img", pid))
+		img, err := images.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := img.Entries[0].Message.(*criu_core.CoreEntry).Tc
+		tc.TaskState = proto.Uint32(3)
+		if signo != 0 {
+			tc.StopSigno = proto.Uint32(signo)
+		}
+		if err := images.WriteFile(path, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := images.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := images.Summarize(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range s.Tasks {
+		want, signo := "Alive", uint32(0)
+		switch task.PID {
+		case 2:
+			want, signo = "Stopped", 20
+		case 4:
+			want = "Stopped"
+		}
+		if task.State != want || task.StopSigno != signo || task.Memory == nil {
+			t.Errorf("task %d: %s, stop_signo %d, memory %v; want %s, %d and its memory", task.PID, task.State, task.StopSigno, task.Memory != nil, want, signo)
+		}
+	}
+	var b strings.Builder
+	if err := s.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"\ntask 2 (prog), stopped by SIGTSTP\n", "\ntask 4 (prog), stopped\n", "\ntask 3 (prog)\n"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("text summary lacks %q:\n%s", want, b.String())
+		}
 	}
 }
