@@ -467,7 +467,7 @@ func taskCore(t *task, lead *thread, to *taskOnly) (*criu_core.TaskCoreEntry, er
 		}
 		rl.Rlimits = append(rl.Rlimits, &rlimit.RlimitEntry{Cur: proto.Uint64(r.Cur), Max: proto.Uint64(r.Max)})
 	}
-	return &criu_core.TaskCoreEntry{
+	tc := &criu_core.TaskCoreEntry{
 		TaskState:      proto.Uint32(1), // TASK_ALIVE
 		ExitCode:       proto.Uint32(0),
 		Personality:    proto.Uint32(uint32(pers)),
@@ -481,5 +481,12 @@ func taskCore(t *task, lead *thread, to *taskOnly) (*criu_core.TaskCoreEntry, er
 		OomScoreAdj:    proto.Int32(int32(oom)),
 		Sigactions:     to.sigactions,
 		ChildSubreaper: proto.Bool(to.childSubreaper),
-	}, nil
+	}
+	if t.stopSig != 0 {
+		// CRIU's TASK_STOPPED, and the signal, which the restore sends
+		// the task again (CRIU 4.2 writes both)
+		tc.TaskState = proto.Uint32(3)
+		tc.StopSigno = proto.Uint32(uint32(t.stopSig))
+	}
+	return tc, nil
 }

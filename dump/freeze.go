@@ -19,6 +19,9 @@ type thread struct {
 	// something in it.
 	regs    unix.PtraceRegs
 	touched bool
+	// stopSig is the signal of the group stop the thread was in when
+	// seized, 0 if it was not in one.
+	stopSig syscall.Signal
 }
 
 // task is one process of the tree.
@@ -34,6 +37,9 @@ type task struct {
 	// seized: boot times the freeze of this task's threads began and
 	// ended, for the Observer
 	seized [2]uint64
+	// stopSig is the signal that stopped the task (its leader in a group
+	// stop when seized, CRIU's TASK_STOPPED), 0 if it ran.
+	stopSig syscall.Signal
 }
 
 // tree is the frozen process tree.
@@ -92,8 +98,11 @@ func (tr *tree) freezeTask(pid int, parent *task) (*task, error) {
 			}
 			t.threads = append(t.threads, th)
 			fresh++
-			if err := waitInterrupted(tid); err != nil {
+			if th.stopSig, err = waitInterrupted(tid); err != nil {
 				return nil, fmt.Errorf("%s: thread %d: %w", t, tid, err)
+			}
+			if tid == pid {
+				t.stopSig = th.stopSig
 			}
 			if err := unix.PtraceGetRegs(tid, &th.regs); err != nil {
 				return nil, fmt.Errorf("%s: thread %d: %w", t, tid, os.NewSyscallError("ptrace(PTRACE_GETREGS)", err))
@@ -144,8 +153,12 @@ func seize(tid int) error {
 
 // waitInterrupted waits for the stop PTRACE_INTERRUPT asked for. A signal
 // that arrives first is delivered as if the dumper were not there; the
-// interrupt stays pending and stops the thread right after.
-func waitInterrupted(tid int) error {
+// interrupt stays pending and stops the thread right after. A thread in a
+// group stop (stopped by SIGSTOP, SIGTSTP, SIGTTIN or SIGTTOU) reports
+// that stop instead, and its signal is returned: under ptrace it runs what
+// the dumper makes it run all the same, and when the dumper detaches it
+// goes back to the group stop, which lasts until a SIGCONT.
+func waitInterrupted(tid int) (syscall.Signal, error) {
 	for {
 		var ws unix.WaitStatus
 		_, err := unix.Wait4(tid, &ws, unix.WALL, nil)
@@ -153,22 +166,26 @@ func waitInterrupted(tid int) error {
 			continue
 		}
 		if err != nil {
-			return os.NewSyscallError("wait4", err)
+			return 0, os.NewSyscallError("wait4", err)
 		}
 		switch {
 		case ws.Exited() || ws.Signaled():
-			return fmt.Errorf("exited during the freeze (%v)", ws)
+			return 0, fmt.Errorf("exited during the freeze (%v)", ws)
 		case !ws.Stopped():
 			continue
 		case int(ws)>>16 == unix.PTRACE_EVENT_STOP:
-			if ws.StopSignal() == syscall.SIGTRAP {
-				return nil
+			switch sig := ws.StopSignal(); sig {
+			case syscall.SIGTRAP:
+				return 0, nil
+			case syscall.SIGSTOP, syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU:
+				return sig, nil
+			default:
+				return 0, &UnsupportedError{Task: tid, Resource: "state",
+					Why: fmt.Sprintf("a ptrace stop by %s", unix.SignalName(sig))}
 			}
-			return &UnsupportedError{Task: tid, Resource: "state",
-				Why: fmt.Sprintf("stopped by %v: stopped tasks are not supported", ws.StopSignal())}
 		default:
 			if err := unix.PtraceCont(tid, int(ws.StopSignal())); err != nil {
-				return os.NewSyscallError("ptrace(PTRACE_CONT)", err)
+				return 0, os.NewSyscallError("ptrace(PTRACE_CONT)", err)
 			}
 		}
 	}

@@ -103,6 +103,7 @@ func (r *remote) call(th *thread, nr uintptr, args ...uint64) (uint64, error) {
 	if err := unix.PtraceSingleStep(th.tid); err != nil {
 		return 0, fmt.Errorf("%s: thread %d: %s: %w", r.t, th.tid, name, os.NewSyscallError("ptrace(PTRACE_SINGLESTEP)", err))
 	}
+	rearmed := 0
 	for {
 		var ws unix.WaitStatus
 		_, err := unix.Wait4(th.tid, &ws, unix.WALL, nil)
@@ -114,6 +115,17 @@ func (r *remote) call(th *thread, nr uintptr, args ...uint64) (uint64, error) {
 		}
 		if !ws.Stopped() {
 			return 0, fmt.Errorf("%s: thread %d: %s: the thread ended (%v)", r.t, th.tid, name, ws)
+		}
+		if int(ws)>>16 == unix.PTRACE_EVENT_STOP && th.stopSig != 0 && ws.StopSignal() == th.stopSig && rearmed < 2 {
+			// A thread in a group stop traps again for the interrupt
+			// the freeze sent, when that came after the seize's own
+			// trap. The trap comes before any instruction of the
+			// thread's: step again.
+			rearmed++
+			if err := unix.PtraceSingleStep(th.tid); err != nil {
+				return 0, fmt.Errorf("%s: thread %d: %s: %w", r.t, th.tid, name, os.NewSyscallError("ptrace(PTRACE_SINGLESTEP)", err))
+			}
+			continue
 		}
 		if ws.StopSignal() == syscall.SIGTRAP {
 			break

@@ -43,6 +43,8 @@ var Programs = map[string]Program{
 	"shmem":   {Name: "shmem", Flags: []string{"-static", "-O2"}},
 	"files":   {Name: "files", Flags: []string{"-static", "-O2"}},
 	"signals": {Name: "signals", Flags: []string{"-static", "-O2"}},
+	// stopped has two children stopped by SIGSTOP and SIGTSTP.
+	"stopped": {Name: "stopped", Flags: []string{"-static", "-O2", "-pthread"}},
 	// memfd has a memfd whose size is not a page multiple.
 	"memfd": {Name: "memfd", Flags: []string{"-static", "-O2"}},
 	// dynamic is counter linked dynamically (libc.so.6 and ld-linux mapped).
