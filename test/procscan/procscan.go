@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -60,6 +61,10 @@ var errGone = errors.New("process ended during the scan")
 func Read(pid int) (Process, error) {
 	p := Process{PID: pid}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if errors.Is(err, syscall.ESRCH) {
+		// it ended between the open and the read
+		return p, fmt.Errorf("/proc/%d/stat: %w (%w)", pid, errGone, err)
+	}
 	if err != nil {
 		return p, err
 	}
