@@ -34,6 +34,10 @@ type Options struct {
 	// LeaveRunning lets the tree run on after the dump; by default it is
 	// killed, as CRIU does.
 	LeaveRunning bool
+	// LeaveStopped leaves the tree alive but stopped by SIGSTOP, every
+	// task, as criu dump --leave-stopped does; a SIGCONT lets it run on.
+	// It wins over LeaveRunning.
+	LeaveStopped bool
 	Log          *slog.Logger
 	// Observer, if set, receives the dump's stages and steps.
 	Observer Observer
@@ -127,16 +131,20 @@ func Dump(ctx context.Context, opts Options) (*Result, error) {
 	}
 	d.obs.stage(StageRelease)
 	release := boottime()
-	if opts.LeaveRunning {
+	switch {
+	case opts.LeaveStopped:
+		tr.stop()
+		d.obs.step(tr.root, StageRelease, "stop", release)
+	case opts.LeaveRunning:
 		tr.thaw()
 		d.obs.step(tr.root, StageRelease, "thaw", release)
-	} else {
+	default:
 		tr.kill()
 		d.obs.step(tr.root, StageRelease, "kill", release)
 	}
 	res.Freezing, res.Frozen = t1.Sub(t0), time.Since(t1)
 	d.log.Info("dumped", "dir", opts.Dir, "tasks", res.Tasks, "threads", res.Threads, "pages", res.Pages,
-		"frozen", res.Frozen, "leave_running", opts.LeaveRunning)
+		"frozen", res.Frozen, "leave_running", opts.LeaveRunning, "leave_stopped", opts.LeaveStopped)
 	return res, nil
 }
 

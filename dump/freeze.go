@@ -202,6 +202,19 @@ func (tr *tree) thaw() {
 	}
 }
 
+// stop is thaw with every task stopped: SIGSTOP to each while its threads
+// are still traced, which stops it as soon as they are let go, before it
+// runs any code of its own.
+func (tr *tree) stop() {
+	for _, t := range tr.tasks {
+		t.restore()
+		unix.Kill(t.pid, unix.SIGSTOP)
+		for _, th := range t.threads {
+			unix.PtraceDetach(th.tid)
+		}
+	}
+}
+
 // restore puts back the registers and text of t's threads.
 func (t *task) restore() {
 	if t.poke != nil && len(t.threads) > 0 {

@@ -249,3 +249,87 @@ func keys(m map[string][]byte) []string {
 	}
 	return out
 }
+
+// TestLeaveStopped runs `crest dump -s` and `crest restore -d -s`
+// (--leave-stopped, as CRIU's): after each, every thread of every task of
+// the tree is in a group stop, and after a SIGCONT to each task the tree
+// counts on from where it was.
+func TestLeaveStopped(t *testing.T) {
+	bin := cli.Binary(t)
+	cli.Subreaper(t)
+	p := workloads.Start(t, "tree")
+	reaped := false
+	defer func() {
+		if !reaped {
+			syscall.Kill(p.Pid, syscall.SIGKILL)
+			syscall.Wait4(p.Pid, nil, syscall.WALL, nil)
+		}
+	}()
+	logs := []string{"init", "child1", "child2", "child3"}
+	for _, l := range logs {
+		waitLines(t, p, "out-"+l+".log", 3)
+	}
+	live, err := check.Live(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := map[string]check.Next{}
+	for _, l := range logs {
+		rules["out-"+l+".log"] = check.Counter
+	}
+	// stopped, checked, continued, checked: every task of tree
+	stoppedRunsOn := func(t *testing.T, tree map[int]*check.Task) {
+		t.Helper()
+		for pid, lt := range tree {
+			wantStopped(t, fmt.Sprintf("task %d", pid), lt.Host)
+		}
+		before := map[string][]byte{}
+		for l, b := range logsOf(t, p.Dir, logs...) {
+			before["out-"+l+".log"] = b
+		}
+		for _, lt := range tree {
+			if err := syscall.Kill(lt.Host, syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+		}
+		check.Logs(t, p.Dir, before, rules, time.Second)
+	}
+
+	if res := cli.Run(t, bin, "dump", "-t", strconv.Itoa(p.Pid), "-D", filepath.Join(t.TempDir(), "kept"), "-s"); res.Code != 0 {
+		t.Fatalf("crest dump -s: exit %d: %s", res.Code, res.Stderr)
+	}
+	stoppedRunsOn(t, live)
+
+	imgs := filepath.Join(t.TempDir(), "images")
+	if res := cli.Run(t, bin, "dump", "-t", strconv.Itoa(p.Pid), "-D", imgs); res.Code != 0 {
+		t.Fatalf("crest dump: exit %d: %s", res.Code, res.Stderr)
+	}
+	reap(t, p.Pid, live)
+	reaped = true
+	d, err := images.Open(imgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pidfile := filepath.Join(t.TempDir(), "pid")
+	if res := cli.Run(t, bin, "restore", "-D", imgs, "-d", "-s", "--pidfile", pidfile); res.Code != 0 || res.Stderr != "" {
+		t.Fatalf("crest restore -d -s: exit %d: %s", res.Code, res.Stderr)
+	}
+	b, err := os.ReadFile(pidfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hosts []int
+	defer func() {
+		killRestored(t, root, hosts)
+		cli.NothingLeft(t, p.Dir)
+	}()
+	restored := check.Tree(t, d, root)
+	for _, lt := range restored {
+		hosts = append(hosts, lt.Host)
+	}
+	stoppedRunsOn(t, restored)
+}

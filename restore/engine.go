@@ -36,9 +36,13 @@ type Options struct {
 	// KeepArea leaves the crest area mapped in the restored tasks
 	// instead of removing it with ptrace (finish.go): for callers that
 	// trace the tasks themselves. Finishing also stops the tasks that
-	// were stopped at the dump (Task.StopSignal): with KeepArea that is
-	// the caller's to do.
+	// were stopped at the dump (Task.StopSignal), or all with
+	// LeaveStopped: with KeepArea that is the caller's to do.
 	KeepArea bool
+	// LeaveStopped leaves every task of the restored tree stopped by
+	// SIGSTOP, as criu restore --leave-stopped does: to look at the tree
+	// (attach a debugger, read /proc) before it runs on with a SIGCONT.
+	LeaveStopped bool
 }
 
 // Restore is a restore in progress, or a restored tree.

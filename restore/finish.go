@@ -193,11 +193,12 @@ func (r *Restore) finish() (err error) {
 			if err := endUnmap(t); err != nil {
 				return fmt.Errorf("task %d: unmapping the crest area: %w", t.task.PID, err)
 			}
-			if sig := t.task.StopSignal; sig != 0 {
-				// Stopped at the dump: the signal waits while the
-				// threads are traced, and stops the task as soon as
-				// they are let go, before it runs any code of its
-				// own (CRIU sends it at the same point).
+			if sig := r.stopSignal(t.task); sig != 0 {
+				// Stopped at the dump, or --leave-stopped: the
+				// signal waits while the threads are traced, and
+				// stops the task as soon as they are let go, before
+				// it runs any code of its own (CRIU sends it at the
+				// same point).
 				if r.stopSent == nil {
 					r.stopSent = map[*Task]uint64{}
 				}
@@ -250,17 +251,32 @@ func (r *Restore) finish() (err error) {
 	return nil
 }
 
-// waitStopped waits until every thread of each task stopped at the dump
-// is in its group stop again ('T' in /proc), and fails if one is not by
-// the stage timeout: a restore whose stopped tasks run on is not the
-// dumped tree. (SIGTSTP, SIGTTIN and SIGTTOU do not stop a task of an
-// orphaned process group, nor does any signal but SIGSTOP stop a pid
-// namespace's init.) Such a task is done with COMPLETE once stopped: its
-// threads arrive then, after a "stop" step from the signal on.
+// stopSignal is the signal that finishing sends task t: SIGSTOP to every
+// alive task with Options.LeaveStopped, else the signal that had stopped
+// it at the dump, else 0.
+func (r *Restore) stopSignal(t *Task) syscall.Signal {
+	switch {
+	case t.Kind != TaskAlive:
+		return 0
+	case r.opts.LeaveStopped:
+		return syscall.SIGSTOP
+	}
+	return t.StopSignal
+}
+
+// waitStopped waits until every thread of each task that finishing
+// stopped (stopSignal) is in its group stop ('T' in /proc), and fails if
+// one is not by the stage timeout: a restore whose stopped tasks run on
+// is not the dumped tree. (SIGTSTP, SIGTTIN and SIGTTOU do not stop a
+// task of an orphaned process group, nor does any signal but SIGSTOP stop
+// a pid namespace's init.) Such a task is done with COMPLETE once
+// stopped: its threads arrive then, after a "stop" step from the signal
+// on.
 func (r *Restore) waitStopped() error {
 	deadline := time.Now().Add(r.opts.StageTimeout)
 	for _, t := range r.plan.Tasks {
-		if t.StopSignal == 0 {
+		sig := r.stopSignal(t)
+		if sig == 0 {
 			continue
 		}
 		for _, tid := range r.threads[t] {
@@ -276,7 +292,7 @@ func (r *Restore) waitStopped() error {
 				if time.Now().After(deadline) {
 					return &StageError{Stage: StageComplete, PID: t.PID, Step: "stop",
 						Err: fmt.Errorf("not stopped by %s %v after the restore (host tid %d in state %c)",
-							unix.SignalName(t.StopSignal), r.opts.StageTimeout, tid, state)}
+							unix.SignalName(sig), r.opts.StageTimeout, tid, state)}
 				}
 				time.Sleep(50 * time.Microsecond)
 			}

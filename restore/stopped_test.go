@@ -76,7 +76,7 @@ func TestPlanStopped(t *testing.T) {
 
 // TestRestoreStopped restores CRIU 4.2's tree fixture with tasks made
 // stopped in its images: each comes back in a group stop, every thread,
-// and runs on after a SIGCONT. The tree's process groups decide which
+// and runs on after a SIGCONT; with Options.LeaveStopped, every task. The tree's process groups decide which
 // signals can stop whom: group 1 (init, tasks 2 and 4) is orphaned, group
 // 3 (task 3, whose parent is the init) is not, and the init of a pid
 // namespace stops only for SIGSTOP. A task that does not stop fails the
@@ -86,23 +86,31 @@ func TestRestoreStopped(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		stopped map[int]uint32 // pid -> stop_signo
+		leave   bool           // Options.LeaveStopped
 		fails   string         // "": restores
 	}{
-		{"SIGSTOP", map[int]uint32{2: 19}, ""},
-		{"SIGTSTP, not orphaned", map[int]uint32{3: 20}, ""},
-		{"init and a child", map[int]uint32{1: 19, 4: 19}, ""},
-		{"SIGTSTP, orphaned", map[int]uint32{2: 20}, "restore: stage COMPLETE: task 2: stop: not stopped by SIGTSTP 1s after the restore"},
-		{"SIGTTIN to the init", map[int]uint32{1: 21}, "restore: stage COMPLETE: task 1: stop: not stopped by SIGTTIN 1s after the restore"},
+		{"SIGSTOP", map[int]uint32{2: 19}, false, ""},
+		{"SIGTSTP, not orphaned", map[int]uint32{3: 20}, false, ""},
+		{"init and a child", map[int]uint32{1: 19, 4: 19}, false, ""},
+		{"SIGTSTP, orphaned", map[int]uint32{2: 20}, false, "restore: stage COMPLETE: task 2: stop: not stopped by SIGTSTP 1s after the restore"},
+		{"SIGTTIN to the init", map[int]uint32{1: 21}, false, "restore: stage COMPLETE: task 1: stop: not stopped by SIGTTIN 1s after the restore"},
+		// --leave-stopped: SIGSTOP to every task, even one that
+		// SIGTSTP would not have stopped
+		{"leave stopped", map[int]uint32{1: 19, 2: 19, 3: 19, 4: 19}, true, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := fixture.CopyImages(t, "tree")
-			for pid, sig := range tc.stopped {
-				stopTask(t, dir, pid, sig)
+			if !tc.leave {
+				for pid, sig := range tc.stopped {
+					stopTask(t, dir, pid, sig)
+				}
+			} else {
+				stopTask(t, dir, 2, 20)
 			}
 			logs := installFixture(t, "tree")
 			p := planDir(t, dir)
 			rec := &recorder{}
-			r, err := Start(context.Background(), p, Options{Observer: rec, StageTimeout: time.Second})
+			r, err := Start(context.Background(), p, Options{Observer: rec, StageTimeout: time.Second, LeaveStopped: tc.leave})
 			if tc.fails != "" {
 				if err == nil {
 					r.Abort()
@@ -151,6 +159,18 @@ func TestRestoreStopped(t *testing.T) {
 				if e.Step == "stop" && tc.stopped[e.PID] == 0 {
 					t.Errorf("a stop step for task %d, which ran at the dump", e.PID)
 				}
+			}
+			if tc.leave {
+				// every task stopped: nothing tells time passing
+				for i := range p.Tasks {
+					if err := syscall.Kill(hosts[i], syscall.SIGCONT); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for i := range p.Tasks {
+					waitLinesOf(t, logOf(t, hosts[i], logs), 3)
+				}
+				return
 			}
 			clock := "" // the log of a task that runs: time passing
 			for i, task := range p.Tasks {

@@ -11,14 +11,16 @@ import (
 func init() {
 	register(&verb{
 		name:  "dump",
-		usage: "-t PID -D DIR [--leave-running] [--trace TARGET]",
+		usage: "-t PID -D DIR [--leave-running | -s] [--trace TARGET]",
 		short: "checkpoint a process tree into a CRIU image directory",
 		long: `
 dump checkpoints the process tree rooted at PID (all its descendants and
 threads) into DIR as CRIU 4.2 images, which crest restore and criu restore
 both read. The tree is frozen with ptrace for the time of the dump; by
 default it is killed afterwards, as CRIU does; with --leave-running it runs
-on as if nothing happened.
+on as if nothing happened; with -s (--leave-stopped) it stays, every task
+stopped by SIGSTOP, until a SIGCONT. Tasks that were stopped (by SIGSTOP,
+SIGTSTP, SIGTTIN or SIGTTOU) are dumped as stopped, with their signal.
 
 DIR is written as a whole: crest builds the images in a temporary directory
 beside it and renames it into place at the end, so a failed dump leaves no
@@ -28,7 +30,7 @@ holds no images yet.
 State crest cannot restore fails the dump with a message naming the task
 and the resource: sockets, ttys, eventfd/epoll/signalfd/timerfd, named
 FIFOs, deleted files, file locks, SysV shared memory, private mappings of
-memfds, seccomp, POSIX timers, zombies and stopped tasks, session or group
+memfds, seccomp, POSIX timers, zombies, session or group
 leaders outside the tree, and namespaces other than the root's pid
 namespace. Regular files, /dev/null, directories, pipes (with their data),
 memfds and shared anonymous memory are dumped.
@@ -40,6 +42,7 @@ per task and its steps inside.`,
 			pid := fs.IntP("tree", "t", 0, "checkpoint the tree rooted at `PID`")
 			dir := fs.StringP("images-dir", "D", "", "write the images into `DIR`")
 			leave := fs.Bool("leave-running", false, "let the tree run on after the dump")
+			stopped := fs.BoolP("leave-stopped", "s", false, "leave the tree stopped (SIGSTOP) after the dump")
 			tf := addTraceFlags(fs)
 			return func(ctx context.Context, env *env, args []string) error {
 				if *pid <= 0 {
@@ -51,11 +54,14 @@ per task and its steps inside.`,
 				if len(args) > 0 {
 					return usagef("unexpected arguments %q", args)
 				}
+				if *leave && *stopped {
+					return usagef("--leave-running and --leave-stopped: give one")
+				}
 				targets, err := tf.parse()
 				if err != nil {
 					return err
 				}
-				opts := dump.Options{Pid: *pid, Dir: *dir, LeaveRunning: *leave, Log: env.log}
+				opts := dump.Options{Pid: *pid, Dir: *dir, LeaveRunning: *leave, LeaveStopped: *stopped, Log: env.log}
 				var rec *dumpRecorder
 				if len(targets) > 0 {
 					rec = newDumpRecorder(*dir)

@@ -27,6 +27,7 @@ func TestDumpUsage(t *testing.T) {
 		{nil, "no tree: give -t PID"},
 		{[]string{"-t", "1"}, "no image directory: give -D DIR"},
 		{[]string{"-t", "1", "-D", "x", "extra"}, "unexpected arguments"},
+		{[]string{"-t", "1", "-D", "x", "--leave-running", "-s"}, "--leave-running and --leave-stopped: give one"},
 		{[]string{"--bogus"}, "unknown flag"},
 	} {
 		code, _, errOut := runDump(t, tc.args...)
@@ -35,7 +36,8 @@ func TestDumpUsage(t *testing.T) {
 		}
 	}
 	var out bytes.Buffer
-	if code := run([]string{"help", "dump"}, &out, &out); code != 0 || !strings.Contains(out.String(), "--leave-running") {
+	if code := run([]string{"help", "dump"}, &out, &out); code != 0 || !strings.Contains(out.String(), "--leave-running") ||
+		!strings.Contains(out.String(), "-s, --leave-stopped") {
 		t.Errorf("crest help dump: exit %d\n%s", code, out.String())
 	}
 }

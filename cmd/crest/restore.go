@@ -18,7 +18,7 @@ import (
 func init() {
 	register(&verb{
 		name:  "restore",
-		usage: "-D DIR [-d] [--pidfile FILE]",
+		usage: "-D DIR [-d] [-s] [--pidfile FILE]",
 		short: "restore a process tree from a CRIU image directory",
 		long: `
 restore brings back the process tree checkpointed in DIR (CRIU 4.2 images)
@@ -26,15 +26,18 @@ and lets it run on: the same pids and tids (in a new pid namespace, or
 crest's own when the tree had none), sessions and process groups (with
 helper tasks for leaders that are gone), zombies, memory (shared memory
 too), registers, threads, files, pipes, FIFOs and memfds, signal
-handlers, pending signals, interval and POSIX timers.
+handlers, pending signals, interval and POSIX timers, and stopped tasks
+(stopped again by their own signal; a task that does not stop fails the
+restore).
 Without -d crest stays the parent of the restored root and exits with its
 status (128+N when a signal N ended it; an interrupted crest kills the
 tree); with -d it leaves the tree running and exits once the restore is
-complete.
+complete. With -s (--leave-stopped) every task is left stopped by SIGSTOP,
+to be looked at before a SIGCONT lets it run on.
 
 Not restored yet: seccomp, personality, namespaces other than pid,
 sockets and other special files (eventfd, epoll, signalfd, ttys ...),
-SysV shared memory, hugetlb memfds, stopped tasks, and capabilities
+SysV shared memory, hugetlb memfds, and capabilities
 crest itself does not have. Image sets that need them are refused with
 an error naming the task and the image (at planning) or the stage and
 step (during the restore).`,
@@ -42,6 +45,7 @@ step (during the restore).`,
 			dir := fs.StringP("images-dir", "D", "", "restore the image directory `DIR`")
 			detach := fs.BoolP("restore-detached", "d", false, "leave the restored tree running and exit")
 			pidfile := fs.String("pidfile", "", "write the restored root's pid to `FILE`")
+			stopped := fs.BoolP("leave-stopped", "s", false, "leave every restored task stopped (SIGSTOP)")
 			tf := addTraceFlags(fs)
 			vf := addVerifyFlags(fs)
 			return func(ctx context.Context, env *env, args []string) error {
@@ -59,13 +63,13 @@ step (during the restore).`,
 				if err != nil {
 					return err
 				}
-				return runRestore(ctx, env, *dir, *detach, *pidfile, targets, *tf.timeout, vo)
+				return runRestore(ctx, env, *dir, *detach, *stopped, *pidfile, targets, *tf.timeout, vo)
 			}
 		},
 	})
 }
 
-func runRestore(ctx context.Context, env *env, dir string, detach bool, pidfile string, targets []trace.Target, timeout time.Duration, vo verifyOptions) error {
+func runRestore(ctx context.Context, env *env, dir string, detach, stopped bool, pidfile string, targets []trace.Target, timeout time.Duration, vo verifyOptions) error {
 	var kc *kernelCheck
 	if vo.mode != "" {
 		// Loading the monitor takes longer than planning a small tree.
@@ -85,7 +89,7 @@ func runRestore(ctx context.Context, env *env, dir string, detach bool, pidfile 
 		return err
 	}
 	env.log.Info("planned", "dir", dir, "tasks", len(p.Tasks), "threads", p.NrThreads, "new_pid_ns", p.NewPIDNS)
-	opts := restore.Options{Log: env.log, Faults: vo.faults, StageTimeout: vo.stageTimeout}
+	opts := restore.Options{Log: env.log, Faults: vo.faults, StageTimeout: vo.stageTimeout, LeaveStopped: stopped}
 	var obs observerList
 	if rec != nil {
 		obs = append(obs, restoreRecorder{rec})
