@@ -26,7 +26,6 @@ const (
 	capNetBindService = 10
 	capNetRaw         = 13
 	capSysPtrace      = 19
-	capSysAdmin       = 21
 )
 
 // TestRestoreCredsDiffer restores edited copies of the threads fixture

@@ -26,14 +26,17 @@ import (
 
 const (
 	ptraceOTraceSysgood = 0x1
-	ptraceSeizeReq      = 0x4206
-	ptraceInterruptReq  = 0x4207
-	ptraceGetSyscallReq = 0x420e
-	ptraceSetSigmask    = 0x420b
-	ptraceEventStop     = 128
-	syscallInfoEntry    = 1
-	sysRtSigreturn      = 15
-	errRestartSys       = 512 // ERESTARTSYS: an interrupted call the kernel restarts
+	// PTRACE_O_SUSPEND_SECCOMP: the tracee's seccomp state does not
+	// apply while it is traced (CAP_SYS_ADMIN)
+	ptraceOSuspendSeccomp = 0x200000
+	ptraceSeizeReq        = 0x4206
+	ptraceInterruptReq    = 0x4207
+	ptraceGetSyscallReq   = 0x420e
+	ptraceSetSigmask      = 0x420b
+	ptraceEventStop       = 128
+	syscallInfoEntry      = 1
+	sysRtSigreturn        = 15
+	errRestartSys         = 512 // ERESTARTSYS: an interrupted call the kernel restarts
 )
 
 // tracee is one thread of a task during finishing.
@@ -88,11 +91,20 @@ func (r *Restore) listThreads() (map[*Task][]int, error) {
 
 // seizeAll attaches to every thread listThreads found. They are parked at
 // the RESTORE_CREDS barrier, so none can slip through before the switch.
+// A thread with seccomp state is seized with its filters suspended: it
+// installs them before its rt_sigreturn, and the munmap injected after it
+// must not meet them (nor strict mode); they apply from the detach on.
 func (r *Restore) seizeAll() ([]*tracee, error) {
 	var ts []*tracee
 	for _, t := range r.plan.Tasks {
+		opts := uintptr(ptraceOTraceSysgood)
+		for _, th := range t.Threads {
+			if th.Seccomp.Mode != agent.SeccompModeDisabled {
+				opts |= ptraceOSuspendSeccomp
+			}
+		}
 		for _, tid := range r.threads[t] {
-			if err := ptrace(ptraceSeizeReq, tid, 0, ptraceOTraceSysgood); err != nil {
+			if err := ptrace(ptraceSeizeReq, tid, 0, opts); err != nil {
 				return ts, fmt.Errorf("task %d thread %d: %w", t.PID, tid, err)
 			}
 			ts = append(ts, &tracee{task: t, tid: tid})

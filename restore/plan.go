@@ -102,6 +102,8 @@ type Thread struct {
 	Core *criu_core.CoreEntry
 	// Signals pending for this thread only, oldest first.
 	Signals []Siginfo
+	// Seccomp is the thread's seccomp state, installed last.
+	Seccomp Seccomp
 }
 
 // taskStopped is CRIU's TASK_STOPPED: a task in a group stop at the dump.
@@ -700,6 +702,9 @@ func (p *Plan) loadTask(t *Task) error {
 	if err := loadSignals(t); err != nil {
 		return err
 	}
+	if err := p.loadSeccomp(t); err != nil {
+		return err
+	}
 	if err := p.loadFDs(t); err != nil {
 		return err
 	}
@@ -718,17 +723,11 @@ func checkUnsupported(t *Task) error {
 	if tc.GetChildSubreaper() {
 		what = append(what, "child subreaper")
 	}
-	if tc.GetOldSeccompMode() != 0 {
-		what = append(what, "seccomp")
-	}
 	if tc.GetOomScoreAdj() != 0 {
 		what = append(what, fmt.Sprintf("oom_score_adj %d", tc.GetOomScoreAdj()))
 	}
 	for _, th := range t.Threads {
 		c := th.Core.GetThreadCore()
-		if c.GetSeccompMode() != 0 {
-			what = append(what, fmt.Sprintf("thread %d: seccomp", th.TID))
-		}
 		if c.GetPdeathSig() != 0 {
 			what = append(what, fmt.Sprintf("thread %d: parent death signal", th.TID))
 		}

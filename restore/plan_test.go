@@ -329,11 +329,11 @@ func TestPlanRefuses(t *testing.T) {
 				img.Entries[3].Message.(*fdinfo.FileEntry).Type = fdinfo.FdTypes_EVENTFD.Enum()
 			})
 		}, "file 4 (from fdinfo-2.img): EVENTFD files are not supported yet"},
-		{"seccomp filter", "signals", func(t *testing.T, dir string) {
+		{"parent death signal", "signals", func(t *testing.T, dir string) {
 			editImage(t, dir, "core-1.img", func(img *images.Image) {
-				img.Entries[0].Message.(*criu_core.CoreEntry).ThreadCore.SeccompMode = criu_core.SeccompMode_filter.Enum()
+				img.Entries[0].Message.(*criu_core.CoreEntry).ThreadCore.PdeathSig = proto.Uint32(9)
 			})
-		}, "core-1.img: not supported yet: thread 1: seccomp"},
+		}, "core-1.img: not supported yet: thread 1: parent death signal"},
 		{"POSIX timer notifying a thread of its own (SIGEV_THREAD)", "signals", func(t *testing.T, dir string) {
 			editImage(t, dir, "core-1.img", func(img *images.Image) {
 				tm := img.Entries[0].Message.(*criu_core.CoreEntry).Tc.Timers

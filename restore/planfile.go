@@ -14,12 +14,15 @@ import (
 // The plan file is what the agent reads (plan.h): struct crest_plan, the
 // tasks, then per task its children's indices, threads (registers), the
 // files it takes from the engine, its fd table, VMAs, page runs, mm fields
-// with the saved auxv, and supplementary groups.
+// with the saved auxv, supplementary groups, sigactions, timers, pending
+// signals, and its threads' seccomp filters with their programs.
 
 // planLayout is where each part of the plan file starts.
 type planLayout struct {
 	tasks      []agent.Task
 	threadSigs []uint32 // per task: where its threads' pending signals start
+	filters    []uint32 // per task: where its threads' seccomp filters start
+	progs      []uint32 // per task: where the filters' programs start
 	size       uint32
 }
 
@@ -75,6 +78,15 @@ func layoutPlan(p *Plan, pr *prepared) planLayout {
 			nsigs += len(th.Signals)
 		}
 		l.threadSigs = append(l.threadSigs, take(nsigs, binary.Size(agent.Siginfo{})))
+		nfilters, progBytes := 0, 0
+		for _, th := range t.Threads {
+			for _, f := range th.Seccomp.Filters {
+				nfilters++
+				progBytes += len(f.Prog)
+			}
+		}
+		l.filters = append(l.filters, take(nfilters, binary.Size(agent.SeccompFilter{})))
+		l.progs = append(l.progs, take(progBytes, 1))
 		for i, it := range t.Itimers {
 			at.Itimers[i] = agent.Itimer{IntervalSec: it.IntervalSec, IntervalUsec: it.IntervalUsec, ValueSec: it.ValueSec, ValueUsec: it.ValueUsec}
 		}
@@ -210,6 +222,7 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 		}
 		pad(at.ThreadsOff)
 		sigsOff := l.threadSigs[i]
+		filtersOff := l.filters[i]
 		for k, th := range t.Threads {
 			// zombies and helpers never return into registers
 			ath := agent.Thread{TID: int32(th.TID), Slot: uint32(th.Slot)}
@@ -221,6 +234,8 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 			}
 			ath.NrSigs, ath.SigsOff = uint32(len(th.Signals)), sigsOff
 			sigsOff += uint32(len(th.Signals) * binary.Size(agent.Siginfo{}))
+			ath.SeccompMode, ath.NrFilters, ath.FiltersOff = th.Seccomp.Mode, uint32(len(th.Seccomp.Filters)), filtersOff
+			filtersOff += uint32(len(th.Seccomp.Filters) * binary.Size(agent.SeccompFilter{}))
 			put(ath)
 		}
 		pad(at.TakesOff)
@@ -302,6 +317,20 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 		for _, th := range t.Threads {
 			for _, si := range th.Signals {
 				put(si)
+			}
+		}
+		pad(l.filters[i])
+		progOff := l.progs[i]
+		for _, th := range t.Threads {
+			for _, f := range th.Seccomp.Filters {
+				put(agent.SeccompFilter{Flags: f.Flags, Len: uint32(len(f.Prog) / 8), ProgOff: progOff})
+				progOff += uint32(len(f.Prog))
+			}
+		}
+		pad(l.progs[i])
+		for _, th := range t.Threads {
+			for _, f := range th.Seccomp.Filters {
+				b.Write(f.Prog)
 			}
 		}
 	}

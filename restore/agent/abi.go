@@ -7,7 +7,7 @@ package agent
 // Plan file constants.
 const (
 	PlanMagic   = 0x4e414c5054534552 // "RESTPLAN"
-	PlanVersion = 7
+	PlanVersion = 8
 
 	PlanFD        = 3 // the launcher's fd of the plan memfd
 	SharedFD      = 4 // the launcher's fd of the shared area memfd
@@ -59,7 +59,8 @@ const (
 	StepTimers       = 16
 	StepWaitChildren = 17
 	StepExit         = 18
-	NrSteps          = 19
+	StepSeccomp      = 19
+	NrSteps          = 20
 )
 
 // Plan.Faults bits: faults injected on purpose for the monitor's tests.
@@ -318,6 +319,21 @@ type Regs struct {
 	GS     uint64 `c:"gs"`
 }
 
+// Seccomp modes (Thread.SeccompMode), CRIU's and the kernel's.
+const (
+	SeccompModeDisabled = 0
+	SeccompModeStrict   = 1
+	SeccompModeFilter   = 2
+)
+
+// SeccompFilter is struct crest_seccomp_filter.
+type SeccompFilter struct {
+	Flags   uint32 `c:"flags"`
+	Len     uint32 `c:"len"`
+	ProgOff uint32 `c:"prog_off"`
+	Pad     uint32 `c:"pad"`
+}
+
 // Thread is struct crest_thread.
 type Thread struct {
 	TID          int32     `c:"tid"`
@@ -335,6 +351,10 @@ type Thread struct {
 	Sigmask      uint64    `c:"sigmask"`
 	NrSigs       uint32    `c:"nr_sigs"`
 	SigsOff      uint32    `c:"sigs_off"`
+	SeccompMode  uint32    `c:"seccomp_mode"`
+	NrFilters    uint32    `c:"nr_filters"`
+	FiltersOff   uint32    `c:"filters_off"`
+	Pad          uint32    `c:"pad"`
 	Regs         Regs      `c:"regs"`
 	FXSave       [512]byte `c:"fxsave"`
 	XState       XState    `c:"xstate"`
@@ -399,5 +419,5 @@ var StepNames = [NrSteps]string{
 	StepSetpgid: "setpgid", StepFork: "fork children", StepBarrier: "barrier", StepJoinPgid: "join group",
 	StepFiles: "files", StepMemory: "memory", StepThreads: "threads", StepCreds: "creds", StepSigreturn: "sigreturn",
 	StepFS: "fs", StepSigacts: "sigactions", StepSignals: "pending signals", StepTimers: "timers",
-	StepWaitChildren: "wait helpers and zombies", StepExit: "exit",
+	StepWaitChildren: "wait helpers and zombies", StepExit: "exit", StepSeccomp: "seccomp",
 }

@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"embed"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -43,6 +44,9 @@ var Programs = map[string]Program{
 	"shmem":   {Name: "shmem", Flags: []string{"-static", "-O2"}},
 	"files":   {Name: "files", Flags: []string{"-static", "-O2"}},
 	"signals": {Name: "signals", Flags: []string{"-static", "-O2"}},
+	// seccomp has children with seccomp filters (per thread, and with
+	// TSYNC) and one in strict mode.
+	"seccomp": {Name: "seccomp", Flags: []string{"-static", "-O2", "-pthread"}},
 	// stopped has two children stopped by SIGSTOP and SIGTSTP.
 	"stopped": {Name: "stopped", Flags: []string{"-static", "-O2", "-pthread"}},
 	// memfd has a memfd whose size is not a page multiple.
@@ -221,4 +225,38 @@ func (p *Process) Lines(t testing.TB, name string) []string {
 		t.Fatal(err)
 	}
 	return strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+}
+
+// DenyFilter is the seccomp filter that seccomp.c's deny(nr, errno)
+// installs: syscall nr fails with errno, every other call is allowed (and
+// every call of another architecture). It is struct sock_filter[] as the
+// kernel takes and PTRACE_SECCOMP_GET_FILTER returns it, for tests of the
+// filters a dump or a restore carries.
+func DenyFilter(nr, errno uint32) []byte {
+	const (
+		ldAbs      = 0x20 // BPF_LD | BPF_W | BPF_ABS
+		jeq        = 0x15 // BPF_JMP | BPF_JEQ | BPF_K
+		ret        = 0x06 // BPF_RET | BPF_K
+		archX86_64 = 0xc000003e
+		retAllow   = 0x7fff0000
+		retErrno   = 0x00050000
+		offArch    = 4 // offsetof(struct seccomp_data, arch)
+		offNr      = 0
+	)
+	insns := [][4]uint32{
+		{ldAbs, 0, 0, offArch},
+		{jeq, 1, 0, archX86_64},
+		{ret, 0, 0, retAllow},
+		{ldAbs, 0, 0, offNr},
+		{jeq, 0, 1, nr},
+		{ret, 0, 0, retErrno | errno},
+		{ret, 0, 0, retAllow},
+	}
+	var b []byte
+	for _, in := range insns {
+		b = binary.LittleEndian.AppendUint16(b, uint16(in[0]))
+		b = append(b, byte(in[1]), byte(in[2]))
+		b = binary.LittleEndian.AppendUint32(b, in[3])
+	}
+	return b
 }

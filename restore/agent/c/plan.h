@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #define CREST_PLAN_MAGIC 0x4e414c5054534552ULL /* "RESTPLAN" */
-#define CREST_PLAN_VERSION 7
+#define CREST_PLAN_VERSION 8
 
 /* fds of the launcher as the engine starts it */
 #define CREST_PLAN_FD 3
@@ -66,7 +66,8 @@
 #define CREST_STEP_TIMERS 16	/* interval timers and POSIX timers */
 #define CREST_STEP_WAIT_CHILDREN 17	/* wait for helper and zombie children to exit */
 #define CREST_STEP_EXIT 18	/* a zombie or helper ends itself */
-#define CREST_NR_STEPS 19
+#define CREST_STEP_SECCOMP 19	/* the thread's seccomp mode and filters, last */
+#define CREST_NR_STEPS 20
 
 /* XSAVE components crest_xstate carries */
 #define CREST_XSTATE_KNOWN 0x2ffull
@@ -332,6 +333,18 @@ struct crest_xstate {
 };
 
 /* One thread: what rt_sigreturn and the kernel need to go on. */
+#define CREST_SECCOMP_DISABLED 0
+#define CREST_SECCOMP_STRICT 1
+#define CREST_SECCOMP_FILTER 2
+
+/* One seccomp filter of a thread: a classic BPF program. */
+struct crest_seccomp_filter {
+	uint32_t flags;		/* SECCOMP_FILTER_FLAG_* to install it with */
+	uint32_t len;		/* instructions */
+	uint32_t prog_off;	/* struct sock_filter[len] */
+	uint32_t pad;
+};
+
 struct crest_thread {
 	int32_t tid;
 	uint32_t index;		/* in its task: 0 is the leader; its restorer stack */
@@ -348,6 +361,10 @@ struct crest_thread {
 	uint64_t sigmask;	/* blocked signals */
 	uint32_t nr_sigs;
 	uint32_t sigs_off;	/* struct crest_siginfo[nr_sigs]: pending for this thread */
+	uint32_t seccomp_mode;	/* CREST_SECCOMP_* */
+	uint32_t nr_filters;	/* filter mode: how many, in the order they are installed */
+	uint32_t filters_off;	/* struct crest_seccomp_filter[nr_filters] */
+	uint32_t pad;
 	struct crest_regs regs;
 	uint8_t fxsave[512];	/* the legacy FXSAVE area: x87, SSE */
 	struct crest_xstate xstate;

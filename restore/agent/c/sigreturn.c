@@ -8,6 +8,7 @@
 #include "agent.h"
 #include <asm/sigcontext.h>
 #include <linux/prctl.h>
+#include <linux/seccomp.h>
 
 #define ARCH_SET_GS 0x1001
 #define ARCH_SET_FS 0x1002
@@ -126,12 +127,53 @@ struct crest_ucontext *prepare_sigreturn(struct crest_slot *slot, const struct c
 	return &f->uc;
 }
 
+/* struct sock_fprog: a classic BPF program for seccomp(2) */
+struct crest_fprog {
+	uint16_t len;
+	uint16_t pad[3];
+	const void *filter;
+};
+
+/*
+ * The thread's seccomp state, last of all: its filters in the order the
+ * thread had installed them (filters run newest first, and the order
+ * decides which of two ERRNO results a call gets), or strict mode. No
+ * call of the agent's after this may be one the filters refuse: only
+ * rt_sigreturn comes, and, when the engine finishes, its injected munmap,
+ * which the engine's ptrace option PTRACE_O_SUSPEND_SECCOMP lets through
+ * (finish.go). The credentials are the task's own by now: a filter needs
+ * no_new_privs or CAP_SYS_ADMIN, which the plan checked. Strict mode also
+ * turns off the TSC, and with it the vDSO's clock: the step ends before.
+ */
+static void restore_seccomp(struct crest_slot *slot, const struct crest_thread *th)
+{
+	const struct crest_seccomp_filter *f = plan_ptr(th->filters_off);
+	uint32_t i;
+	long ret;
+
+	step_begin_slot(slot, CREST_STEP_SECCOMP);
+	for (i = 0; th->seccomp_mode == CREST_SECCOMP_FILTER && i < th->nr_filters; i++, f++) {
+		struct crest_fprog prog = { .len = (uint16_t)f->len, .filter = plan_ptr(f->prog_off) };
+
+		ret = sys_seccomp(SECCOMP_SET_MODE_FILTER, f->flags, &prog);
+		if (ret < 0)
+			task_fail_slot(slot, CREST_STEP_SECCOMP, ret);
+	}
+	step_end_slot(slot, CREST_STEP_SECCOMP);
+	if (th->seccomp_mode == CREST_SECCOMP_STRICT) {
+		ret = sys_prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT, 0, 0, 0);
+		if (ret < 0)
+			task_fail_slot(slot, CREST_STEP_SECCOMP, ret);
+	}
+}
+
 /*
  * After the switch to COMPLETE: the root drops the parent-death signal
  * that guarded the restore (fork.c), every thread counts out (only when
- * the engine does not finish: leave_complete) and returns into its own
- * registers. Nothing else happens here: the engine steps each thread
- * through these calls with ptrace (finish.go), two stops per call.
+ * the engine does not finish: leave_complete), takes its seccomp state
+ * and returns into its own registers. Nothing else happens here: the
+ * engine steps each thread through these calls with ptrace (finish.go),
+ * two stops per call.
  */
 __attribute__((noreturn)) void sigreturn_now(struct crest_slot *slot, const struct crest_thread *th,
 					     struct crest_ucontext *uc)
@@ -144,6 +186,8 @@ __attribute__((noreturn)) void sigreturn_now(struct crest_slot *slot, const stru
 			task_fail_slot(slot, CREST_STEP_SIGRETURN, ret);
 	}
 	leave_complete(slot);
+	if (th->seccomp_mode != CREST_SECCOMP_DISABLED)
+		restore_seccomp(slot, th);
 	asm volatile("mov %0, %%rsp\n\t"
 		     "mov $15, %%eax\n\t"	/* __NR_rt_sigreturn */
 		     "syscall\n\t"

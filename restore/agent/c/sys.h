@@ -218,6 +218,11 @@ static inline long sys_prctl(int option, unsigned long a2, unsigned long a3, uns
 	return sys_call6(__NR_prctl, option, (long)a2, (long)a3, (long)a4, (long)a5, 0);
 }
 
+static inline long sys_seccomp(unsigned int op, unsigned int flags, void *args)
+{
+	return sys_call3(__NR_seccomp, op, flags, (long)args);
+}
+
 static inline long sys_setgroups(int n, const uint32_t *groups)
 {
 	return sys_call2(__NR_setgroups, n, (long)groups);
