@@ -408,6 +408,7 @@ func threadCore(t *task, th *thread, to *taskOnly, leader bool) (*criu_core.Core
 	if o.pdeathSig != 0 {
 		tc.PdeathSig = proto.Uint32(o.pdeathSig)
 	}
+	setSeccomp(tc, th)
 	if !leader {
 		mask, err := getSigmask(th.tid)
 		if err != nil {

@@ -69,6 +69,8 @@ type dumper struct {
 	kobj  map[int]*kobjIDs // by host pid
 	lastK [4]uint32        // last vm, files, fs, sighand ids given
 	pages uint32
+	// seccomp is seccomp.img's entry: the filters of every thread
+	seccomp *seccomp.SeccompEntry
 }
 
 func (d *dumper) path(name string) string { return filepath.Join(d.tmp, name) }
@@ -179,6 +181,10 @@ func (d *dumper) run(ctx context.Context) (*Result, error) {
 	res := &Result{Tasks: len(d.tree.tasks)}
 	d.obs.stage(StageCollect)
 	if err := d.pidsAndNamespaces(); err != nil {
+		return nil, err
+	}
+	// before the cores: they hold the index of each thread's filters
+	if d.seccomp, err = dumpSeccomp(d.tree); err != nil {
 		return nil, err
 	}
 	d.obs.collected(d.tree)
@@ -414,18 +420,11 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 		}
 	}
 	for _, t := range d.tree.tasks {
-		st, err := readStatus(procPath(t.pid, "status"))
-		if err != nil {
-			return fmt.Errorf("%s: %w", t, err)
-		}
-		if st["Seccomp"] != "0" {
-			return &UnsupportedError{Task: int(t.nsPid), Resource: "seccomp", Why: "seccomp filters are not supported"}
-		}
 		if b, err := os.ReadFile(procPath(t.pid, "timers")); err == nil && len(b) > 0 {
 			return &UnsupportedError{Task: int(t.nsPid), Resource: "posix timers", Why: "posix timers are not supported"}
 		}
 	}
-	if err := d.write("seccomp.img", images.KindSeccomp, images.Entry{Message: &seccomp.SeccompEntry{}}); err != nil {
+	if err := d.write("seccomp.img", images.KindSeccomp, images.Entry{Message: d.seccomp}); err != nil {
 		return err
 	}
 	// CRIU writes the clocks of the tree's time namespace; the tree is in

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -477,4 +478,22 @@ func TestDumpRefusesThreadAndCancel(t *testing.T) {
 	n := len(waitLines(t, p, "out-0.log", 1))
 	waitLines(t, p, "out-0.log", n+3)
 	noCorrupt(t, p, []string{"out-0.log", "out-1.log", "out-2.log"})
+}
+
+// startReaped starts workload name for a test that made itself the
+// subreaper (cli.Subreaper), so the workload's root is its child, and
+// returns it with reaped, to call once the test reaped the root itself
+// (after a dump that killed it). If the test ends before, the root is
+// killed and reaped, not left a zombie of the test.
+func startReaped(t *testing.T, name string) (p *workloads.Process, reaped func()) {
+	t.Helper()
+	p = workloads.Start(t, name)
+	done := false
+	t.Cleanup(func() {
+		if !done {
+			syscall.Kill(p.Pid, syscall.SIGKILL)
+			syscall.Wait4(p.Pid, nil, syscall.WALL, nil)
+		}
+	})
+	return p, func() { done = true }
 }

@@ -22,6 +22,9 @@ type thread struct {
 	// stopSig is the signal of the group stop the thread was in when
 	// seized, 0 if it was not in one.
 	stopSig syscall.Signal
+	// seccomp is its seccomp mode from the freeze on, and its filters
+	// once dumpSeccomp read them.
+	seccomp threadSeccomp
 }
 
 // task is one process of the tree.
@@ -114,6 +117,9 @@ func (tr *tree) freezeTask(pid int, parent *task) (*task, error) {
 	}
 	if len(t.threads) == 0 || t.threads[0].tid != pid {
 		return nil, fmt.Errorf("%s: could not seize the thread group leader", t)
+	}
+	if err := suspendSeccomp(t); err != nil {
+		return nil, err
 	}
 	t.seized[1] = boottime()
 	var kids []int

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"syscall"
 	"testing"
@@ -38,17 +39,26 @@ func TestRoundTrip(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		rules map[string]check.Next
+		// same, when set, reads a property of the live tree that the
+		// restored tree must have too
+		same func(*testing.T, map[int]*check.Task) []string
 	}{
-		{"counter", map[string]check.Next{"out.log": check.Counter}},
+		{"counter", map[string]check.Next{"out.log": check.Counter}, nil},
 		{"tree", map[string]check.Next{"out-init.log": check.Counter, "out-child1.log": check.Counter,
-			"out-child2.log": check.Counter, "out-child3.log": check.Counter}},
-		{"threads", map[string]check.Next{"out-0.log": threadLine, "out-1.log": threadLine, "out-2.log": threadLine}},
-		{"pipe", map[string]check.Next{"out.log": check.Counter, "out-parent.log": check.Counter}},
-		{"shmem", map[string]check.Next{"out.log": shmemSeen, "out-parent.log": check.Counter}},
-		{"files", map[string]check.Next{"out.log": filesRecord}},
-		{"signals", map[string]check.Next{"out.log": signalsTick}},
-		{"dynamic", map[string]check.Next{"out.log": check.Counter}},
-		{"memfd", map[string]check.Next{"out.log": check.Counter}},
+			"out-child2.log": check.Counter, "out-child3.log": check.Counter}, nil},
+		{"threads", map[string]check.Next{"out-0.log": threadLine, "out-1.log": threadLine, "out-2.log": threadLine}, nil},
+		{"pipe", map[string]check.Next{"out.log": check.Counter, "out-parent.log": check.Counter}, nil},
+		{"shmem", map[string]check.Next{"out.log": shmemSeen, "out-parent.log": check.Counter}, nil},
+		{"files", map[string]check.Next{"out.log": filesRecord}, nil},
+		{"signals", map[string]check.Next{"out.log": signalsTick}, nil},
+		{"dynamic", map[string]check.Next{"out.log": check.Counter}, nil},
+		{"memfd", map[string]check.Next{"out.log": check.Counter}, nil},
+		// Each thread checks what its seccomp filters do every tick
+		// (their order too) and writes CORRUPT if it is wrong; every
+		// thread must have the mode and number of filters it had.
+		{"seccomp", map[string]check.Next{"out-init.log": check.Counter, "out-filter.log": check.Counter,
+			"out-filterthread.log": check.Counter, "out-tsync.log": check.Counter,
+			"out-tsyncthread.log": check.Counter, "out-strict.log": check.Counter}, seccompStatus},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := workloads.Start(t, tc.name)
@@ -58,6 +68,10 @@ func TestRoundTrip(t *testing.T) {
 			dumped, err := check.Live(p.Pid)
 			if err != nil {
 				t.Fatal(err)
+			}
+			var was []string
+			if tc.same != nil {
+				was = tc.same(t, dumped)
 			}
 			imgs := filepath.Join(t.TempDir(), "images")
 			if res := cli.Run(t, bin, "dump", "-t", strconv.Itoa(p.Pid), "-D", imgs); res.Code != 0 {
@@ -102,6 +116,11 @@ func TestRoundTrip(t *testing.T) {
 						}
 					}
 				})
+			}
+			if tc.same != nil {
+				if now := tc.same(t, live); !slices.Equal(now, was) {
+					t.Errorf("after the restore:\n%v\nat the dump:\n%v", now, was)
+				}
 			}
 			t.Run("runs on", func(t *testing.T) { check.Logs(t, p.Dir, before, tc.rules, time.Second) })
 		})

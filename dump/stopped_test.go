@@ -14,7 +14,6 @@ import (
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/test/check"
 	"github.com/crest-restore/crest/test/cli"
-	"github.com/crest-restore/crest/test/workloads"
 )
 
 // TestStoppedRoundTrip dumps a tree with stopped tasks (test/workloads/src/stopped.c:
@@ -28,16 +27,7 @@ import (
 func TestStoppedRoundTrip(t *testing.T) {
 	bin := cli.Binary(t)
 	cli.Subreaper(t)
-	p := workloads.Start(t, "stopped")
-	// The root comes to us (cli.Subreaper): once it is killed, by the
-	// dump or, on a failure, here, we reap it.
-	reaped := false
-	defer func() {
-		if !reaped {
-			syscall.Kill(p.Pid, syscall.SIGKILL)
-			syscall.Wait4(p.Pid, nil, syscall.WALL, nil)
-		}
-	}()
+	p, reaped := startReaped(t, "stopped")
 	waitEvents(t, p.Dir, "child1 stopped by 19", "child2 stopped by 20")
 	live, err := check.Live(p.Pid)
 	if err != nil {
@@ -74,7 +64,7 @@ func TestStoppedRoundTrip(t *testing.T) {
 		t.Fatalf("crest dump: exit %d: %s", res.Code, res.Stderr)
 	}
 	reap(t, p.Pid, live)
-	reaped = true
+	reaped()
 	d, err := images.Open(imgs)
 	if err != nil {
 		t.Fatal(err)
@@ -257,14 +247,7 @@ func keys(m map[string][]byte) []string {
 func TestLeaveStopped(t *testing.T) {
 	bin := cli.Binary(t)
 	cli.Subreaper(t)
-	p := workloads.Start(t, "tree")
-	reaped := false
-	defer func() {
-		if !reaped {
-			syscall.Kill(p.Pid, syscall.SIGKILL)
-			syscall.Wait4(p.Pid, nil, syscall.WALL, nil)
-		}
-	}()
+	p, reaped := startReaped(t, "tree")
 	logs := []string{"init", "child1", "child2", "child3"}
 	for _, l := range logs {
 		waitLines(t, p, "out-"+l+".log", 3)
@@ -305,7 +288,7 @@ func TestLeaveStopped(t *testing.T) {
 		t.Fatalf("crest dump: exit %d: %s", res.Code, res.Stderr)
 	}
 	reap(t, p.Pid, live)
-	reaped = true
+	reaped()
 	d, err := images.Open(imgs)
 	if err != nil {
 		t.Fatal(err)

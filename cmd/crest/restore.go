@@ -26,7 +26,8 @@ and lets it run on: the same pids and tids (in a new pid namespace, or
 crest's own when the tree had none), sessions and process groups (with
 helper tasks for leaders that are gone), zombies, memory (shared memory
 too), registers, threads, files, pipes, FIFOs and memfds, signal
-handlers, pending signals, interval and POSIX timers, and stopped tasks
+handlers, pending signals, interval and POSIX timers, seccomp (strict
+mode and filters, each thread's in their order), and stopped tasks
 (stopped again by their own signal; a task that does not stop fails the
 restore).
 Without -d crest stays the parent of the restored root and exits with its
@@ -35,7 +36,7 @@ tree); with -d it leaves the tree running and exits once the restore is
 complete. With -s (--leave-stopped) every task is left stopped by SIGSTOP,
 to be looked at before a SIGCONT lets it run on.
 
-Not restored yet: seccomp, personality, namespaces other than pid,
+Not restored yet: personality, namespaces other than pid,
 sockets and other special files (eventfd, epoll, signalfd, ttys ...),
 SysV shared memory, hugetlb memfds, and capabilities
 crest itself does not have. Image sets that need them are refused with
