@@ -171,6 +171,8 @@ type Task struct {
 	Cwd     string  `json:"cwd,omitempty"`
 	Root    string  `json:"root,omitempty"`
 	Umask   *uint32 `json:"umask,omitempty"`
+	// Seccomp lists the threads in seccomp, with their mode.
+	Seccomp []ThreadSeccomp `json:"seccomp,omitempty"`
 	// Memory is nil for tasks that have none (zombies).
 	Memory *Memory `json:"memory,omitempty"`
 	FDs    []FD    `json:"fds"`
@@ -308,7 +310,7 @@ func Summarize(d *Dir) (*Summary, error) {
 	sh := newShmemSet(d, inodes)
 
 	for _, p := range d.Pstree {
-		t, err := summarizeTask(d, p.GetPid(), inodes, sh)
+		t, err := summarizeTask(d, p.GetPid(), p.GetThreads(), inodes, sh)
 		if err != nil {
 			return nil, fmt.Errorf("task %d: %w", p.GetPid(), err)
 		}
@@ -393,7 +395,7 @@ func summarizePipes(d *Dir, tasks []Task) ([]Pipe, error) {
 // taskStates are compel's TASK_* values (compel/include/uapi/task-state.h).
 var taskStates = map[uint32]string{1: "Alive", 2: "Dead", 3: "Stopped", 6: "Zombie"}
 
-func summarizeTask(d *Dir, pid uint32, inodes map[uint64]*memfd.MemfdInodeEntry, sh *shmemSet) (*Task, error) {
+func summarizeTask(d *Dir, pid uint32, tids []uint32, inodes map[uint64]*memfd.MemfdInodeEntry, sh *shmemSet) (*Task, error) {
 	t := &Task{PID: pid, FDs: []FD{}}
 	core, err := d.Core(pid)
 	if err != nil {
@@ -435,6 +437,10 @@ func summarizeTask(d *Dir, pid uint32, inodes map[uint64]*memfd.MemfdInodeEntry,
 		sh.noteVMA(pid, v)
 	}
 
+	if t.Seccomp, err = summarizeSeccomp(d, tids); err != nil {
+		return nil, err
+	}
+
 	fsys, err := d.FS(pid)
 	if err != nil {
 		return nil, err
@@ -465,6 +471,47 @@ func summarizeTask(d *Dir, pid uint32, inodes map[uint64]*memfd.MemfdInodeEntry,
 	}
 	sort.Slice(t.FDs, func(i, j int) bool { return t.FDs[i].FD < t.FDs[j].FD })
 	return t, nil
+}
+
+// ThreadSeccomp is a thread's seccomp state: strict, or filter with the
+// number of filters in its chain (seccomp.img, from the thread core's
+// seccomp_filter along prev). A thread in filter mode without filters of
+// its own gets the leader's with TSYNC.
+type ThreadSeccomp struct {
+	TID     uint32 `json:"tid"`
+	Mode    string `json:"mode"`
+	Filters int    `json:"filters,omitempty"`
+}
+
+func summarizeSeccomp(d *Dir, tids []uint32) ([]ThreadSeccomp, error) {
+	var out []ThreadSeccomp
+	for _, tid := range tids {
+		core, err := d.Core(tid)
+		if err != nil {
+			return nil, err
+		}
+		tc := core.GetThreadCore()
+		switch tc.GetSeccompMode() {
+		case criu_core.SeccompMode_disabled:
+			continue
+		case criu_core.SeccompMode_strict:
+			out = append(out, ThreadSeccomp{TID: tid, Mode: "strict"})
+			continue
+		}
+		ts := ThreadSeccomp{TID: tid, Mode: strings.ToLower(tc.GetSeccompMode().String())}
+		if tc.SeccompFilter != nil {
+			se, err := d.Seccomp()
+			if err != nil {
+				return nil, err
+			}
+			all := se.GetSeccompFilters()
+			for at, more := tc.GetSeccompFilter(), true; more && int(at) < len(all) && ts.Filters <= len(all); ts.Filters++ {
+				at, more = all[at].GetPrev(), all[at].Prev != nil
+			}
+		}
+		out = append(out, ts)
+	}
+	return out, nil
 }
 
 // summarizeMemory lays the task's pagemap over its VMAs.
@@ -837,6 +884,17 @@ func (s *Summary) WriteText(w io.Writer) error {
 		fmt.Fprintf(tw, "  root:\t%s\n", t.Root)
 		if t.Umask != nil {
 			fmt.Fprintf(tw, "  umask:\t%04o\n", *t.Umask)
+		}
+		if len(t.Seccomp) > 0 {
+			var sc []string
+			for _, ts := range t.Seccomp {
+				what := ts.Mode
+				if ts.Mode == "filter" {
+					what = fmt.Sprintf("%d filters", ts.Filters)
+				}
+				sc = append(sc, fmt.Sprintf("thread %d %s", ts.TID, what))
+			}
+			fmt.Fprintf(tw, "  seccomp:\t%s\n", strings.Join(sc, ", "))
 		}
 		tw.Flush()
 		s.writeMemory(ew, t.Memory)

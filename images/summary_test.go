@@ -13,6 +13,7 @@ import (
 
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/seccomp"
 
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/test/fixture"
@@ -486,5 +487,57 @@ func TestSummaryStopped(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("text summary lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+// TestSummarySeccomp: each thread's seccomp mode and the length of its
+// filter chain (seccomp.img, from the core's seccomp_filter along prev).
+func TestSummarySeccomp(t *testing.T) {
+	dir := fixture.CopyImages(t, "threads")
+	path := filepath.Join(dir, "seccomp.img")
+	img, err := images.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog := make([]byte, 8)
+	img.Entries[0].Message.(*seccomp.SeccompEntry).SeccompFilters = []*seccomp.SeccompFilter{
+		{Filter: prog}, {Filter: prog, Prev: proto.Uint32(0)},
+	}
+	if err := images.WriteFile(path, img); err != nil {
+		t.Fatal(err)
+	}
+	for tid, mode := range map[int]criu_core.SeccompMode{1: criu_core.SeccompMode_filter, 2: criu_core.SeccompMode_strict} {
+		path := filepath.Join(dir, fmt.Sprintf("core-%d.img", tid))
+		img, err := images.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := img.Entries[0].Message.(*criu_core.CoreEntry).ThreadCore
+		tc.SeccompMode = mode.Enum()
+		if mode == criu_core.SeccompMode_filter {
+			tc.SeccompFilter = proto.Uint32(1)
+		}
+		if err := images.WriteFile(path, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := images.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := images.Summarize(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []images.ThreadSeccomp{{TID: 1, Mode: "filter", Filters: 2}, {TID: 2, Mode: "strict"}}
+	if got := s.Tasks[0].Seccomp; !slices.Equal(got, want) {
+		t.Errorf("seccomp %+v, want %+v", got, want)
+	}
+	var b strings.Builder
+	if err := s.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	if want := "seccomp:    thread 1 2 filters, thread 2 strict\n"; !strings.Contains(b.String(), want) {
+		t.Errorf("text summary lacks %q:\n%s", want, b.String())
 	}
 }
