@@ -59,6 +59,11 @@ func TestRoundTrip(t *testing.T) {
 		{"seccomp", map[string]check.Next{"out-init.log": check.Counter, "out-filter.log": check.Counter,
 			"out-filterthread.log": check.Counter, "out-tsync.log": check.Counter,
 			"out-tsyncthread.log": check.Counter, "out-strict.log": check.Counter}, seccompStatus},
+		// Each checks its personality, oom_score_adj, parent-death
+		// signal, nice and policy (per thread), the init its child
+		// subreaper, every tick, and writes CORRUPT if one changed.
+		{"procattrs", map[string]check.Next{"out-init.log": check.Counter, "out-child.log": check.Counter,
+			"out-thread.log": check.Counter}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := workloads.Start(t, tc.name)

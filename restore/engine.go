@@ -324,6 +324,13 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 			for _, s := range skipped {
 				r.log.Warn("rlimit not restored", "why", s)
 			}
+			skipped, err = r.setOOMScoreAdj()
+			if err != nil {
+				return &StageError{Stage: st, Step: "oom_score_adj", Err: err}
+			}
+			for _, s := range skipped {
+				r.log.Warn("oom_score_adj not restored", "why", s)
+			}
 		case StageRestoreSigchld:
 			// Every parent has reaped its helpers: their host pids are
 			// free for any process of the host now.

@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 	"syscall"
 
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
@@ -69,20 +68,25 @@ type Task struct {
 	// Kind is what the task is: alive, a zombie (ExitCode is its wait
 	// status), or a helper the plan added. Zombies and helpers have one
 	// Thread (a slot, no core for helpers) and nothing else to restore.
-	Kind             TaskKind
-	ExitCode         uint32
-	Threads          []Thread // Threads[0] is the leader (TID == PID)
-	Comm             string
-	Session          SessionAction
-	Group            GroupAction
-	IDs              *criu_core.TaskKobjIdsEntry
-	Creds            Creds
-	FS               FS
-	FDs              []FD
-	Mem              Memory
-	Sigactions       []Sigaction
-	Rlimits          []Rlimit
-	PersonalityFlags uint32
+	Kind       TaskKind
+	ExitCode   uint32
+	Threads    []Thread // Threads[0] is the leader (TID == PID)
+	Comm       string
+	Session    SessionAction
+	Group      GroupAction
+	IDs        *criu_core.TaskKobjIdsEntry
+	Creds      Creds
+	FS         FS
+	FDs        []FD
+	Mem        Memory
+	Sigactions []Sigaction
+	Rlimits    []Rlimit
+	// Personality is personality(2)'s value, set with the memory;
+	// ChildSubreaper PR_SET_CHILD_SUBREAPER; OOMScoreAdj the task's
+	// /proc oom_score_adj, set by the engine (procattrs.go).
+	Personality    uint32
+	ChildSubreaper bool
+	OOMScoreAdj    int32
 	// StopSignal, when not 0, is the signal that had stopped the task
 	// at the dump (CRIU's TASK_STOPPED): the engine sends it again once
 	// the task is restored, and the task stays stopped until a SIGCONT.
@@ -104,6 +108,9 @@ type Thread struct {
 	Signals []Siginfo
 	// Seccomp is the thread's seccomp state, installed last.
 	Seccomp Seccomp
+	// PdeathSig is the thread's parent-death signal, 0 for none.
+	PdeathSig int
+	Sched     Sched
 }
 
 // taskStopped is CRIU's TASK_STOPPED: a task in a group stop at the dump.
@@ -633,8 +640,7 @@ func (p *Plan) loadTask(t *Task) error {
 	default:
 		return &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", t.PID), Msg: fmt.Sprintf("task state %d: only alive, stopped and dead (zombie) tasks are restored", st)}
 	}
-	t.PersonalityFlags = tc.GetPersonality()
-	if err := checkUnsupported(t); err != nil {
+	if err := loadProcAttrs(t); err != nil {
 		return err
 	}
 	creds := lead.GetThreadCore().GetCreds()
@@ -709,36 +715,6 @@ func (p *Plan) loadTask(t *Task) error {
 		return err
 	}
 	return p.loadMemory(t)
-}
-
-// checkUnsupported refuses what the images hold and the restore can not
-// bring back yet, rather than drop it silently. Defaults (what a fresh
-// task has) pass.
-func checkUnsupported(t *Task) error {
-	tc := t.Threads[0].Core.GetTc()
-	var what []string
-	if tc.GetPersonality() != 0 {
-		what = append(what, fmt.Sprintf("personality %#x", tc.GetPersonality()))
-	}
-	if tc.GetChildSubreaper() {
-		what = append(what, "child subreaper")
-	}
-	if tc.GetOomScoreAdj() != 0 {
-		what = append(what, fmt.Sprintf("oom_score_adj %d", tc.GetOomScoreAdj()))
-	}
-	for _, th := range t.Threads {
-		c := th.Core.GetThreadCore()
-		if c.GetPdeathSig() != 0 {
-			what = append(what, fmt.Sprintf("thread %d: parent death signal", th.TID))
-		}
-		if c.GetSchedPolicy() != 0 || c.GetSchedNice() != 0 {
-			what = append(what, fmt.Sprintf("thread %d: scheduling policy %d nice %d", th.TID, c.GetSchedPolicy(), c.GetSchedNice()))
-		}
-	}
-	if len(what) == 0 {
-		return nil
-	}
-	return &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", t.PID), Msg: "not supported yet: " + strings.Join(what, ", ")}
 }
 
 // checkNamespaces refuses image sets with namespaces of their own other

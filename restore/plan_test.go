@@ -329,11 +329,11 @@ func TestPlanRefuses(t *testing.T) {
 				img.Entries[3].Message.(*fdinfo.FileEntry).Type = fdinfo.FdTypes_EVENTFD.Enum()
 			})
 		}, "file 4 (from fdinfo-2.img): EVENTFD files are not supported yet"},
-		{"parent death signal", "signals", func(t *testing.T, dir string) {
+		{"SCHED_DEADLINE", "signals", func(t *testing.T, dir string) {
 			editImage(t, dir, "core-1.img", func(img *images.Image) {
-				img.Entries[0].Message.(*criu_core.CoreEntry).ThreadCore.PdeathSig = proto.Uint32(9)
+				img.Entries[0].Message.(*criu_core.CoreEntry).ThreadCore.SchedPolicy = proto.Uint32(6)
 			})
-		}, "core-1.img: not supported yet: thread 1: parent death signal"},
+		}, "task 1: core-1.img: thread 1: scheduling policy SCHED_DEADLINE is not restored yet"},
 		{"POSIX timer notifying a thread of its own (SIGEV_THREAD)", "signals", func(t *testing.T, dir string) {
 			editImage(t, dir, "core-1.img", func(img *images.Image) {
 				tm := img.Entries[0].Message.(*criu_core.CoreEntry).Tc.Timers

@@ -45,6 +45,10 @@ func layoutPlan(p *Plan, pr *prepared) planLayout {
 			NrVMAs: uint32(len(t.Mem.VMAs)), NrRuns: uint32(len(runs)),
 			NrGroups: uint32(len(t.Creds.Groups)),
 			Kind:     uint32(t.Kind), ExitCode: int32(t.ExitCode),
+			Personality: t.Personality,
+		}
+		if t.ChildSubreaper {
+			at.Subreaper = 1
 		}
 		for _, c := range t.Children {
 			switch c.Kind {
@@ -234,6 +238,8 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 			}
 			ath.NrSigs, ath.SigsOff = uint32(len(th.Signals)), sigsOff
 			sigsOff += uint32(len(th.Signals) * binary.Size(agent.Siginfo{}))
+			ath.PdeathSig = int32(th.PdeathSig)
+			ath.SchedPolicy, ath.SchedPrio, ath.SchedNice = th.Sched.Policy, th.Sched.Prio, th.Sched.Nice
 			ath.SeccompMode, ath.NrFilters, ath.FiltersOff = th.Seccomp.Mode, uint32(len(th.Seccomp.Filters)), filtersOff
 			filtersOff += uint32(len(th.Seccomp.Filters) * binary.Size(agent.SeccompFilter{}))
 			put(ath)

@@ -27,7 +27,10 @@ crest's own when the tree had none), sessions and process groups (with
 helper tasks for leaders that are gone), zombies, memory (shared memory
 too), registers, threads, files, pipes, FIFOs and memfds, signal
 handlers, pending signals, interval and POSIX timers, seccomp (strict
-mode and filters, each thread's in their order), and stopped tasks
+mode and filters, each thread's in their order), personality, child
+subreaper, oom_score_adj (when it can be set: lowering it needs
+CAP_SYS_RESOURCE, a warning says when not), each thread's parent-death
+signal, nice value and scheduling policy, and stopped tasks
 (stopped again by their own signal; a task that does not stop fails the
 restore).
 Without -d crest stays the parent of the restored root and exits with its
@@ -36,7 +39,7 @@ tree); with -d it leaves the tree running and exits once the restore is
 complete. With -s (--leave-stopped) every task is left stopped by SIGSTOP,
 to be looked at before a SIGCONT lets it run on.
 
-Not restored yet: personality, namespaces other than pid,
+Not restored yet: SCHED_DEADLINE, namespaces other than pid,
 sockets and other special files (eventfd, epoll, signalfd, ttys ...),
 SysV shared memory, hugetlb memfds, and capabilities
 crest itself does not have. Image sets that need them are refused with

@@ -7,7 +7,7 @@ package agent
 // Plan file constants.
 const (
 	PlanMagic   = 0x4e414c5054534552 // "RESTPLAN"
-	PlanVersion = 8
+	PlanVersion = 9
 
 	PlanFD        = 3 // the launcher's fd of the plan memfd
 	SharedFD      = 4 // the launcher's fd of the shared area memfd
@@ -60,7 +60,8 @@ const (
 	StepWaitChildren = 17
 	StepExit         = 18
 	StepSeccomp      = 19
-	NrSteps          = 20
+	StepSched        = 20
+	NrSteps          = 21
 )
 
 // Plan.Faults bits: faults injected on purpose for the monitor's tests.
@@ -172,6 +173,8 @@ type Task struct {
 	ExitCode    int32     `c:"exit_code"`
 	NrHelpers   uint32    `c:"nr_helpers"`
 	NrZombies   uint32    `c:"nr_zombies"`
+	Personality uint32    `c:"personality"`
+	Subreaper   uint32    `c:"child_subreaper"`
 }
 
 // PosixTimer is struct crest_posix_timer.
@@ -351,6 +354,10 @@ type Thread struct {
 	Sigmask      uint64    `c:"sigmask"`
 	NrSigs       uint32    `c:"nr_sigs"`
 	SigsOff      uint32    `c:"sigs_off"`
+	PdeathSig    int32     `c:"pdeath_sig"`
+	SchedPolicy  uint32    `c:"sched_policy"`
+	SchedPrio    uint32    `c:"sched_prio"`
+	SchedNice    int32     `c:"sched_nice"`
 	SeccompMode  uint32    `c:"seccomp_mode"`
 	NrFilters    uint32    `c:"nr_filters"`
 	FiltersOff   uint32    `c:"filters_off"`
@@ -420,4 +427,5 @@ var StepNames = [NrSteps]string{
 	StepFiles: "files", StepMemory: "memory", StepThreads: "threads", StepCreds: "creds", StepSigreturn: "sigreturn",
 	StepFS: "fs", StepSigacts: "sigactions", StepSignals: "pending signals", StepTimers: "timers",
 	StepWaitChildren: "wait helpers and zombies", StepExit: "exit", StepSeccomp: "seccomp",
+	StepSched: "sched",
 }

@@ -47,6 +47,9 @@ var Programs = map[string]Program{
 	// seccomp has children with seccomp filters (per thread, and with
 	// TSYNC) and one in strict mode.
 	"seccomp": {Name: "seccomp", Flags: []string{"-static", "-O2", "-pthread"}},
+	// procattrs has personality, oom_score_adj, a parent-death signal,
+	// per-thread nice and policy, and a child subreaper.
+	"procattrs": {Name: "procattrs", Flags: []string{"-static", "-O2", "-pthread"}},
 	// stopped has two children stopped by SIGSTOP and SIGTSTP.
 	"stopped": {Name: "stopped", Flags: []string{"-static", "-O2", "-pthread"}},
 	// memfd has a memfd whose size is not a page multiple.

@@ -289,5 +289,12 @@ int restore_vmas(const struct crest_task *t)
 		ret = madvise_vmas(t);
 	if (ret == 0)
 		ret = set_mm(t);
+	/* how the kernel lays out and maps memory from now on; the threads,
+	 * cloned later, inherit it */
+	if (ret == 0 && t->personality != 0) {
+		long p = sys_personality(t->personality);
+
+		ret = p < 0 ? (int)p : 0;
+	}
 	return ret;
 }

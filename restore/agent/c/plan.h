@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #define CREST_PLAN_MAGIC 0x4e414c5054534552ULL /* "RESTPLAN" */
-#define CREST_PLAN_VERSION 8
+#define CREST_PLAN_VERSION 9
 
 /* fds of the launcher as the engine starts it */
 #define CREST_PLAN_FD 3
@@ -67,7 +67,8 @@
 #define CREST_STEP_WAIT_CHILDREN 17	/* wait for helper and zombie children to exit */
 #define CREST_STEP_EXIT 18	/* a zombie or helper ends itself */
 #define CREST_STEP_SECCOMP 19	/* the thread's seccomp mode and filters, last */
-#define CREST_NR_STEPS 20
+#define CREST_STEP_SCHED 20	/* the thread's nice value and scheduling policy */
+#define CREST_NR_STEPS 21
 
 /* XSAVE components crest_xstate carries */
 #define CREST_XSTATE_KNOWN 0x2ffull
@@ -232,6 +233,8 @@ struct crest_task {
 	int32_t exit_code;	/* a zombie's wait status: exit code << 8, or its signal */
 	uint32_t nr_helpers;	/* children that are helpers: reaped after RESTORE */
 	uint32_t nr_zombies;	/* children that are zombies: waited for, never reaped */
+	uint32_t personality;	/* personality(2), set before the threads are cloned */
+	uint32_t child_subreaper; /* PR_SET_CHILD_SUBREAPER */
 };
 
 #define CREST_NR_SIGNALS 64
@@ -361,6 +364,10 @@ struct crest_thread {
 	uint64_t sigmask;	/* blocked signals */
 	uint32_t nr_sigs;
 	uint32_t sigs_off;	/* struct crest_siginfo[nr_sigs]: pending for this thread */
+	int32_t pdeath_sig;	/* PR_SET_PDEATHSIG, 0 for none */
+	uint32_t sched_policy;	/* sched_setscheduler(2), with sched_prio */
+	uint32_t sched_prio;
+	int32_t sched_nice;	/* setpriority(2) of the thread */
 	uint32_t seccomp_mode;	/* CREST_SECCOMP_* */
 	uint32_t nr_filters;	/* filter mode: how many, in the order they are installed */
 	uint32_t filters_off;	/* struct crest_seccomp_filter[nr_filters] */

@@ -52,6 +52,20 @@ static int restore_thread_state(const struct crest_thread *th)
 	ret = sys_prctl(PR_SET_NAME, (unsigned long)t->comm, 0, 0, 0);
 	if (ret < 0)
 		return (int)ret;
+	/*
+	 * After the credentials, whose change clears it. The root's leader
+	 * keeps the engine's guard until COMPLETE (sigreturn_now).
+	 */
+	if (th->pdeath_sig && !(t->parent < 0 && th->index == 0)) {
+		ret = sys_prctl(PR_SET_PDEATHSIG, (unsigned long)th->pdeath_sig, 0, 0, 0);
+		if (ret < 0)
+			return (int)ret;
+	}
+	if (th->index == 0 && t->child_subreaper) {
+		ret = sys_prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+		if (ret < 0)
+			return (int)ret;
+	}
 	ret = sys_set_tid_address(th->clear_tid_addr);
 	if (ret < 0)
 		return (int)ret;
@@ -169,7 +183,7 @@ static void restore_seccomp(struct crest_slot *slot, const struct crest_thread *
 
 /*
  * After the switch to COMPLETE: the root drops the parent-death signal
- * that guarded the restore (fork.c), every thread counts out (only when
+ * that guarded the restore (fork.c) for its own (usually none), every thread counts out (only when
  * the engine does not finish: leave_complete), takes its seccomp state
  * and returns into its own registers. Nothing else happens here: the
  * engine steps each thread through these calls with ptrace (finish.go),
@@ -181,7 +195,8 @@ __attribute__((noreturn)) void sigreturn_now(struct crest_slot *slot, const stru
 	long ret;
 
 	if (agent.task->parent < 0 && th->index == 0) {
-		ret = sys_prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
+		/* the engine's guard goes, the image's signal comes */
+		ret = sys_prctl(PR_SET_PDEATHSIG, (unsigned long)th->pdeath_sig, 0, 0, 0);
 		if (ret < 0)
 			task_fail_slot(slot, CREST_STEP_SIGRETURN, ret);
 	}

@@ -218,6 +218,22 @@ static inline long sys_prctl(int option, unsigned long a2, unsigned long a3, uns
 	return sys_call6(__NR_prctl, option, (long)a2, (long)a3, (long)a4, (long)a5, 0);
 }
 
+static inline long sys_personality(unsigned int persona)
+{
+	return sys_call1(__NR_personality, persona);
+}
+
+/* which PRIO_PROCESS, who 0: the calling thread */
+static inline long sys_setpriority(int which, int who, int prio)
+{
+	return sys_call3(__NR_setpriority, which, who, prio);
+}
+
+static inline long sys_sched_setscheduler(int pid, int policy, const void *param)
+{
+	return sys_call3(__NR_sched_setscheduler, pid, policy, (long)param);
+}
+
 static inline long sys_seccomp(unsigned int op, unsigned int flags, void *args)
 {
 	return sys_call3(__NR_seccomp, op, flags, (long)args);

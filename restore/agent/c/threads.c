@@ -82,6 +82,31 @@ int clone_threads(const struct crest_task *t)
 	return 0;
 }
 
+/*
+ * The thread's scheduling: its nice value and policy (both per thread on
+ * Linux), as CRIU's restorer sets them. SCHED_OTHER at nice 0 is what the
+ * thread has already.
+ */
+static int restore_sched(const struct crest_thread *th)
+{
+	struct {
+		int32_t sched_priority;
+	} param = { (int32_t)th->sched_prio };
+	long ret;
+
+	if (th->sched_nice != 0) {
+		ret = sys_setpriority(0 /* PRIO_PROCESS */, 0, th->sched_nice);
+		if (ret < 0)
+			return (int)ret;
+	}
+	if (th->sched_policy != 0 || th->sched_prio != 0) {
+		ret = sys_sched_setscheduler(0, (int)th->sched_policy, &param);
+		if (ret < 0)
+			return (int)ret;
+	}
+	return 0;
+}
+
 /* The last stages of one thread, then its registers. */
 __attribute__((noreturn)) void thread_finish(struct crest_slot *slot, const struct crest_thread *th)
 {
@@ -96,6 +121,14 @@ __attribute__((noreturn)) void thread_finish(struct crest_slot *slot, const stru
 			task_fail_slot(slot, CREST_STEP_WAIT_CHILDREN, ret);
 	}
 	finish_stage_slot(slot, CREST_STAGE_RESTORE_SIGCHLD);
+	/* with the engine's credentials still: a lower nice needs CAP_SYS_NICE */
+	if (th->sched_nice != 0 || th->sched_policy != 0 || th->sched_prio != 0) {
+		step_begin_slot(slot, CREST_STEP_SCHED);
+		ret = restore_sched(th);
+		if (ret < 0)
+			task_fail_slot(slot, CREST_STEP_SCHED, ret);
+		step_end_slot(slot, CREST_STEP_SCHED);
+	}
 	ret = restore_creds(slot, agent.task);
 	if (ret < 0)
 		task_fail_slot(slot, CREST_STEP_CREDS, ret);
