@@ -11,6 +11,7 @@
 // place only once complete; on any failure the tree is let go untouched.
 //
 // Unsupported state (sockets, ttys, namespaces other than the root's pid
-// namespace, ...) fails the dump with an UnsupportedError naming the task
-// and the resource, rather than writing images that cannot be restored.
+// and time namespaces, ...) fails the dump with an UnsupportedError naming
+// the task and the resource, rather than writing images that cannot be
+// restored.
 package dump

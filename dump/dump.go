@@ -12,14 +12,12 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/inventory"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/seccomp"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/stats"
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/timens"
 
 	"github.com/crest-restore/crest/images"
 )
@@ -71,6 +69,8 @@ type dumper struct {
 	pages uint32
 	// seccomp is seccomp.img's entry: the filters of every thread
 	seccomp *seccomp.SeccompEntry
+	// ownTime: the tree has a time namespace of its own (the root's)
+	ownTime bool
 }
 
 func (d *dumper) path(name string) string { return filepath.Join(d.tmp, name) }
@@ -254,6 +254,12 @@ func (d *dumper) pidsAndNamespaces() error {
 	if err != nil {
 		return err
 	}
+	// A time namespace of the tree's own, as its pid namespace: the
+	// root's, every task in it.
+	rootTime, err := nsInode(d.tree.root.pid, "time")
+	if err != nil {
+		return err
+	}
 	for _, t := range d.tree.tasks {
 		for _, kind := range nsKinds {
 			ino, err := nsInode(t.pid, kind)
@@ -265,6 +271,10 @@ func (d *dumper) pidsAndNamespaces() error {
 					return &UnsupportedError{Task: t.pid, Resource: "pid namespace",
 						Why: "nested pid namespaces are not supported (only the root's)"}
 				}
+				continue
+			}
+			if kind == "time" && ino == rootTime && rootTime != d.ns.own["time"] {
+				d.ownTime = true
 				continue
 			}
 			if ino != d.ns.own[kind] {
@@ -427,17 +437,7 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 	if err := d.write("seccomp.img", images.KindSeccomp, images.Entry{Message: d.seccomp}); err != nil {
 		return err
 	}
-	// CRIU writes the clocks of the tree's time namespace; the tree is in
-	// crest's, so those are the host's monotonic and boot-time clocks.
-	var mono, boot unix.Timespec
-	if err := errors.Join(unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono), unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot)); err != nil {
-		return os.NewSyscallError("clock_gettime", err)
-	}
-	tn := &timens.TimensEntry{
-		Monotonic: &timens.Timespec{TvSec: proto.Uint64(uint64(mono.Sec)), TvNsec: proto.Uint64(uint64(mono.Nsec))},
-		Boottime:  &timens.Timespec{TvSec: proto.Uint64(uint64(boot.Sec)), TvNsec: proto.Uint64(uint64(boot.Nsec))},
-	}
-	if err := d.write("timens-0.img", images.KindTimeNS, images.Entry{Message: tn}); err != nil {
+	if err := d.writeClocks(); err != nil {
 		return err
 	}
 	inv := &inventory.InventoryEntry{

@@ -272,10 +272,17 @@ func (d *Dir) Seccomp() (*seccomp.SeccompEntry, error) {
 	return loadOptionalOne[*seccomp.SeccompEntry](d, KindSeccomp, "seccomp.img")
 }
 
-// Timens returns the clock offsets of the time namespace (timens-0.img, the
-// only id CRIU writes), or nil.
+// Timens returns the clocks of timens-0.img (the dump's, for a tree in the
+// dumping criu's time namespace), or nil.
 func (d *Dir) Timens() (*timens.TimensEntry, error) {
-	return loadOptionalOne[*timens.TimensEntry](d, KindTimeNS, "timens-0.img")
+	return d.TimensOf(0)
+}
+
+// TimensOf returns the clocks of timens-ID.img, or nil: CRIU writes
+// timens-0.img for a tree in its own time namespace, and the image of the
+// tree's namespace id for a tree with one of its own.
+func (d *Dir) TimensOf(id uint32) (*timens.TimensEntry, error) {
+	return loadOptionalOne[*timens.TimensEntry](d, KindTimeNS, fmt.Sprintf("timens-%d.img", id))
 }
 
 // MemfdInodes returns the memfd inodes of the image set (memfd.img).

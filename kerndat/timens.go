@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -85,4 +87,30 @@ func formatOffsets(m map[string]string) string {
 	}
 	sort.Strings(out)
 	return strings.Join(out, "; ")
+}
+
+// ParseTimensOffsets reads a /proc/PID/timens_offsets file: a line per
+// clock, its name (or number: 1 monotonic, 7 boottime), seconds and
+// nanoseconds. The clocks of a process in that time namespace are the
+// host's plus these.
+func ParseTimensOffsets(s string) (mono, boot time.Duration, err error) {
+	for _, l := range strings.Split(strings.TrimSpace(s), "\n") {
+		f := strings.Fields(l)
+		if len(f) != 3 {
+			return 0, 0, fmt.Errorf("timens_offsets line %q", l)
+		}
+		sec, err1 := strconv.ParseInt(f[1], 10, 64)
+		nsec, err2 := strconv.ParseInt(f[2], 10, 64)
+		if err1 != nil || err2 != nil {
+			return 0, 0, fmt.Errorf("timens_offsets line %q", l)
+		}
+		v := time.Duration(sec)*time.Second + time.Duration(nsec)
+		switch f[0] {
+		case "monotonic", "1":
+			mono = v
+		case "boottime", "7":
+			boot = v
+		}
+	}
+	return mono, boot, nil
 }

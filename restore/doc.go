@@ -54,9 +54,10 @@
 // thread's filters in their order), personality, child subreaper,
 // oom_score_adj (as far as the engine may set it), each thread's
 // parent-death signal, nice and policy, stopped tasks (stopped again with
-// their signal), and nothing of crest's left in the tasks' mappings or fd
-// tables. Refused at planning, naming what: SCHED_DEADLINE, namespaces
-// other than pid, sockets and other file kinds (eventfd, epoll, signalfd, tty
+// their signal), the clocks (a time namespace going on from the dump's),
+// and nothing of crest's left in the tasks' mappings or fd tables.
+// Refused at planning, naming what: SCHED_DEADLINE, nested time
+// namespaces, namespaces other than pid and time, sockets and other file kinds (eventfd, epoll, signalfd, tty
 // ...), SysV shared memory, POSIX timers with SIGEV_THREAD, hugetlb
 // memfds, seccomp filters of a task with neither no_new_privs nor
 // CAP_SYS_ADMIN.

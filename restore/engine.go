@@ -67,6 +67,7 @@ type Restore struct {
 	launcherPidfd  int
 	launcherStderr *os.File
 	stepsSeen      []uint32         // per slot, bit per step already published
+	timeOffsets    *timeOffsets     // of the tree's time namespace, nil for none
 	stopSent       map[*Task]uint64 // when finishing sent a stopped task its signal
 	stopSteps      []StepEvent      // the "stop" step of each, for COMPLETE
 	inherited      inheritedRlimits
@@ -204,7 +205,11 @@ func (r *Restore) run(ctx context.Context) error {
 	if err != nil {
 		return &StageError{Stage: StageRootTask, Step: "plan", Err: err}
 	}
-	planBytes, err := encodePlan(p, r.files, layout, a, r.opts, sigIgnored)
+	r.timeOffsets, err = timeNamespace(p)
+	if err != nil {
+		return &StageError{Stage: StageRootTask, Step: "time namespace", Err: err}
+	}
+	planBytes, err := encodePlan(p, r.files, layout, a, r.opts, sigIgnored, r.timeOffsets)
 	if err != nil {
 		return &StageError{Stage: StageRootTask, Step: "plan", Err: err}
 	}

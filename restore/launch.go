@@ -87,6 +87,14 @@ func (r *Restore) launch(planBytes []byte) error {
 		r.reapLauncher()
 		return launchErr(err)
 	}
+	// The launcher unshared the tree's time namespace: its offsets go
+	// in before the root enters it.
+	if r.timeOffsets != nil {
+		if err := setTimeOffsets(cmd.Process.Pid, *r.timeOffsets); err != nil {
+			r.reapLauncher()
+			return &StageError{Stage: StageRootTask, Step: "time namespace", Err: err}
+		}
+	}
 	if testBeforeGo != nil {
 		testBeforeGo(cmd.Process.Pid)
 	}

@@ -29,6 +29,13 @@ type Plan struct {
 	// made this way). Otherwise the tree is restored into crest's pid
 	// namespace.
 	NewPIDNS bool
+	// Clocks, when set, are the monotonic and boot-time clocks the tree's
+	// time namespace showed at the dump: the restore gives the tree a new
+	// time namespace whose clocks go on from them (timens.go).
+	// OwnTimeNS: the tree had a time namespace of its own; without one,
+	// as CRIU does, a tree gets one when the kernel can.
+	Clocks    *Clocks
+	OwnTimeNS bool
 	// NrThreads counts the threads of the tasks of the images, one for
 	// each zombie (CRIU's nr_threads); NrHelpers the helper tasks the
 	// plan adds to stand in for dead session or group leaders; NrZombies
@@ -361,6 +368,9 @@ func NewPlan(d *images.Dir) (*Plan, error) {
 			return nil, err
 		}
 	}
+	if err := p.loadClocks(); err != nil {
+		return nil, err
+	}
 	for _, t := range p.Tasks {
 		// A helper exits at the same moment as its zombie children
 		// would: the init would get them, and might reap them.
@@ -658,18 +668,6 @@ func (p *Plan) loadTask(t *Task) error {
 	ids, err := d.IDs(uint32(t.PID))
 	if err != nil {
 		return &PlanError{PID: t.PID, Err: err}
-	}
-	// CRIU writes timens-0.img for every dump, but restores a time
-	// namespace only when the tree had one of its own: when the task's
-	// time namespace differs from the dumping criu's (inventory
-	// root_ids). crest does the same, and does not make time namespaces
-	// yet: the fixtures' timens-0.img describes the host's and is left
-	// alone, as CRIU leaves it.
-	if root := d.Inventory.GetRootIds(); root != nil && ids.TimeNsId != nil && root.TimeNsId != nil &&
-		ids.GetTimeNsId() != root.GetTimeNsId() {
-		return &PlanError{PID: t.PID, File: fmt.Sprintf("ids-%d.img", t.PID),
-			Msg: fmt.Sprintf("time namespace %d is the tree's own (the dump ran in %d): time namespaces are not restored yet",
-				ids.GetTimeNsId(), root.GetTimeNsId())}
 	}
 	t.IDs = ids
 

@@ -348,11 +348,11 @@ func TestPlanRefuses(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, "netns-12.img: namespaces other than pid (and cgroups) are not restored yet"},
-		{"time namespace of its own", "counter", func(t *testing.T, dir string) {
-			editImage(t, dir, "ids-1.img", func(img *images.Image) {
+		{"nested time namespace", "tree", func(t *testing.T, dir string) {
+			editImage(t, dir, "ids-3.img", func(img *images.Image) {
 				img.Entries[0].Message.(*criu_core.TaskKobjIdsEntry).TimeNsId = proto.Uint32(77)
 			})
-		}, "task 1: ids-1.img: time namespace 77 is the tree's own (the dump ran in 5): time namespaces are not restored yet"},
+		}, "task 3: ids-3.img: time namespace 77, not the root's 5: nested time namespaces are not restored"},
 		{"SysV shared memory", "shmem", func(t *testing.T, dir string) {
 			editImage(t, dir, "mm-1.img", func(img *images.Image) {
 				v := img.Entries[0].Message.(*mm.MmEntry).Vmas[7]

@@ -168,7 +168,7 @@ var vmaKinds = map[VMAKind]uint32{
 }
 
 // encodePlan writes the plan file for p, to be mapped at a.PlanAddr.
-func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIgnored uint64) ([]byte, error) {
+func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIgnored uint64, tns *timeOffsets) ([]byte, error) {
 	var b bytes.Buffer
 	b.Grow(int(l.size))
 	head := agent.Plan{
@@ -187,6 +187,10 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 	}
 	if !opts.KeepArea {
 		head.Flags |= agent.PlanFinishedByEngine
+	}
+	if tns != nil {
+		head.Flags |= agent.PlanNewTime
+		head.BootOffsetNs = (tns.Boottime - tns.engineBoottime).Nanoseconds()
 	}
 	xs := kerndat.XSaveLayout()
 	head.XCR0, head.XSaveSize = xs.XCR0, uint32(xs.Size)

@@ -32,7 +32,7 @@ and the resource: sockets, ttys, eventfd/epoll/signalfd/timerfd, named
 FIFOs, deleted files, file locks, SysV shared memory, private mappings of
 memfds, seccomp filters that notify a user-space listener, POSIX timers,
 zombies, session or group leaders outside the tree, and namespaces other
-than the root's pid namespace. Regular files, /dev/null, directories,
+than the root's pid and time namespaces. Regular files, /dev/null, directories,
 pipes (with their data), memfds, shared anonymous memory and seccomp
 (strict mode, filters) are dumped.
 

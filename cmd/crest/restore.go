@@ -30,7 +30,9 @@ handlers, pending signals, interval and POSIX timers, seccomp (strict
 mode and filters, each thread's in their order), personality, child
 subreaper, oom_score_adj (when it can be set: lowering it needs
 CAP_SYS_RESOURCE, a warning says when not), each thread's parent-death
-signal, nice value and scheduling policy, and stopped tasks
+signal, nice value and scheduling policy, the monotonic and boot-time
+clocks (as CRIU, the tree gets a time namespace whose clocks go on from
+those of the dump), and stopped tasks
 (stopped again by their own signal; a task that does not stop fails the
 restore).
 Without -d crest stays the parent of the restored root and exits with its
@@ -39,7 +41,7 @@ tree); with -d it leaves the tree running and exits once the restore is
 complete. With -s (--leave-stopped) every task is left stopped by SIGSTOP,
 to be looked at before a SIGCONT lets it run on.
 
-Not restored yet: SCHED_DEADLINE, namespaces other than pid,
+Not restored yet: SCHED_DEADLINE, namespaces other than pid and time,
 sockets and other special files (eventfd, epoll, signalfd, ttys ...),
 SysV shared memory, hugetlb memfds, and capabilities
 crest itself does not have. Image sets that need them are refused with

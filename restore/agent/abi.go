@@ -7,7 +7,7 @@ package agent
 // Plan file constants.
 const (
 	PlanMagic   = 0x4e414c5054534552 // "RESTPLAN"
-	PlanVersion = 9
+	PlanVersion = 10
 
 	PlanFD        = 3 // the launcher's fd of the plan memfd
 	SharedFD      = 4 // the launcher's fd of the shared area memfd
@@ -17,6 +17,8 @@ const (
 	// Plan.Flags: the engine ptraces every thread through COMPLETE and
 	// notes its arrival there itself
 	PlanFinishedByEngine = 0x2
+	// Plan.Flags: the tree gets a time namespace (Plan.BootOffsetNs)
+	PlanNewTime = 0x4
 
 	XSaveComponents = 10 // Plan.XSaveOff and XSaveLen: x87 up to PKRU
 
@@ -131,6 +133,8 @@ type Plan struct {
 	XSavePad  uint32                  `c:"xsave_pad"`
 	XSaveOff  [XSaveComponents]uint32 `c:"xsave_off"`
 	XSaveLen  [XSaveComponents]uint32 `c:"xsave_len"`
+
+	BootOffsetNs int64 `c:"boot_offset_ns"`
 }
 
 // Task is struct crest_task.

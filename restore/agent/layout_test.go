@@ -45,6 +45,7 @@ var cConsts = map[string]int64{
 	"CREST_LAUNCH_READY": LaunchReady, "CREST_LAUNCH_GO": LaunchGo,
 	"CREST_PLAN_FD": PlanFD, "CREST_SHARED_FD": SharedFD, "CREST_ENGINE_PIDFD": EnginePidfdFD,
 	"CREST_PLAN_NEWPID": PlanNewPID, "CREST_PLAN_FINISHED_BY_ENGINE": PlanFinishedByEngine,
+	"CREST_PLAN_NEWTIME":     PlanNewTime,
 	"CREST_XSAVE_COMPONENTS": XSaveComponents, "CREST_STAGE_FAIL": StageFail, "CREST_STAGE_ROOT_TASK": StageRootTask,
 	"CREST_STAGE_PREPARE_NAMESPACES": StagePrepareNamespaces, "CREST_STAGE_FORKING": StageForking,
 	"CREST_STAGE_RESTORE": StageRestore, "CREST_STAGE_RESTORE_SIGCHLD": StageRestoreSigchld,

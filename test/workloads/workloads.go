@@ -32,6 +32,9 @@ var sources embed.FS
 type Program struct {
 	Name  string   // the source, src/NAME.c
 	Flags []string // gcc flags besides -o and the source
+	// TimeNS starts it in a time namespace of its own too (launch -t:
+	// monotonic 100000 s and boottime 200000 s ahead of the host's).
+	TimeNS bool
 }
 
 // Programs are the workloads crest's tests start, by name.
@@ -50,6 +53,9 @@ var Programs = map[string]Program{
 	// procattrs has personality, oom_score_adj, a parent-death signal,
 	// per-thread nice and policy, and a child subreaper.
 	"procattrs": {Name: "procattrs", Flags: []string{"-static", "-O2", "-pthread"}},
+	// clocks runs in a time namespace of its own and checks that its
+	// clocks go on.
+	"clocks": {Name: "clocks", Flags: []string{"-static", "-O2"}, TimeNS: true},
 	// stopped has two children stopped by SIGSTOP and SIGTSTP.
 	"stopped": {Name: "stopped", Flags: []string{"-static", "-O2", "-pthread"}},
 	// memfd has a memfd whose size is not a page multiple.
@@ -142,6 +148,9 @@ type Process struct {
 // The tree is killed when the test ends.
 func Start(t testing.TB, name string) *Process {
 	t.Helper()
+	if Programs[name].TimeNS {
+		return startIn(t, Build(t, name), t.TempDir(), "-t")
+	}
 	return StartIn(t, Build(t, name), t.TempDir())
 }
 
@@ -151,9 +160,14 @@ func Start(t testing.TB, name string) *Process {
 // forgotten the pid, since the reaper of orphans here may be slow.
 func StartIn(t testing.TB, prog, dir string) *Process {
 	t.Helper()
+	return startIn(t, prog, dir)
+}
+
+func startIn(t testing.TB, prog, dir string, opts ...string) *Process {
+	t.Helper()
 	launch := Build(t, "launch")
 	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(launch, dir, prog)
+	cmd := exec.Command(launch, append(opts, dir, prog)...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("launch %s in %s: %v\n%s", prog, dir, err, stderr.Bytes())

@@ -26,6 +26,7 @@ struct agent {
 	struct crest_slot *slots;
 	const struct crest_task *task;	/* this process's task, NULL in the launcher */
 	struct crest_slot *slot;	/* the task's (its leader's) slot, NULL in the launcher */
+	int64_t clock_offset;		/* what now_ns takes off: the tree time namespace's boot clock ahead of the engine's */
 };
 
 extern struct agent agent;

@@ -123,6 +123,9 @@ __attribute__((noreturn)) void task_main(const struct crest_task *t)
 
 	agent.task = t;
 	agent.slot = &agent.slots[task_thread(t, 0)->slot];
+	/* the tasks are in the tree's time namespace, the launcher is not */
+	if (agent.plan->flags & CREST_PLAN_NEWTIME)
+		agent.clock_offset = agent.plan->boot_offset_ns;
 	agent.slot->stage = t->parent < 0 ? CREST_STAGE_ROOT_TASK : CREST_STAGE_FORKING;
 
 	step_begin(CREST_STEP_CHECK_PID);

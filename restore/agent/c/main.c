@@ -157,6 +157,16 @@ static __attribute__((noreturn, used)) void agent_main(const uint64_t *sp)
 		launch_fail(ret);
 	/* what every task inherits, for the creds step to skip what is equal */
 	snapshot_creds();
+	/*
+	 * A new time namespace for the children: the root, so the whole
+	 * tree. The engine sets its offsets (the dumped clocks) once this
+	 * process is ready, before any task enters it.
+	 */
+	if (agent.plan->flags & CREST_PLAN_NEWTIME) {
+		ret = sys_unshare(CLONE_NEWTIME);
+		if (ret < 0)
+			launch_fail(ret);
+	}
 	wait_for_go();
 
 	memset(&args, 0, sizeof(args));

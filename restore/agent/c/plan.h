@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #define CREST_PLAN_MAGIC 0x4e414c5054534552ULL /* "RESTPLAN" */
-#define CREST_PLAN_VERSION 9
+#define CREST_PLAN_VERSION 10
 
 /* fds of the launcher as the engine starts it */
 #define CREST_PLAN_FD 3
@@ -78,6 +78,7 @@
 /* struct crest_plan.flags */
 #define CREST_PLAN_NEWPID 0x1u	/* the root is pid 1 of a new pid namespace */
 #define CREST_PLAN_FINISHED_BY_ENGINE 0x2u	/* the engine ptraces COMPLETE and notes its arrivals */
+#define CREST_PLAN_NEWTIME 0x4u	/* the tree gets a time namespace of its own (boot_offset_ns) */
 
 /*
  * Faults injected on purpose (crest_plan.faults), so that the kernel-side
@@ -164,6 +165,12 @@ struct crest_plan {
 	uint32_t xsave_pad;
 	uint32_t xsave_off[CREST_XSAVE_COMPONENTS];	/* by component number */
 	uint32_t xsave_len[CREST_XSAVE_COMPONENTS];	/* 0: not enabled */
+	/*
+	 * CREST_PLAN_NEWTIME: how far the boot-time clock of the tree's time
+	 * namespace is ahead of the engine's: the tasks' step clock takes it
+	 * off its readings, to give the engine's.
+	 */
+	int64_t boot_offset_ns;
 };
 
 /* struct itimerval of setitimer(2); all zero: not armed */

@@ -28,14 +28,18 @@ static void count_out(struct crest_task_entries *te)
 			  WAKE_OP(FUTEX_OP_ADD, -1, FUTEX_OP_CMP_EQ, 1));
 }
 
-/* CLOCK_BOOTTIME, the clock of the engine's readings and of bpf_ktime_get_boot_ns */
+/*
+ * CLOCK_BOOTTIME, the clock of the engine's readings and of
+ * bpf_ktime_get_boot_ns: in a task of a tree in a time namespace of its
+ * own, less the namespace's offset (agent.clock_offset, task_main).
+ */
 uint64_t now_ns(void)
 {
 	struct __kernel_timespec ts;
 
 	if (vdso_clock_gettime(CLOCK_BOOTTIME, &ts) < 0)
 		return 0;
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec - (uint64_t)agent.clock_offset;
 }
 
 void step_begin_slot(struct crest_slot *slot, int step)

@@ -1,7 +1,11 @@
 /*
  * launch - start a workload as the init (pid 1) of a new pid namespace.
  *
- *   usage: launch DIR PROG [ARGS...]
+ *   usage: launch [-t] DIR PROG [ARGS...]
+ *
+ * With -t the workload also gets a time namespace of its own, its clocks
+ * ahead of the host's: CLOCK_MONOTONIC by 100000 s, CLOCK_BOOTTIME by
+ * 200000 s.
  *
  * The launcher unshares the pid namespace and forks; the child (pid 1 of
  * the new namespace) becomes a session leader, enters DIR, sets umask 022,
@@ -17,6 +21,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -27,13 +32,29 @@ static char *const env[] = {
 
 int main(int argc, char **argv)
 {
+	int newtime = argc > 1 && strcmp(argv[1], "-t") == 0;
+
+	if (newtime) {
+		argv++;
+		argc--;
+	}
 	if (argc < 3) {
-		fprintf(stderr, "usage: %s DIR PROG [ARGS...]\n", argv[0]);
+		fprintf(stderr, "usage: launch [-t] DIR PROG [ARGS...]\n");
 		return 2;
 	}
-	if (unshare(CLONE_NEWPID)) {
-		perror("launch: unshare(CLONE_NEWPID)");
+	if (unshare(CLONE_NEWPID | (newtime ? CLONE_NEWTIME : 0))) {
+		perror("launch: unshare");
 		return 1;
+	}
+	if (newtime) {
+		static const char offsets[] = "monotonic 100000 0\nboottime 200000 0\n";
+		int fd = open("/proc/self/timens_offsets", O_WRONLY);
+
+		if (fd < 0 || write(fd, offsets, sizeof offsets - 1) != (ssize_t)(sizeof offsets - 1)) {
+			perror("launch: /proc/self/timens_offsets");
+			return 1;
+		}
+		close(fd);
 	}
 	pid_t pid = fork();
 	if (pid < 0) {
