@@ -9,6 +9,9 @@
 // and every byte the injection touched is put back. Images are written
 // into a temporary directory beside the target, which is renamed into
 // place only once complete; on any failure the tree is let go untouched.
+// Zombies (children their parents have not waited for) are not seized:
+// their pids and exit status come from /proc, and their core is all CRIU
+// writes of them (zombie.go).
 //
 // Unsupported state (sockets, ttys, namespaces other than the root's pid
 // and time namespaces, ...) fails the dump with an UnsupportedError naming

@@ -43,7 +43,12 @@ type Options struct {
 
 // Result tells what was dumped.
 type Result struct {
+	// Tasks counts the tasks of pstree.img, zombies included; Threads
+	// their threads, one for each zombie (its pid, the one thread
+	// pstree.img lists for it, as a restore counts it too).
 	Tasks, Threads int
+	// Zombies counts the tasks that were dumped dead (TASK_DEAD).
+	Zombies int
 	// Pages counts the tasks' own memory pages written; Bytes their size.
 	Pages, Bytes uint64
 	// SharedPages counts the pages of shared memory and memfds written
@@ -194,7 +199,12 @@ func (d *dumper) run(ctx context.Context) (*Result, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		if err := d.dumpTask(t); err != nil {
+		if t.dead != nil {
+			if err := d.dumpZombie(t); err != nil {
+				return nil, err
+			}
+			res.Zombies++
+		} else if err := d.dumpTask(t); err != nil {
 			return nil, err
 		}
 		res.Threads += len(t.threads)
@@ -261,6 +271,13 @@ func (d *dumper) pidsAndNamespaces() error {
 		return err
 	}
 	for _, t := range d.tree.tasks {
+		if t.dead != nil {
+			// A zombie has left its namespaces, but for its pid's.
+			if err := d.zombiePids(t, rootNS); err != nil {
+				return err
+			}
+			continue
+		}
 		for _, kind := range nsKinds {
 			ino, err := nsInode(t.pid, kind)
 			if err != nil {
@@ -397,6 +414,11 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 		if err := errors.Join(err1, err2); err != nil {
 			return fmt.Errorf("%s: status: %w", t, err)
 		}
+		if t.dead != nil && sid == 0 {
+			// as CRIU's dump_zombies says
+			return &UnsupportedError{Task: int(t.nsPid), Resource: "session",
+				Why: "the session leader of this zombie is outside its pid namespace"}
+		}
 		if !d.inTree(uint32(pgid)) || !d.inTree(uint32(sid)) {
 			// CRIU would need --shell-job or helper tasks for leaders
 			// outside the dumped tree; crest supports neither.
@@ -430,6 +452,9 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 		}
 	}
 	for _, t := range d.tree.tasks {
+		if t.dead != nil {
+			continue
+		}
 		if b, err := os.ReadFile(procPath(t.pid, "timers")); err == nil && len(b) > 0 {
 			return &UnsupportedError{Task: int(t.nsPid), Resource: "posix timers", Why: "posix timers are not supported"}
 		}

@@ -43,6 +43,12 @@ type task struct {
 	// stopSig is the signal that stopped the task (its leader in a group
 	// stop when seized, CRIU's TASK_STOPPED), 0 if it ran.
 	stopSig syscall.Signal
+	// dead is set for a zombie: a child that ended and that its parent
+	// has not waited for yet (CRIU's TASK_DEAD). It is never seized: it
+	// has no memory, files or namespaces left to read, and its one
+	// thread is its pid, as pstree.img lists it. It stays a zombie for
+	// as long as its parent is frozen.
+	dead *deadTask
 }
 
 // tree is the frozen process tree.
@@ -97,6 +103,9 @@ func (tr *tree) freezeTask(pid int, parent *task) (*task, error) {
 				if tid != pid && errors.Is(err, syscall.ESRCH) {
 					continue // the thread exited meanwhile
 				}
+				if tid == pid && errors.Is(err, errZombie) {
+					return t, t.zombie(parent, tids)
+				}
 				return nil, fmt.Errorf("%s: thread %d: %w", t, tid, err)
 			}
 			t.threads = append(t.threads, th)
@@ -144,9 +153,10 @@ func (tr *tree) freezeTask(pid int, parent *task) (*task, error) {
 func seize(tid int) error {
 	if err := unix.PtraceSeize(tid); err != nil {
 		if errors.Is(err, syscall.EPERM) {
-			if st, serr := readStat(procPath(tid, "stat")); serr == nil && st.state() == 'Z' {
-				return &UnsupportedError{Task: tid, Resource: "state", Why: "zombie tasks are not supported"}
-			}
+			err = exiting(tid, err)
+		}
+		if errors.Is(err, errZombie) {
+			return err
 		}
 		return os.NewSyscallError("ptrace(PTRACE_SEIZE)", err)
 	}
@@ -155,6 +165,34 @@ func seize(tid int) error {
 		return os.NewSyscallError("ptrace(PTRACE_INTERRUPT)", err)
 	}
 	return nil
+}
+
+// pfExiting is PF_EXITING in the flags of /proc/PID/stat (field 9).
+const pfExiting = 0x4
+
+// exiting tells why tid could not be seized (EPERM, err): a task that is
+// ending can not be traced any more. A zombie gives errZombie; one on its
+// way there is waited for (its parent is frozen, so it stays one), and one
+// that goes away (a thread, or a child nobody waits for) gives ESRCH.
+// Any other task gives err back.
+func exiting(tid int, err error) error {
+	deadline := time.Now().Add(time.Second)
+	for {
+		st, serr := readStat(procPath(tid, "stat"))
+		switch {
+		case errors.Is(serr, os.ErrNotExist):
+			return syscall.ESRCH
+		case serr != nil:
+			return err
+		case st.state() == 'Z':
+			return errZombie
+		case st.state() != 'X' && st.field(9)&pfExiting == 0:
+			return err
+		case time.Now().After(deadline):
+			return fmt.Errorf("still exiting after 1s: %w", err)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
 }
 
 // waitInterrupted waits for the stop PTRACE_INTERRUPT asked for. A signal
@@ -201,6 +239,9 @@ func waitInterrupted(tid int) (syscall.Signal, error) {
 // every thread, leaving the tree as it was.
 func (tr *tree) thaw() {
 	for _, t := range tr.tasks {
+		if t.dead != nil {
+			continue // never seized: it stays its parent's zombie
+		}
 		t.restore()
 		for _, th := range t.threads {
 			unix.PtraceDetach(th.tid)
@@ -213,6 +254,9 @@ func (tr *tree) thaw() {
 // runs any code of its own.
 func (tr *tree) stop() {
 	for _, t := range tr.tasks {
+		if t.dead != nil {
+			continue
+		}
 		t.restore()
 		unix.Kill(t.pid, unix.SIGSTOP)
 		for _, th := range t.threads {
@@ -240,9 +284,14 @@ func (t *task) restore() {
 // zombie until its tracer waits for it, and the last thread of a pid
 // namespace init waits for every task of the namespace, zombie threads
 // included, so the threads are reaped in whatever order they die.
+// Zombies are left alone: their parents die too, and whoever the kernel
+// gives them to reaps them (a pid namespace's init as it dies).
 func (tr *tree) kill() {
 	left := map[int]bool{}
 	for i := len(tr.tasks) - 1; i >= 0; i-- {
+		if tr.tasks[i].dead != nil {
+			continue
+		}
 		unix.Kill(tr.tasks[i].pid, unix.SIGKILL)
 		for _, th := range tr.tasks[i].threads {
 			left[th.tid] = true

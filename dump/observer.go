@@ -33,7 +33,7 @@ type Stage int
 const (
 	StageFreeze      Stage = iota // seize and interrupt every thread of the tree
 	StageCollect                  // pids and namespaces of every task
-	StageDumpTasks                // each task's core, ids, memory, pages, files
+	StageDumpTasks                // each task's core, ids, memory, pages, files (a zombie's core)
 	StageMemfds                   // the pages of memfds the tree maps
 	StageWriteImages              // pstree, files, inventory and the rest; the directory moves into place
 	StageRelease                  // let the tree go, or kill it
@@ -108,7 +108,9 @@ func (o observe) collected(tr *tree) {
 		o.o.TaskCollected(e)
 	}
 	for _, t := range tr.tasks {
-		o.stepAt(t, StageFreeze, "seize", t.seized[0], t.seized[1])
+		if t.dead == nil { // a zombie is not seized
+			o.stepAt(t, StageFreeze, "seize", t.seized[0], t.seized[1])
+		}
 	}
 }
 

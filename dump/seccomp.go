@@ -115,6 +115,9 @@ func seccompMode(st procStatus) (uint32, error) {
 func dumpSeccomp(tr *tree) (*seccomp.SeccompEntry, error) {
 	var withFilters []*thread
 	for _, t := range tr.tasks {
+		if t.dead != nil {
+			continue // no filters left to read
+		}
 		for _, th := range t.threads {
 			if th.seccomp.mode != uint32(criu_core.SeccompMode_filter) {
 				continue

@@ -31,10 +31,11 @@ State crest cannot restore fails the dump with a message naming the task
 and the resource: sockets, ttys, eventfd/epoll/signalfd/timerfd, named
 FIFOs, deleted files, file locks, SysV shared memory, private mappings of
 memfds, seccomp filters that notify a user-space listener, POSIX timers,
-zombies, session or group leaders outside the tree, and namespaces other
-than the root's pid and time namespaces. Regular files, /dev/null, directories,
-pipes (with their data), memfds, shared anonymous memory and seccomp
-(strict mode, filters) are dumped.
+session or group leaders outside the tree, and namespaces other than the
+root's pid and time namespaces. Regular files, /dev/null, directories,
+pipes (with their data), memfds, shared anonymous memory, seccomp (strict
+mode, filters), stopped tasks and zombies (children not waited for yet)
+are dumped.
 
 --trace sends the dump's spans where restore's go: a stage span each for
 freeze, collect, dump tasks, memfds, write images and release, with a span

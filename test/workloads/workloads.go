@@ -58,6 +58,9 @@ var Programs = map[string]Program{
 	"clocks": {Name: "clocks", Flags: []string{"-static", "-O2"}, TimeNS: true},
 	// stopped has two children stopped by SIGSTOP and SIGTSTP.
 	"stopped": {Name: "stopped", Flags: []string{"-static", "-O2", "-pthread"}},
+	// zombie has two zombie children (exit status 7, killed by SIGTERM)
+	// that its init reaps once a file "reap" appears.
+	"zombie": {Name: "zombie", Flags: []string{"-static", "-O2"}},
 	// memfd has a memfd whose size is not a page multiple.
 	"memfd": {Name: "memfd", Flags: []string{"-static", "-O2"}},
 	// dynamic is counter linked dynamically (libc.so.6 and ld-linux mapped).
