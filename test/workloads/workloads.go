@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,8 +26,29 @@ import (
 	"time"
 )
 
-//go:embed src/*.c
+//go:embed src/*.c src/*.h
 var sources embed.FS
+
+// headers are src's headers (workload.h), by file name: every build has
+// them beside its source, and they count in its hash.
+func headers() (map[string][]byte, error) {
+	ents, err := sources.ReadDir("src")
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]byte{}
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".h") {
+			continue
+		}
+		b, err := sources.ReadFile("src/" + e.Name())
+		if err != nil {
+			return nil, err
+		}
+		out[e.Name()] = b
+	}
+	return out, nil
+}
 
 // Program is a workload: a C source in src/ and the gcc line that builds it.
 type Program struct {
@@ -99,10 +121,23 @@ func Build(t testing.TB, name string) string {
 // cache and returns the binary's path. The binary is named name in a
 // directory named for the hash of the source, its file name and flags.
 func BuildSource(name, file string, src []byte, flags []string) (string, error) {
+	hdrs, err := headers()
+	if err != nil {
+		return "", fmt.Errorf("workloads: %w", err)
+	}
+	hnames := make([]string, 0, len(hdrs))
+	for n := range hdrs {
+		hnames = append(hnames, n)
+	}
+	sort.Strings(hnames)
 	h := sha256.New()
 	h.Write(src)
 	h.Write([]byte("\x00" + file + "\x00"))
 	h.Write([]byte(strings.Join(flags, "\x00")))
+	for _, n := range hnames {
+		h.Write([]byte("\x00" + n + "\x00"))
+		h.Write(hdrs[n])
+	}
 	sum := hex.EncodeToString(h.Sum(nil))[:16]
 	cache, err := os.UserCacheDir()
 	if err != nil {
@@ -127,6 +162,11 @@ func BuildSource(name, file string, src []byte, flags []string) (string, error) 
 	cfile := filepath.Join(tmp, file)
 	if err := os.WriteFile(cfile, src, 0o644); err != nil {
 		return "", fmt.Errorf("workloads: %w", err)
+	}
+	for n, b := range hdrs {
+		if err := os.WriteFile(filepath.Join(tmp, n), b, 0o644); err != nil {
+			return "", fmt.Errorf("workloads: %w", err)
+		}
 	}
 	out := filepath.Join(tmp, name)
 	args := append(append([]string{}, flags...), "-o", out, cfile)

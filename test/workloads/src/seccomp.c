@@ -32,27 +32,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "workload.h"
+
 static const struct timespec tick = { 0, 10 * 1000 * 1000 };
-
-static int open_log(const char *role)
-{
-	char name[64];
-	int fd;
-
-	snprintf(name, sizeof name, "out-%s.log", role);
-	fd = open(name, O_WRONLY | O_APPEND | O_CREAT, 0644);
-	if (fd < 0)
-		_exit(2);
-	return fd;
-}
-
-static void say(int fd, const char *line)
-{
-	int len = (int)strlen(line);
-
-	if (write(fd, line, len) != len)
-		_exit(4);
-}
 
 /* A filter that makes syscall nr fail with errno err, and lets the rest be. */
 static void deny(int nr, int err, unsigned int flags)

@@ -20,29 +20,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "workload.h"
+
 static const struct timespec tick = { 0, 10 * 1000 * 1000 };
-
-static int open_log(const char *name)
-{
-	int fd = open(name, O_WRONLY | O_APPEND | O_CREAT, 0644);
-
-	if (fd < 0)
-		_exit(2);
-	return fd;
-}
-
-static void say(int fd, const char *line)
-{
-	int len = (int)strlen(line);
-
-	if (write(fd, line, len) != len)
-		_exit(4);
-}
 
 static void child3(void)
 {
 	char line[128];
-	int fd = open_log("out-child3.log");
+	int fd = open_log("child3");
 
 	for (unsigned long n = 1;; n++) {
 		snprintf(line, sizeof line, "child3 %lu\n", n);
@@ -55,7 +40,7 @@ static void child3(void)
 static void reap(void)
 {
 	char line[128];
-	int fd = open_log("out-reaped.log");
+	int fd = open_log("reaped");
 	pid_t pid;
 	int st;
 
@@ -90,7 +75,7 @@ int main(void)
 	if (pid == 0)
 		child3();
 
-	fd = open_log("out-init.log");
+	fd = open_log("init");
 	for (unsigned long n = 1;; n++) {
 		snprintf(line, sizeof line, "init %lu\n", n);
 		say(fd, line);
