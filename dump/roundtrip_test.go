@@ -107,16 +107,7 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			root := cli.RestoreDetached(t, bin, imgs)
-			var hosts []int
-			defer func() {
-				killRestored(t, root, hosts)
-				cli.NothingLeft(t, p.Dir)
-			}()
-			live := check.Tree(t, d, root)
-			for _, lt := range live {
-				hosts = append(hosts, lt.Host)
-			}
+			_, live := restoreTree(t, bin, imgs, d, p.Dir)
 			for _, c := range []struct {
 				name  string
 				check func(testing.TB, *images.Summary, uint32, int)
@@ -216,6 +207,25 @@ func reap(t *testing.T, root int, tree map[int]*check.Task) {
 	if left := procscan.WaitGone(10*time.Second, pids...); len(left) > 0 {
 		t.Fatalf("pids %v of the dumped tree of %d still in /proc 10s after crest dump", left, root)
 	}
+}
+
+// restoreTree restores imgs with `crest restore -d` and checks the
+// restored tree against the images d (check.Tree). When the test ends the
+// tree is killed, and nothing of it may be left (cli.NothingLeft, dir
+// being the workload's directory).
+func restoreTree(t *testing.T, bin, imgs string, d *images.Dir, dir string) (root int, tree map[int]*check.Task) {
+	t.Helper()
+	root = cli.RestoreDetached(t, bin, imgs)
+	var hosts []int
+	t.Cleanup(func() {
+		killRestored(t, root, hosts)
+		cli.NothingLeft(t, dir)
+	})
+	tree = check.Tree(t, d, root)
+	for _, lt := range tree {
+		hosts = append(hosts, lt.Host)
+	}
+	return root, tree
 }
 
 // killRestored kills a restored tree through its root, the init of its

@@ -87,16 +87,7 @@ func TestStoppedRoundTrip(t *testing.T) {
 	before := logsOf(t, p.Dir, "init", "child1", "thread", "child2")
 	events := lines(t, filepath.Join(p.Dir, "out-events.log"))
 
-	root := cli.RestoreDetached(t, bin, imgs)
-	var hosts []int
-	defer func() {
-		killRestored(t, root, hosts)
-		cli.NothingLeft(t, p.Dir)
-	}()
-	restored := check.Tree(t, d, root)
-	for _, lt := range restored {
-		hosts = append(hosts, lt.Host)
-	}
+	_, restored := restoreTree(t, bin, imgs, d, p.Dir)
 	for _, role := range stopped {
 		wantStopped(t, role, restored[kids[role]].Host)
 	}

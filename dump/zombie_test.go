@@ -275,16 +275,7 @@ func TestDumpZombies(t *testing.T) {
 		before[l] = b
 	}
 
-	root := cli.RestoreDetached(t, bin, imgs)
-	var hosts []int
-	defer func() {
-		killRestored(t, root, hosts)
-		cli.NothingLeft(t, p.Dir)
-	}()
-	restored := check.Tree(t, d, root)
-	for _, lt := range restored {
-		hosts = append(hosts, lt.Host)
-	}
+	_, restored := restoreTree(t, bin, imgs, d, p.Dir)
 	for pid, code := range zombies {
 		lt := restored[pid]
 		if lt == nil {
