@@ -235,9 +235,15 @@ const (
 	FileMemfd
 	// FileFifo is an open FIFO (File.Pipe, at File.Path).
 	FileFifo
+	// FileEventfd, FileSignalfd and FileTimerfd are made anew by the
+	// engine (File.Eventfd, File.Signalfd, File.Timerfd; anonfiles.go).
+	FileEventfd
+	FileSignalfd
+	FileTimerfd
 )
 
-var fileKindNames = map[FileKind]string{FileRegular: "regular", FilePipe: "pipe", FileMemfd: "memfd", FileFifo: "FIFO"}
+var fileKindNames = map[FileKind]string{FileRegular: "regular", FilePipe: "pipe", FileMemfd: "memfd", FileFifo: "FIFO",
+	FileEventfd: "eventfd", FileSignalfd: "signalfd", FileTimerfd: "timerfd"}
 
 func (k FileKind) String() string { return fileKindNames[k] }
 
@@ -253,6 +259,10 @@ type File struct {
 	Users []*Task // tasks whose fd tables hold it, in plan order
 	Pipe  *Pipe   // FilePipe, FileFifo
 	Memfd *Memfd  // FileMemfd
+	// Eventfd, Signalfd, Timerfd: the state of the kind of that name
+	Eventfd  *Eventfd
+	Signalfd *Signalfd
+	Timerfd  *Timerfd
 }
 
 // Memory is a task's address space as dumped.
@@ -766,6 +776,8 @@ func (p *Plan) file(t *Task, id uint32, from string) (*File, error) {
 		return p.memfdFile(t, id, fe.GetMemfd())
 	case fdinfo.FdTypes_FIFO:
 		return p.fifoFile(t, id, fe.GetFifo())
+	case fdinfo.FdTypes_EVENTFD, fdinfo.FdTypes_SIGNALFD, fdinfo.FdTypes_TIMERFD:
+		return p.anonFile(t, id, fe)
 	default:
 		return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d (from %s): %s files are not supported yet", id, from, fe.GetType())}
 	}
@@ -813,6 +825,12 @@ func fileKindOf(ty fdinfo.FdTypes) FileKind {
 		return FileMemfd
 	case fdinfo.FdTypes_FIFO:
 		return FileFifo
+	case fdinfo.FdTypes_EVENTFD:
+		return FileEventfd
+	case fdinfo.FdTypes_SIGNALFD:
+		return FileSignalfd
+	case fdinfo.FdTypes_TIMERFD:
+		return FileTimerfd
 	}
 	return 0
 }

@@ -161,6 +161,8 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 		fd, err = pr.openMemfdFile(f)
 	case FileFifo:
 		fd, err = openFifoFile(f)
+	case FileEventfd, FileSignalfd, FileTimerfd:
+		fd, err = openAnon(f)
 	default:
 		err = fmt.Errorf("kind %v can not be opened yet", f.Kind)
 	}

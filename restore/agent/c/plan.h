@@ -342,7 +342,6 @@ struct crest_xstate {
 	uint32_t pad;
 };
 
-/* One thread: what rt_sigreturn and the kernel need to go on. */
 #define CREST_SECCOMP_DISABLED 0
 #define CREST_SECCOMP_STRICT 1
 #define CREST_SECCOMP_FILTER 2
@@ -355,6 +354,7 @@ struct crest_seccomp_filter {
 	uint32_t pad;
 };
 
+/* One thread: what rt_sigreturn and the kernel need to go on. */
 struct crest_thread {
 	int32_t tid;
 	uint32_t index;		/* in its task: 0 is the leader; its restorer stack */

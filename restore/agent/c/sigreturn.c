@@ -182,12 +182,12 @@ static void restore_seccomp(struct crest_slot *slot, const struct crest_thread *
 }
 
 /*
- * After the switch to COMPLETE: the root drops the parent-death signal
- * that guarded the restore (fork.c) for its own (usually none), every thread counts out (only when
- * the engine does not finish: leave_complete), takes its seccomp state
- * and returns into its own registers. Nothing else happens here: the
- * engine steps each thread through these calls with ptrace (finish.go),
- * two stops per call.
+ * After the switch to COMPLETE: the root trades the parent-death signal
+ * that guarded the restore (fork.c) for its own (usually none), every
+ * thread counts out (only when the engine does not finish:
+ * leave_complete), takes its seccomp state and returns into its own
+ * registers. Nothing else happens here: the engine steps each thread
+ * through these calls with ptrace (finish.go), two stops per call.
  */
 __attribute__((noreturn)) void sigreturn_now(struct crest_slot *slot, const struct crest_thread *th,
 					     struct crest_ucontext *uc)

@@ -1,0 +1,137 @@
+package restore
+
+import (
+	"fmt"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
+	"golang.org/x/sys/unix"
+)
+
+// Eventfds, signalfds and timerfds: files without a path, made anew by
+// the engine from what the images say of them (CRIU's eventfd.c,
+// signalfd.c, timerfd.c) and taken by the tasks like any other file.
+
+// Eventfd is an eventfd's counter.
+type Eventfd struct{ Counter uint64 }
+
+// Signalfd is the set of signals a signalfd reads.
+type Signalfd struct{ Mask uint64 }
+
+// Timerfd is a timerfd's clock and timer: Value is the time left at the
+// dump (0: disarmed), Interval the period, Ticks the expirations not read
+// yet.
+type Timerfd struct {
+	Clock           int
+	Value, Interval time.Duration
+	Ticks           uint64
+}
+
+// anonFile plans an eventfd, signalfd or timerfd of files.img.
+func (p *Plan) anonFile(t *Task, id uint32, fe *fdinfo.FileEntry) (*File, error) {
+	bad := func(format string, args ...any) error {
+		return &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d: "+format, append([]any{id}, args...)...)}
+	}
+	var f *File
+	var owner *fown.FownEntry
+	switch fe.GetType() {
+	case fdinfo.FdTypes_EVENTFD:
+		e := fe.GetEfd()
+		if e == nil {
+			return nil, bad("EVENTFD without its entry")
+		}
+		f = &File{ID: id, Kind: FileEventfd, Flags: e.GetFlags(), Eventfd: &Eventfd{Counter: e.GetCounter()}}
+		owner = e.GetFown()
+	case fdinfo.FdTypes_SIGNALFD:
+		e := fe.GetSgfd()
+		if e == nil {
+			return nil, bad("SIGNALFD without its entry")
+		}
+		f = &File{ID: id, Kind: FileSignalfd, Flags: e.GetFlags(), Signalfd: &Signalfd{Mask: e.GetSigmask()}}
+		owner = e.GetFown()
+	case fdinfo.FdTypes_TIMERFD:
+		e := fe.GetTfd()
+		if e == nil {
+			return nil, bad("TIMERFD without its entry")
+		}
+		if e.GetVnsec() >= 1e9 || e.GetInsec() >= 1e9 {
+			return nil, bad("timer value %d.%09d interval %d.%09d", e.GetVsec(), e.GetVnsec(), e.GetIsec(), e.GetInsec())
+		}
+		switch e.GetClockid() {
+		case unix.CLOCK_REALTIME, unix.CLOCK_MONOTONIC, unix.CLOCK_BOOTTIME, unix.CLOCK_REALTIME_ALARM, unix.CLOCK_BOOTTIME_ALARM:
+		default:
+			return nil, bad("timer on clock %d", e.GetClockid())
+		}
+		ts := func(sec, nsec uint64) time.Duration { return time.Duration(sec)*time.Second + time.Duration(nsec) }
+		f = &File{ID: id, Kind: FileTimerfd, Flags: e.GetFlags(), Timerfd: &Timerfd{Clock: int(e.GetClockid()),
+			Value: ts(e.GetVsec(), e.GetVnsec()), Interval: ts(e.GetIsec(), e.GetInsec()), Ticks: e.GetTicks()}}
+		owner = e.GetFown()
+	}
+	if owner.GetPid() != 0 || owner.GetSignum() != 0 {
+		return nil, bad("%s with an owner for SIGIO (F_SETOWN) is not supported yet", fe.GetType())
+	}
+	p.Files[id] = f
+	return f, nil
+}
+
+// tfdIocSetTicks is TFD_IOC_SET_TICKS, _IOW('T', 0, u64): the expirations
+// a timerfd has not been read for (CONFIG_CHECKPOINT_RESTORE).
+const tfdIocSetTicks = 0x40085400
+
+// openAnon makes the eventfd, signalfd or timerfd f is. Its status flags
+// come from the image (O_NONBLOCK); every engine fd is close-on-exec.
+func openAnon(f *File) (int, error) {
+	nonblock := int(f.Flags) & syscall.O_NONBLOCK
+	switch f.Kind {
+	case FileEventfd:
+		if f.Eventfd.Counter > 1<<32-1 {
+			// eventfd(2) takes an unsigned int: write the rest
+			fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|nonblock)
+			if err != nil {
+				return -1, fmt.Errorf("eventfd: %w", err)
+			}
+			b := (*[8]byte)(unsafe.Pointer(&f.Eventfd.Counter))[:]
+			if _, err := unix.Write(fd, b); err != nil {
+				unix.Close(fd)
+				return -1, fmt.Errorf("eventfd: counter %d: %w", f.Eventfd.Counter, err)
+			}
+			return fd, nil
+		}
+		fd, err := unix.Eventfd(uint(f.Eventfd.Counter), unix.EFD_CLOEXEC|nonblock)
+		if err != nil {
+			return -1, fmt.Errorf("eventfd: %w", err)
+		}
+		return fd, nil
+	case FileSignalfd:
+		mask := unix.Sigset_t{Val: [16]uint64{f.Signalfd.Mask}}
+		fd, err := unix.Signalfd(-1, &mask, unix.SFD_CLOEXEC|nonblock)
+		if err != nil {
+			return -1, fmt.Errorf("signalfd: %w", err)
+		}
+		return fd, nil
+	case FileTimerfd:
+		tf := f.Timerfd
+		fd, err := unix.TimerfdCreate(tf.Clock, unix.TFD_CLOEXEC|nonblock)
+		if err != nil {
+			return -1, fmt.Errorf("timerfd_create: %w", err)
+		}
+		// the time left, relative, as the kernel showed it at the dump
+		its := unix.ItimerSpec{Value: unix.NsecToTimespec(tf.Value.Nanoseconds()), Interval: unix.NsecToTimespec(tf.Interval.Nanoseconds())}
+		if err := unix.TimerfdSettime(fd, 0, &its, nil); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("timerfd_settime: %w", err)
+		}
+		if tf.Ticks > 0 {
+			ticks := tf.Ticks
+			if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), tfdIocSetTicks, uintptr(unsafe.Pointer(&ticks))); errno != 0 {
+				unix.Close(fd)
+				return -1, fmt.Errorf("timerfd: %d expirations not read (TFD_IOC_SET_TICKS): %w", tf.Ticks, errno)
+			}
+		}
+		return fd, nil
+	}
+	return -1, fmt.Errorf("kind %v is not an anonymous file", f.Kind)
+}
