@@ -25,15 +25,15 @@ restore brings back the process tree checkpointed in DIR (CRIU 4.2 images)
 and lets it run on: the same pids and tids (in a new pid namespace, or
 crest's own when the tree had none), sessions and process groups (with
 helper tasks for leaders that are gone), zombies, memory (shared memory
-too), registers, threads, files, pipes, FIFOs and memfds, signal
-handlers, pending signals, interval and POSIX timers, seccomp (strict
-mode and filters, each thread's in their order), personality, child
-subreaper, oom_score_adj (when it can be set: lowering it needs
-CAP_SYS_RESOURCE, a warning says when not), each thread's parent-death
-signal, nice value and scheduling policy, the monotonic and boot-time
-clocks (as CRIU, the tree gets a time namespace whose clocks go on from
-those of the dump), and stopped tasks
-(stopped again by their own signal; a task that does not stop fails the
+too), registers, threads, files, pipes, FIFOs, memfds, eventfds,
+signalfds and timerfds, signal handlers, pending signals, interval and
+POSIX timers, seccomp (strict mode and filters, each thread's in their
+order), personality, child subreaper, oom_score_adj (when it can be set:
+lowering it needs CAP_SYS_RESOURCE, a warning says when not), each
+thread's parent-death signal, nice value and scheduling policy, the
+monotonic and boot-time clocks (as CRIU, the tree gets a time namespace
+whose clocks go on from those of the dump), and stopped tasks (stopped
+again by their own signal; a task that does not stop fails the
 restore).
 Without -d crest stays the parent of the restored root and exits with its
 status (128+N when a signal N ended it; an interrupted crest kills the
@@ -42,7 +42,7 @@ complete. With -s (--leave-stopped) every task is left stopped by SIGSTOP,
 to be looked at before a SIGCONT lets it run on.
 
 Not restored yet: SCHED_DEADLINE, namespaces other than pid and time,
-sockets and other special files (eventfd, epoll, signalfd, ttys ...),
+sockets and other special files (epoll, inotify, ttys ...),
 SysV shared memory, hugetlb memfds, and capabilities
 crest itself does not have. Image sets that need them are refused with
 an error naming the task and the image (at planning) or the stage and
