@@ -44,8 +44,16 @@ type devIno struct{ dev, ino uint64 }
 
 type openFile struct {
 	pid, fd int
-	key     devIno
+	key     fileKey
 	id      uint32
+}
+
+// fileKey narrows down which open files may be the same (kcmp decides):
+// the inode, and for anonymous-inode files, which all share one inode,
+// their kind (the /proc link) too.
+type fileKey struct {
+	devIno
+	anon string
 }
 
 func newFileTable() *fileTable {
@@ -220,7 +228,9 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 	case strings.HasPrefix(name, "socket:"):
 		return nil, unsupported("sockets are not supported")
 	case strings.HasPrefix(name, "anon_inode:"):
-		return nil, unsupported("anonymous-inode files (eventfd, epoll, signalfd, timerfd ...) are not supported")
+		if _, ok := anonTypes[name]; !ok {
+			return nil, unsupported(anonRefusal(name))
+		}
 	case strings.HasSuffix(name, " (deleted)") && !isMemfd(name):
 		return nil, unsupported("deleted files are not supported")
 	}
@@ -236,30 +246,37 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 		return nil, unsupported("file locks are not supported")
 	}
 	typ := fdinfo.FdTypes_REG
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG:
+	anonType, anon := anonTypes[name]
+	switch mode := st.Mode & unix.S_IFMT; {
+	case anon:
+		// An anonymous inode's mode has no file type (0600).
+		typ = anonType
+	case mode == unix.S_IFREG:
 		if isMemfd(name) {
 			typ = fdinfo.FdTypes_MEMFD
 		}
-	case unix.S_IFDIR:
-	case unix.S_IFCHR:
+	case mode == unix.S_IFDIR:
+	case mode == unix.S_IFCHR:
 		if ttyMajor(unix.Major(st.Rdev)) {
 			return nil, unsupported("ttys are not supported")
 		}
-	case unix.S_IFIFO:
+	case mode == unix.S_IFIFO:
 		if !strings.HasPrefix(name, "pipe:") {
 			return nil, unsupported("named fifos are not supported")
 		}
 		typ = fdinfo.FdTypes_PIPE
 	default:
-		return nil, unsupported(fmt.Sprintf("files of mode %#o are not supported", st.Mode&unix.S_IFMT))
+		return nil, unsupported(fmt.Sprintf("files of mode %#o are not supported", mode))
 	}
 	var fdflags uint32
 	if fi.flags&unix.O_CLOEXEC != 0 {
 		fdflags = unix.FD_CLOEXEC
 	}
 	flags := fi.flags &^ unix.O_CLOEXEC
-	key := devIno{st.Dev, st.Ino}
+	key := fileKey{devIno: devIno{st.Dev, st.Ino}}
+	if anon {
+		key.anon = name
+	}
 	for _, o := range ft.open {
 		if o.key != key {
 			continue
@@ -279,6 +296,14 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 			PipeId: proto.Uint32(uint32(st.Ino)), Flags: proto.Uint32(flags), Fown: zeroFown()}}
 		if err := ft.pipeData(t, fd, link, st.Ino); err != nil {
 			return nil, err
+		}
+	} else if anon {
+		var why string
+		if fe, why, err = anonEntry(id, typ, flags, t.pid, fd, fi); err != nil {
+			return nil, fmt.Errorf("%s: fd %d: %s: %w", t, fd, procPath(t.pid, "fdinfo", strconv.Itoa(fd)), err)
+		}
+		if why != "" {
+			return nil, unsupported(why)
 		}
 	} else if typ == fdinfo.FdTypes_MEMFD {
 		if fe, err = ft.memfdEntry(id, link, name, flags, fi.pos); err != nil {

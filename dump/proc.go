@@ -193,3 +193,39 @@ func readFdinfo(pid, fd int) (*fdInfo, error) {
 	}
 	return fi, nil
 }
+
+// number returns the number on line key of the fdinfo in base.
+func (fi *fdInfo) number(key string, base int) (uint64, error) {
+	v, ok := fi.rest[key]
+	if !ok {
+		return 0, fmt.Errorf("no %q line", key)
+	}
+	n, err := strconv.ParseUint(v, base, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", key, err)
+	}
+	return n, nil
+}
+
+// timespec returns the "(sec, nsec)" on line key of the fdinfo.
+func (fi *fdInfo) timespec(key string) (sec, nsec uint64, err error) {
+	v, ok := fi.rest[key]
+	if !ok {
+		return 0, 0, fmt.Errorf("no %q line", key)
+	}
+	inner, ok := strings.CutPrefix(v, "(")
+	if ok {
+		inner, ok = strings.CutSuffix(inner, ")")
+	}
+	s, ns, comma := strings.Cut(inner, ",")
+	if !ok || !comma {
+		return 0, 0, fmt.Errorf("%s: %q is not (sec, nsec)", key, v)
+	}
+	if sec, err = strconv.ParseUint(strings.TrimSpace(s), 10, 64); err != nil {
+		return 0, 0, fmt.Errorf("%s: %w", key, err)
+	}
+	if nsec, err = strconv.ParseUint(strings.TrimSpace(ns), 10, 64); err != nil {
+		return 0, 0, fmt.Errorf("%s: %w", key, err)
+	}
+	return sec, nsec, nil
+}

@@ -71,6 +71,10 @@ func TestRoundTrip(t *testing.T) {
 		// they come back as zombies (check.Tree) with nothing else to
 		// compare; TestDumpZombies checks their exit statuses.
 		{"zombie", map[string]check.Next{"out-init.log": check.Counter, "out-child3.log": check.Counter}, nil},
+		// An eventfd, a signalfd and a timerfd in use, each checked
+		// every tick: the count, the signal (and no other), the
+		// timer's expirations going on.
+		{"fdkinds", map[string]check.Next{"out-fdkinds.log": check.Counter}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := workloads.Start(t, tc.name)
