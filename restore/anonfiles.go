@@ -6,6 +6,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventpoll"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
 	"golang.org/x/sys/unix"
@@ -112,6 +113,18 @@ func openAnon(f *File) (int, error) {
 			return -1, fmt.Errorf("signalfd: %w", err)
 		}
 		return fd, nil
+	case FileEpoll:
+		fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			return -1, fmt.Errorf("epoll_create1: %w", err)
+		}
+		if nonblock != 0 {
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, nonblock); err != nil {
+				unix.Close(fd)
+				return -1, fmt.Errorf("epoll: O_NONBLOCK: %w", err)
+			}
+		}
+		return fd, nil
 	case FileTimerfd:
 		tf := f.Timerfd
 		fd, err := unix.TimerfdCreate(tf.Clock, unix.TFD_CLOEXEC|nonblock)
@@ -134,4 +147,70 @@ func openAnon(f *File) (int, error) {
 		return fd, nil
 	}
 	return -1, fmt.Errorf("kind %v is not an anonymous file", f.Kind)
+}
+
+// Epoll is an epoll's items: the target of each is the fd TFD of the
+// task whose fd table the dump read (CRIU's eventpoll tfd entries).
+type Epoll struct {
+	Items []EpollItem
+}
+
+// EpollItem is one target of an epoll.
+type EpollItem struct {
+	TFD    int
+	Events uint32
+	Data   uint64
+}
+
+// EpollAdd is an item a task adds to an epoll once its fds are in place:
+// EpFD is the epoll's fd in the task.
+type EpollAdd struct {
+	EpFD int
+	EpollItem
+}
+
+// epollFile plans an epoll of files.img: made empty by the engine, its
+// items added by a task (planEpolls).
+func (p *Plan) epollFile(t *Task, id uint32, e interface {
+	GetFlags() uint32
+	GetTfd() []*eventpoll.EventpollTfdEntry
+	GetFown() *fown.FownEntry
+}) (*File, error) {
+	if owner := e.GetFown(); owner.GetPid() != 0 || owner.GetSignum() != 0 {
+		return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d: EVENTPOLL with an owner for SIGIO (F_SETOWN) is not supported yet", id)}
+	}
+	ep := &Epoll{}
+	for _, tf := range e.GetTfd() {
+		ep.Items = append(ep.Items, EpollItem{TFD: int(tf.GetTfd()), Events: tf.GetEvents(), Data: tf.GetData()})
+	}
+	f := &File{ID: id, Kind: FileEpoll, Flags: e.GetFlags(), Epoll: ep}
+	p.Files[id] = f
+	return f, nil
+}
+
+// planEpolls gives each epoll's items to the first task that holds it
+// (plan order), at the fds that task has: the dump read the items in that
+// fd table. A target fd the task does not have is an error.
+func (p *Plan) planEpolls() error {
+	done := map[*File]bool{}
+	for _, t := range p.Tasks {
+		fds := map[int]bool{}
+		for _, fd := range t.FDs {
+			fds[fd.FD] = true
+		}
+		for _, fd := range t.FDs {
+			f := fd.File
+			if f.Kind != FileEpoll || done[f] {
+				continue
+			}
+			done[f] = true
+			for _, it := range f.Epoll.Items {
+				if !fds[it.TFD] {
+					return &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d: the epoll at fd %d watches fd %d, which the task does not have", f.ID, fd.FD, it.TFD)}
+				}
+				t.EpollAdds = append(t.EpollAdds, EpollAdd{EpFD: fd.FD, EpollItem: it})
+			}
+		}
+	}
+	return nil
 }

@@ -44,7 +44,8 @@
 // their offsets (one open file description behind dup'd and inherited
 // fds), pipes and FIFOs with their data and buffer size, memfds with
 // content and seals, eventfds (counter), signalfds (mask), timerfds
-// (clock, time left, period, expirations), cwd, root and umask, private anonymous and file
+// (clock, time left, period, expirations), epolls (their items added by
+// the task whose fds they watch), cwd, root and umask, private anonymous and file
 // memory with its pages and madvise advice, shared memory (memfd-backed
 // or anonymous, one object in every task) and MAP_SHARED file mappings,
 // a fresh vdso, mm fields, general registers, x87/SSE/AVX/AVX-512 state
@@ -59,7 +60,7 @@
 // and nothing of crest's left in the tasks' mappings or fd tables.
 // Refused at planning, naming what: SCHED_DEADLINE, nested time
 // namespaces, namespaces other than pid and time, sockets and other file
-// kinds (epoll, inotify, tty ...), SysV shared memory, POSIX timers with SIGEV_THREAD, hugetlb
+// kinds (inotify, tty ...), SysV shared memory, POSIX timers with SIGEV_THREAD, hugetlb
 // memfds, seccomp filters of a task with neither no_new_privs nor
 // CAP_SYS_ADMIN.
 package restore

@@ -94,6 +94,9 @@ type Task struct {
 	Personality    uint32
 	ChildSubreaper bool
 	OOMScoreAdj    int32
+	// EpollAdds are the epoll items the task adds once its fds are in
+	// place (anonfiles.go).
+	EpollAdds []EpollAdd
 	// StopSignal, when not 0, is the signal that had stopped the task
 	// at the dump (CRIU's TASK_STOPPED): the engine sends it again once
 	// the task is restored, and the task stays stopped until a SIGCONT.
@@ -240,10 +243,13 @@ const (
 	FileEventfd
 	FileSignalfd
 	FileTimerfd
+	// FileEpoll is made empty by the engine; a task adds its items
+	// (File.Epoll, Task.EpollAdds).
+	FileEpoll
 )
 
 var fileKindNames = map[FileKind]string{FileRegular: "regular", FilePipe: "pipe", FileMemfd: "memfd", FileFifo: "FIFO",
-	FileEventfd: "eventfd", FileSignalfd: "signalfd", FileTimerfd: "timerfd"}
+	FileEventfd: "eventfd", FileSignalfd: "signalfd", FileTimerfd: "timerfd", FileEpoll: "eventpoll"}
 
 func (k FileKind) String() string { return fileKindNames[k] }
 
@@ -263,6 +269,7 @@ type File struct {
 	Eventfd  *Eventfd
 	Signalfd *Signalfd
 	Timerfd  *Timerfd
+	Epoll    *Epoll
 }
 
 // Memory is a task's address space as dumped.
@@ -379,6 +386,9 @@ func NewPlan(d *images.Dir) (*Plan, error) {
 		}
 	}
 	if err := p.loadClocks(); err != nil {
+		return nil, err
+	}
+	if err := p.planEpolls(); err != nil {
 		return nil, err
 	}
 	for _, t := range p.Tasks {
@@ -778,6 +788,11 @@ func (p *Plan) file(t *Task, id uint32, from string) (*File, error) {
 		return p.fifoFile(t, id, fe.GetFifo())
 	case fdinfo.FdTypes_EVENTFD, fdinfo.FdTypes_SIGNALFD, fdinfo.FdTypes_TIMERFD:
 		return p.anonFile(t, id, fe)
+	case fdinfo.FdTypes_EVENTPOLL:
+		if fe.GetEpfd() == nil {
+			return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d: EVENTPOLL without its entry", id)}
+		}
+		return p.epollFile(t, id, fe.GetEpfd())
 	default:
 		return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d (from %s): %s files are not supported yet", id, from, fe.GetType())}
 	}
@@ -831,6 +846,8 @@ func fileKindOf(ty fdinfo.FdTypes) FileKind {
 		return FileSignalfd
 	case fdinfo.FdTypes_TIMERFD:
 		return FileTimerfd
+	case fdinfo.FdTypes_EVENTPOLL:
+		return FileEpoll
 	}
 	return 0
 }

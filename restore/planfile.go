@@ -45,7 +45,7 @@ func layoutPlan(p *Plan, pr *prepared) planLayout {
 			NrVMAs: uint32(len(t.Mem.VMAs)), NrRuns: uint32(len(runs)),
 			NrGroups: uint32(len(t.Creds.Groups)),
 			Kind:     uint32(t.Kind), ExitCode: int32(t.ExitCode),
-			Personality: t.Personality,
+			Personality: t.Personality, NrEpollAdds: uint32(len(t.EpollAdds)),
 		}
 		if t.ChildSubreaper {
 			at.Subreaper = 1
@@ -89,6 +89,7 @@ func layoutPlan(p *Plan, pr *prepared) planLayout {
 				progBytes += len(f.Prog)
 			}
 		}
+		at.EpollAddsOff = take(len(t.EpollAdds), binary.Size(agent.EpollAdd{}))
 		l.filters = append(l.filters, take(nfilters, binary.Size(agent.SeccompFilter{})))
 		l.progs = append(l.progs, take(progBytes, 1))
 		for i, it := range t.Itimers {
@@ -328,6 +329,10 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 			for _, si := range th.Signals {
 				put(si)
 			}
+		}
+		pad(at.EpollAddsOff)
+		for _, a := range t.EpollAdds {
+			put(agent.EpollAdd{EpFD: int32(a.EpFD), TFD: int32(a.TFD), Events: a.Events, Data: a.Data})
 		}
 		pad(l.filters[i])
 		progOff := l.progs[i]

@@ -161,7 +161,7 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 		fd, err = pr.openMemfdFile(f)
 	case FileFifo:
 		fd, err = openFifoFile(f)
-	case FileEventfd, FileSignalfd, FileTimerfd:
+	case FileEventfd, FileSignalfd, FileTimerfd, FileEpoll:
 		fd, err = openAnon(f)
 	default:
 		err = fmt.Errorf("kind %v can not be opened yet", f.Kind)

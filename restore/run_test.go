@@ -191,7 +191,7 @@ func checkTask(t *testing.T, task *Task, host int) {
 			want = link // a new pipe, a new inode number
 		}
 		switch fd.File.Kind {
-		case FileEventfd, FileSignalfd, FileTimerfd:
+		case FileEventfd, FileSignalfd, FileTimerfd, FileEpoll:
 			want = "anon_inode:[" + fd.File.Kind.String() + "]"
 		}
 		if err != nil || link != want {

@@ -7,7 +7,7 @@ package agent
 // Plan file constants.
 const (
 	PlanMagic   = 0x4e414c5054534552 // "RESTPLAN"
-	PlanVersion = 10
+	PlanVersion = 11
 
 	PlanFD        = 3 // the launcher's fd of the plan memfd
 	SharedFD      = 4 // the launcher's fd of the shared area memfd
@@ -139,46 +139,57 @@ type Plan struct {
 
 // Task is struct crest_task.
 type Task struct {
-	PID         int32     `c:"pid"`
-	PPID        int32     `c:"ppid"`
-	PGID        int32     `c:"pgid"`
-	SID         int32     `c:"sid"`
-	Index       int32     `c:"index"`
-	Parent      int32     `c:"parent"`
-	Session     uint32    `c:"session"`
-	Group       uint32    `c:"group"`
-	NrChildren  uint32    `c:"nr_children"`
-	ChildrenOff uint32    `c:"children_off"`
-	NrThreads   uint32    `c:"nr_threads"`
-	ThreadsOff  uint32    `c:"threads_off"`
-	NrTakes     uint32    `c:"nr_takes"`
-	TakesOff    uint32    `c:"takes_off"`
-	NrFDs       uint32    `c:"nr_fds"`
-	FDsOff      uint32    `c:"fds_off"`
-	NrVMAs      uint32    `c:"nr_vmas"`
-	VMAsOff     uint32    `c:"vmas_off"`
-	NrRuns      uint32    `c:"nr_runs"`
-	RunsOff     uint32    `c:"runs_off"`
-	MMOff       uint32    `c:"mm_off"`
-	CredsOff    uint32    `c:"creds_off"`
-	NrGroups    uint32    `c:"nr_groups"`
-	GroupsOff   uint32    `c:"groups_off"`
-	Comm        [16]byte  `c:"comm"`
-	CwdFD       int32     `c:"cwd_fd"`
-	RootFD      int32     `c:"root_fd"`
-	Umask       uint32    `c:"umask"`
-	SigactsOff  uint32    `c:"sigactions_off"`
-	NrShared    uint32    `c:"nr_shared_sigs"`
-	SharedOff   uint32    `c:"shared_sigs_off"`
-	Itimers     [3]Itimer `c:"itimers"`
-	NrTimers    uint32    `c:"nr_posix_timers"`
-	TimersOff   uint32    `c:"posix_timers_off"`
-	Kind        uint32    `c:"kind"`
-	ExitCode    int32     `c:"exit_code"`
-	NrHelpers   uint32    `c:"nr_helpers"`
-	NrZombies   uint32    `c:"nr_zombies"`
-	Personality uint32    `c:"personality"`
-	Subreaper   uint32    `c:"child_subreaper"`
+	PID          int32     `c:"pid"`
+	PPID         int32     `c:"ppid"`
+	PGID         int32     `c:"pgid"`
+	SID          int32     `c:"sid"`
+	Index        int32     `c:"index"`
+	Parent       int32     `c:"parent"`
+	Session      uint32    `c:"session"`
+	Group        uint32    `c:"group"`
+	NrChildren   uint32    `c:"nr_children"`
+	ChildrenOff  uint32    `c:"children_off"`
+	NrThreads    uint32    `c:"nr_threads"`
+	ThreadsOff   uint32    `c:"threads_off"`
+	NrTakes      uint32    `c:"nr_takes"`
+	TakesOff     uint32    `c:"takes_off"`
+	NrFDs        uint32    `c:"nr_fds"`
+	FDsOff       uint32    `c:"fds_off"`
+	NrVMAs       uint32    `c:"nr_vmas"`
+	VMAsOff      uint32    `c:"vmas_off"`
+	NrRuns       uint32    `c:"nr_runs"`
+	RunsOff      uint32    `c:"runs_off"`
+	MMOff        uint32    `c:"mm_off"`
+	CredsOff     uint32    `c:"creds_off"`
+	NrGroups     uint32    `c:"nr_groups"`
+	GroupsOff    uint32    `c:"groups_off"`
+	Comm         [16]byte  `c:"comm"`
+	CwdFD        int32     `c:"cwd_fd"`
+	RootFD       int32     `c:"root_fd"`
+	Umask        uint32    `c:"umask"`
+	SigactsOff   uint32    `c:"sigactions_off"`
+	NrShared     uint32    `c:"nr_shared_sigs"`
+	SharedOff    uint32    `c:"shared_sigs_off"`
+	Itimers      [3]Itimer `c:"itimers"`
+	NrTimers     uint32    `c:"nr_posix_timers"`
+	TimersOff    uint32    `c:"posix_timers_off"`
+	Kind         uint32    `c:"kind"`
+	ExitCode     int32     `c:"exit_code"`
+	NrHelpers    uint32    `c:"nr_helpers"`
+	NrZombies    uint32    `c:"nr_zombies"`
+	Personality  uint32    `c:"personality"`
+	Subreaper    uint32    `c:"child_subreaper"`
+	NrEpollAdds  uint32    `c:"nr_epoll_adds"`
+	EpollAddsOff uint32    `c:"epoll_adds_off"`
+}
+
+// EpollAdd is struct crest_epoll_add.
+type EpollAdd struct {
+	EpFD   int32  `c:"epfd"`
+	TFD    int32  `c:"tfd"`
+	Events uint32 `c:"events"`
+	Pad    uint32 `c:"pad"`
+	Data   uint64 `c:"data"`
 }
 
 // PosixTimer is struct crest_posix_timer.

@@ -29,6 +29,7 @@ var cStructs = []struct {
 	{"crest_regs", Regs{}},
 	{"crest_xstate", XState{}},
 	{"crest_seccomp_filter", SeccompFilter{}},
+	{"crest_epoll_add", EpollAdd{}},
 	{"crest_thread", Thread{}},
 	{"crest_sigaction", Sigaction{}},
 	{"crest_itimer", Itimer{}},

@@ -83,6 +83,8 @@ var Programs = map[string]Program{
 	// zombie has two zombie children (exit status 7, killed by SIGTERM)
 	// that its init reaps once a file "reap" appears.
 	"zombie": {Name: "zombie", Flags: []string{"-static", "-O2"}},
+	// epoll waits on an epoll of a timerfd, an eventfd and a pipe.
+	"epoll": {Name: "epoll", Flags: []string{"-static", "-O2"}},
 	// fdkinds has an eventfd, a signalfd and a timerfd, in use.
 	"fdkinds": {Name: "fdkinds", Flags: []string{"-static", "-O2"}},
 	// memfd has a memfd whose size is not a page multiple.

@@ -40,6 +40,34 @@ int take_files(const struct crest_task *t)
  * gap between the table's fds (in ascending order in the plan). The
  * local fds above are closed before the last stage (sigreturn.c).
  */
+/* struct epoll_event, packed on x86-64 */
+struct crest_epoll_event {
+	uint32_t events;
+	uint64_t data;
+} __attribute__((packed));
+
+#define EPOLL_CTL_ADD_ 1
+
+/*
+ * The items of the epolls this task adds (the engine made them empty):
+ * an item is the target's file and its fd number here, so it is added
+ * once the fds are in place, in the task whose fd table the dump read.
+ */
+static int add_epoll_items(const struct crest_task *t)
+{
+	const struct crest_epoll_add *a = plan_ptr(t->epoll_adds_off);
+	uint32_t i;
+
+	for (i = 0; i < t->nr_epoll_adds; i++, a++) {
+		struct crest_epoll_event ev = { a->events, a->data };
+		long ret = sys_epoll_ctl(a->epfd, EPOLL_CTL_ADD_, a->tfd, &ev);
+
+		if (ret < 0)
+			return (int)ret;
+	}
+	return 0;
+}
+
 int install_fds(const struct crest_task *t)
 {
 	const struct crest_fd *fds = plan_ptr(t->fds_off);
@@ -68,6 +96,9 @@ int install_fds(const struct crest_task *t)
 		if (ret < 0)
 			return (int)ret;
 	}
+	ret = add_epoll_items(t);
+	if (ret < 0)
+		return (int)ret;
 	step_end(CREST_STEP_FILES);
 	return 0;
 }

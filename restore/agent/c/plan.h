@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #define CREST_PLAN_MAGIC 0x4e414c5054534552ULL /* "RESTPLAN" */
-#define CREST_PLAN_VERSION 10
+#define CREST_PLAN_VERSION 11
 
 /* fds of the launcher as the engine starts it */
 #define CREST_PLAN_FD 3
@@ -242,6 +242,17 @@ struct crest_task {
 	uint32_t nr_zombies;	/* children that are zombies: waited for, never reaped */
 	uint32_t personality;	/* personality(2), set before the threads are cloned */
 	uint32_t child_subreaper; /* PR_SET_CHILD_SUBREAPER */
+	uint32_t nr_epoll_adds;
+	uint32_t epoll_adds_off; /* struct crest_epoll_add[nr_epoll_adds], once the fds are in place */
+};
+
+/* One item of an epoll, added by the task that holds the epoll and its target. */
+struct crest_epoll_add {
+	int32_t epfd;		/* the epoll's fd in the task */
+	int32_t tfd;		/* the target's fd in the task */
+	uint32_t events;	/* EPOLLIN ..., EPOLLET ... */
+	uint32_t pad;
+	uint64_t data;
 };
 
 #define CREST_NR_SIGNALS 64

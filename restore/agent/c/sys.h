@@ -218,6 +218,11 @@ static inline long sys_prctl(int option, unsigned long a2, unsigned long a3, uns
 	return sys_call6(__NR_prctl, option, (long)a2, (long)a3, (long)a4, (long)a5, 0);
 }
 
+static inline long sys_epoll_ctl(int epfd, int op, int fd, void *event)
+{
+	return sys_call4(__NR_epoll_ctl, epfd, op, fd, (long)event);
+}
+
 static inline long sys_unshare(unsigned long flags)
 {
 	return sys_call1(__NR_unshare, (long)flags);
