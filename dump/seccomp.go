@@ -105,7 +105,7 @@ func seccompMode(st procStatus) (uint32, error) {
 	case "0", "1", "2":
 		return uint32(v[0] - '0'), nil
 	}
-	return 0, fmt.Errorf("Seccomp: %q is not a mode crest knows", v)
+	return 0, fmt.Errorf("status line Seccomp: %q is not a mode crest knows", v)
 }
 
 // dumpSeccomp reads the filters of every thread in filter mode, keeps only
