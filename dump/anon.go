@@ -1,24 +1,28 @@
 package dump
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventfd"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventpoll"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/signalfd"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/timerfd"
 )
 
-// Anonymous-inode files. Eventfds, signalfds and timerfds are dumped as
-// CRIU 4.2 dumps them: a files.img entry holding what
+// Anonymous-inode files. Eventfds, signalfds, timerfds and epolls are
+// dumped as CRIU 4.2 dumps them: a files.img entry holding what
 // /proc/PID/fdinfo/FD says of the file (criu/eventfd.c, signalfd.c,
-// timerfd.c), except that a periodic timerfd found expired is started
-// again first (forwardTimerfd). The other kinds are refused.
+// timerfd.c, eventpoll.c), except that a periodic timerfd found expired
+// is started again first (forwardTimerfd). The other kinds are refused.
 //
 // All anonymous-inode files of a kind share one inode (fdinfo "ino:"), so
 // they are told apart by their open file description (kcmp), as the
@@ -26,15 +30,15 @@ import (
 
 // anonTypes are the anonymous-inode files crest dumps, by /proc link.
 var anonTypes = map[string]fdinfo.FdTypes{
-	"anon_inode:[eventfd]":  fdinfo.FdTypes_EVENTFD,
-	"anon_inode:[signalfd]": fdinfo.FdTypes_SIGNALFD,
-	"anon_inode:[timerfd]":  fdinfo.FdTypes_TIMERFD,
+	"anon_inode:[eventfd]":   fdinfo.FdTypes_EVENTFD,
+	"anon_inode:[signalfd]":  fdinfo.FdTypes_SIGNALFD,
+	"anon_inode:[timerfd]":   fdinfo.FdTypes_TIMERFD,
+	"anon_inode:[eventpoll]": fdinfo.FdTypes_EVENTPOLL,
 }
 
 // anonKinds names, for the error, the anonymous-inode files crest
 // refuses, by /proc link.
 var anonKinds = map[string]string{
-	"anon_inode:[eventpoll]":   "epoll",
 	"anon_inode:inotify":       "inotify",
 	"anon_inode:[fanotify]":    "fanotify",
 	"anon_inode:[io_uring]":    "io_uring",
@@ -56,8 +60,8 @@ func anonRefusal(name string) string {
 	return kind + " files are not supported"
 }
 
-// anonEntry is the files.img entry of an eventfd, signalfd or timerfd
-// (typ), fd of process pid, whose fdinfo is fi; flags are its open flags
+// anonEntry is the files.img entry of an eventfd, signalfd, timerfd or
+// epoll (typ), fd of process pid, whose fdinfo is fi; flags are its open flags
 // without O_CLOEXEC (which is the fd's, in its fdinfo entry). why is set,
 // and the entry nil, for a file in a state the images can not hold.
 func anonEntry(id uint32, typ fdinfo.FdTypes, flags uint32, pid, fd int, fi *fdInfo) (fe *fdinfo.FileEntry, why string, err error) {
@@ -107,6 +111,10 @@ func anonEntry(id uint32, typ fdinfo.FdTypes, flags uint32, pid, fd int, fi *fdI
 			if fi, err = readFdinfo(pid, fd); err != nil {
 				return nil, "", err
 			}
+		}
+	case fdinfo.FdTypes_EVENTPOLL:
+		if fe.Epfd, why, err = epollEntry(id, flags, pid, fd, fi); fe.Epfd == nil {
+			return nil, why, err
 		}
 	default:
 		return nil, "", fmt.Errorf("no anonymous-inode file of type %v", typ)
@@ -193,4 +201,116 @@ func forwardTimerfd(pid, fd int) error {
 		return os.NewSyscallError("timerfd_gettime", err)
 	}
 	return nil
+}
+
+// Epolls. CRIU 4.2 writes an epoll's targets inline in its entry: per
+// "tfd:" line of its fdinfo the target's fd number in the task's fd
+// table, the events and data word it is watched with, and the target
+// file's inode, device and position. The restore adds each target again
+// by that fd number, so it must be the target: the kernel keeps an item
+// as long as its file is open anywhere, also after the fd it was added
+// by was closed or given to another file. crest refuses such an epoll
+// (CRIU 4.2 looks for the file under another fd; crest does not).
+// Whether the task's fd is the target's file is asked of the kernel
+// itself: kcmp(KCMP_EPOLL_TFD), as CRIU does.
+
+// epollEntry reads epoll fd of process pid from its fdinfo fi. why is
+// set, and the entry nil, for a target that is not the file open at its
+// fd number in the task.
+func epollEntry(id, flags uint32, pid, fd int, fi *fdInfo) (e *eventpoll.EventpollFileEntry, why string, err error) {
+	e = &eventpoll.EventpollFileEntry{Id: proto.Uint32(id), Flags: proto.Uint32(flags), Fown: zeroFown()}
+	// An fd number may have several items, of files that had it in
+	// turn; kcmp picks the one to compare by its rank among them (toff),
+	// in the order fdinfo lists them.
+	seen := map[uint32]uint32{}
+	for _, line := range fi.tfds {
+		t, err := parseTfd(line)
+		if err != nil {
+			return nil, "", err
+		}
+		t.Id = proto.Uint32(id)
+		tfd := t.GetTfd()
+		toff := seen[tfd]
+		seen[tfd]++
+		same, err := kcmpEpollTarget(pid, fd, tfd, toff)
+		switch {
+		case errors.Is(err, unix.EBADF):
+			return nil, fmt.Sprintf("epoll target fd %d is not open in the task (closed, its file open elsewhere)", tfd), nil
+		case err != nil:
+			return nil, "", fmt.Errorf("epoll target fd %d: %w", tfd, err)
+		case !same:
+			return nil, fmt.Sprintf("epoll target fd %d is another file than the one watched (the fd was closed and reused)", tfd), nil
+		}
+		e.Tfd = append(e.Tfd, t)
+	}
+	return e, "", nil
+}
+
+// parseTfd reads a "tfd:" line of an epoll's fdinfo, which the kernel
+// prints as "tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x"
+// (kernels before 3.19 stop after data). Dev is sdev as the kernel
+// prints it, its own dev_t encoding, as CRIU 4.2 keeps it.
+func parseTfd(line string) (*eventpoll.EventpollTfdEntry, error) {
+	vals := map[string]string{}
+	fields := strings.Fields(line)
+	for i := 0; i < len(fields); i++ {
+		k, v, _ := strings.Cut(fields[i], ":")
+		if v == "" && i+1 < len(fields) {
+			i++
+			v = fields[i]
+		}
+		vals[k] = v
+	}
+	num := func(key string, base, bits int) (uint64, error) {
+		v, ok := vals[key]
+		if !ok {
+			return 0, fmt.Errorf("%q: no %s", line, key)
+		}
+		n, err := strconv.ParseUint(v, base, bits)
+		if err != nil {
+			return 0, fmt.Errorf("%q: %s: %w", line, key, err)
+		}
+		return n, nil
+	}
+	tfd, err1 := num("tfd", 10, 32)
+	events, err2 := num("events", 16, 32)
+	data, err3 := num("data", 16, 64)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return nil, err
+	}
+	t := &eventpoll.EventpollTfdEntry{Tfd: proto.Uint32(uint32(tfd)), Events: proto.Uint32(uint32(events)), Data: proto.Uint64(data)}
+	if _, ok := vals["pos"]; !ok {
+		return t, nil
+	}
+	// pos is printed signed (%lli); CRIU keeps its bits.
+	pos, err1 := strconv.ParseInt(vals["pos"], 10, 64)
+	if err1 != nil {
+		err1 = fmt.Errorf("%q: pos: %w", line, err1)
+	}
+	ino, err2 := num("ino", 16, 64)
+	dev, err3 := num("sdev", 16, 32)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return nil, err
+	}
+	t.Pos, t.Inode, t.Dev = proto.Uint64(uint64(pos)), proto.Uint64(ino), proto.Uint32(uint32(dev))
+	return t, nil
+}
+
+// kcmpEpollTfd is KCMP_EPOLL_TFD (linux/kcmp.h).
+const kcmpEpollTfd = 7
+
+// kcmpEpollSlot is struct kcmp_epoll_slot (linux/kcmp.h): the toff-th
+// item of fd number tfd in epoll efd.
+type kcmpEpollSlot struct{ efd, tfd, toff uint32 }
+
+// kcmpEpollTarget reports whether fd tfd of process pid is the file of
+// the toff-th item of fd number tfd in pid's epoll epfd. The error is
+// EBADF when tfd is not open.
+func kcmpEpollTarget(pid, epfd int, tfd, toff uint32) (bool, error) {
+	slot := kcmpEpollSlot{efd: uint32(epfd), tfd: tfd, toff: toff}
+	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(pid), kcmpEpollTfd, uintptr(tfd), uintptr(unsafe.Pointer(&slot)), 0)
+	if e != 0 {
+		return false, os.NewSyscallError("kcmp(KCMP_EPOLL_TFD)", e)
+	}
+	return r == 0, nil
 }

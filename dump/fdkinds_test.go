@@ -373,7 +373,6 @@ func TestDumpRefusesAnonFiles(t *testing.T) {
 		name, setup string
 		want        []string
 	}{
-		{"epoll", "epoll_create1(0);", []string{"anon_inode:[eventpoll]", "epoll files are not supported"}},
 		{"inotify", "inotify_init1(0);", []string{"anon_inode:inotify", "inotify files are not supported"}},
 		{"pidfd", "syscall(SYS_pidfd_open, getpid(), 0);", []string{"anon_inode:[pidfd]", "pidfd files are not supported"}},
 		{"semaphore", "eventfd(1, EFD_SEMAPHORE);", []string{"anon_inode:[eventfd]", "semaphore mode (EFD_SEMAPHORE)"}},

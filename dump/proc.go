@@ -162,6 +162,7 @@ type fdInfo struct {
 	flags uint32 // open flags, octal in the file
 	mntID int
 	ino   uint64
+	tfds  []string // the "tfd:" lines of an epoll, one per target
 	rest  map[string]string
 }
 
@@ -187,6 +188,8 @@ func readFdinfo(pid, fd int) (*fdInfo, error) {
 			fi.mntID, _ = strconv.Atoi(v)
 		case "ino":
 			fi.ino, _ = strconv.ParseUint(v, 10, 64)
+		case "tfd":
+			fi.tfds = append(fi.tfds, line)
 		default:
 			fi.rest[k] = v
 		}

@@ -67,6 +67,12 @@ func TestRoundTrip(t *testing.T) {
 		// In a time namespace of its own: the restore makes it again,
 		// with the clocks the workload had at the dump (it checks them).
 		{"clocks", map[string]check.Next{"out.log": check.Counter}, nil},
+		// Its tick is an epoll of a timerfd, an eventfd (edge-triggered)
+		// and a pipe, which must all report on.
+		{"epoll", map[string]check.Next{"out-epoll.log": check.Counter}, nil},
+		// A Go program: the runtime's threads, epoll and eventfd,
+		// timers and signal handlers.
+		{"gocounter", map[string]check.Next{"out.log": check.Counter}, nil},
 		// Two zombie children of the init, which never waits for them:
 		// they come back as zombies (check.Tree) with nothing else to
 		// compare; TestDumpZombies checks their exit statuses.

@@ -28,15 +28,15 @@ half-written DIR, and the tree is let go untouched. DIR may exist if it
 holds no images yet.
 
 State crest cannot restore fails the dump with a message naming the task
-and the resource: sockets, ttys, epoll, inotify and other anonymous-inode
-files (semaphore eventfds too), named FIFOs, deleted files, file locks,
-SysV shared memory, private mappings of memfds, seccomp filters that
-notify a user-space listener, POSIX timers, session or group leaders
-outside the tree, and namespaces other than the root's pid and time
-namespaces. Regular files, /dev/null, directories, pipes (with their
-data), memfds, eventfds, signalfds, timerfds, shared anonymous memory,
-seccomp (strict mode, filters), stopped tasks and zombies (children not
-waited for yet) are dumped.
+and the resource: sockets, ttys, inotify and other anonymous-inode files
+(semaphore eventfds too, and epolls watching fds closed since), named
+FIFOs, deleted files, file locks, SysV shared memory, private mappings of
+memfds, seccomp filters that notify a user-space listener, POSIX timers,
+session or group leaders outside the tree, and namespaces other than the
+root's pid and time namespaces. Regular files, /dev/null, directories,
+pipes (with their data), memfds, eventfds, signalfds, timerfds, epolls,
+shared anonymous memory, seccomp (strict mode, filters), stopped tasks
+and zombies (children not waited for yet) are dumped.
 
 --trace sends the dump's spans where restore's go: a stage span each for
 freeze, collect, dump tasks, memfds, write images and release, with a span

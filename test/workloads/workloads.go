@@ -26,7 +26,7 @@ import (
 	"time"
 )
 
-//go:embed src/*.c src/*.h
+//go:embed src/*.c src/*.h src/*.go.txt
 var sources embed.FS
 
 // headers are src's headers (workload.h), by file name: every build has
@@ -57,6 +57,9 @@ type Program struct {
 	// TimeNS starts it in a time namespace of its own too (launch -t:
 	// monotonic 100000 s and boottime 200000 s ahead of the host's).
 	TimeNS bool
+	// Go: the source is src/NAME.go.txt, a Go program built with the go
+	// command (static, CGO_ENABLED=0); Flags are not used.
+	Go bool
 }
 
 // Programs are the workloads crest's tests start, by name.
@@ -99,6 +102,8 @@ var Programs = map[string]Program{
 	"sock": {Name: "sock", Flags: []string{"-static", "-O2"}},
 	// lock holds an flock()ed file: crest dump must refuse it.
 	"lock": {Name: "lock", Flags: []string{"-static", "-O2"}},
+	// gocounter is a Go program: threads, epoll, eventfd, timers.
+	"gocounter": {Name: "gocounter", Go: true},
 }
 
 // Build compiles the workload name (or the C file src with flags, see
@@ -108,6 +113,13 @@ func Build(t testing.TB, name string) string {
 	p, ok := Programs[name]
 	if !ok {
 		t.Fatalf("workloads: no program %q", name)
+	}
+	if p.Go {
+		bin, err := buildGo(name, p.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bin
 	}
 	src, err := sources.ReadFile("src/" + p.Name + ".c")
 	if err != nil {
@@ -143,11 +155,7 @@ func BuildSource(name, file string, src []byte, flags []string) (string, error) 
 		h.Write(hdrs[n])
 	}
 	sum := hex.EncodeToString(h.Sum(nil))[:16]
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	dir := filepath.Join(cache, "crest", "workloads", name+"-"+sum)
+	dir := filepath.Join(cacheDir(), "crest", "workloads", name+"-"+sum)
 	bin := filepath.Join(dir, name)
 	if _, err := os.Stat(bin); err == nil {
 		return bin, nil
@@ -323,4 +331,62 @@ func DenyFilter(nr, errno uint32) []byte {
 		b = binary.LittleEndian.AppendUint32(b, in[3])
 	}
 	return b
+}
+
+// buildGo builds the Go program src/NAME.go.txt as module NAME into the
+// build cache, as BuildSource does for C, and returns the binary's path.
+func buildGo(name, src string) (string, error) {
+	code, err := sources.ReadFile("src/" + src + ".go.txt")
+	if err != nil {
+		return "", fmt.Errorf("workloads: %w", err)
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
+	ver, err := exec.Command(goBin, "env", "GOVERSION").Output()
+	if err != nil {
+		return "", fmt.Errorf("workloads: %s env GOVERSION: %w", goBin, err)
+	}
+	h := sha256.New()
+	h.Write(code)
+	h.Write(ver)
+	dir := filepath.Join(cacheDir(), "crest", "workloads", name+"-"+hex.EncodeToString(h.Sum(nil))[:16])
+	bin := filepath.Join(dir, name)
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("workloads: %w", err)
+	}
+	tmp, err := os.MkdirTemp(dir, ".build-")
+	if err != nil {
+		return "", fmt.Errorf("workloads: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	if err := os.WriteFile(filepath.Join(tmp, "main.go"), code, 0o644); err != nil {
+		return "", fmt.Errorf("workloads: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, "go.mod"), []byte("module "+name+"\n\ngo 1.26\n"), 0o644); err != nil {
+		return "", fmt.Errorf("workloads: %w", err)
+	}
+	cmd := exec.Command(goBin, "build", "-o", filepath.Join(tmp, name), ".")
+	cmd.Dir = tmp
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=", "GOWORK=off")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("workloads: go build %s: %w\n%s", src, err, msg)
+	}
+	if err := os.Rename(filepath.Join(tmp, name), bin); err != nil {
+		return "", fmt.Errorf("workloads: %w", err)
+	}
+	return bin, nil
+}
+
+// cacheDir is where built workloads are kept: the user cache directory,
+// else the temporary one.
+func cacheDir() string {
+	if cache, err := os.UserCacheDir(); err == nil {
+		return cache
+	}
+	return os.TempDir()
 }
