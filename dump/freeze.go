@@ -71,12 +71,63 @@ func (t *task) String() string {
 func freeze(pid int) (*tree, error) {
 	tr := &tree{}
 	root, err := tr.freezeTask(pid, nil)
+	if err == nil {
+		err = tr.adoptions()
+	}
 	if err != nil {
 		tr.thaw()
 		return nil, err
 	}
 	tr.root = root
 	return tr, nil
+}
+
+// testChildrenListed, when set (tests), is called with each task once its
+// children are listed and before they are frozen.
+var testChildrenListed func(t *task)
+
+// adoptions freezes the children that frozen tasks gained after their
+// children were listed: a task that died meanwhile (a zombie now, its
+// parent frozen) gave its own children to a reaper in the tree, the root
+// of the pid namespace or a subreaper, which was listed already. Frozen
+// tasks neither fork nor exit, so a pass that finds nobody new ends it.
+func (tr *tree) adoptions() error {
+	for {
+		known := map[int]bool{}
+		for _, t := range tr.tasks {
+			known[t.pid] = true
+		}
+		fresh := 0
+		for i := 0; i < len(tr.tasks); i++ { // it grows as adoptees are frozen
+			t := tr.tasks[i]
+			if t.dead != nil {
+				continue
+			}
+			for _, th := range t.threads {
+				kids, err := readChildren(t.pid, th.tid)
+				if err != nil {
+					return fmt.Errorf("%s: children of thread %d: %w", t, th.tid, err)
+				}
+				for _, k := range kids {
+					if known[k] {
+						continue
+					}
+					c, err := tr.freezeTask(k, t)
+					if err != nil {
+						return err
+					}
+					t.children = append(t.children, c)
+					for _, n := range tr.tasks {
+						known[n.pid] = true
+					}
+					fresh++
+				}
+			}
+		}
+		if fresh == 0 {
+			return nil
+		}
+	}
 }
 
 func (tr *tree) freezeTask(pid int, parent *task) (*task, error) {
@@ -138,6 +189,9 @@ func (tr *tree) freezeTask(pid int, parent *task) (*task, error) {
 			return nil, fmt.Errorf("%s: children of thread %d: %w", t, th.tid, err)
 		}
 		kids = append(kids, c...)
+	}
+	if testChildrenListed != nil {
+		testChildrenListed(t)
 	}
 	for _, k := range kids {
 		c, err := tr.freezeTask(k, t)
