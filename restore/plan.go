@@ -684,6 +684,7 @@ func (p *Plan) loadTask(t *Task) error {
 		CapBnd: capWords(creds.GetCapBnd()), CapAmb: capWords(creds.GetCapAmb()),
 		Secbits: creds.GetSecbits(), Groups: creds.GetGroups(), NoNewPrivs: creds.GetNoNewPrivs() != 0,
 	}
+	schedWhen(t)
 
 	ids, err := d.IDs(uint32(t.PID))
 	if err != nil {

@@ -245,6 +245,9 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 			sigsOff += uint32(len(th.Signals) * binary.Size(agent.Siginfo{}))
 			ath.PdeathSig = int32(th.PdeathSig)
 			ath.SchedPolicy, ath.SchedPrio, ath.SchedNice = th.Sched.Policy, th.Sched.Prio, th.Sched.Nice
+			if th.Sched.Early {
+				ath.SchedEarly = 1
+			}
 			ath.SeccompMode, ath.NrFilters, ath.FiltersOff = th.Seccomp.Mode, uint32(len(th.Seccomp.Filters)), filtersOff
 			filtersOff += uint32(len(th.Seccomp.Filters) * binary.Size(agent.SeccompFilter{}))
 			put(ath)

@@ -10,9 +10,27 @@ import (
 
 // Sched is a thread's scheduling: its policy (SCHED_OTHER 0, FIFO 1, RR
 // 2, BATCH 3, IDLE 5), real-time priority and nice value, all per thread.
+// Early: set before the credentials, which take away the CAP_SYS_NICE it
+// needs; else after COMPLETE, so that a thread at SCHED_IDLE or a high nice
+// does not wait for idle CPUs through the last stages (CRIU sets it before
+// the credentials always).
 type Sched struct {
 	Policy, Prio uint32
 	Nice         int32
+	Early        bool
+}
+
+const capSysNice = 23
+
+// schedWhen decides, once t's credentials are known, which of its
+// threads' scheduling is set early: a negative nice or a real-time policy
+// needs CAP_SYS_NICE, which the engine has and the task may not.
+func schedWhen(t *Task) {
+	for i := range t.Threads {
+		s := &t.Threads[i].Sched
+		privileged := s.Nice < 0 || s.Policy == 1 || s.Policy == 2
+		s.Early = privileged && t.Creds.CapEff&(1<<capSysNice) == 0
+	}
 }
 
 // loadProcAttrs reads what a task and its threads have besides memory,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"strings"
 	"testing"
@@ -132,4 +133,62 @@ func capEff(t *testing.T) uint64 {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// TestRestoreSched restores CRIU's threads fixture with scheduling put
+// into its thread cores. A negative nice on a task whose credentials lack
+// CAP_SYS_NICE is set before the credentials (after them it would fail
+// with EACCES and the restore with it); SCHED_IDLE at nice 10 is set last,
+// after the switch to COMPLETE, where its "sched" step lies.
+func TestRestoreSched(t *testing.T) {
+	needRoot(t)
+	dir := fixture.CopyImages(t, "threads")
+	for tid, s := range map[int]struct {
+		policy uint32
+		nice   int32
+	}{1: {0, -5}, 2: {5, 10}} {
+		editImage(t, dir, fmt.Sprintf("core-%d.img", tid), func(img *images.Image) {
+			c := img.Entries[0].Message.(*criu_core.CoreEntry).ThreadCore
+			c.SchedPolicy, c.SchedNice = proto.Uint32(s.policy), proto.Int32(s.nice)
+			if tid == 1 {
+				// no CAP_SYS_NICE once its credentials are back
+				c.Creds.CapEff[0] &^= 1 << capSysNice
+				c.Creds.CapPrm[0] &^= 1 << capSysNice
+			}
+		})
+	}
+	installFixture(t, "threads")
+	p := planDir(t, dir)
+	th := p.Tasks[0].Threads
+	if !th[0].Sched.Early || th[1].Sched.Early {
+		t.Errorf("early: thread 1 %v (want true), thread 2 %v (want false)", th[0].Sched.Early, th[1].Sched.Early)
+	}
+	rec := &recorder{}
+	r, err := Start(context.Background(), p, Options{Observer: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts := abortAtCleanup(t, r, p)
+	for tid, want := range map[int]string{1: "0 -5", 2: "5 10"} {
+		host := hostTID(t, hosts[0], p.Tasks[0], tid)
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", hosts[0], host))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(string(b)[strings.LastIndexByte(string(b), ')')+2:])
+		// fields 19 (nice) and 41 (policy) of stat, counted from the state (3)
+		if got := f[41-3] + " " + f[19-3]; got != want {
+			t.Errorf("thread %d: policy and nice %s, want %s", tid, got, want)
+		}
+	}
+	seen := map[int]Stage{}
+	for _, s := range rec.Steps {
+		if s.Step == "sched" {
+			seen[s.TID] = s.Stage
+		}
+	}
+	// early: with the credentials, in RESTORE_CREDS
+	if want := map[int]Stage{1: StageRestoreCreds, 2: StageComplete}; !maps.Equal(seen, want) {
+		t.Errorf("sched steps by thread %v, want %v", seen, want)
+	}
 }

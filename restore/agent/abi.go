@@ -7,7 +7,7 @@ package agent
 // Plan file constants.
 const (
 	PlanMagic   = 0x4e414c5054534552 // "RESTPLAN"
-	PlanVersion = 11
+	PlanVersion = 12
 
 	PlanFD        = 3 // the launcher's fd of the plan memfd
 	SharedFD      = 4 // the launcher's fd of the shared area memfd
@@ -376,7 +376,7 @@ type Thread struct {
 	SeccompMode  uint32    `c:"seccomp_mode"`
 	NrFilters    uint32    `c:"nr_filters"`
 	FiltersOff   uint32    `c:"filters_off"`
-	Pad          uint32    `c:"pad"`
+	SchedEarly   uint32    `c:"sched_early"`
 	Regs         Regs      `c:"regs"`
 	FXSave       [512]byte `c:"fxsave"`
 	XState       XState    `c:"xstate"`

@@ -107,6 +107,7 @@ int restore_creds(struct crest_slot *slot, const struct crest_task *t);
 
 /* threads.c */
 int clone_threads(const struct crest_task *t);
+void restore_sched(struct crest_slot *slot, const struct crest_thread *th);
 __attribute__((noreturn)) void thread_finish(struct crest_slot *slot, const struct crest_thread *th);
 
 /* fpu.c */

@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #define CREST_PLAN_MAGIC 0x4e414c5054534552ULL /* "RESTPLAN" */
-#define CREST_PLAN_VERSION 11
+#define CREST_PLAN_VERSION 12
 
 /* fds of the launcher as the engine starts it */
 #define CREST_PLAN_FD 3
@@ -389,7 +389,7 @@ struct crest_thread {
 	uint32_t seccomp_mode;	/* CREST_SECCOMP_* */
 	uint32_t nr_filters;	/* filter mode: how many, in the order they are installed */
 	uint32_t filters_off;	/* struct crest_seccomp_filter[nr_filters] */
-	uint32_t pad;
+	uint32_t sched_early;	/* 1: scheduling before the credentials (it needs CAP_SYS_NICE) */
 	struct crest_regs regs;
 	uint8_t fxsave[512];	/* the legacy FXSAVE area: x87, SSE */
 	struct crest_xstate xstate;

@@ -201,6 +201,9 @@ __attribute__((noreturn)) void sigreturn_now(struct crest_slot *slot, const stru
 			task_fail_slot(slot, CREST_STEP_SIGRETURN, ret);
 	}
 	leave_complete(slot);
+	/* before seccomp, whose filters might refuse it */
+	if (!th->sched_early)
+		restore_sched(slot, th);
 	if (th->seccomp_mode != CREST_SECCOMP_DISABLED)
 		restore_seccomp(slot, th);
 	asm volatile("mov %0, %%rsp\n\t"

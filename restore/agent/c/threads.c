@@ -84,27 +84,29 @@ int clone_threads(const struct crest_task *t)
 
 /*
  * The thread's scheduling: its nice value and policy (both per thread on
- * Linux), as CRIU's restorer sets them. SCHED_OTHER at nice 0 is what the
- * thread has already.
+ * Linux). SCHED_OTHER at nice 0 is what the thread has already. CRIU's
+ * restorer sets them before the credentials; crest does so only when they
+ * need CAP_SYS_NICE that the credentials take away (sched_early), and
+ * otherwise last, after COMPLETE (sigreturn.c): a thread at SCHED_IDLE or
+ * a high nice would wait for idle CPUs through the last stages.
  */
-static int restore_sched(const struct crest_thread *th)
+void restore_sched(struct crest_slot *slot, const struct crest_thread *th)
 {
 	struct {
 		int32_t sched_priority;
 	} param = { (int32_t)th->sched_prio };
-	long ret;
+	long ret = 0;
 
-	if (th->sched_nice != 0) {
+	if (th->sched_nice == 0 && th->sched_policy == 0 && th->sched_prio == 0)
+		return;
+	step_begin_slot(slot, CREST_STEP_SCHED);
+	if (th->sched_nice != 0)
 		ret = sys_setpriority(0 /* PRIO_PROCESS */, 0, th->sched_nice);
-		if (ret < 0)
-			return (int)ret;
-	}
-	if (th->sched_policy != 0 || th->sched_prio != 0) {
+	if (ret == 0 && (th->sched_policy != 0 || th->sched_prio != 0))
 		ret = sys_sched_setscheduler(0, (int)th->sched_policy, &param);
-		if (ret < 0)
-			return (int)ret;
-	}
-	return 0;
+	if (ret < 0)
+		task_fail_slot(slot, CREST_STEP_SCHED, ret);
+	step_end_slot(slot, CREST_STEP_SCHED);
 }
 
 /* The last stages of one thread, then its registers. */
@@ -121,14 +123,9 @@ __attribute__((noreturn)) void thread_finish(struct crest_slot *slot, const stru
 			task_fail_slot(slot, CREST_STEP_WAIT_CHILDREN, ret);
 	}
 	finish_stage_slot(slot, CREST_STAGE_RESTORE_SIGCHLD);
-	/* with the engine's credentials still: a lower nice needs CAP_SYS_NICE */
-	if (th->sched_nice != 0 || th->sched_policy != 0 || th->sched_prio != 0) {
-		step_begin_slot(slot, CREST_STEP_SCHED);
-		ret = restore_sched(th);
-		if (ret < 0)
-			task_fail_slot(slot, CREST_STEP_SCHED, ret);
-		step_end_slot(slot, CREST_STEP_SCHED);
-	}
+	/* with the engine's credentials still, when it needs them */
+	if (th->sched_early)
+		restore_sched(slot, th);
 	ret = restore_creds(slot, agent.task);
 	if (ret < 0)
 		task_fail_slot(slot, CREST_STEP_CREDS, ret);
