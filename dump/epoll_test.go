@@ -68,11 +68,7 @@ func TestDumpEpoll(t *testing.T) {
 		t.Fatalf("tree %d died after --leave-running", p.Pid)
 	}
 
-	imgs := filepath.Join(t.TempDir(), "images")
-	if res := cli.Run(t, bin, "dump", "-t", strconv.Itoa(p.Pid), "-D", imgs); res.Code != 0 {
-		t.Fatalf("crest dump: exit %d: %s", res.Code, res.Stderr)
-	}
-	reap(t, p.Pid, live)
+	imgs := dumpKilled(t, bin, p, live)
 	reaped()
 	noCorrupt(t, p, []string{"out-epoll.log"})
 	t.Run("killed", func(t *testing.T) { checkEpoll(t, imgs, 4, want, files) })

@@ -137,11 +137,7 @@ func TestDumpFdKinds(t *testing.T) {
 		t.Fatalf("tree %d died after --leave-running", p.Pid)
 	}
 
-	imgs := filepath.Join(t.TempDir(), "images")
-	if res := cli.Run(t, bin, "dump", "-t", strconv.Itoa(p.Pid), "-D", imgs); res.Code != 0 {
-		t.Fatalf("crest dump: exit %d: %s", res.Code, res.Stderr)
-	}
-	reap(t, p.Pid, live)
+	imgs := dumpKilled(t, bin, p, live)
 	reaped()
 	noCorrupt(t, p, []string{"out-fdkinds.log"})
 	// Killed while frozen: the log stops at the tick of the dump.

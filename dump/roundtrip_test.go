@@ -95,11 +95,7 @@ func TestRoundTrip(t *testing.T) {
 			if tc.same != nil {
 				was = tc.same(t, dumped)
 			}
-			imgs := filepath.Join(t.TempDir(), "images")
-			if res := cli.Run(t, bin, "dump", "-t", strconv.Itoa(p.Pid), "-D", imgs); res.Code != 0 {
-				t.Fatalf("crest dump -t %d: exit %d: %s", p.Pid, res.Code, res.Stderr)
-			}
-			reap(t, p.Pid, dumped)
+			imgs := dumpKilled(t, bin, p, dumped)
 			before := map[string][]byte{}
 			for l := range tc.rules {
 				b, err := os.ReadFile(filepath.Join(p.Dir, l))
@@ -199,6 +195,19 @@ var (
 		return b[0] == a[0]+1 && b[1] >= a[1] && b[2] == a[2] && b[3] == 0 && b[4] == b[1]+b[2]
 	})
 )
+
+// dumpKilled dumps the tree of p with `crest dump` (which kills it) into a
+// new directory, reaps it (live is the tree as check.Live saw it) and
+// returns the directory.
+func dumpKilled(t *testing.T, bin string, p *workloads.Process, live map[int]*check.Task) string {
+	t.Helper()
+	imgs := filepath.Join(t.TempDir(), "images")
+	if res := cli.Run(t, bin, "dump", "-t", strconv.Itoa(p.Pid), "-D", imgs); res.Code != 0 {
+		t.Fatalf("crest dump -t %d: exit %d: %s", p.Pid, res.Code, res.Stderr)
+	}
+	reap(t, p.Pid, live)
+	return imgs
+}
 
 // reap waits until the tree of root, killed by the dump, is gone: root
 // reaped by us (it is our child: we are the subreaper), the others by it.

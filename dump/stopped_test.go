@@ -59,11 +59,7 @@ func TestStoppedRoundTrip(t *testing.T) {
 	waitGrowth(t, p.Dir, "init", 10)
 	sameLogs(t, p.Dir, still)
 
-	imgs := filepath.Join(t.TempDir(), "images")
-	if res := cli.Run(t, bin, "dump", "-t", strconv.Itoa(p.Pid), "-D", imgs); res.Code != 0 {
-		t.Fatalf("crest dump: exit %d: %s", res.Code, res.Stderr)
-	}
-	reap(t, p.Pid, live)
+	imgs := dumpKilled(t, bin, p, live)
 	reaped()
 	d, err := images.Open(imgs)
 	if err != nil {
@@ -274,11 +270,7 @@ func TestLeaveStopped(t *testing.T) {
 	}
 	stoppedRunsOn(t, live)
 
-	imgs := filepath.Join(t.TempDir(), "images")
-	if res := cli.Run(t, bin, "dump", "-t", strconv.Itoa(p.Pid), "-D", imgs); res.Code != 0 {
-		t.Fatalf("crest dump: exit %d: %s", res.Code, res.Stderr)
-	}
-	reap(t, p.Pid, live)
+	imgs := dumpKilled(t, bin, p, live)
 	reaped()
 	d, err := images.Open(imgs)
 	if err != nil {

@@ -259,11 +259,7 @@ func TestDumpZombies(t *testing.T) {
 	}
 
 	// kill, restore, reap
-	imgs := filepath.Join(t.TempDir(), "images")
-	if res := cli.Run(t, bin, "dump", "-t", strconv.Itoa(p.Pid), "-D", imgs); res.Code != 0 {
-		t.Fatalf("crest dump -t %d: exit %d: %s", p.Pid, res.Code, res.Stderr)
-	}
-	reap(t, p.Pid, live)
+	imgs := dumpKilled(t, bin, p, live)
 	reaped()
 	d := checkZombieImages(t, imgs, live, zombies)
 	before := map[string][]byte{}

@@ -373,14 +373,7 @@ func TestSummarizeCompatPagemap(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	d, err := images.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := images.Summarize(d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := summarize(t, dir)
 	g, w := got.Tasks[1].Memory, want.Tasks[1].Memory
 	if g.Pages != w.Pages || g.Pages == 0 {
 		t.Fatalf("old-style pagemap: %d pages, want %d", g.Pages, w.Pages)
@@ -411,14 +404,7 @@ func TestVMAStatusString(t *testing.T) {
 }
 
 func TestSummaryText(t *testing.T) {
-	d, err := images.Open(fixture.Images(t, "files"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := images.Summarize(d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := summarize(t, fixture.Images(t, "files"))
 	var b strings.Builder
 	if err := s.WriteText(&b); err != nil {
 		t.Fatal(err)
@@ -445,28 +431,15 @@ func TestSummaryText(t *testing.T) {
 func TestSummaryStopped(t *testing.T) {
 	dir := fixture.CopyImages(t, "tree")
 	for pid, signo := range map[int]uint32{2: 20, 4: 0} {
-		path := filepath.Join(dir, fmt.Sprintf("core-%d.img", pid))
-		img, err := images.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tc := img.Entries[0].Message.(*criu_core.CoreEntry).Tc
-		tc.TaskState = proto.Uint32(3)
-		if signo != 0 {
-			tc.StopSigno = proto.Uint32(signo)
-		}
-		if err := images.WriteFile(path, img); err != nil {
-			t.Fatal(err)
-		}
+		editImage(t, filepath.Join(dir, fmt.Sprintf("core-%d.img", pid)), func(img *images.Image) {
+			tc := img.Entries[0].Message.(*criu_core.CoreEntry).Tc
+			tc.TaskState = proto.Uint32(3)
+			if signo != 0 {
+				tc.StopSigno = proto.Uint32(signo)
+			}
+		})
 	}
-	d, err := images.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := images.Summarize(d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := summarize(t, dir)
 	for _, task := range s.Tasks {
 		want, signo := "Alive", uint32(0)
 		switch task.PID {
@@ -494,41 +467,22 @@ func TestSummaryStopped(t *testing.T) {
 // filter chain (seccomp.img, from the core's seccomp_filter along prev).
 func TestSummarySeccomp(t *testing.T) {
 	dir := fixture.CopyImages(t, "threads")
-	path := filepath.Join(dir, "seccomp.img")
-	img, err := images.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
 	prog := make([]byte, 8)
-	img.Entries[0].Message.(*seccomp.SeccompEntry).SeccompFilters = []*seccomp.SeccompFilter{
-		{Filter: prog}, {Filter: prog, Prev: proto.Uint32(0)},
-	}
-	if err := images.WriteFile(path, img); err != nil {
-		t.Fatal(err)
-	}
+	editImage(t, filepath.Join(dir, "seccomp.img"), func(img *images.Image) {
+		img.Entries[0].Message.(*seccomp.SeccompEntry).SeccompFilters = []*seccomp.SeccompFilter{
+			{Filter: prog}, {Filter: prog, Prev: proto.Uint32(0)},
+		}
+	})
 	for tid, mode := range map[int]criu_core.SeccompMode{1: criu_core.SeccompMode_filter, 2: criu_core.SeccompMode_strict} {
-		path := filepath.Join(dir, fmt.Sprintf("core-%d.img", tid))
-		img, err := images.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tc := img.Entries[0].Message.(*criu_core.CoreEntry).ThreadCore
-		tc.SeccompMode = mode.Enum()
-		if mode == criu_core.SeccompMode_filter {
-			tc.SeccompFilter = proto.Uint32(1)
-		}
-		if err := images.WriteFile(path, img); err != nil {
-			t.Fatal(err)
-		}
+		editImage(t, filepath.Join(dir, fmt.Sprintf("core-%d.img", tid)), func(img *images.Image) {
+			tc := img.Entries[0].Message.(*criu_core.CoreEntry).ThreadCore
+			tc.SeccompMode = mode.Enum()
+			if mode == criu_core.SeccompMode_filter {
+				tc.SeccompFilter = proto.Uint32(1)
+			}
+		})
 	}
-	d, err := images.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := images.Summarize(d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := summarize(t, dir)
 	want := []images.ThreadSeccomp{{TID: 1, Mode: "filter", Filters: 2}, {TID: 2, Mode: "strict"}}
 	if got := s.Tasks[0].Seccomp; !slices.Equal(got, want) {
 		t.Errorf("seccomp %+v, want %+v", got, want)
@@ -540,4 +494,31 @@ func TestSummarySeccomp(t *testing.T) {
 	if want := "seccomp:    thread 1 2 filters, thread 2 strict\n"; !strings.Contains(b.String(), want) {
 		t.Errorf("text summary lacks %q:\n%s", want, b.String())
 	}
+}
+
+// editImage rewrites the image file at path after edit changed it.
+func editImage(t *testing.T, path string, edit func(*images.Image)) {
+	t.Helper()
+	img, err := images.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit(img)
+	if err := images.WriteFile(path, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// summarize opens the image directory dir and summarizes it.
+func summarize(t *testing.T, dir string) *images.Summary {
+	t.Helper()
+	d, err := images.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := images.Summarize(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
