@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"encoding/binary"
 	"fmt"
 	"syscall"
 	"time"
@@ -94,8 +95,7 @@ func openAnon(f *File) (int, error) {
 			if err != nil {
 				return -1, fmt.Errorf("eventfd: %w", err)
 			}
-			b := (*[8]byte)(unsafe.Pointer(&f.Eventfd.Counter))[:]
-			if _, err := unix.Write(fd, b); err != nil {
+			if _, err := unix.Write(fd, binary.NativeEndian.AppendUint64(nil, f.Eventfd.Counter)); err != nil {
 				unix.Close(fd)
 				return -1, fmt.Errorf("eventfd: counter %d: %w", f.Eventfd.Counter, err)
 			}

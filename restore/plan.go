@@ -11,6 +11,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/memfd"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/seccomp"
 
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/restore/agent"
@@ -36,6 +37,8 @@ type Plan struct {
 	// as CRIU does, a tree gets one when the kernel can.
 	Clocks    *Clocks
 	OwnTimeNS bool
+
+	seccomp *seccomp.SeccompEntry // seccomp.img, once a thread needed it (seccompFilters)
 	// NrThreads counts the threads of the tasks of the images, one for
 	// each zombie (CRIU's nr_threads); NrHelpers the helper tasks the
 	// plan adds to stand in for dead session or group leaders; NrZombies

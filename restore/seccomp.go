@@ -3,6 +3,8 @@ package restore
 import (
 	"fmt"
 
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/seccomp"
+
 	"github.com/crest-restore/crest/restore/agent"
 )
 
@@ -64,11 +66,10 @@ func (p *Plan) loadSeccomp(t *Task) error {
 		if !hasFirst {
 			return &PlanError{PID: t.PID, File: file, Msg: fmt.Sprintf("thread %d: seccomp filter mode without a filter", th.TID)}
 		}
-		se, err := p.Dir.Seccomp()
+		all, err := p.seccompFilters()
 		if err != nil {
 			return &PlanError{PID: t.PID, Err: err}
 		}
-		all := se.GetSeccompFilters()
 		var chain []SeccompFilter
 		seen := map[uint32]bool{}
 		for at, more := first, true; more; {
@@ -100,4 +101,20 @@ func (p *Plan) loadSeccomp(t *Task) error {
 		}
 	}
 	return nil
+}
+
+// seccompFilters are the filters of seccomp.img, read on first use, once
+// for the whole plan.
+func (p *Plan) seccompFilters() ([]*seccomp.SeccompFilter, error) {
+	if p.seccomp == nil {
+		se, err := p.Dir.Seccomp()
+		if err != nil {
+			return nil, err
+		}
+		p.seccomp = se
+		if p.seccomp == nil {
+			p.seccomp = &seccomp.SeccompEntry{}
+		}
+	}
+	return p.seccomp.GetSeccompFilters(), nil
 }
