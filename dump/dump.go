@@ -451,6 +451,11 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 			return err
 		}
 	}
+	if len(d.files.queues) > 0 {
+		if err := d.write("sk-queues.img", images.KindSkQueues, d.files.queues...); err != nil {
+			return err
+		}
+	}
 	for _, t := range d.tree.tasks {
 		if t.dead != nil {
 			continue

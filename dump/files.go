@@ -35,6 +35,7 @@ type fileTable struct {
 	open    []openFile
 	pipes   map[uint64]bool
 	data    []images.Entry // pipes-data.img
+	queues  []images.Entry // sk-queues.img
 
 	memfds     map[uint64]*memfdInode // by inode number
 	memfdOrder []*memfdInode
@@ -225,8 +226,6 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 		return &UnsupportedError{Task: int(t.nsPid), Resource: fmt.Sprintf("fd %d", fd), What: name, Why: why}
 	}
 	switch {
-	case strings.HasPrefix(name, "socket:"):
-		return nil, unsupported("sockets are not supported")
 	case strings.HasPrefix(name, "anon_inode:"):
 		if _, ok := anonTypes[name]; !ok {
 			return nil, unsupported(anonRefusal(name))
@@ -259,6 +258,14 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 	case mode == unix.S_IFCHR:
 		if ttyMajor(unix.Major(st.Rdev)) {
 			return nil, unsupported("ttys are not supported")
+		}
+	case mode == unix.S_IFSOCK:
+		var why string
+		if typ, why, err = socketType(t.pid, fd); err != nil {
+			return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
+		}
+		if why != "" {
+			return nil, unsupported(why)
 		}
 	case mode == unix.S_IFIFO:
 		if !strings.HasPrefix(name, "pipe:") {
@@ -301,6 +308,19 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 		var why string
 		if fe, why, err = anonEntry(id, typ, flags, t.pid, fd, fi); err != nil {
 			return nil, fmt.Errorf("%s: fd %d: %s: %w", t, fd, procPath(t.pid, "fdinfo", strconv.Itoa(fd)), err)
+		}
+		if why != "" {
+			return nil, unsupported(why)
+		}
+	} else if typ == fdinfo.FdTypes_UNIXSK || typ == fdinfo.FdTypes_INETSK {
+		var why string
+		if typ == fdinfo.FdTypes_UNIXSK {
+			fe, why, err = ft.unixSocketEntry(t, id, fd, st.Ino, flags)
+		} else {
+			fe, why, err = ft.inetSocketEntry(t, id, fd, st.Ino, flags)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: fd %d: %s: %w", t, fd, name, err)
 		}
 		if why != "" {
 			return nil, unsupported(why)

@@ -249,10 +249,16 @@ const (
 	// FileEpoll is made empty by the engine; a task adds its items
 	// (File.Epoll, Task.EpollAdds).
 	FileEpoll
+	// FileUnixSocket is an AF_UNIX socket (File.Unix; sockunix.go).
+	FileUnixSocket
+	// FileInetSocket is an AF_INET or AF_INET6 socket (File.Inet;
+	// sockinet.go).
+	FileInetSocket
 )
 
 var fileKindNames = map[FileKind]string{FileRegular: "regular", FilePipe: "pipe", FileMemfd: "memfd", FileFifo: "FIFO",
-	FileEventfd: "eventfd", FileSignalfd: "signalfd", FileTimerfd: "timerfd", FileEpoll: "eventpoll"}
+	FileEventfd: "eventfd", FileSignalfd: "signalfd", FileTimerfd: "timerfd", FileEpoll: "eventpoll",
+	FileUnixSocket: "unix socket", FileInetSocket: "inet socket"}
 
 func (k FileKind) String() string { return fileKindNames[k] }
 
@@ -273,6 +279,8 @@ type File struct {
 	Signalfd *Signalfd
 	Timerfd  *Timerfd
 	Epoll    *Epoll
+	Unix     *UnixSocket // FileUnixSocket
+	Inet     *InetSocket // FileInetSocket
 }
 
 // Memory is a task's address space as dumped.
@@ -797,6 +805,16 @@ func (p *Plan) file(t *Task, id uint32, from string) (*File, error) {
 			return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d: EVENTPOLL without its entry", id)}
 		}
 		return p.epollFile(t, id, fe.GetEpfd())
+	case fdinfo.FdTypes_UNIXSK:
+		if fe.GetUsk() == nil {
+			return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d: UNIXSK without its entry", id)}
+		}
+		return p.unixSocketFile(t, id, fe.GetUsk())
+	case fdinfo.FdTypes_INETSK:
+		if fe.GetIsk() == nil {
+			return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d: INETSK without its entry", id)}
+		}
+		return p.inetSocketFile(t, id, fe.GetIsk())
 	default:
 		return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d (from %s): %s files are not supported yet", id, from, fe.GetType())}
 	}
@@ -852,6 +870,10 @@ func fileKindOf(ty fdinfo.FdTypes) FileKind {
 		return FileTimerfd
 	case fdinfo.FdTypes_EVENTPOLL:
 		return FileEpoll
+	case fdinfo.FdTypes_UNIXSK:
+		return FileUnixSocket
+	case fdinfo.FdTypes_INETSK:
+		return FileInetSocket
 	}
 	return 0
 }

@@ -163,6 +163,10 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 		fd, err = openFifoFile(f)
 	case FileEventfd, FileSignalfd, FileTimerfd, FileEpoll:
 		fd, err = openAnon(f)
+	case FileUnixSocket:
+		fd, err = pr.openUnixSocket(f)
+	case FileInetSocket:
+		fd, err = openInetSocket(f)
 	default:
 		err = fmt.Errorf("kind %v can not be opened yet", f.Kind)
 	}

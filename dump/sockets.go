@@ -1,0 +1,49 @@
+package dump
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
+	"golang.org/x/sys/unix"
+)
+
+// stealFD returns a copy of fd of process pid in this process
+// (pidfd_getfd: the same open file description). The caller closes it.
+func stealFD(pid, fd int) (int, error) {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("pidfd_open", err)
+	}
+	defer unix.Close(pidfd)
+	c, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("pidfd_getfd", err)
+	}
+	return c, nil
+}
+
+// socketType tells which files.img entry the socket at fd of process pid
+// becomes, by its address family; why says why it can not be dumped.
+func socketType(pid, fd int) (typ fdinfo.FdTypes, why string, err error) {
+	c, err := stealFD(pid, fd)
+	if err != nil {
+		return 0, "", err
+	}
+	defer unix.Close(c)
+	family, err := unix.GetsockoptInt(c, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return 0, "", os.NewSyscallError("getsockopt(SO_DOMAIN)", err)
+	}
+	switch family {
+	case unix.AF_UNIX:
+		return fdinfo.FdTypes_UNIXSK, "", nil
+	case unix.AF_INET, unix.AF_INET6:
+		return fdinfo.FdTypes_INETSK, "", nil
+	case unix.AF_NETLINK:
+		return 0, "netlink sockets are not supported", nil
+	case unix.AF_PACKET:
+		return 0, "packet sockets are not supported", nil
+	}
+	return 0, fmt.Sprintf("sockets of address family %d are not supported", family), nil
+}
