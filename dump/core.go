@@ -6,9 +6,6 @@ import (
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
-
 	core_x86 "github.com/checkpoint-restore/go-criu/v8/crit/images/core-x86"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/creds"
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
@@ -17,7 +14,10 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/rseq"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/siginfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/timer"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/crest-restore/crest/internal/procfs"
 	"github.com/crest-restore/crest/kerndat"
 )
 
@@ -368,7 +368,7 @@ func threadCore(t *task, th *thread, to *taskOnly, leader bool) (*criu_core.Core
 	ti := &core_x86.ThreadInfoX86{ClearTidAddr: proto.Uint64(o.tidAddr), Gpregs: gpregs(dumpedRegs(th.regs)),
 		Fpregs: fp, Tls: tls}
 	tdir := procPath(t.pid, "task", strconv.Itoa(th.tid))
-	st, err := readStat(tdir + "/stat")
+	st, err := procfs.ReadStat(tdir + "/stat")
 	if err != nil {
 		return nil, errf("stat", err)
 	}
@@ -390,8 +390,8 @@ func threadCore(t *task, th *thread, to *taskOnly, leader bool) (*criu_core.Core
 	}
 	tc := &criu_core.ThreadCoreEntry{
 		FutexRla: proto.Uint64(head), FutexRlaLen: proto.Uint32(uint32(size)),
-		SchedNice:   proto.Int32(int32(st.signedField(19))),
-		SchedPolicy: proto.Uint32(uint32(st.field(41))),
+		SchedNice:   proto.Int32(int32(st.SignedField(19))),
+		SchedPolicy: proto.Uint32(uint32(st.Field(41))),
 		Sas:         o.sas,
 		SignalsP:    signalQueue(pending),
 		Creds:       cr,
@@ -401,8 +401,8 @@ func threadCore(t *task, th *thread, to *taskOnly, leader bool) (*criu_core.Core
 		// in the dumper's own cgroup.
 		CgSet: proto.Uint32(1),
 	}
-	if policy := st.field(41); policy == 1 || policy == 2 { // SCHED_FIFO, SCHED_RR
-		tc.SchedPrio = proto.Uint32(uint32(st.field(40)))
+	if policy := st.Field(41); policy == 1 || policy == 2 { // SCHED_FIFO, SCHED_RR
+		tc.SchedPrio = proto.Uint32(uint32(st.Field(40)))
 	}
 	// CRIU leaves out the parent-death signal when none is set.
 	if o.pdeathSig != 0 {
@@ -436,7 +436,7 @@ func threadCore(t *task, th *thread, to *taskOnly, leader bool) (*criu_core.Core
 // taskCore is the leader's tc: what belongs to the whole process.
 func taskCore(t *task, lead *thread, to *taskOnly) (*criu_core.TaskCoreEntry, error) {
 	errf := func(what string, err error) error { return fmt.Errorf("%s: %s: %w", t, what, err) }
-	st, err := readStat(procPath(t.pid, "stat"))
+	st, err := procfs.ReadStat(procPath(t.pid, "stat"))
 	if err != nil {
 		return nil, errf("stat", err)
 	}
@@ -472,9 +472,9 @@ func taskCore(t *task, lead *thread, to *taskOnly) (*criu_core.TaskCoreEntry, er
 		TaskState:      proto.Uint32(1), // TASK_ALIVE
 		ExitCode:       proto.Uint32(0),
 		Personality:    proto.Uint32(uint32(pers)),
-		Flags:          proto.Uint32(uint32(st.field(9))),
+		Flags:          proto.Uint32(uint32(st.Field(9))),
 		BlkSigset:      proto.Uint64(mask),
-		Comm:           proto.String(st.comm),
+		Comm:           proto.String(st.Comm),
 		Timers:         to.timers,
 		Rlimits:        rl,
 		SignalsS:       signalQueue(shared),

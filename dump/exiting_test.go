@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/crest-restore/crest/internal/procfs"
 )
 
 // TestSeizeEnded: seize tells a zombie (errZombie) and a task that is
@@ -28,11 +30,11 @@ func TestSeizeEnded(t *testing.T) {
 		cmd := start(t, "true")
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			st, err := readStat(procPath(cmd.Process.Pid, "stat"))
+			st, err := procfs.ReadStat(procPath(cmd.Process.Pid, "stat"))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st.state() == 'Z' {
+			if st.State == 'Z' {
 				return cmd.Process.Pid
 			}
 			if time.Now().After(deadline) {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/crest-restore/crest/internal/procfs"
 )
 
 // thread is one thread of a frozen task.
@@ -232,15 +234,15 @@ const pfExiting = 0x4
 func exiting(tid int, err error) error {
 	deadline := time.Now().Add(time.Second)
 	for {
-		st, serr := readStat(procPath(tid, "stat"))
+		st, serr := procfs.ReadStat(procPath(tid, "stat"))
 		switch {
 		case errors.Is(serr, os.ErrNotExist):
 			return syscall.ESRCH
 		case serr != nil:
 			return err
-		case st.state() == 'Z':
+		case st.State == 'Z':
 			return errZombie
-		case st.state() != 'X' && st.field(9)&pfExiting == 0:
+		case st.State != 'X' && st.Field(9)&pfExiting == 0:
 			return err
 		case time.Now().After(deadline):
 			return fmt.Errorf("still exiting after 1s: %w", err)

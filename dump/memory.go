@@ -9,14 +9,14 @@ import (
 	"strings"
 	"sync"
 
-	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
-
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/internal/procfs"
 )
 
 // mapping is one line of /proc/PID/smaps with its VmFlags.
@@ -363,7 +363,7 @@ func (d *dumper) dumpPages(t *task, areas []*vmaArea, pagesID uint32) ([]images.
 
 // mmEntry builds mm-PID.img's entry.
 func (d *dumper) mmEntry(t *task, to *taskOnly, areas []*vmaArea) (*mm.MmEntry, error) {
-	st, err := readStat(procPath(t.pid, "stat"))
+	st, err := procfs.ReadStat(procPath(t.pid, "stat"))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", t, err)
 	}
@@ -376,11 +376,11 @@ func (d *dumper) mmEntry(t *task, to *taskOnly, areas []*vmaArea) (*mm.MmEntry, 
 		return nil, fmt.Errorf("%s: %w", t, err)
 	}
 	e := &mm.MmEntry{
-		MmStartCode: proto.Uint64(st.field(26)), MmEndCode: proto.Uint64(st.field(27)),
-		MmStartData: proto.Uint64(st.field(45)), MmEndData: proto.Uint64(st.field(46)),
-		MmStartStack: proto.Uint64(st.field(28)), MmStartBrk: proto.Uint64(st.field(47)),
-		MmBrk: proto.Uint64(to.brk), MmArgStart: proto.Uint64(st.field(48)), MmArgEnd: proto.Uint64(st.field(49)),
-		MmEnvStart: proto.Uint64(st.field(50)), MmEnvEnd: proto.Uint64(st.field(51)),
+		MmStartCode: proto.Uint64(st.Field(26)), MmEndCode: proto.Uint64(st.Field(27)),
+		MmStartData: proto.Uint64(st.Field(45)), MmEndData: proto.Uint64(st.Field(46)),
+		MmStartStack: proto.Uint64(st.Field(28)), MmStartBrk: proto.Uint64(st.Field(47)),
+		MmBrk: proto.Uint64(to.brk), MmArgStart: proto.Uint64(st.Field(48)), MmArgEnd: proto.Uint64(st.Field(49)),
+		MmEnvStart: proto.Uint64(st.Field(50)), MmEnvEnd: proto.Uint64(st.Field(51)),
 		ExeFileId: proto.Uint32(exeID), Dumpable: proto.Int32(to.dumpable), ThpDisabled: proto.Bool(to.thpDisabled),
 	}
 	// CRIU keeps the (type, value) pairs without the AT_NULL pair that

@@ -1,7 +1,6 @@
 package dump
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"strconv"
@@ -61,49 +60,6 @@ func (s procStatus) last(key string) (uint64, error) {
 		return 0, fmt.Errorf("%s: empty", key)
 	}
 	return v[len(v)-1], nil
-}
-
-// procStat is /proc/PID/stat split into fields; field(n) is the n-th field
-// as proc(5) numbers them (1 = pid, 2 = comm, 3 = state ...).
-type procStat struct {
-	comm   string
-	fields []string // fields 3 and on
-}
-
-func readStat(path string) (*procStat, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	open, closing := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-	if open < 0 || closing < open {
-		return nil, fmt.Errorf("%s: malformed", path)
-	}
-	return &procStat{comm: string(b[open+1 : closing]), fields: strings.Fields(string(b[closing+1:]))}, nil
-}
-
-func (s *procStat) state() byte { return s.fields[0][0] }
-
-func (s *procStat) field(n int) uint64 {
-	i := n - 3
-	if i < 0 || i >= len(s.fields) {
-		return 0
-	}
-	v, err := strconv.ParseUint(s.fields[i], 10, 64)
-	if err != nil {
-		iv, _ := strconv.ParseInt(s.fields[i], 10, 64)
-		return uint64(iv)
-	}
-	return v
-}
-
-func (s *procStat) signedField(n int) int64 {
-	i := n - 3
-	if i < 0 || i >= len(s.fields) {
-		return 0
-	}
-	v, _ := strconv.ParseInt(s.fields[i], 10, 64)
-	return v
 }
 
 // listTids returns the tids of process pid, the leader first.

@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 
+	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"google.golang.org/protobuf/proto"
 
-	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
-
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/internal/procfs"
 )
 
 // Zombies, dumped as CRIU 4.2 does (criu/cr-dump.c, dump_zombies): a
@@ -47,11 +47,11 @@ func (t *task) zombie(parent *task, tids []int) error {
 		return &UnsupportedError{Task: t.pid, Resource: "state",
 			Why: fmt.Sprintf("a dead thread group leader with %d threads left is not supported", len(tids)-1)}
 	}
-	st, err := readStat(procPath(t.pid, "stat"))
+	st, err := procfs.ReadStat(procPath(t.pid, "stat"))
 	if err != nil {
 		return fmt.Errorf("%s: zombie: %w", t, err)
 	}
-	t.dead = &deadTask{comm: st.comm, exitCode: uint32(st.field(statExitCode))}
+	t.dead = &deadTask{comm: st.Comm, exitCode: uint32(st.Field(statExitCode))}
 	t.threads = []*thread{{tid: t.pid}}
 	return nil
 }

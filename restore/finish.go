@@ -1,7 +1,6 @@
 package restore
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"runtime"
@@ -12,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/crest-restore/crest/internal/procfs"
 	"github.com/crest-restore/crest/restore/agent"
 )
 
@@ -321,15 +321,11 @@ func (r *Restore) waitStopped() error {
 
 // procState is the state letter of a /proc/PID[/task/TID]/stat file.
 func procState(path string) (byte, error) {
-	b, err := os.ReadFile(path)
+	st, err := procfs.ReadStat(path)
 	if err != nil {
 		return 0, err
 	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 || i+2 >= len(b) {
-		return 0, fmt.Errorf("%s: no state in %q", path, b)
-	}
-	return b[i+2], nil
+	return st.State, nil
 }
 
 // endBarrierWait ends the futex wait that the interrupt broke off, if the

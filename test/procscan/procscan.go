@@ -4,7 +4,6 @@
 package procscan
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/crest-restore/crest/internal/procfs"
 )
 
 // Process is one entry of /proc as seen at the scan. Exe and Cwd are ""
@@ -60,7 +61,7 @@ var errGone = errors.New("process ended during the scan")
 // Read reads one process.
 func Read(pid int) (Process, error) {
 	p := Process{PID: pid}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procfs.ReadStat(fmt.Sprintf("/proc/%d/stat", pid))
 	if errors.Is(err, syscall.ESRCH) {
 		// it ended between the open and the read
 		return p, fmt.Errorf("/proc/%d/stat: %w (%w)", pid, errGone, err)
@@ -68,20 +69,7 @@ func Read(pid int) (Process, error) {
 	if err != nil {
 		return p, err
 	}
-	// "PID (COMM) S PPID ...": comm may hold spaces and parentheses.
-	open, close := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-	if open < 0 || close < open {
-		return p, fmt.Errorf("/proc/%d/stat: %q", pid, b)
-	}
-	p.Comm = string(b[open+1 : close])
-	f := strings.Fields(string(b[close+1:]))
-	if len(f) < 2 || len(f[0]) != 1 {
-		return p, fmt.Errorf("/proc/%d/stat: %q", pid, b)
-	}
-	p.State = f[0][0]
-	if p.PPID, err = strconv.Atoi(f[1]); err != nil {
-		return p, fmt.Errorf("/proc/%d/stat: ppid %q", pid, f[1])
-	}
+	p.Comm, p.State, p.PPID = st.Comm, st.State, int(st.Field(4))
 	// Zombies and kernel threads have neither; a process that just
 	// ended loses them too.
 	p.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
