@@ -36,6 +36,9 @@ type fileTable struct {
 	pipes   map[uint64]bool
 	data    []images.Entry // pipes-data.img
 	queues  []images.Entry // sk-queues.img
+	// held are the inodes of the sockets open in the frozen tree, read
+	// when a unix socket's peer is first looked for (sockunix.go).
+	held map[uint32]bool
 
 	memfds     map[uint64]*memfdInode // by inode number
 	memfdOrder []*memfdInode

@@ -81,6 +81,15 @@ func TestRoundTrip(t *testing.T) {
 		// every tick: the count, the signal (and no other), the
 		// timer's expirations going on.
 		{"fdkinds", map[string]check.Next{"out-fdkinds.log": check.Counter}, nil},
+		// Unix stream, datagram and seqpacket pairs, a listener at a
+		// relative path with a connection it accepted, an abstract
+		// datagram socket, data queued in every one: each checks the
+		// messages, names, listener and shutdown every tick.
+		{"unixsk", map[string]check.Next{"out-parent.log": check.Counter, "out-child.log": check.Counter}, nil},
+		// TCP listeners (v4 and v6), bound and connected UDP and
+		// UDP-Lite sockets, each with options it checks every tick,
+		// while it connects to its listeners and sends datagrams.
+		{"inetsk", map[string]check.Next{"out-inetsk.log": check.Counter}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := workloads.Start(t, tc.name)
@@ -113,7 +122,11 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			_, live := restoreTree(t, bin, imgs, d, p.Dir)
+			// Restored stopped (-s): its maps and fds are compared
+			// with the images before it runs an instruction of its
+			// own (a Go program maps memory when it likes), then it
+			// is let go and must run on.
+			_, live := restoreTree(t, bin, imgs, d, p.Dir, "-s")
 			for _, c := range []struct {
 				name  string
 				check func(testing.TB, *images.Summary, uint32, int)
@@ -132,6 +145,11 @@ func TestRoundTrip(t *testing.T) {
 			if tc.same != nil {
 				if now := tc.same(t, live); !slices.Equal(now, was) {
 					t.Errorf("after the restore:\n%v\nat the dump:\n%v", now, was)
+				}
+			}
+			for _, lt := range live {
+				if err := syscall.Kill(lt.Host, syscall.SIGCONT); err != nil {
+					t.Fatalf("SIGCONT %d: %v", lt.Host, err)
 				}
 			}
 			t.Run("runs on", func(t *testing.T) { check.Logs(t, p.Dir, before, tc.rules, time.Second) })
@@ -228,13 +246,13 @@ func reap(t *testing.T, root int, tree map[int]*check.Task) {
 	}
 }
 
-// restoreTree restores imgs with `crest restore -d` and checks the
+// restoreTree restores imgs with `crest restore -d` and args, and checks the
 // restored tree against the images d (check.Tree). When the test ends the
 // tree is killed, and nothing of it may be left (cli.NothingLeft, dir
 // being the workload's directory).
-func restoreTree(t *testing.T, bin, imgs string, d *images.Dir, dir string) (root int, tree map[int]*check.Task) {
+func restoreTree(t *testing.T, bin, imgs string, d *images.Dir, dir string, args ...string) (root int, tree map[int]*check.Task) {
 	t.Helper()
-	root = cli.RestoreDetached(t, bin, imgs)
+	root = cli.RestoreDetached(t, bin, imgs, args...)
 	var hosts []int
 	t.Cleanup(func() {
 		killRestored(t, root, hosts)

@@ -61,6 +61,7 @@ type Plan struct {
 	Shmems map[uint64]*Memfd
 
 	pipeData map[uint32]images.PipeData // pipes-data.img by pipe_id, read on first use
+	unix     *unixSockets               // files.img's unix sockets and sk-queues.img, read on first use
 	fifoData map[uint32]images.PipeData // fifo-data.img
 	inodes   map[uint32]*memfd.MemfdInodeEntry
 }

@@ -319,11 +319,11 @@ func TestPlanRefuses(t *testing.T) {
 		damage        func(t *testing.T, dir string)
 		want          string
 	}{
-		{"unix socket", "counter", func(t *testing.T, dir string) {
+		{"unix socket without its entry", "counter", func(t *testing.T, dir string) {
 			editImage(t, dir, "files.img", func(img *images.Image) {
 				img.Entries[2].Message.(*fdinfo.FileEntry).Type = fdinfo.FdTypes_UNIXSK.Enum()
 			})
-		}, "task 1: files.img: file 3 (from fdinfo-2.img): UNIXSK files are not supported yet"},
+		}, "task 1: files.img: file 3: UNIXSK without its entry"},
 		{"inotify", "pipe", func(t *testing.T, dir string) {
 			editImage(t, dir, "files.img", func(img *images.Image) {
 				img.Entries[3].Message.(*fdinfo.FileEntry).Type = fdinfo.FdTypes_INOTIFY.Enum()

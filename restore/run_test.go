@@ -187,8 +187,9 @@ func checkTask(t *testing.T, task *Task, host int) {
 	for _, fd := range task.FDs {
 		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", host, fd.FD))
 		want := fd.File.Path
-		if fd.File.Kind == FilePipe && strings.HasPrefix(link, "pipe:[") {
-			want = link // a new pipe, a new inode number
+		if fd.File.Kind == FilePipe && strings.HasPrefix(link, "pipe:[") ||
+			(fd.File.Kind == FileUnixSocket || fd.File.Kind == FileInetSocket) && strings.HasPrefix(link, "socket:[") {
+			want = link // a new pipe or socket, a new inode number
 		}
 		switch fd.File.Kind {
 		case FileEventfd, FileSignalfd, FileTimerfd, FileEpoll:

@@ -134,14 +134,15 @@ func readAll(t testing.TB, f *os.File) string {
 	return string(b)
 }
 
-// RestoreDetached runs crest restore -D imgs -d with a pidfile, which must
-// print nothing, and returns the restored root's host pid, alive.
-func RestoreDetached(t testing.TB, bin, imgs string) int {
+// RestoreDetached runs crest restore -D imgs -d with a pidfile and args,
+// which must print nothing, and returns the restored root's host pid,
+// alive.
+func RestoreDetached(t testing.TB, bin, imgs string, args ...string) int {
 	t.Helper()
 	pidfile := filepath.Join(t.TempDir(), "pid")
-	res := Run(t, bin, "restore", "-D", imgs, "-d", "--pidfile", pidfile)
+	res := Run(t, bin, append([]string{"restore", "-D", imgs, "-d", "--pidfile", pidfile}, args...)...)
 	if res.Code != 0 {
-		t.Fatalf("crest restore -D %s -d: exit %d: %s", imgs, res.Code, res.Stderr)
+		t.Fatalf("crest restore -D %s -d %v: exit %d: %s", imgs, args, res.Code, res.Stderr)
 	}
 	if res.Stdout != "" || res.Stderr != "" {
 		t.Errorf("crest restore -d printed %q and %q, want nothing", res.Stdout, res.Stderr)

@@ -90,6 +90,13 @@ var Programs = map[string]Program{
 	"epoll": {Name: "epoll", Flags: []string{"-static", "-O2"}},
 	// fdkinds has an eventfd, a signalfd and a timerfd, in use.
 	"fdkinds": {Name: "fdkinds", Flags: []string{"-static", "-O2"}},
+	// inetsk has TCP listeners (IPv4 and IPv6) and UDP sockets, bound
+	// and connected, in use every tick.
+	"inetsk": {Name: "inetsk", Flags: []string{"-static", "-O2"}},
+	// unixsk has unix stream, datagram and seqpacket sockets, paired,
+	// listening, accepted, bound to paths and abstract names, with data
+	// queued in each.
+	"unixsk": {Name: "unixsk", Flags: []string{"-static", "-O2"}},
 	// memfd has a memfd whose size is not a page multiple.
 	"memfd": {Name: "memfd", Flags: []string{"-static", "-O2"}},
 	// dynamic is counter linked dynamically (libc.so.6 and ld-linux mapped).
@@ -98,7 +105,7 @@ var Programs = map[string]Program{
 	"spin": {Name: "spin", Flags: []string{"-static", "-O2"}},
 	// big holds 1 GiB of memory, for dump benchmarks.
 	"big": {Name: "big", Flags: []string{"-static", "-O2"}},
-	// sock holds an inet socket: crest dump must refuse it.
+	// sock holds a netlink socket: crest dump must refuse it.
 	"sock": {Name: "sock", Flags: []string{"-static", "-O2"}},
 	// lock holds an flock()ed file: crest dump must refuse it.
 	"lock": {Name: "lock", Flags: []string{"-static", "-O2"}},

@@ -1,11 +1,11 @@
 /*
- * sock - a process holding an inet (UDP) socket at fd 3, which crest dump
+ * sock - a process holding a netlink socket at fd 3, which crest dump
  * does not support; it appends "<tick>\n" to out.log every 10 ms.
  *
  * build: gcc -static -O2 -o sock sock.c
  */
 #include <fcntl.h>
-#include <netinet/in.h>
+#include <linux/netlink.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -13,7 +13,7 @@
 
 int main(void)
 {
-	int s = socket(AF_INET, SOCK_DGRAM, 0);
+	int s = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
 	if (s != 3)
 		return 2;
 	int fd = open("out.log", O_WRONLY | O_APPEND | O_CREAT, 0644);
