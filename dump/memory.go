@@ -303,8 +303,17 @@ func (d *dumper) dumpPages(t *task, areas []*vmaArea, pagesID uint32) ([]images.
 			return nil, fmt.Errorf("%s: pagemap %x-%x: %w", t, start, end, err)
 		}
 		d.stats.scanned += n
-		filePrivate := images.VMAStatus(a.entry.GetStatus()).Has(images.VMAFilePrivate)
+		status := images.VMAStatus(a.entry.GetStatus())
+		filePrivate := status.Has(images.VMAFilePrivate)
+		// The vdso is kept whole, present or not (a forked child has
+		// none of its pages mapped yet): CRIU's restore reads it as an
+		// ELF image to compare it with the kernel's, and builds a
+		// proxy from its code when they differ.
+		whole := status.Has(images.VMAAreaVDSO) || status.Has(images.VMAAreaAIORing)
 		keep := func(i uint64) bool {
+			if whole {
+				return true
+			}
 			v := le64(pmes[i*8:])
 			if filePrivate && v&pmFile != 0 {
 				return false
