@@ -440,3 +440,13 @@ func openParent(path string) (*Dir, error) {
 	}
 	return d, nil
 }
+
+// Threads returns the tids of the task of pstree entry e, its leader
+// first. The leader's tid is the pid, whatever the entry's first thread
+// says: CRIU 4.2 reads it so (read_pstree_image) and writes for a zombie a
+// first thread it never set (seen: 0 and 4279947712). An empty list is a
+// zombie's too.
+func Threads(e *pstree.PstreeEntry) []uint32 {
+	tids := e.GetThreads()
+	return append([]uint32{e.GetPid()}, tids[min(1, len(tids)):]...)
+}

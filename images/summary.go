@@ -310,12 +310,12 @@ func Summarize(d *Dir) (*Summary, error) {
 	sh := newShmemSet(d, inodes)
 
 	for _, p := range d.Pstree {
-		t, err := summarizeTask(d, p.GetPid(), p.GetThreads(), inodes, sh)
+		t, err := summarizeTask(d, p.GetPid(), Threads(p), inodes, sh)
 		if err != nil {
 			return nil, fmt.Errorf("task %d: %w", p.GetPid(), err)
 		}
 		t.PPID, t.PGID, t.SID = p.GetPpid(), p.GetPgid(), p.GetSid()
-		t.Threads = append([]uint32{}, p.GetThreads()...)
+		t.Threads = Threads(p)
 		s.Tasks = append(s.Tasks, *t)
 	}
 

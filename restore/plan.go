@@ -442,15 +442,7 @@ func (p *Plan) buildTree() error {
 		if byPID[t.PID] != nil {
 			return &PlanError{File: "pstree.img", Msg: fmt.Sprintf("entry %d: pid %d appears twice", i, t.PID)}
 		}
-		tids := e.GetThreads()
-		if len(tids) == 0 {
-			// CRIU lists a zombie's pid as its one thread; an empty
-			// list means the same (its core image says it is dead).
-			tids = []uint32{uint32(t.PID)}
-		}
-		if int(tids[0]) != t.PID {
-			return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("first thread is %d, not the task's pid", tids[0])}
-		}
+		tids := images.Threads(e)
 		for _, tid := range tids {
 			t.Threads = append(t.Threads, Thread{TID: int(tid), Slot: p.NrThreads})
 			p.NrThreads++

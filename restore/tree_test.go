@@ -59,20 +59,20 @@ func siblingLeaderImages(t *testing.T) string {
 
 // zombieImages adds to the tree fixture two zombie children of child1 (2):
 // 5, which exited with status 3, and 6, a session leader killed by
-// SIGTERM; their core images are what CRIU writes for a zombie (task_core
-// only).
+// SIGTERM; their entries and core images are what CRIU 4.2 writes for a
+// zombie: task_core only, and a first thread it never set.
 func zombieImages(t *testing.T) string {
 	dir := fixture.CopyImages(t, "tree")
 	zombies := []struct {
-		pid, sid, exitCode uint32
-	}{{5, 1, 3 << 8}, {6, 6, 15}}
+		pid, sid, exitCode, thread uint32
+	}{{5, 1, 3 << 8, 4279947712}, {6, 6, 15, 0}}
 	img, err := images.ReadFile(filepath.Join(dir, "pstree.img"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, z := range zombies {
 		e := &pstree.PstreeEntry{Pid: proto.Uint32(z.pid), Ppid: proto.Uint32(2), Pgid: proto.Uint32(z.sid), Sid: proto.Uint32(z.sid),
-			Threads: []uint32{z.pid}}
+			Threads: []uint32{z.thread}}
 		img.Entries = append(img.Entries, images.Entry{Message: e})
 		core, err := images.ReadFile(filepath.Join(dir, "core-2.img"))
 		if err != nil {

@@ -151,7 +151,7 @@ func Tree(t testing.TB, d *images.Dir, root int) map[int]*Task {
 		for tid := range lt.Threads {
 			gotT = append(gotT, tid)
 		}
-		for _, tid := range e.GetThreads() {
+		for _, tid := range images.Threads(e) {
 			wantT = append(wantT, int(tid))
 		}
 		slices.Sort(gotT)
