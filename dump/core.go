@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/internal/procfs"
 	"github.com/crest-restore/crest/kerndat"
 )
@@ -444,6 +445,11 @@ func taskCore(t *task, lead *thread, to *taskOnly) (*criu_core.TaskCoreEntry, er
 	if err != nil {
 		return nil, errf("personality", err)
 	}
+	persField, ok := images.EncodePersonality(uint32(pers))
+	if !ok {
+		return nil, &UnsupportedError{Task: int(t.nsPid), Resource: "personality",
+			What: fmt.Sprintf("%#x", pers), Why: "a personality with a hex digit a-f can not be written as CRIU 4.2 writes the field (the decimal number its hex digits spell)"}
+	}
 	mask, err := getSigmask(lead.tid)
 	if err != nil {
 		return nil, errf("sigmask", err)
@@ -471,7 +477,7 @@ func taskCore(t *task, lead *thread, to *taskOnly) (*criu_core.TaskCoreEntry, er
 	tc := &criu_core.TaskCoreEntry{
 		TaskState:      proto.Uint32(1), // TASK_ALIVE
 		ExitCode:       proto.Uint32(0),
-		Personality:    proto.Uint32(uint32(pers)),
+		Personality:    proto.Uint32(persField),
 		Flags:          proto.Uint32(uint32(st.Field(9))),
 		BlkSigset:      proto.Uint64(mask),
 		Comm:           proto.String(st.Comm),

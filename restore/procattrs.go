@@ -6,6 +6,8 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+
+	"github.com/crest-restore/crest/images"
 )
 
 // Sched is a thread's scheduling: its policy (SCHED_OTHER 0, FIFO 1, RR
@@ -40,10 +42,11 @@ func schedWhen(t *Task) {
 func loadProcAttrs(t *Task) error {
 	tc := t.Threads[0].Core.GetTc()
 	file := fmt.Sprintf("core-%d.img", t.PID)
-	t.Personality = tc.GetPersonality()
-	if t.Personality == 0xffffffff {
-		return &PlanError{PID: t.PID, File: file, Msg: "personality 0xffffffff (what personality(2) takes as a query)"}
+	pers, ok := images.DecodePersonality(tc.GetPersonality())
+	if !ok {
+		return &PlanError{PID: t.PID, File: file, Msg: fmt.Sprintf("personality field %d: more digits than a personality's hex has (CRIU 4.2 writes the decimal number its hex digits spell)", tc.GetPersonality())}
 	}
+	t.Personality = pers
 	t.ChildSubreaper = tc.GetChildSubreaper()
 	t.OOMScoreAdj = tc.GetOomScoreAdj()
 	if t.OOMScoreAdj < -1000 || t.OOMScoreAdj > 1000 {

@@ -25,7 +25,8 @@ func TestPlanProcAttrs(t *testing.T) {
 	dir := fixture.CopyImages(t, "threads")
 	editImage(t, dir, "core-1.img", func(img *images.Image) {
 		c := img.Entries[0].Message.(*criu_core.CoreEntry)
-		c.Tc.Personality, c.Tc.ChildSubreaper, c.Tc.OomScoreAdj = proto.Uint32(0x40000), proto.Bool(true), proto.Int32(-17)
+		// ADDR_NO_RANDOMIZE as CRIU 4.2 writes it: 0x40000 as 40000
+		c.Tc.Personality, c.Tc.ChildSubreaper, c.Tc.OomScoreAdj = proto.Uint32(40000), proto.Bool(true), proto.Int32(-17)
 		c.ThreadCore.PdeathSig = proto.Uint32(10)
 		c.ThreadCore.SchedPolicy, c.ThreadCore.SchedNice = proto.Uint32(3), proto.Int32(7)
 	})
@@ -51,8 +52,8 @@ func TestPlanProcAttrs(t *testing.T) {
 		edit func(c *criu_core.CoreEntry)
 		want string
 	}{
-		{"personality query", func(c *criu_core.CoreEntry) { c.Tc.Personality = proto.Uint32(0xffffffff) },
-			"task 1: core-1.img: personality 0xffffffff"},
+		{"personality", func(c *criu_core.CoreEntry) { c.Tc.Personality = proto.Uint32(0xffffffff) },
+			"task 1: core-1.img: personality field 4294967295: more digits than a personality's hex has"},
 		{"oom_score_adj", func(c *criu_core.CoreEntry) { c.Tc.OomScoreAdj = proto.Int32(1001) },
 			"task 1: core-1.img: oom_score_adj 1001, not in -1000..1000"},
 		{"parent-death signal", func(c *criu_core.CoreEntry) { c.ThreadCore.PdeathSig = proto.Uint32(65) },
