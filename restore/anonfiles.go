@@ -68,8 +68,17 @@ func (p *Plan) anonFile(t *Task, id uint32, fe *fdinfo.FileEntry) (*File, error)
 			return nil, bad("timer on clock %d", e.GetClockid())
 		}
 		ts := func(sec, nsec uint64) time.Duration { return time.Duration(sec)*time.Second + time.Duration(nsec) }
-		f = &File{ID: id, Kind: FileTimerfd, Flags: e.GetFlags(), Timerfd: &Timerfd{Clock: int(e.GetClockid()),
-			Value: ts(e.GetVsec(), e.GetVnsec()), Interval: ts(e.GetIsec(), e.GetInsec()), Ticks: e.GetTicks()}}
+		tf := &Timerfd{Clock: int(e.GetClockid()), Value: ts(e.GetVsec(), e.GetVnsec()), Interval: ts(e.GetIsec(), e.GetInsec()), Ticks: e.GetTicks()}
+		if tf.Value == 0 && tf.Interval != 0 && tf.Ticks > 0 {
+			// A periodic timer that fired and was not read since:
+			// the kernel re-arms it only at the next read, so it
+			// showed no time left. Set so, it would stay disarmed
+			// after that read (CRIU 4.2 writes this and its restore
+			// stalls such a reader; crest dump re-arms it first).
+			// The next expiry is a period away.
+			tf.Value = tf.Interval
+		}
+		f = &File{ID: id, Kind: FileTimerfd, Flags: e.GetFlags(), Timerfd: tf}
 		owner = e.GetFown()
 	}
 	if owner.GetPid() != 0 || owner.GetSignum() != 0 {

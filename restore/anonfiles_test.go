@@ -76,6 +76,15 @@ func TestPlanAnonFiles(t *testing.T) {
 		p.Tasks[1].EpollAdds[1] != (EpollAdd{EpFD: 13, EpollItem: EpollItem{TFD: 12, Events: 0x19, Data: 0xc}}) {
 		t.Errorf("epoll: %+v, adds %+v", ep, p.Tasks[1].EpollAdds)
 	}
+	// a periodic timer that fired and was not read, as CRIU 4.2 writes
+	// it: armed again a period away
+	dir = fixture.CopyImages(t, "tree")
+	addAnonFiles(t, dir, func(_ *eventfd.EventfdFileEntry, _ *signalfd.SignalfdEntry, tf *timerfd.TimerfdEntry) {
+		tf.Vsec, tf.Ticks = proto.Uint64(0), proto.Uint64(1)
+	}, nil)
+	if tm := planDir(t, dir).Files[102].Timerfd; tm.Value.Seconds() != 40 || tm.Ticks != 1 {
+		t.Errorf("fired periodic timer: %+v, want 40 s left and 1 tick", tm)
+	}
 	dir = fixture.CopyImages(t, "tree")
 	addAnonFiles(t, dir, nil, func(e *eventpoll.EventpollFileEntry) { e.Tfd[1].Tfd = proto.Uint32(99) })
 	if _, err := openPlan(t, dir); err == nil || !strings.Contains(err.Error(), "task 2: files.img: file 103: the epoll at fd 13 watches fd 99, which the task does not have") {
