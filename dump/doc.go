@@ -13,7 +13,8 @@
 // their pids and exit status come from /proc, and their core is all CRIU
 // writes of them (zombie.go).
 //
-// Unsupported state (sockets, ttys, namespaces other than the root's pid
+// Unsupported state (established TCP connections, external unix sockets,
+// netlink sockets, ttys, namespaces other than the root's pid
 // and time namespaces, ...) fails the dump with an UnsupportedError naming
 // the task and the resource, rather than writing images that cannot be
 // restored.

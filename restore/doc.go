@@ -57,10 +57,14 @@
 // oom_score_adj (as far as the engine may set it), each thread's
 // parent-death signal, nice and policy, stopped tasks (stopped again with
 // their signal), the clocks (a time namespace going on from the dump's),
-// and nothing of crest's left in the tasks' mappings or fd tables.
+// unix sockets (pairs, listeners and the connections they accepted, path
+// and abstract names, queued data, shutdown), TCP listeners and UDP
+// sockets with their options (sockunix.go, sockinet.go), and nothing of
+// crest's left in the tasks' mappings or fd tables.
 // Refused at planning, naming what: SCHED_DEADLINE, nested time
-// namespaces, namespaces other than pid and time, sockets and other file
-// kinds (inotify, tty ...), SysV shared memory, POSIX timers with SIGEV_THREAD, hugetlb
+// namespaces, namespaces other than pid and time, established TCP
+// connections, external unix sockets, other socket and file kinds
+// (netlink, inotify, tty ...), SysV shared memory, POSIX timers with SIGEV_THREAD, hugetlb
 // memfds, seccomp filters of a task with neither no_new_privs nor
 // CAP_SYS_ADMIN.
 package restore

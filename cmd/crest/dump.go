@@ -28,13 +28,17 @@ half-written DIR, and the tree is let go untouched. DIR may exist if it
 holds no images yet.
 
 State crest cannot restore fails the dump with a message naming the task
-and the resource: sockets, ttys, inotify and other anonymous-inode files
+and the resource: established TCP connections (CRIU's --tcp-established
+is not done), unix sockets connected outside the tree, connections not
+accepted yet, netlink and packet sockets, ttys, inotify and other
+anonymous-inode files
 (semaphore eventfds too, and epolls watching fds closed since), named
 FIFOs, deleted files, file locks, SysV shared memory, private mappings of
 memfds, seccomp filters that notify a user-space listener, POSIX timers,
 session or group leaders outside the tree, and namespaces other than the
 root's pid and time namespaces. Regular files, /dev/null, directories,
 pipes (with their data), memfds, eventfds, signalfds, timerfds, epolls,
+unix sockets (with their queued data), TCP listeners and UDP sockets,
 shared anonymous memory, seccomp (strict mode, filters), stopped tasks
 and zombies (children not waited for yet) are dumped.
 
