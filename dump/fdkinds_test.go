@@ -214,8 +214,7 @@ func checkFdKinds(t *testing.T, dir string, tick int) {
 // every millisecond.
 func anonProgram(t *testing.T, name, setup string) *workloads.Process {
 	t.Helper()
-	src := `#define _GNU_SOURCE
-#include <signal.h>
+	p := workloads.StartTicking(t, "anon", name, workloads.TickSource{Includes: `#include <signal.h>
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -223,28 +222,7 @@ func anonProgram(t *testing.T, name, setup string) *workloads.Process {
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
-#include <time.h>
-#include "workload.h"
-
-int main(void)
-{
-	struct timespec ms = { 0, 1000 * 1000 };
-	int logfd = open_log("anon");
-	char line[64];
-
-	` + setup + `
-	for (unsigned long n = 1;; n++) {
-		snprintf(line, sizeof line, "tick %lu\n", n);
-		say(logfd, line);
-		nanosleep(&ms, NULL);
-	}
-}
-`
-	bin, err := workloads.BuildSource("anon-"+name, "anon.c", []byte(src), []string{"-static", "-O2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := workloads.StartIn(t, bin, t.TempDir())
+`, Setup: setup})
 	waitLines(t, p, "out-anon.log", 3)
 	return p
 }

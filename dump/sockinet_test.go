@@ -403,15 +403,12 @@ func TestDumpInet(t *testing.T) {
 // out-inet.log every millisecond.
 func inetProgram(t *testing.T, name, setup string) *workloads.Process {
 	t.Helper()
-	src := `#define _GNU_SOURCE
-#include <arpa/inet.h>
+	p := workloads.StartTicking(t, "inet", name, workloads.TickSource{Includes: `#include <arpa/inet.h>
 #include <linux/filter.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <sys/socket.h>
-#include <time.h>
-#include "workload.h"
-
+`, Funcs: `
 static struct sockaddr_in lo(int port)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
@@ -419,29 +416,11 @@ static struct sockaddr_in lo(int port)
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	return a;
 }
-
-int main(void)
-{
-	struct timespec ms = { 0, 1000 * 1000 };
-	int logfd = open_log("inet"), one = 1;
+`, Decls: `int one = 1;
 	struct sockaddr_in a = lo(0);
 	socklen_t len = sizeof a;
-	char line[64];
 
-	(void)one, (void)len, (void)a;
-	` + setup + `
-	for (unsigned long n = 1;; n++) {
-		snprintf(line, sizeof line, "tick %lu\n", n);
-		say(logfd, line);
-		nanosleep(&ms, NULL);
-	}
-}
-`
-	bin, err := workloads.BuildSource("inet-"+name, "inet.c", []byte(src), []string{"-static", "-O2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := workloads.StartIn(t, bin, t.TempDir())
+	(void)one, (void)len, (void)a;`, Setup: setup})
 	inetTicks(t, p, 3)
 	return p
 }

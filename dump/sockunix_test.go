@@ -220,14 +220,11 @@ func TestDumpUnixSockets(t *testing.T) {
 // out-unix.log every millisecond.
 func unixProgram(t *testing.T, name, setup string) *workloads.Process {
 	t.Helper()
-	src := `#define _GNU_SOURCE
-#include <sched.h>
+	p := workloads.StartTicking(t, "unix", name, workloads.TickSource{Includes: `#include <sched.h>
 #include <stddef.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
-#include "workload.h"
-
+`, Funcs: `
 static socklen_t unaddr(struct sockaddr_un *a, const char *name)
 {
 	memset(a, 0, sizeof *a);
@@ -237,27 +234,7 @@ static socklen_t unaddr(struct sockaddr_un *a, const char *name)
 		a->sun_path[0] = 0;
 	return offsetof(struct sockaddr_un, sun_path) + strlen(name) + (name[0] == '@' ? 0 : 1);
 }
-
-int main(void)
-{
-	struct timespec ms = { 0, 1000 * 1000 };
-	struct sockaddr_un addr;
-	int logfd = open_log("unix");
-	char line[64];
-
-	` + setup + `
-	for (unsigned long n = 1;; n++) {
-		snprintf(line, sizeof line, "tick %lu\n", n);
-		say(logfd, line);
-		nanosleep(&ms, NULL);
-	}
-}
-`
-	bin, err := workloads.BuildSource("unix-"+name, "unix.c", []byte(src), []string{"-static", "-O2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := workloads.StartIn(t, bin, t.TempDir())
+`, Decls: "struct sockaddr_un addr;", Setup: setup})
 	waitLines(t, p, "out-unix.log", 3)
 	return p
 }

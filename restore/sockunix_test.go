@@ -296,7 +296,7 @@ func TestRestoreUnixSockets(t *testing.T) {
 	hosts := abortAtCleanup(t, r, p)
 	fd := func(name string) int {
 		s := set[name]
-		return takeFD(t, hosts[s.task], int(s.fd))
+		return taskFD(t, hosts[s.task], int(s.fd))
 	}
 	for name, s := range set {
 		c := fd(name)
@@ -383,22 +383,6 @@ func TestRestoreUnixSockets(t *testing.T) {
 		t.Errorf("U: getpeername: %v, want ENOTCONN", err)
 	}
 	checkName(t, "U", fd("U"), unix.Getsockname, "@") // how x/sys shows no name
-}
-
-// takeFD returns a copy of fd of process pid, closed when the test ends.
-func takeFD(t *testing.T, pid, fd int) int {
-	t.Helper()
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(pidfd)
-	c, err := unix.PidfdGetfd(pidfd, fd, 0)
-	if err != nil {
-		t.Fatalf("pidfd_getfd(%d, %d): %v", pid, fd, err)
-	}
-	t.Cleanup(func() { unix.Close(c) })
-	return c
 }
 
 // expectRead reads from socket c, without waiting, one packet or stretch
