@@ -98,6 +98,7 @@ func (ft *fileTable) inetSocketEntry(t *task, id uint32, fd int, ino uint64, fla
 	if err != nil {
 		return nil, "", err
 	}
+	inDiag := sk != nil
 	if sk == nil {
 		if sk, err = unconnectedInet(c, family, protocol); err != nil {
 			return nil, "", err
@@ -128,6 +129,12 @@ func (ft *fileTable) inetSocketEntry(t *task, id uint32, fd int, ino uint64, fla
 		Type: proto.Uint32(uint32(typ)), Proto: proto.Uint32(uint32(protocol)), State: proto.Uint32(uint32(sk.state)),
 		SrcPort: proto.Uint32(uint32(sk.srcPort)), DstPort: proto.Uint32(uint32(sk.dstPort)), Flags: proto.Uint32(flags),
 		Backlog: proto.Uint32(sk.wqueue), Fown: zeroFown()}
+	if inDiag && !(isTCP && sk.state == tcpClose) {
+		// CRIU names the net namespace of the sockets it found in the
+		// diag tables (the only ones it knows one of), where it does
+		// not look for TCP sockets in CLOSE.
+		e.NsId = proto.Uint32(ownNetNSID)
+	}
 	words := 1
 	if family == unix.AF_INET6 {
 		words = 4
