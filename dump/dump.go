@@ -299,26 +299,9 @@ func (d *dumper) pidsAndNamespaces() error {
 					Why: "namespaces other than the root's pid namespace are not supported"}
 			}
 		}
-		st, err := readStatus(procPath(t.pid, "status"))
-		if err != nil {
-			return fmt.Errorf("%s: %w", t, err)
-		}
-		pid, err := st.last("NSpid")
-		if err != nil {
-			return fmt.Errorf("%s: status: %w", t, err)
-		}
-		t.nsPid = uint32(pid)
-		for _, th := range t.threads {
-			ts, err := readStatus(procPath(t.pid, "task", fmt.Sprint(th.tid), "status"))
-			if err != nil {
-				return fmt.Errorf("%s: thread %d: %w", t, th.tid, err)
-			}
-			tid, err := ts.last("NSpid")
-			if err != nil {
-				return fmt.Errorf("%s: thread %d: status: %w", t, th.tid, err)
-			}
-			th.nsTid = uint32(tid)
-		}
+		// the leader's tid in the root's namespace, read at the freeze
+		// (suspendSeccomp)
+		t.nsPid = t.threads[0].nsTid
 	}
 	return nil
 }

@@ -66,18 +66,25 @@ type seccompFilter struct {
 	flags uint32 // SECCOMP_FILTER_FLAG_*
 }
 
-// suspendSeccomp reads the seccomp mode of every thread of t, all of them
-// frozen, and has the kernel let the dumper's syscalls through in those
-// that have one, as compel does. Doing it once the whole task is frozen
-// leaves no thread a TSYNC could give filters to afterwards. Only those
-// threads: the option needs CAP_SYS_ADMIN and a dumper not in seccomp
-// itself, which the dump of a tree without seccomp does not.
+// suspendSeccomp reads the status of every thread of t, all of them
+// frozen: its tid in the root's pid namespace (t's pid too, from the
+// leader's), and its seccomp mode. It has the kernel let the dumper's
+// syscalls through in the threads that have a mode, as compel does. Doing
+// it once the whole task is frozen leaves no thread a TSYNC could give
+// filters to afterwards. Only those threads: the option needs
+// CAP_SYS_ADMIN and a dumper not in seccomp itself, which the dump of a
+// tree without seccomp does not.
 func suspendSeccomp(t *task) error {
 	for _, th := range t.threads {
 		st, err := readStatus(procPath(t.pid, "task", strconv.Itoa(th.tid), "status"))
 		if err != nil {
 			return fmt.Errorf("%s: thread %d: %w", t, th.tid, err)
 		}
+		tid, err := st.last("NSpid")
+		if err != nil {
+			return fmt.Errorf("%s: thread %d: status: %w", t, th.tid, err)
+		}
+		th.nsTid = uint32(tid)
 		mode, err := seccompMode(st)
 		if err != nil {
 			return fmt.Errorf("%s: thread %d: status: %w", t, th.tid, err)
