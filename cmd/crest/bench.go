@@ -20,7 +20,7 @@ import (
 func init() {
 	register(&verb{
 		name:  "bench",
-		usage: "-D DIR | --workload SPEC [--runs N] [--verify] [--reset CMD] [--json]",
+		usage: "-D DIR | --workload SPEC [--runs N] [--verify | --criu PATH] [--reset CMD] [--json]",
 		short: "restore an image directory many times and report each stage's latency",
 		long: `
 bench restores the process tree in DIR (CRIU 4.2 images) N times, kills it
@@ -51,7 +51,13 @@ A restored tree may change what lies outside its images, e.g. append to a
 log file whose size the images recorded; --reset CMD (a shell command) runs
 before every restore to put that back. Timings are what this machine did
 this time: compare runs made side by side. --svg FILE also draws the
-stages' medians and the spread of the stages together.`,
+stages' medians and the spread of the stages together.
+
+With --criu PATH bench instead runs "crest restore -d" and "PATH restore
+-d" (CRIU's) as processes, taking turns, and reports the wall time of each
+command, its process start included, as a user sees it. CRIU keeps its
+kernel checks between runs only when /run is a tmpfs; the report says
+when it can not.`,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			dir := fs.StringP("images-dir", "D", "", "restore the image directory `DIR`")
 			workload := fs.String("workload", "", "instead of -D, start bench's own workload `SPEC` (tasks=N,threads=N,mem=SIZE,fds=N,pipes=N,shm=SIZE), dump it once and restore that")
@@ -64,6 +70,7 @@ stages' medians and the spread of the stages together.`,
 			seed := fs.Uint64("seed", 1, "the order of the modes in each round")
 			asJSON := fs.Bool("json", false, "print the report, with every sample, as JSON")
 			svg := fs.String("svg", "", "also draw the stages' medians and the spread of the stages together into `FILE` (SVG)")
+			criu := fs.String("criu", "", "compare crest restore -d with `PATH` restore -d (CRIU), as processes")
 			return func(ctx context.Context, env *env, args []string) error {
 				switch {
 				case *dir == "" && *workload == "":
@@ -80,6 +87,8 @@ stages' medians and the spread of the stages together.`,
 					return usagef("--settle %v: negative", *settle)
 				case *pins != "" && !*verify:
 					return usagef("--verify-pins without --verify")
+				case *criu != "" && (*verify || *svg != ""):
+					return usagef("--criu compares the commands' wall times: no --verify or --svg with it")
 				}
 				cfg := bench.Config{Dir: *dir, Runs: *runs, Modes: []bench.Mode{bench.Plain},
 					Warmup: *warmup, Settle: *settle, Seed: *seed, Log: env.log}
@@ -97,6 +106,23 @@ stages' medians and the spread of the stages together.`,
 				}
 				if *reset != "" {
 					cfg.Reset = resetCommand(ctx, *reset)
+				}
+				if *criu != "" {
+					self, err := os.Executable()
+					if err != nil {
+						return err
+					}
+					rep, err := bench.Compare(ctx, bench.CompareConfig{Dir: cfg.Dir, Runs: *runs, Crest: self, CRIU: *criu,
+						Reset: cfg.Reset, Settle: *settle})
+					if err != nil {
+						return err
+					}
+					if *asJSON {
+						enc := json.NewEncoder(env.stdout)
+						enc.SetIndent("", "  ")
+						return enc.Encode(rep)
+					}
+					return rep.Markdown(env.stdout)
 				}
 				if *verify {
 					pinDir, cleanup, err := benchPins(env, *pins)

@@ -200,6 +200,8 @@ func TestBenchErrors(t *testing.T) {
 		{"-D", images, "--verify-pins", "/sys/fs/bpf/x"},
 		{"-D", images, "--warmup", "-1"},
 		{"-D", images, "extra"},
+		{"-D", images, "--criu", "/bin/true", "--verify"},
+		{"-D", images, "--criu", "/bin/true", "--svg", "x.svg"},
 	}
 	for _, args := range usage {
 		if code, _, stderr := runBench(args...); code != 2 || !strings.HasPrefix(stderr, "crest bench: ") {
