@@ -66,6 +66,12 @@ func Compare(ctx context.Context, cfg CompareConfig) (*CompareReport, error) {
 	}
 	defer os.RemoveAll(tmp)
 
+	// CRIU writes stats-restore into the directory it restores: both
+	// restore a copy, which leaves the user's images as they were.
+	imgs := filepath.Join(tmp, "images")
+	if err := copyImages(cfg.Dir, imgs); err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
 	rep := &CompareReport{Dir: cfg.Dir, Runs: cfg.Runs, KdatCached: onTmpfs("/run")}
 	var crest, criu []time.Duration
 	for i := range cfg.Runs {
@@ -88,9 +94,9 @@ func Compare(ctx context.Context, cfg CompareConfig) (*CompareReport, error) {
 			os.Remove(pidfile)
 			var cmd *exec.Cmd
 			if k == 0 {
-				cmd = exec.CommandContext(ctx, cfg.Crest, "restore", "-D", cfg.Dir, "-d", "--pidfile", pidfile)
+				cmd = exec.CommandContext(ctx, cfg.Crest, "restore", "-D", imgs, "-d", "--pidfile", pidfile)
 			} else {
-				cmd = exec.CommandContext(ctx, cfg.CRIU, "restore", "-D", cfg.Dir, "-d", "--pidfile", pidfile,
+				cmd = exec.CommandContext(ctx, cfg.CRIU, "restore", "-D", imgs, "-d", "--pidfile", pidfile,
 					"-o", filepath.Join(tmp, "restore.log"))
 			}
 			var out strings.Builder
@@ -110,6 +116,30 @@ func Compare(ctx context.Context, cfg CompareConfig) (*CompareReport, error) {
 	}
 	rep.Crest, rep.CRIU = Summarize(crest), Summarize(criu)
 	return rep, nil
+}
+
+// copyImages copies the regular files of image directory src into dst.
+func copyImages(src, dst string) error {
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	if err := os.Mkdir(dst, 0o700); err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // criuLog is the end of CRIU's log after a failed criu restore (k 1).
