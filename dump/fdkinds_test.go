@@ -55,7 +55,7 @@ func imageFds(t *testing.T, d *images.Dir, pid uint32) map[uint32]imageFd {
 }
 
 // zeroOwner fails unless fown is there and all zero, as crest writes it
-// for every file.
+// for a file without an owner for SIGIO.
 func zeroOwner(t *testing.T, what string, o *fown.FownEntry) {
 	t.Helper()
 	if o == nil || o.GetUid() != 0 || o.GetEuid() != 0 || o.GetSignum() != 0 || o.GetPidType() != 0 || o.GetPid() != 0 {

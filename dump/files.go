@@ -337,6 +337,14 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 			return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
 		}
 	}
+	owner, why, err := fileOwner(t, fd, flags)
+	if err != nil {
+		return nil, fmt.Errorf("%s: fd %d: %s: %w", t, fd, name, err)
+	}
+	if why != "" {
+		return nil, unsupported(why)
+	}
+	setOwner(fe, owner)
 	ft.entries = append(ft.entries, fe)
 	ft.open = append(ft.open, openFile{pid: t.pid, fd: fd, key: key, id: id})
 	return &fdinfo.FdinfoEntry{Id: proto.Uint32(id), Flags: proto.Uint32(fdflags), Type: typ.Enum(), Fd: proto.Uint32(uint32(fd))}, nil

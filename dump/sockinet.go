@@ -28,7 +28,7 @@ import (
 // Refused: connected TCP sockets (CRIU needs --tcp-established and
 // TCP_REPAIR for them), a listener with connections not yet accepted
 // (CRIU's --tcp-skip-in-flight), raw and ping sockets, other protocols
-// (MPTCP), a corked UDP socket, IP_TRANSPARENT, an owner for SIGIO, a
+// (MPTCP), a corked UDP socket, IP_TRANSPARENT, an owner for SIGIO outside the tree, a
 // socket of another net namespace and the options sockOpts refuses.
 // As CRIU, the datagrams queued on a UDP socket are not kept.
 
@@ -89,9 +89,6 @@ func (ft *fileTable) inetSocketEntry(t *task, id uint32, fd int, ino uint64, fla
 		return nil, why, nil
 	}
 	if why, err := otherNetns(c); why != "" || err != nil {
-		return nil, why, err
-	}
-	if why, err := sigioOwner(c, flags); why != "" || err != nil {
 		return nil, why, err
 	}
 	sk, err := inetDiag(family, protocol, uint32(ino))
@@ -223,23 +220,6 @@ func otherNetns(fd int) (string, error) {
 	}
 	if st.Ino != self.Ino || st.Dev != self.Dev {
 		return fmt.Sprintf("a socket of another net namespace (net:[%d])", st.Ino), nil
-	}
-	return "", nil
-}
-
-// sigioOwner says whether socket fd signals an owner (F_SETOWN,
-// F_SETSIG, O_ASYNC), which inet_sk_entry.fown would have to carry.
-func sigioOwner(fd int, flags uint32) (string, error) {
-	owner, err := unix.FcntlInt(uintptr(fd), unix.F_GETOWN, 0)
-	if err != nil {
-		return "", os.NewSyscallError("fcntl(F_GETOWN)", err)
-	}
-	sig, err := unix.FcntlInt(uintptr(fd), unix.F_GETSIG, 0)
-	if err != nil {
-		return "", os.NewSyscallError("fcntl(F_GETSIG)", err)
-	}
-	if owner != 0 || sig != 0 || flags&unix.O_ASYNC != 0 {
-		return fmt.Sprintf("an owner for SIGIO (F_SETOWN %d, F_SETSIG %d, O_ASYNC %v) is not supported", owner, sig, flags&unix.O_ASYNC != 0), nil
 	}
 	return "", nil
 }

@@ -474,10 +474,6 @@ func TestDumpInetRefused(t *testing.T) {
 			"a corked UDP socket (UDP_CORK) is not supported"},
 		{"transparent", "int s = socket(AF_INET6, SOCK_DGRAM, 0); setsockopt(s, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof one);", 4,
 			"IPV6_TRANSPARENT is not kept by CRIU's images"},
-		{"owner", "int s = socket(AF_INET, SOCK_DGRAM, 0); fcntl(s, F_SETOWN, getpid());", 4,
-			"an owner for SIGIO (F_SETOWN "},
-		{"async", "int s = socket(AF_INET, SOCK_DGRAM, 0); fcntl(s, F_SETFL, O_ASYNC);", 4,
-			"an owner for SIGIO (F_SETOWN 0, F_SETSIG 0, O_ASYNC true) is not supported"},
 		{"locked filter", `struct sock_filter f = { 0x06, 0, 0, 0xffff };
 	struct sock_fprog prog = { 1, &f };
 	int s = socket(AF_INET, SOCK_DGRAM, 0);

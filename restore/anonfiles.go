@@ -38,7 +38,6 @@ func (p *Plan) anonFile(t *Task, id uint32, fe *fdinfo.FileEntry) (*File, error)
 		return &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d: "+format, append([]any{id}, args...)...)}
 	}
 	var f *File
-	var owner *fown.FownEntry
 	switch fe.GetType() {
 	case fdinfo.FdTypes_EVENTFD:
 		e := fe.GetEfd()
@@ -46,14 +45,12 @@ func (p *Plan) anonFile(t *Task, id uint32, fe *fdinfo.FileEntry) (*File, error)
 			return nil, bad("EVENTFD without its entry")
 		}
 		f = &File{ID: id, Kind: FileEventfd, Flags: e.GetFlags(), Eventfd: &Eventfd{Counter: e.GetCounter()}}
-		owner = e.GetFown()
 	case fdinfo.FdTypes_SIGNALFD:
 		e := fe.GetSgfd()
 		if e == nil {
 			return nil, bad("SIGNALFD without its entry")
 		}
 		f = &File{ID: id, Kind: FileSignalfd, Flags: e.GetFlags(), Signalfd: &Signalfd{Mask: e.GetSigmask()}}
-		owner = e.GetFown()
 	case fdinfo.FdTypes_TIMERFD:
 		e := fe.GetTfd()
 		if e == nil {
@@ -79,10 +76,6 @@ func (p *Plan) anonFile(t *Task, id uint32, fe *fdinfo.FileEntry) (*File, error)
 			tf.Value = tf.Interval
 		}
 		f = &File{ID: id, Kind: FileTimerfd, Flags: e.GetFlags(), Timerfd: tf}
-		owner = e.GetFown()
-	}
-	if owner.GetPid() != 0 || owner.GetSignum() != 0 {
-		return nil, bad("%s with an owner for SIGIO (F_SETOWN) is not supported yet", fe.GetType())
 	}
 	p.Files[id] = f
 	return f, nil
@@ -185,9 +178,6 @@ func (p *Plan) epollFile(t *Task, id uint32, e interface {
 	GetTfd() []*eventpoll.EventpollTfdEntry
 	GetFown() *fown.FownEntry
 }) (*File, error) {
-	if owner := e.GetFown(); owner.GetPid() != 0 || owner.GetSignum() != 0 {
-		return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d: EVENTPOLL with an owner for SIGIO (F_SETOWN) is not supported yet", id)}
-	}
 	ep := &Epoll{}
 	for _, tf := range e.GetTfd() {
 		ep.Items = append(ep.Items, EpollItem{TFD: int(tf.GetTfd()), Events: tf.GetEvents(), Data: tf.GetData()})

@@ -97,7 +97,7 @@ func TestPlanAnonFiles(t *testing.T) {
 	}{
 		{"an owner", func(e *eventfd.EventfdFileEntry, _ *signalfd.SignalfdEntry, _ *timerfd.TimerfdEntry) {
 			e.Fown.Pid = proto.Uint32(7)
-		}, "task 2: files.img: file 100: EVENTFD with an owner for SIGIO (F_SETOWN) is not supported yet"},
+		}, "task 2: files.img: file 100: the owner for SIGIO (F_SETOWN), thread 7, is not in the tree"},
 		{"a clock", func(_ *eventfd.EventfdFileEntry, _ *signalfd.SignalfdEntry, tf *timerfd.TimerfdEntry) {
 			tf.Clockid = proto.Uint32(3)
 		}, "task 2: files.img: file 102: timer on clock 3"},

@@ -322,6 +322,10 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 				return &StageError{Stage: st, Err: err}
 			}
 		case StageRestore:
+			// every thread exists and has its files now (fown.go)
+			if err := r.setOwners(); err != nil {
+				return &StageError{Stage: st, Step: "file owners", Err: err}
+			}
 			skipped, err := r.setRlimits()
 			if err != nil {
 				return &StageError{Stage: st, Step: "rlimits", Err: err}

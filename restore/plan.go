@@ -62,6 +62,9 @@ type Plan struct {
 
 	pipeData map[uint32]images.PipeData // pipes-data.img by pipe_id, read on first use
 	unix     *unixSockets               // files.img's unix sockets and sk-queues.img, read on first use
+	// sigio are the files with an owner, a signal or O_ASYNC for SIGIO,
+	// which the engine sets after RESTORE (fown.go); true: O_ASYNC.
+	sigio    map[uint32]bool
 	fifoData map[uint32]images.PipeData // fifo-data.img
 	inodes   map[uint32]*memfd.MemfdInodeEntry
 }
@@ -775,6 +778,9 @@ func (p *Plan) file(t *Task, id uint32, from string) (*File, error) {
 	fe, err := p.Dir.File(id)
 	if err != nil {
 		return nil, &PlanError{PID: t.PID, File: from, Err: err}
+	}
+	if err := p.checkOwner(t, id, fe); err != nil {
+		return nil, err
 	}
 	switch fe.GetType() {
 	case fdinfo.FdTypes_REG:

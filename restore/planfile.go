@@ -262,6 +262,9 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 			if fd.CloExec {
 				afd.Cloexec = 1
 			}
+			if p.sigio[fd.File.ID] {
+				afd.Async = 1
+			}
 			put(afd)
 		}
 		pad(at.VMAsOff)

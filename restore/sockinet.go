@@ -27,7 +27,7 @@ import (
 //
 // Established TCP connections need TCP_REPAIR (CRIU's --tcp-established)
 // and are refused at planning, as are raw and ping sockets, protocols
-// other than these, and owners for SIGIO.
+// other than these, and owners for SIGIO outside the tree.
 
 // TCP states (include/net/tcp_states.h) as inet_sk_entry.state stores
 // them; a UDP socket is TCP_CLOSE, or TCP_ESTABLISHED when connected.
@@ -142,11 +142,8 @@ func (p *Plan) inetSocketFile(t *Task, id uint32, e *sk_inet.InetSkEntry) (*File
 	} else if !(s.State == tcpClose && s.Dst.Port() == 0 || s.State == tcpEstablished && s.Dst.Port() != 0) {
 		return nil, bad("%s in %s, with peer port %d", s, tcpStateName(s.State), s.Dst.Port())
 	}
-	if owner := e.GetFown(); owner.GetPid() != 0 || owner.GetSignum() != 0 {
-		return nil, bad("an owner for SIGIO (F_SETOWN) is not supported yet")
-	}
-	if extra := e.GetFlags() &^ (syscall.O_ACCMODE | syscall.O_NONBLOCK); extra != 0 {
-		return nil, bad("status flags %#o: only O_NONBLOCK is restored on sockets", extra)
+	if extra := e.GetFlags() &^ (syscall.O_ACCMODE | syscall.O_NONBLOCK | syscall.O_ASYNC); extra != 0 {
+		return nil, bad("status flags %#o: only O_NONBLOCK and O_ASYNC are restored on sockets", extra)
 	}
 	if raw := s.IP.GetRaw(); raw != nil && (raw.Hdrincl != nil || raw.Nodefrag != nil || raw.Checksum != nil || len(raw.IcmpvFilter) > 0) {
 		return nil, bad("raw socket options on a %s socket", s.protoName())

@@ -65,7 +65,7 @@ import (
 //
 // Refused at planning: a peer not in the image set (external sockets),
 // connections a listener had not accepted yet, file descriptors in a
-// queue (SCM_RIGHTS), an owner for SIGIO, a name whose file was removed
+// queue (SCM_RIGHTS), an owner for SIGIO outside the tree, a name whose file was removed
 // since the bind (ghost sockets), CRIU's special sockets (uflags), and
 // types and states CRIU does not dump.
 
@@ -374,9 +374,6 @@ func unixRefusal(e *sk_unix.UnixSkEntry, t *Task) string {
 	if uf := e.GetUflags(); uf != 0 {
 		// CRIU's USK_EXTERN, USK_SERVICE, USK_CALLBACK, USK_INHERIT
 		return fmt.Sprintf("special unix socket (uflags %#x: external, criu service, plugin or inherited) is not supported", uf)
-	}
-	if o := e.GetFown(); o.GetPid() != 0 || o.GetSignum() != 0 {
-		return "an owner for SIGIO (F_SETOWN) is not supported yet"
 	}
 	if e.GetOpts() == nil {
 		return "no socket options (sk_opts_entry)"

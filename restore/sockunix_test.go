@@ -217,7 +217,7 @@ func TestPlanUnixSockets(t *testing.T) {
 		{"SCM_RIGHTS", func(s map[string]*usk) { s["C"].scm = true },
 			"file 202 (socket:[9002]): file descriptors in flight in its queue (SCM_RIGHTS) are not supported"},
 		{"owner", func(s map[string]*usk) { s["X"].edit = func(e *sk_unix.UnixSkEntry) { e.Fown.Pid = proto.Uint32(7) } },
-			"file 209 (socket:[9009]): an owner for SIGIO (F_SETOWN) is not supported yet"},
+			"file 209: the owner for SIGIO (F_SETOWN), thread 7, is not in the tree"},
 		{"uflags", func(s map[string]*usk) { s["X"].edit = func(e *sk_unix.UnixSkEntry) { e.Uflags = proto.Uint32(1) } },
 			"file 209 (socket:[9009]): special unix socket (uflags 0x1"},
 		{"type", func(s map[string]*usk) { s["X"].typ = unix.SOCK_RAW },

@@ -242,7 +242,7 @@ type FD struct {
 	FD      int32  `c:"fd"`
 	SrcFD   int32  `c:"src_fd"`
 	Cloexec uint32 `c:"cloexec"`
-	Pad     uint32 `c:"pad"`
+	Async   uint32 `c:"async"`
 }
 
 // VMA is struct crest_vma.

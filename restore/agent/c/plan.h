@@ -276,7 +276,12 @@ struct crest_fd {
 	int32_t fd;		/* the number in the task */
 	int32_t src_fd;		/* the local fd holding the open file */
 	uint32_t cloexec;
-	uint32_t pad;
+	/*
+	 * 1: the file has O_ASYNC, set by the engine on its own fd; the task
+	 * turns it off and on again after COMPLETE, so that SIGIO's si_fd
+	 * is this fd (the kernel keeps the fd of the last to turn it on)
+	 */
+	uint32_t async;
 };
 
 struct crest_vma {

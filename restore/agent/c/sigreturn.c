@@ -189,6 +189,29 @@ static void restore_seccomp(struct crest_slot *slot, const struct crest_thread *
  * registers. Nothing else happens here: the engine steps each thread
  * through these calls with ptrace (finish.go), two stops per call.
  */
+/*
+ * O_ASYNC off and on again at the task's own fds that have it: the engine
+ * set it, with the owner, on its copies of the files, and the kernel
+ * names in SIGIO's si_fd the fd of the last to turn it on.
+ */
+static void rearm_async(struct crest_slot *slot)
+{
+	const struct crest_fd *fds = plan_ptr(agent.task->fds_off);
+	uint32_t i;
+	long fl, ret;
+
+	for (i = 0; i < agent.task->nr_fds; i++) {
+		if (!fds[i].async)
+			continue;
+		fl = sys_fcntl(fds[i].fd, F_GETFL, 0);
+		ret = fl < 0 ? fl : sys_fcntl(fds[i].fd, F_SETFL, fl & ~O_ASYNC);
+		if (ret >= 0)
+			ret = sys_fcntl(fds[i].fd, F_SETFL, fl | O_ASYNC);
+		if (ret < 0)
+			task_fail_slot(slot, CREST_STEP_SIGRETURN, ret);
+	}
+}
+
 __attribute__((noreturn)) void sigreturn_now(struct crest_slot *slot, const struct crest_thread *th,
 					     struct crest_ucontext *uc)
 {
@@ -201,6 +224,8 @@ __attribute__((noreturn)) void sigreturn_now(struct crest_slot *slot, const stru
 			task_fail_slot(slot, CREST_STEP_SIGRETURN, ret);
 	}
 	leave_complete(slot);
+	if (th->index == 0)
+		rearm_async(slot);
 	/* before seccomp, whose filters might refuse it */
 	if (!th->sched_early)
 		restore_sched(slot, th);

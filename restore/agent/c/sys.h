@@ -28,6 +28,9 @@
 #define MAP_NORESERVE 0x4000
 #define MAP_FIXED_NOREPLACE 0x100000
 #define O_CLOEXEC 02000000
+#define O_ASYNC 020000
+#define F_GETFL 3
+#define F_SETFL 4
 
 static inline long sys_call0(long nr)
 {
@@ -196,6 +199,11 @@ static inline long sys_pidfd_getfd(int pidfd, int fd, unsigned int flags)
 static inline long sys_dup3(int oldfd, int newfd, int flags)
 {
 	return sys_call3(__NR_dup3, oldfd, newfd, flags);
+}
+
+static inline long sys_fcntl(int fd, int cmd, long arg)
+{
+	return sys_call3(__NR_fcntl, fd, cmd, arg);
 }
 
 static inline long sys_mprotect(void *addr, size_t len, int prot)
