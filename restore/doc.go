@@ -59,7 +59,8 @@
 // their signal), the clocks (a time namespace going on from the dump's),
 // unix sockets (pairs, listeners and the connections they accepted, path
 // and abstract names, queued data, shutdown), TCP listeners and UDP
-// sockets with their options (sockunix.go, sockinet.go), and nothing of
+// sockets with their options (sockunix.go, sockinet.go), owners for
+// SIGIO of any file (F_SETOWN, F_SETSIG, O_ASYNC: fown.go), and nothing of
 // crest's left in the tasks' mappings or fd tables.
 // Refused at planning, naming what: SCHED_DEADLINE, nested time
 // namespaces, namespaces other than pid and time, established TCP

@@ -27,7 +27,7 @@ crest's own when the tree had none), sessions and process groups (with
 helper tasks for leaders that are gone), zombies, memory (shared memory
 too), registers, threads, files, pipes, FIFOs, memfds, eventfds,
 signalfds, timerfds and epolls, unix sockets, TCP listeners and UDP
-sockets, signal handlers, pending signals, interval and
+sockets, files' owners for SIGIO (F_SETOWN), signal handlers, pending signals, interval and
 POSIX timers, seccomp (strict mode and filters, each thread's in their
 order), personality, child subreaper, oom_score_adj (when it can be set:
 lowering it needs CAP_SYS_RESOURCE, a warning says when not), each
