@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -117,12 +118,7 @@ when it can not.`,
 					if err != nil {
 						return err
 					}
-					if *asJSON {
-						enc := json.NewEncoder(env.stdout)
-						enc.SetIndent("", "  ")
-						return enc.Encode(rep)
-					}
-					return rep.Markdown(env.stdout)
+					return printReport(env, *asJSON, rep)
 				}
 				if *verify {
 					pinDir, cleanup, err := benchPins(env, *pins)
@@ -158,15 +154,20 @@ when it can not.`,
 						return err
 					}
 				}
-				if *asJSON {
-					enc := json.NewEncoder(env.stdout)
-					enc.SetIndent("", "  ")
-					return enc.Encode(rep)
-				}
-				return rep.Markdown(env.stdout)
+				return printReport(env, *asJSON, rep)
 			}
 		},
 	})
+}
+
+// printReport prints a bench report as Markdown, or as indented JSON.
+func printReport(env *env, asJSON bool, rep interface{ Markdown(io.Writer) error }) error {
+	if asJSON {
+		enc := json.NewEncoder(env.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	return rep.Markdown(env.stdout)
 }
 
 // resetCommand runs cmd with /bin/sh before each restore.
