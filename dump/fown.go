@@ -9,6 +9,8 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/crest-restore/crest/images"
 )
 
 // F_GETOWN_EX owner types (include/uapi/asm-generic/fcntl.h), as
@@ -112,24 +114,7 @@ func treeOwner(t *task, typ, host int) (uint32, string) {
 // setOwner puts o into the entry of fe's kind, where every kind keeps its
 // fown_entry.
 func setOwner(fe *fdinfo.FileEntry, o *fown.FownEntry) {
-	switch {
-	case fe.Reg != nil:
-		fe.Reg.Fown = o
-	case fe.Pipe != nil:
-		fe.Pipe.Fown = o
-	case fe.Memfd != nil:
-		fe.Memfd.Fown = o
-	case fe.Efd != nil:
-		fe.Efd.Fown = o
-	case fe.Sgfd != nil:
-		fe.Sgfd.Fown = o
-	case fe.Tfd != nil:
-		fe.Tfd.Fown = o
-	case fe.Epfd != nil:
-		fe.Epfd.Fown = o
-	case fe.Usk != nil:
-		fe.Usk.Fown = o
-	case fe.Isk != nil:
-		fe.Isk.Fown = o
+	if p, _ := images.FileFown(fe); p != nil {
+		*p = o
 	}
 }

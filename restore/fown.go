@@ -11,6 +11,8 @@ import (
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
+
+	"github.com/crest-restore/crest/images"
 )
 
 // Owners for SIGIO (fcntl F_SETOWN, F_SETOWN_EX, F_SETSIG and O_ASYNC),
@@ -42,27 +44,11 @@ type fOwnerEx struct {
 // ownerOf returns the fown_entry and the open flags of whichever kind
 // entry fe holds.
 func ownerOf(fe *fdinfo.FileEntry) (o *fown.FownEntry, flags uint32) {
-	switch {
-	case fe.Reg != nil:
-		return fe.Reg.GetFown(), fe.Reg.GetFlags()
-	case fe.Pipe != nil:
-		return fe.Pipe.GetFown(), fe.Pipe.GetFlags()
-	case fe.Memfd != nil:
-		return fe.Memfd.GetFown(), fe.Memfd.GetFlags()
-	case fe.Efd != nil:
-		return fe.Efd.GetFown(), fe.Efd.GetFlags()
-	case fe.Sgfd != nil:
-		return fe.Sgfd.GetFown(), fe.Sgfd.GetFlags()
-	case fe.Tfd != nil:
-		return fe.Tfd.GetFown(), fe.Tfd.GetFlags()
-	case fe.Epfd != nil:
-		return fe.Epfd.GetFown(), fe.Epfd.GetFlags()
-	case fe.Usk != nil:
-		return fe.Usk.GetFown(), fe.Usk.GetFlags()
-	case fe.Isk != nil:
-		return fe.Isk.GetFown(), fe.Isk.GetFlags()
+	p, flags := images.FileFown(fe)
+	if p == nil {
+		return nil, 0
 	}
-	return nil, 0
+	return *p, flags
 }
 
 // ownerName is how errors name an owner: "process 7".
