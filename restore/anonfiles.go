@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/eventpoll"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
@@ -140,10 +139,9 @@ func openAnon(f *File) (int, error) {
 			return -1, fmt.Errorf("timerfd_settime: %w", err)
 		}
 		if tf.Ticks > 0 {
-			ticks := tf.Ticks
-			if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), tfdIocSetTicks, uintptr(unsafe.Pointer(&ticks))); errno != 0 {
+			if err := timerfdSetTicks(fd, tf.Ticks); err != nil {
 				unix.Close(fd)
-				return -1, fmt.Errorf("timerfd: %d expirations not read (TFD_IOC_SET_TICKS): %w", tf.Ticks, errno)
+				return -1, fmt.Errorf("timerfd: %d expirations not read: %w", tf.Ticks, err)
 			}
 		}
 		return fd, nil

@@ -7,10 +7,10 @@ import (
 	"runtime"
 	"sort"
 	"syscall"
-	"unsafe"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
+	"golang.org/x/sys/unix"
 
 	"github.com/crest-restore/crest/images"
 )
@@ -275,32 +275,20 @@ func (r *Restore) ownerHost(o *fown.FownEntry) (int, error) {
 // records whoever sets an owner; then it puts the thread's back. The saved
 // uid stays the engine's, so that it may.
 func setOwnerAs(fd int, ex fOwnerEx, uid, euid uint32) error {
-	var ruid, eu, suid uint32
-	if _, _, e := syscall.RawSyscall(syscall.SYS_GETRESUID, uintptr(unsafe.Pointer(&ruid)), uintptr(unsafe.Pointer(&eu)),
-		uintptr(unsafe.Pointer(&suid))); e != 0 {
-		return os.NewSyscallError("getresuid", e)
-	}
+	r, e, _ := unix.Getresuid()
+	ruid, eu := uint32(r), uint32(e)
 	if ruid == uid && eu == euid {
 		return fSetownEx(fd, ex)
 	}
-	keep := uintptr(^uint32(0)) // -1: unchanged
-	if _, _, e := syscall.RawSyscall(syscall.SYS_SETRESUID, uintptr(uid), uintptr(euid), keep); e != 0 {
-		return fmt.Errorf("as uid %d euid %d: %w", uid, euid, os.NewSyscallError("setresuid", e))
+	if err := setresuidThread(uid, euid); err != nil {
+		return fmt.Errorf("as uid %d euid %d: %w", uid, euid, err)
 	}
 	err := fSetownEx(fd, ex)
 	if err != nil {
 		err = fmt.Errorf("as uid %d euid %d: %w", uid, euid, err)
 	}
-	if _, _, e := syscall.RawSyscall(syscall.SYS_SETRESUID, uintptr(ruid), uintptr(eu), keep); e != 0 {
-		err = &credError{errors.Join(err, os.NewSyscallError("setresuid (back)", e))}
+	if e := setresuidThread(ruid, eu); e != nil {
+		err = &credError{errors.Join(err, fmt.Errorf("back: %w", e))}
 	}
 	return err
-}
-
-// fSetownEx is fcntl(fd, F_SETOWN_EX, &ex).
-func fSetownEx(fd int, ex fOwnerEx) error {
-	if _, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_SETOWN_EX, uintptr(unsafe.Pointer(&ex))); e != 0 {
-		return os.NewSyscallError("fcntl(F_SETOWN_EX)", e)
-	}
-	return nil
 }

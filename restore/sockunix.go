@@ -9,13 +9,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"syscall"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/sk-opts"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/sk-unix"
+	"golang.org/x/sys/unix"
 
 	"github.com/crest-restore/crest/images"
 )
@@ -714,44 +712,6 @@ func connectUnix(fd int, to *UnixSocket) error {
 		dir = ""
 	}
 	return inDir(dir, func() error { return sockaddrCall(unix.SYS_CONNECT, fd, to.Name, "connect") })
-}
-
-// sockaddrCall calls bind(2) or connect(2) with the unix address name,
-// byte for byte: x/sys's SockaddrUnix would take a path starting with '@'
-// for an abstract name.
-func sockaddrCall(nr uintptr, fd int, name []byte, op string) error {
-	var sa unix.RawSockaddrUnix
-	sa.Family = unix.AF_UNIX
-	if len(name) > len(sa.Path) {
-		return fmt.Errorf("%s: a name of %d bytes", op, len(name))
-	}
-	for i, c := range name {
-		sa.Path[i] = int8(c)
-	}
-	n := len(name)
-	if name[0] != 0 {
-		n = len(unixPath(name)) // the kernel ends a path at its NUL
-	}
-	for {
-		_, _, errno := unix.Syscall(nr, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(2+n))
-		if errno == unix.EINTR {
-			continue
-		}
-		if errno != 0 {
-			return &os.PathError{Op: op, Path: unixNameString(name), Err: errno}
-		}
-		return nil
-	}
-}
-
-// disconnect dissolves the association of a datagram socket with its peer
-// (connect(2) to AF_UNSPEC).
-func disconnect(fd int) error {
-	sa := unix.RawSockaddr{Family: unix.AF_UNSPEC}
-	if _, _, errno := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa.Family)); errno != 0 {
-		return os.NewSyscallError("connect(AF_UNSPEC)", errno)
-	}
-	return nil
 }
 
 // unixNameString shows a name: an abstract one as "@name".

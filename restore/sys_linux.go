@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // The raw system calls of the engine, fenced into this file. Numbers that
@@ -220,4 +222,71 @@ func ignoredSignals() (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("/proc/self/status: no SigIgn line")
+}
+
+// fSetownEx is fcntl(fd, F_SETOWN_EX, &ex).
+func fSetownEx(fd int, ex fOwnerEx) error {
+	if _, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_SETOWN_EX, uintptr(unsafe.Pointer(&ex))); e != 0 {
+		return os.NewSyscallError("fcntl(F_SETOWN_EX)", e)
+	}
+	return nil
+}
+
+// sockaddrCall calls bind(2) or connect(2) with the unix address name,
+// byte for byte: x/sys's SockaddrUnix would take a path starting with '@'
+// for an abstract name.
+func sockaddrCall(nr uintptr, fd int, name []byte, op string) error {
+	var sa unix.RawSockaddrUnix
+	sa.Family = unix.AF_UNIX
+	if len(name) > len(sa.Path) {
+		return fmt.Errorf("%s: a name of %d bytes", op, len(name))
+	}
+	for i, c := range name {
+		sa.Path[i] = int8(c)
+	}
+	n := len(name)
+	if name[0] != 0 {
+		n = len(unixPath(name)) // the kernel ends a path at its NUL
+	}
+	for {
+		_, _, errno := unix.Syscall(nr, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(2+n))
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return &os.PathError{Op: op, Path: unixNameString(name), Err: errno}
+		}
+		return nil
+	}
+}
+
+// disconnect dissolves the association of a datagram socket with its peer
+// (connect(2) to AF_UNSPEC).
+func disconnect(fd int) error {
+	sa := unix.RawSockaddr{Family: unix.AF_UNSPEC}
+	if _, _, errno := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa.Family)); errno != 0 {
+		return os.NewSyscallError("connect(AF_UNSPEC)", errno)
+	}
+	return nil
+}
+
+// setresuidThread sets the real and effective uid of the calling thread
+// only, the saved uid unchanged: syscall.Setresuid (and x/sys's, which
+// calls it) changes every thread of the engine. The caller has locked its
+// OS thread.
+func setresuidThread(ruid, euid uint32) error {
+	keep := uintptr(^uint32(0)) // -1: unchanged
+	if _, _, e := syscall.RawSyscall(syscall.SYS_SETRESUID, uintptr(ruid), uintptr(euid), keep); e != 0 {
+		return os.NewSyscallError("setresuid", e)
+	}
+	return nil
+}
+
+// timerfdSetTicks sets the expirations timerfd fd has not had read
+// (TFD_IOC_SET_TICKS).
+func timerfdSetTicks(fd int, ticks uint64) error {
+	if _, _, errno := syscall.Syscall(syscall.SYS_IOCTL, uintptr(fd), tfdIocSetTicks, uintptr(unsafe.Pointer(&ticks))); errno != 0 {
+		return os.NewSyscallError("ioctl(TFD_IOC_SET_TICKS)", errno)
+	}
+	return nil
 }
