@@ -247,6 +247,9 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 	if _, locked := fi.rest["lock"]; locked {
 		return nil, unsupported("file locks are not supported")
 	}
+	// the copy of fd that sockets and owners are read through, if needed
+	fc := newFDCopy(t.pid, fd)
+	defer fc.close()
 	typ := fdinfo.FdTypes_REG
 	anonType, anon := anonTypes[name]
 	switch mode := st.Mode & unix.S_IFMT; {
@@ -264,7 +267,11 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 		}
 	case mode == unix.S_IFSOCK:
 		var why string
-		if typ, why, err = socketType(t.pid, fd); err != nil {
+		c, err := fc.get()
+		if err == nil {
+			typ, why, err = socketType(c)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
 		}
 		if why != "" {
@@ -317,10 +324,11 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 		}
 	} else if typ == fdinfo.FdTypes_UNIXSK || typ == fdinfo.FdTypes_INETSK {
 		var why string
-		if typ == fdinfo.FdTypes_UNIXSK {
-			fe, why, err = ft.unixSocketEntry(t, id, fd, st.Ino, flags)
-		} else {
-			fe, why, err = ft.inetSocketEntry(t, id, fd, st.Ino, flags)
+		c, err := fc.get()
+		if err == nil && typ == fdinfo.FdTypes_UNIXSK {
+			fe, why, err = ft.unixSocketEntry(t, id, c, st.Ino, flags)
+		} else if err == nil {
+			fe, why, err = ft.inetSocketEntry(t, id, c, st.Ino, flags)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: fd %d: %s: %w", t, fd, name, err)
@@ -337,7 +345,7 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 			return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
 		}
 	}
-	owner, why, err := fileOwner(t, fd, flags)
+	owner, why, err := fileOwner(t, fc, flags)
 	if err != nil {
 		return nil, fmt.Errorf("%s: fd %d: %s: %w", t, fd, name, err)
 	}

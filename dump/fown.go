@@ -29,7 +29,8 @@ type fOwnerEx struct {
 	PID  int32
 }
 
-// fileOwner reads who gets SIGIO from fd of t, as CRIU 4.2 keeps it in
+// fileOwner reads who gets SIGIO from the open file fc (a copy of an fd
+// of t), as CRIU 4.2 keeps it in
 // fown_entry (criu/pie/parasite.c fill_fds_fown, criu/files.c): the
 // signal of F_SETSIG always, and when there is an owner, its type and pid
 // (F_GETOWN_EX) and the uid and euid of whoever set it (F_GETOWNER_UIDS),
@@ -37,16 +38,15 @@ type fOwnerEx struct {
 // gives the owner's pid in the dumper's pid namespace: it is turned into
 // the tree's, and an owner outside the tree is refused (why). O_PATH
 // files have no owner.
-func fileOwner(t *task, fd int, flags uint32) (o *fown.FownEntry, why string, err error) {
+func fileOwner(t *task, fc *fdCopy, flags uint32) (o *fown.FownEntry, why string, err error) {
 	o = zeroFown()
 	if flags&unix.O_PATH != 0 {
 		return o, "", nil
 	}
-	c, err := stealFD(t.pid, fd)
+	c, err := fc.get()
 	if err != nil {
 		return nil, "", err
 	}
-	defer unix.Close(c)
 	sig, err := unix.FcntlInt(uintptr(c), unix.F_GETSIG, 0)
 	if err != nil {
 		return nil, "", os.NewSyscallError("fcntl(F_GETSIG)", err)

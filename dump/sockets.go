@@ -23,14 +23,38 @@ func stealFD(pid, fd int) (int, error) {
 	return c, nil
 }
 
-// socketType tells which files.img entry the socket at fd of process pid
-// becomes, by its address family; why says why it can not be dumped.
-func socketType(pid, fd int) (typ fdinfo.FdTypes, why string, err error) {
-	c, err := stealFD(pid, fd)
-	if err != nil {
-		return 0, "", err
+// fdCopy is a copy of fd of process pid in this process (stealFD), taken
+// on first need and shared by all that read the open file through it.
+type fdCopy struct {
+	pid, fd int
+	c       int // -1 until taken
+}
+
+func newFDCopy(pid, fd int) *fdCopy { return &fdCopy{pid: pid, fd: fd, c: -1} }
+
+// get returns the copy, taking it the first time.
+func (f *fdCopy) get() (int, error) {
+	if f.c < 0 {
+		c, err := stealFD(f.pid, f.fd)
+		if err != nil {
+			return -1, err
+		}
+		f.c = c
 	}
-	defer unix.Close(c)
+	return f.c, nil
+}
+
+// close closes the copy if it was taken.
+func (f *fdCopy) close() {
+	if f.c >= 0 {
+		unix.Close(f.c)
+		f.c = -1
+	}
+}
+
+// socketType tells which files.img entry the socket c (a copy) becomes,
+// by its address family; why says why it can not be dumped.
+func socketType(c int) (typ fdinfo.FdTypes, why string, err error) {
 	family, err := unix.GetsockoptInt(c, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	if err != nil {
 		return 0, "", os.NewSyscallError("getsockopt(SO_DOMAIN)", err)

@@ -59,13 +59,9 @@ type inetSock struct {
 	shutdown         uint8 // RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2
 }
 
-// inetSocketEntry describes the inet socket at fd of t, inode ino.
-func (ft *fileTable) inetSocketEntry(t *task, id uint32, fd int, ino uint64, flags uint32) (*fdinfo.FileEntry, string, error) {
-	c, err := stealFD(t.pid, fd)
-	if err != nil {
-		return nil, "", err
-	}
-	defer unix.Close(c)
+// inetSocketEntry describes the inet socket c (a copy of an fd of t),
+// inode ino.
+func (ft *fileTable) inetSocketEntry(t *task, id uint32, c int, ino uint64, flags uint32) (*fdinfo.FileEntry, string, error) {
 	geti := func(level, opt int, name string) (int, error) {
 		v, err := unix.GetsockoptInt(c, level, opt)
 		if err != nil {

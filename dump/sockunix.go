@@ -188,15 +188,11 @@ func pathName(name []byte) string {
 // nsKinds order (ids.go).
 var ownNetNSID = uint32(slices.Index(nsKinds, "net") + 1)
 
-// unixSocketEntry describes the unix socket at fd of t, inode ino, and
+// unixSocketEntry describes the unix socket c (a copy of an fd of t),
+// inode ino, and
 // queues its receive queue for sk-queues.img; why says why it can not be
 // dumped.
-func (ft *fileTable) unixSocketEntry(t *task, id uint32, fd int, ino uint64, flags uint32) (*fdinfo.FileEntry, string, error) {
-	c, err := stealFD(t.pid, fd)
-	if err != nil {
-		return nil, "", err
-	}
-	defer unix.Close(c)
+func (ft *fileTable) unixSocketEntry(t *task, id uint32, c int, ino uint64, flags uint32) (*fdinfo.FileEntry, string, error) {
 	if why, err := sameNetNS(c); why != "" || err != nil {
 		return nil, why, err
 	}
