@@ -65,16 +65,8 @@ func TestPlanFown(t *testing.T) {
 // F_GETOWNER_UIDS and the status flags.
 func fileOwner(t *testing.T, pid, fd int) (ex fOwnerEx, sig int, uids [2]uint32, flags int) {
 	t.Helper()
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(pidfd)
-	c, err := unix.PidfdGetfd(pidfd, fd, 0)
-	if err != nil {
-		t.Fatalf("pidfd_getfd %d fd %d: %v", pid, fd, err)
-	}
-	defer unix.Close(c)
+	c := taskFD(t, pid, fd)
+	var err error
 	if _, _, e := unix.Syscall(unix.SYS_FCNTL, uintptr(c), unix.F_GETOWN_EX, uintptr(unsafe.Pointer(&ex))); e != 0 {
 		t.Fatalf("F_GETOWN_EX: %v", e)
 	}
