@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
 	"github.com/crest-restore/crest/trace/tracetest"
@@ -20,7 +19,7 @@ type jaeger struct{ *tracetest.Jaeger }
 func startJaeger(t *testing.T) *jaeger { return &jaeger{tracetest.Start(t)} }
 
 // fetch gets trace id back through the v3 query API (OTLP JSON).
-func (j *jaeger) fetch(t *testing.T, id string) *coltracepb.ExportTraceServiceRequest {
+func (j *jaeger) fetch(t *testing.T, id string) *tracepb.TracesData {
 	t.Helper()
 	req, err := UnmarshalOTLPJSON(j.Fetch(t, id))
 	if err != nil {
@@ -59,12 +58,20 @@ func TestJaegerEndToEnd(t *testing.T) {
 		{name: "env-grpc", target: func() string { return "otlp" }, service: "crest-e2e-grpc",
 			env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + j.GRPC, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
 				"OTEL_SERVICE_NAME": "crest-e2e-grpc"}},
+		{name: "grpc-gzip", target: func() string { return "grpc://" + j.GRPC }, service: "crest",
+			env: map[string]string{"OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"}},
+		{name: "http-gzip", target: func() string { return "http://" + j.HTTP }, service: "crest",
+			env: map[string]string{"OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "gzip"}},
+		{name: "env-traces-grpc-gzip", target: func() string { return "otlp" }, service: "crest",
+			env: map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": j.GRPC, "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true",
+				"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+				"OTEL_EXPORTER_OTLP_HEADERS": "x-crest-test=1"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			for k, v := range c.env {
-				t.Setenv(k, v)
-			}
+			setOTLPEnv(t, c.env)
+			t.Setenv("OTEL_SERVICE_NAME", c.env["OTEL_SERVICE_NAME"])
+			t.Setenv("OTEL_RESOURCE_ATTRIBUTES", c.env["OTEL_RESOURCE_ATTRIBUTES"])
 			tr := Build(syntheticRecord())
 			target, err := ParseTarget(c.target())
 			if err != nil {
@@ -73,6 +80,7 @@ func TestJaegerEndToEnd(t *testing.T) {
 			if err := Emit(context.Background(), tr, target, Options{Timeout: 5 * time.Second}); err != nil {
 				t.Fatalf("export: %v", err)
 			}
+			clientConnsGone(t)
 			got := j.fetch(t, tr.ID().String())
 			checkOTLP(t, tr, got)
 			res := got.ResourceSpans[0].Resource.Attributes
@@ -100,7 +108,7 @@ func countSpans(root *Span) int {
 // a file) against the model: the same spans, one root, parents that
 // exist and contain their children, stages in order under the root, task
 // spans with the semantic-convention attributes, the root's attributes.
-func checkOTLP(t *testing.T, tr *Trace, req *coltracepb.ExportTraceServiceRequest) {
+func checkOTLP(t *testing.T, tr *Trace, req *tracepb.TracesData) {
 	t.Helper()
 	var spans []*tracepb.Span
 	for _, rs := range req.ResourceSpans {

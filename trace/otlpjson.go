@@ -7,36 +7,40 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
-// Request returns the trace as the OTLP request an exporter sends: one
-// resource, one scope, every span.
-func (t *Trace) Request() (*coltracepb.ExportTraceServiceRequest, error) {
+// Request returns the trace as the OTLP exporters send it and the JSON
+// file holds it: one resource, one scope, every span. TracesData is the
+// export request's content: its resource_spans is field 1 in both, the
+// same on the wire and in JSON, and it lives in a package that does not
+// link grpc.
+func (t *Trace) Request() (*tracepb.TracesData, error) {
 	spans, _, _ := t.Spans()
 	if len(spans) == 0 {
 		return nil, errNoSpans
 	}
 	res := spans[0].Resource()
 	scope := spans[0].InstrumentationScope()
-	ss := &tracepb.ScopeSpans{Scope: &commonpb.InstrumentationScope{Name: scope.Name, Version: scope.Version}}
+	ss := &tracepb.ScopeSpans{Scope: &commonpb.InstrumentationScope{Name: validUTF8(scope.Name), Version: validUTF8(scope.Version)}}
 	for _, s := range spans {
 		ss.Spans = append(ss.Spans, spanProto(s))
 	}
 	rs := &tracepb.ResourceSpans{
 		Resource:   &resourcepb.Resource{Attributes: attrsProto(res.Attributes())},
 		ScopeSpans: []*tracepb.ScopeSpans{ss},
-		SchemaUrl:  res.SchemaURL(),
+		SchemaUrl:  validUTF8(res.SchemaURL()),
 	}
-	return &coltracepb.ExportTraceServiceRequest{ResourceSpans: []*tracepb.ResourceSpans{rs}}, nil
+	return &tracepb.TracesData{ResourceSpans: []*tracepb.ResourceSpans{rs}}, nil
 }
 
 func spanProto(s sdktrace.ReadOnlySpan) *tracepb.Span {
@@ -45,7 +49,7 @@ func spanProto(s sdktrace.ReadOnlySpan) *tracepb.Span {
 	p := &tracepb.Span{
 		TraceId:           tid[:],
 		SpanId:            sid[:],
-		Name:              s.Name(),
+		Name:              validUTF8(s.Name()),
 		Kind:              tracepb.Span_SPAN_KIND_INTERNAL,
 		StartTimeUnixNano: uint64(s.StartTime().UnixNano()),
 		EndTimeUnixNano:   uint64(s.EndTime().UnixNano()),
@@ -59,13 +63,13 @@ func spanProto(s sdktrace.ReadOnlySpan) *tracepb.Span {
 	for _, e := range s.Events() {
 		p.Events = append(p.Events, &tracepb.Span_Event{
 			TimeUnixNano: uint64(e.Time.UnixNano()),
-			Name:         e.Name,
+			Name:         validUTF8(e.Name),
 			Attributes:   attrsProto(e.Attributes),
 		})
 	}
 	switch s.Status().Code {
 	case codes.Error:
-		p.Status = &tracepb.Status{Code: tracepb.Status_STATUS_CODE_ERROR, Message: s.Status().Description}
+		p.Status = &tracepb.Status{Code: tracepb.Status_STATUS_CODE_ERROR, Message: validUTF8(s.Status().Description)}
 	case codes.Ok:
 		p.Status = &tracepb.Status{Code: tracepb.Status_STATUS_CODE_OK}
 	}
@@ -75,7 +79,7 @@ func spanProto(s sdktrace.ReadOnlySpan) *tracepb.Span {
 func attrsProto(attrs []attribute.KeyValue) []*commonpb.KeyValue {
 	out := make([]*commonpb.KeyValue, 0, len(attrs))
 	for _, a := range attrs {
-		out = append(out, &commonpb.KeyValue{Key: string(a.Key), Value: valueProto(a.Value)})
+		out = append(out, &commonpb.KeyValue{Key: validUTF8(string(a.Key)), Value: valueProto(a.Value)})
 	}
 	return out
 }
@@ -89,7 +93,7 @@ func valueProto(v attribute.Value) *commonpb.AnyValue {
 	case attribute.FLOAT64:
 		return &commonpb.AnyValue{Value: &commonpb.AnyValue_DoubleValue{DoubleValue: v.AsFloat64()}}
 	case attribute.STRING:
-		return &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v.AsString()}}
+		return &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: validUTF8(v.AsString())}}
 	}
 	var elems []*commonpb.AnyValue
 	switch v.Type() {
@@ -110,9 +114,20 @@ func valueProto(v attribute.Value) *commonpb.AnyValue {
 			elems = append(elems, valueProto(attribute.StringValue(x)))
 		}
 	default:
-		return &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v.String()}}
+		return &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: validUTF8(v.String())}}
 	}
 	return &commonpb.AnyValue{Value: &commonpb.AnyValue_ArrayValue{ArrayValue: &commonpb.ArrayValue{Values: elems}}}
+}
+
+// validUTF8 replaces what is not UTF-8 in s (a comm, a path: bytes from
+// the kernel) with U+FFFD: protobuf strings must be UTF-8, and
+// proto.Marshal refuses a request that holds one that is not. Collectors
+// and the JSON file get the same text.
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
 }
 
 // OTLP/JSON differs from the standard protobuf JSON mapping in one place:
@@ -121,7 +136,7 @@ func valueProto(v attribute.Value) *commonpb.AnyValue {
 var idFields = map[string]bool{"traceId": true, "spanId": true, "parentSpanId": true}
 
 // MarshalOTLPJSON encodes req as OTLP/JSON.
-func MarshalOTLPJSON(req *coltracepb.ExportTraceServiceRequest) ([]byte, error) {
+func MarshalOTLPJSON(req *tracepb.TracesData) ([]byte, error) {
 	b, err := protojson.MarshalOptions{UseEnumNumbers: true}.Marshal(req)
 	if err != nil {
 		return nil, fmt.Errorf("trace: encoding OTLP JSON: %w", err)
@@ -180,7 +195,7 @@ func nextIDKey(b []byte) (int, []byte) {
 // UnmarshalOTLPJSON decodes OTLP/JSON (as MarshalOTLPJSON, a collector's
 // file exporter or Jaeger's /api/v3 write it) with the OTLP protobuf JSON
 // decoder.
-func UnmarshalOTLPJSON(b []byte) (*coltracepb.ExportTraceServiceRequest, error) {
+func UnmarshalOTLPJSON(b []byte) (*tracepb.TracesData, error) {
 	b, err := recodeIDs(b, func(s string) (string, error) {
 		raw, err := hex.DecodeString(s)
 		return base64.StdEncoding.EncodeToString(raw), err
@@ -188,7 +203,7 @@ func UnmarshalOTLPJSON(b []byte) (*coltracepb.ExportTraceServiceRequest, error) 
 	if err != nil {
 		return nil, err
 	}
-	req := &coltracepb.ExportTraceServiceRequest{}
+	req := &tracepb.TracesData{}
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(b, req); err != nil {
 		return nil, fmt.Errorf("trace: decoding OTLP JSON: %w", err)
 	}
@@ -241,8 +256,8 @@ func recodeIDs(b []byte, fn func(string) (string, error)) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
-// WriteJSON writes the trace to path as one OTLP/JSON
-// ExportTraceServiceRequest.
+// WriteJSON writes the trace to path as one OTLP/JSON TracesData (an
+// ExportTraceServiceRequest reads the same).
 func (t *Trace) WriteJSON(path string) error {
 	req, err := t.Request()
 	if err != nil {
@@ -262,7 +277,7 @@ func (t *Trace) WriteJSON(path string) error {
 }
 
 // ReadJSON reads an OTLP/JSON trace file.
-func ReadJSON(path string) (*coltracepb.ExportTraceServiceRequest, error) {
+func ReadJSON(path string) (*tracepb.TracesData, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("trace: %w", err)

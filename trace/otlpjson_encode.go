@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"unicode/utf8"
 
-	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 )
@@ -17,7 +16,7 @@ import (
 // names, 64-bit integers as strings, enums as numbers, zero values
 // left out) except for the ids, which OTLP/JSON writes in hex.
 // TestJSONFileRoundTrip checks it against the protobuf decoder.
-func appendRequest(b []byte, req *coltracepb.ExportTraceServiceRequest) []byte {
+func appendRequest(b []byte, req *tracepb.TracesData) []byte {
 	b = append(b, `{"resourceSpans":[`...)
 	for i, rs := range req.ResourceSpans {
 		if i > 0 {

@@ -1,9 +1,7 @@
 package trace
 
 import (
-	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,10 +9,6 @@ import (
 	"os"
 	"strings"
 	"time"
-
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 // Sink is where a trace goes.
@@ -35,7 +29,7 @@ func (s Sink) String() string {
 type Target struct {
 	Sink Sink
 	// Path of a file; Endpoint of a collector: host:port for gRPC, a URL
-	// for HTTP, empty to let the SDK read OTEL_EXPORTER_OTLP_* itself.
+	// for HTTP, empty to take OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT.
 	Path     string
 	Endpoint string
 	Insecure bool // gRPC without TLS
@@ -135,8 +129,9 @@ const DefaultTimeout = 2 * time.Second
 
 // Options tune Emit.
 type Options struct {
-	// Timeout bounds an export to a collector, connection included
-	// (DefaultTimeout when zero).
+	// Timeout bounds an export to a collector, connection and retries
+	// included. When zero, OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT does
+	// (milliseconds), else DefaultTimeout.
 	Timeout time.Duration
 	// Out receives the waterfall.
 	Out io.Writer
@@ -157,8 +152,9 @@ func (e *ExportError) Error() string {
 
 func (e *ExportError) Unwrap() error { return e.Err }
 
-// Emit sends t to target. It returns within o.Timeout for a collector,
-// whatever the collector does, with an *ExportError on failure.
+// Emit sends t to target. It returns within the timeout for a collector,
+// whatever the collector does, with an *ExportError on failure, and
+// leaves no connection open behind it.
 func Emit(ctx context.Context, t *Trace, target Target, o Options) error {
 	var err error
 	switch target.Sink {
@@ -171,7 +167,7 @@ func Emit(ctx context.Context, t *Trace, target Target, o Options) error {
 	case SinkFile:
 		err = t.WriteJSON(target.Path)
 	default:
-		err = export(ctx, t, target, cmp.Or(o.Timeout, DefaultTimeout))
+		err = export(ctx, t, target, o.Timeout)
 	}
 	if err != nil {
 		return &ExportError{Target: target, Err: err}
@@ -180,53 +176,14 @@ func Emit(ctx context.Context, t *Trace, target Target, o Options) error {
 }
 
 func export(ctx context.Context, t *Trace, target Target, timeout time.Duration) error {
-	spans, _, _ := t.Spans()
-	if len(spans) == 0 {
-		return errNoSpans
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	exp, err := newExporter(ctx, target, timeout)
+	data, err := t.Request()
 	if err != nil {
 		return err
 	}
-	err = exp.ExportSpans(ctx, spans)
-	// Shutdown closes the connection; it waits for nothing once the
-	// export returned, and never past ctx.
-	if serr := exp.Shutdown(ctx); err == nil && serr != nil && !errors.Is(serr, context.DeadlineExceeded) {
-		err = serr
+	exp, err := newExporter(target, timeout)
+	if err != nil {
+		return err
 	}
-	if err != nil && ctx.Err() != nil {
-		return fmt.Errorf("no answer within %v: %w", timeout, err)
-	}
-	return err
-}
-
-func newExporter(ctx context.Context, target Target, timeout time.Duration) (sdktrace.SpanExporter, error) {
-	switch target.Sink {
-	case SinkGRPC:
-		opts := []otlptracegrpc.Option{
-			otlptracegrpc.WithTimeout(timeout),
-			otlptracegrpc.WithRetry(otlptracegrpc.RetryConfig{Enabled: true,
-				InitialInterval: 50 * time.Millisecond, MaxInterval: 500 * time.Millisecond, MaxElapsedTime: timeout}),
-		}
-		if target.Endpoint != "" {
-			opts = append(opts, otlptracegrpc.WithEndpoint(target.Endpoint))
-			if target.Insecure {
-				opts = append(opts, otlptracegrpc.WithInsecure())
-			}
-		}
-		return otlptracegrpc.New(ctx, opts...)
-	case SinkHTTP:
-		opts := []otlptracehttp.Option{
-			otlptracehttp.WithTimeout(timeout),
-			otlptracehttp.WithRetry(otlptracehttp.RetryConfig{Enabled: true,
-				InitialInterval: 50 * time.Millisecond, MaxInterval: 500 * time.Millisecond, MaxElapsedTime: timeout}),
-		}
-		if target.Endpoint != "" {
-			opts = append(opts, otlptracehttp.WithEndpointURL(target.Endpoint))
-		}
-		return otlptracehttp.New(ctx, opts...)
-	}
-	return nil, fmt.Errorf("no exporter for %v", target.Sink)
+	defer exp.close()
+	return exp.export(ctx, data)
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,6 +125,8 @@ func TestCollectorDown(t *testing.T) {
 	for _, c := range []struct{ name, target string }{
 		{"grpc-closed", "grpc://" + closedPort(t)},
 		{"http-closed", "http://" + closedPort(t)},
+		{"grpcs-closed", "grpcs://" + closedPort(t)},
+		{"https-closed", "https://" + closedPort(t)},
 		{"grpc-hung", "grpc://" + hung},
 		{"http-hung", "http://" + hung},
 	} {
@@ -150,6 +153,13 @@ func TestCollectorDown(t *testing.T) {
 			if took > timeout+2*time.Second {
 				t.Errorf("Emit took %v with a timeout of %v", took, timeout)
 			}
+			// Nobody listens: that is clear at once, no use trying again
+			// until the timeout. A hung collector takes the timeout.
+			closed, timedOut := strings.HasSuffix(c.name, "closed"), strings.Contains(emitErr.Error(), "no answer within 300ms")
+			if closed && (timedOut || !strings.Contains(emitErr.Error(), "connection refused")) || !closed && !timedOut {
+				t.Errorf("Emit: %v", emitErr)
+			}
+			clientConnsGone(t)
 			if out != "" {
 				t.Errorf("the exporter wrote to stderr: %q", out)
 			}

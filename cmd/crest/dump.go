@@ -76,7 +76,7 @@ per task and its steps inside.`,
 				}
 				res, err := dump.Dump(ctx, opts)
 				if rec != nil {
-					emitTrace(ctx, env, rec.build(res, err), targets, *tf.timeout)
+					emitTrace(ctx, env, rec.build(res, err), targets, tf.exportTimeout())
 				}
 				if err != nil {
 					return err

@@ -70,7 +70,7 @@ step (during the restore).`,
 				if err != nil {
 					return err
 				}
-				return runRestore(ctx, env, *dir, *detach, *stopped, *pidfile, targets, *tf.timeout, vo)
+				return runRestore(ctx, env, *dir, *detach, *stopped, *pidfile, targets, tf.exportTimeout(), vo)
 			}
 		},
 	})

@@ -13,16 +13,27 @@ import (
 
 // traceFlags are the span flags of restore and dump.
 type traceFlags struct {
+	fs      *pflag.FlagSet
 	targets *[]string
 	timeout *time.Duration
 }
 
 func addTraceFlags(fs *pflag.FlagSet) traceFlags {
 	return traceFlags{
+		fs: fs,
 		targets: fs.StringArray("trace", nil, "send the trace to `TARGET`: - (a waterfall on stdout), FILE.json (OTLP JSON), "+
 			"grpc://HOST:PORT or HOST:4317 (OTLP gRPC), http(s)://HOST:PORT[/PATH] (OTLP HTTP), otlp (as OTEL_EXPORTER_OTLP_* say); repeatable"),
-		timeout: fs.Duration("trace-timeout", trace.DefaultTimeout, "give up exporting to a collector after `DURATION`"),
+		timeout: fs.Duration("trace-timeout", trace.DefaultTimeout, "give up exporting to a collector after `DURATION` (else OTEL_EXPORTER_OTLP_TIMEOUT says, in ms)"),
 	}
+}
+
+// exportTimeout is --trace-timeout when given, else 0: the exporter then
+// takes OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT, or trace.DefaultTimeout.
+func (f traceFlags) exportTimeout() time.Duration {
+	if f.fs.Changed("trace-timeout") {
+		return *f.timeout
+	}
+	return 0
 }
 
 // parse returns the targets; without --trace, OTEL_EXPORTER_OTLP_ENDPOINT

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
 
@@ -56,7 +55,7 @@ func restoreTraced(t *testing.T, name string, args ...string) tracedRestore {
 }
 
 // otlpSpans flattens an OTLP request.
-func otlpSpans(req *coltracepb.ExportTraceServiceRequest) []*tracepb.Span {
+func otlpSpans(req *tracepb.TracesData) []*tracepb.Span {
 	var out []*tracepb.Span
 	for _, rs := range req.ResourceSpans {
 		for _, ss := range rs.ScopeSpans {
@@ -76,7 +75,7 @@ type otlpTree struct {
 
 // readTree checks what every trace must be: one trace id, exactly one
 // root, every parent present, every child inside its parent's time.
-func readTree(t *testing.T, req *coltracepb.ExportTraceServiceRequest) *otlpTree {
+func readTree(t *testing.T, req *tracepb.TracesData) *otlpTree {
 	t.Helper()
 	spans := otlpSpans(req)
 	if len(spans) == 0 {
@@ -174,7 +173,7 @@ func expectedParticipants(t *testing.T, dir string) (map[string][]participant, i
 // the last arrival at a barrier, both read on CLOCK_BOOTTIME by the engine
 // and the agent (restore.Timeline), which the root carries as
 // crest.stages.measured_ns.
-func checkRestoreTrace(t *testing.T, name string, req *coltracepb.ExportTraceServiceRequest, took time.Duration) *otlpTree {
+func checkRestoreTrace(t *testing.T, name string, req *tracepb.TracesData, took time.Duration) *otlpTree {
 	t.Helper()
 	tr := readTree(t, req)
 	dir := fixture.Images(t, name)
@@ -406,6 +405,30 @@ func TestTraceCollectorDown(t *testing.T) {
 			if extra := r.took - base; extra > timeout+margin {
 				t.Errorf("the dead collector added %v (restore %v, without tracing %v), more than the %v timeout and %v margin",
 					extra, r.took, base, timeout, margin)
+			}
+		})
+	}
+}
+
+// TestTraceTimeoutFromEnv: without --trace-timeout the export waits as
+// long as OTEL_EXPORTER_OTLP_TIMEOUT says (ms); --trace-timeout wins over
+// it. The warning names the timeout that ended the export.
+func TestTraceTimeoutFromEnv(t *testing.T) {
+	needRoot(t)
+	silent := tracetest.HungCollector(t)
+	t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "250")
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"env", nil, "no answer within 250ms"},
+		{"flag wins", []string{"--trace-timeout", "150ms"}, "no answer within 150ms"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := restoreTraced(t, "counter", append([]string{"--trace", "http://" + silent}, c.args...)...)
+			if !strings.Contains(r.stderr, "trace not exported") || !strings.Contains(r.stderr, c.want) {
+				t.Errorf("stderr %q: want the warning %q", r.stderr, c.want)
 			}
 		})
 	}
