@@ -2,6 +2,7 @@ package restore
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -745,15 +746,24 @@ func (p *Plan) loadTask(t *Task) error {
 
 // checkNamespaces refuses image sets with namespaces of their own other
 // than the pid namespace: CRIU writes an image for each namespace it
-// dumped (those that were the dumping host's have none).
+// dumped (those that were the dumping host's have none). One read of the
+// directory, not a glob per pattern.
 func (p *Plan) checkNamespaces() error {
+	f, err := os.Open(p.Dir.Path)
+	if err != nil {
+		return err
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("images directory %s: %w", p.Dir.Path, err)
+	}
+	slices.Sort(names) // the first in name order is named, as a glob would
 	for _, pat := range []string{"netns-*.img", "utsns-*.img", "ipcns-var-*.img", "mountpoints-*.img", "userns-*.img", "cgroup.img"} {
-		m, err := filepath.Glob(p.Dir.FilePath(pat))
-		if err != nil {
-			return err
-		}
-		if len(m) > 0 {
-			return &PlanError{File: filepath.Base(m[0]), Msg: "namespaces other than pid (and cgroups) are not restored yet"}
+		for _, name := range names {
+			if ok, _ := filepath.Match(pat, name); ok {
+				return &PlanError{File: name, Msg: "namespaces other than pid (and cgroups) are not restored yet"}
+			}
 		}
 	}
 	return nil
