@@ -224,3 +224,25 @@ func TestRestoreNotImages(t *testing.T) {
 		t.Errorf("children left: %v (%v)", kids, errors.Join(err))
 	}
 }
+
+// TestWritePidfile: the pid and a newline, whatever the file held
+// before (it is overwritten in place, then cut).
+func TestWritePidfile(t *testing.T) {
+	for _, before := range []string{"", "7\n", "1234567890\n"} {
+		path := filepath.Join(t.TempDir(), "pid")
+		if before != "" {
+			if err := os.WriteFile(path, []byte(before), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := writePidfile(path, 4321); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(path); err != nil || string(b) != "4321\n" {
+			t.Errorf("over %q: pidfile %q, %v; want %q", before, b, err, "4321\n")
+		}
+	}
+	if err := writePidfile(filepath.Join(t.TempDir(), "no", "pid"), 1); err == nil {
+		t.Error("a pidfile in a missing directory: no error")
+	}
+}
