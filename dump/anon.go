@@ -18,11 +18,12 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/timerfd"
 )
 
-// Anonymous-inode files. Eventfds, signalfds, timerfds and epolls are
-// dumped as CRIU 4.2 dumps them: a files.img entry holding what
-// /proc/PID/fdinfo/FD says of the file (criu/eventfd.c, signalfd.c,
-// timerfd.c, eventpoll.c), except that a periodic timerfd found expired
-// is started again first (forwardTimerfd). The other kinds are refused.
+// Anonymous-inode files. Eventfds, signalfds, timerfds, epolls and
+// inotify files (inotify.go) are dumped as CRIU 4.2 dumps them: a
+// files.img entry holding what /proc/PID/fdinfo/FD says of the file
+// (criu/eventfd.c, signalfd.c, timerfd.c, eventpoll.c, fsnotify.c),
+// except that a periodic timerfd found expired is started again first
+// (forwardTimerfd). The other kinds are refused.
 //
 // All anonymous-inode files of a kind share one inode (fdinfo "ino:"), so
 // they are told apart by their open file description (kcmp), as the
@@ -34,12 +35,12 @@ var anonTypes = map[string]fdinfo.FdTypes{
 	"anon_inode:[signalfd]":  fdinfo.FdTypes_SIGNALFD,
 	"anon_inode:[timerfd]":   fdinfo.FdTypes_TIMERFD,
 	"anon_inode:[eventpoll]": fdinfo.FdTypes_EVENTPOLL,
+	"anon_inode:inotify":     fdinfo.FdTypes_INOTIFY, // inotify.go
 }
 
 // anonKinds names, for the error, the anonymous-inode files crest
 // refuses, by /proc link.
 var anonKinds = map[string]string{
-	"anon_inode:inotify":       "inotify",
 	"anon_inode:[fanotify]":    "fanotify",
 	"anon_inode:[io_uring]":    "io_uring",
 	"anon_inode:[pidfd]":       "pidfd",
@@ -60,10 +61,11 @@ func anonRefusal(name string) string {
 	return kind + " files are not supported"
 }
 
-// anonEntry is the files.img entry of an eventfd, signalfd, timerfd or
-// epoll (typ), fd of process pid, whose fdinfo is fi; flags are its open flags
-// without O_CLOEXEC (which is the fd's, in its fdinfo entry). why is set,
-// and the entry nil, for a file in a state the images can not hold.
+// anonEntry is the files.img entry of an eventfd, signalfd, timerfd,
+// epoll or inotify (typ), fd of process pid, whose fdinfo is fi; flags
+// are its open flags without O_CLOEXEC (which is the fd's, in its fdinfo
+// entry). why is set, and the entry nil, for a file in a state the
+// images can not hold.
 func anonEntry(id uint32, typ fdinfo.FdTypes, flags uint32, pid, fd int, fi *fdInfo) (fe *fdinfo.FileEntry, why string, err error) {
 	fe = &fdinfo.FileEntry{Type: typ.Enum(), Id: proto.Uint32(id)}
 	switch typ {
@@ -114,6 +116,10 @@ func anonEntry(id uint32, typ fdinfo.FdTypes, flags uint32, pid, fd int, fi *fdI
 		}
 	case fdinfo.FdTypes_EVENTPOLL:
 		if fe.Epfd, why, err = epollEntry(id, flags, pid, fd, fi); fe.Epfd == nil {
+			return nil, why, err
+		}
+	case fdinfo.FdTypes_INOTIFY: // inotify.go
+		if fe.Ify, why, err = inotifyEntry(id, flags, pid, fd); fe.Ify == nil {
 			return nil, why, err
 		}
 	default:

@@ -347,7 +347,10 @@ func TestDumpRefusesAnonFiles(t *testing.T) {
 		name, setup string
 		want        []string
 	}{
-		{"inotify", "inotify_init1(0);", []string{"anon_inode:inotify", "inotify files are not supported"}},
+		// An inotify dumps now (inotify_test.go), but not one watching
+		// a file whose handle does not open (procfs).
+		{"inotify", `inotify_add_watch(inotify_init1(0), "/proc/self/status", IN_MODIFY);`,
+			[]string{"anon_inode:inotify", "inotify watch wd 1 on inode ", "open_by_handle_at through /proc: "}},
 		{"pidfd", "syscall(SYS_pidfd_open, getpid(), 0);", []string{"anon_inode:[pidfd]", "pidfd files are not supported"}},
 		{"semaphore", "eventfd(1, EFD_SEMAPHORE);", []string{"anon_inode:[eventfd]", "semaphore mode (EFD_SEMAPHORE)"}},
 	} {

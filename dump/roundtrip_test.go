@@ -81,6 +81,10 @@ func TestRoundTrip(t *testing.T) {
 		// every tick: the count, the signal (and no other), the
 		// timer's expirations going on.
 		{"fdkinds", map[string]check.Next{"out-fdkinds.log": check.Counter}, nil},
+		// An inotify watching a directory and a file, wds 1 and 3 (2
+		// removed): the events of every tick come with those wds,
+		// and the watches are the same, on the same inodes.
+		{"inotify", map[string]check.Next{"out-inotify.log": check.Counter}, nil},
 		// Unix stream, datagram and seqpacket pairs, a listener at a
 		// relative path with a connection it accepted, an abstract
 		// datagram socket, data queued in every one: each checks the

@@ -45,7 +45,9 @@
 // fds), pipes and FIFOs with their data and buffer size, memfds with
 // content and seals, eventfds (counter), signalfds (mask), timerfds
 // (clock, time left, period, expirations), epolls (their items added by
-// the task whose fds they watch), cwd, root and umask, private anonymous and file
+// the task whose fds they watch), inotify files with their watches, each
+// at its wd and checked to be on the inode it watched (inotify.go; not
+// the events queued at the dump), cwd, root and umask, private anonymous and file
 // memory with its pages and madvise advice, shared memory (memfd-backed
 // or anonymous, one object in every task) and MAP_SHARED file mappings,
 // a fresh vdso, mm fields, general registers, x87/SSE/AVX/AVX-512 state
@@ -65,7 +67,7 @@
 // Refused at planning, naming what: SCHED_DEADLINE, nested time
 // namespaces, namespaces other than pid and time, established TCP
 // connections, external unix sockets, other socket and file kinds
-// (netlink, inotify, tty ...), SysV shared memory, POSIX timers with SIGEV_THREAD, hugetlb
+// (netlink, fanotify, tty ...), SysV shared memory, POSIX timers with SIGEV_THREAD, hugetlb
 // memfds, seccomp filters of a task with neither no_new_privs nor
 // CAP_SYS_ADMIN.
 package restore

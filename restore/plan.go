@@ -259,11 +259,14 @@ const (
 	// FileInetSocket is an AF_INET or AF_INET6 socket (File.Inet;
 	// sockinet.go).
 	FileInetSocket
+	// FileInotify is made by the engine with its watches (File.Inotify;
+	// inotify.go).
+	FileInotify
 )
 
 var fileKindNames = map[FileKind]string{FileRegular: "regular", FilePipe: "pipe", FileMemfd: "memfd", FileFifo: "FIFO",
 	FileEventfd: "eventfd", FileSignalfd: "signalfd", FileTimerfd: "timerfd", FileEpoll: "eventpoll",
-	FileUnixSocket: "unix socket", FileInetSocket: "inet socket"}
+	FileUnixSocket: "unix socket", FileInetSocket: "inet socket", FileInotify: "inotify"}
 
 func (k FileKind) String() string { return fileKindNames[k] }
 
@@ -286,6 +289,7 @@ type File struct {
 	Epoll    *Epoll
 	Unix     *UnixSocket // FileUnixSocket
 	Inet     *InetSocket // FileInetSocket
+	Inotify  *Inotify    // FileInotify
 }
 
 // Memory is a task's address space as dumped.
@@ -824,6 +828,11 @@ func (p *Plan) file(t *Task, id uint32, from string) (*File, error) {
 			return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d: INETSK without its entry", id)}
 		}
 		return p.inetSocketFile(t, id, fe.GetIsk())
+	case fdinfo.FdTypes_INOTIFY: // inotify.go
+		if fe.GetIfy() == nil {
+			return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d: INOTIFY without its entry", id)}
+		}
+		return p.inotifyFile(t, id, fe.GetIfy())
 	default:
 		return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d (from %s): %s files are not supported yet", id, from, fe.GetType())}
 	}
@@ -883,6 +892,8 @@ func fileKindOf(ty fdinfo.FdTypes) FileKind {
 		return FileUnixSocket
 	case fdinfo.FdTypes_INETSK:
 		return FileInetSocket
+	case fdinfo.FdTypes_INOTIFY:
+		return FileInotify
 	}
 	return 0
 }

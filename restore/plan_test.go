@@ -324,11 +324,11 @@ func TestPlanRefuses(t *testing.T) {
 				img.Entries[2].Message.(*fdinfo.FileEntry).Type = fdinfo.FdTypes_UNIXSK.Enum()
 			})
 		}, "task 1: files.img: file 3: UNIXSK without its entry"},
-		{"inotify", "pipe", func(t *testing.T, dir string) {
+		{"fanotify", "pipe", func(t *testing.T, dir string) {
 			editImage(t, dir, "files.img", func(img *images.Image) {
-				img.Entries[3].Message.(*fdinfo.FileEntry).Type = fdinfo.FdTypes_INOTIFY.Enum()
+				img.Entries[3].Message.(*fdinfo.FileEntry).Type = fdinfo.FdTypes_FANOTIFY.Enum()
 			})
-		}, "file 4 (from fdinfo-2.img): INOTIFY files are not supported yet"},
+		}, "file 4 (from fdinfo-2.img): FANOTIFY files are not supported yet"},
 		{"SCHED_DEADLINE", "signals", func(t *testing.T, dir string) {
 			editImage(t, dir, "core-1.img", func(img *images.Image) {
 				img.Entries[0].Message.(*criu_core.CoreEntry).ThreadCore.SchedPolicy = proto.Uint32(6)

@@ -167,6 +167,8 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 		fd, err = pr.openUnixSocket(f)
 	case FileInetSocket:
 		fd, err = openInetSocket(f)
+	case FileInotify: // inotify.go
+		fd, err = openInotify(t, f)
 	default:
 		err = fmt.Errorf("kind %v can not be opened yet", f.Kind)
 	}

@@ -30,7 +30,8 @@ holds no images yet.
 State crest cannot restore fails the dump with a message naming the task
 and the resource: established TCP connections (CRIU's --tcp-established
 is not done), unix sockets connected outside the tree, connections not
-accepted yet, netlink and packet sockets, ttys, inotify and other
+accepted yet, netlink and packet sockets, ttys, inotify watches on files that
+cannot be found again (deleted, or mounted over), fanotify and other
 anonymous-inode files
 (semaphore eventfds too, and epolls watching fds closed since), named
 FIFOs, deleted files, file locks, SysV shared memory, private mappings of
@@ -38,7 +39,7 @@ memfds, seccomp filters that notify a user-space listener, POSIX timers,
 session or group leaders outside the tree, and namespaces other than the
 root's pid and time namespaces. Regular files, /dev/null, directories,
 pipes (with their data), memfds, eventfds, signalfds, timerfds, epolls,
-unix sockets (with their queued data), TCP listeners and UDP sockets,
+inotify watches (not their queued events, as CRIU), unix sockets (with their queued data), TCP listeners and UDP sockets,
 shared anonymous memory, seccomp (strict mode, filters), stopped tasks
 and zombies (children not waited for yet) are dumped.
 

@@ -26,7 +26,8 @@ and lets it run on: the same pids and tids (in a new pid namespace, or
 crest's own when the tree had none), sessions and process groups (with
 helper tasks for leaders that are gone), zombies, memory (shared memory
 too), registers, threads, files, pipes, FIFOs, memfds, eventfds,
-signalfds, timerfds and epolls, unix sockets, TCP listeners and UDP
+signalfds, timerfds and epolls, inotify files with their watches (each
+at its wd, on the file it watched), unix sockets, TCP listeners and UDP
 sockets, files' owners for SIGIO (F_SETOWN), signal handlers, pending signals, interval and
 POSIX timers, seccomp (strict mode and filters, each thread's in their
 order), personality, child subreaper, oom_score_adj (when it can be set:
@@ -43,7 +44,8 @@ complete. With -s (--leave-stopped) every task is left stopped by SIGSTOP,
 to be looked at before a SIGCONT lets it run on.
 
 Not restored yet: SCHED_DEADLINE, namespaces other than pid and time,
-established TCP connections, other special files (inotify, ttys ...),
+established TCP connections, other special files (fanotify, ttys ...),
+inotify events queued at the dump (CRIU does not keep them either),
 SysV shared memory, hugetlb memfds, and capabilities
 crest itself does not have. Image sets that need them are refused with
 an error naming the task and the image (at planning) or the stage and

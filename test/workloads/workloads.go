@@ -90,6 +90,9 @@ var Programs = map[string]Program{
 	"epoll": {Name: "epoll", Flags: []string{"-static", "-O2"}},
 	// fdkinds has an eventfd, a signalfd and a timerfd, in use.
 	"fdkinds": {Name: "fdkinds", Flags: []string{"-static", "-O2"}},
+	// inotify watches a directory and a file (wds 1 and 3, 2 removed)
+	// and checks their events and wds every tick.
+	"inotify": {Name: "inotify", Flags: []string{"-static", "-O2"}},
 	// inetsk has TCP listeners (IPv4 and IPv6) and UDP sockets, bound
 	// and connected, in use every tick.
 	"inetsk": {Name: "inetsk", Flags: []string{"-static", "-O2"}},
