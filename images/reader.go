@@ -178,7 +178,7 @@ func (rd *Reader) Next() (Entry, error) {
 		return Entry{}, err
 	}
 	msg := rd.kind.NewMessage(rd.index)
-	if err := proto.Unmarshal(raw, msg); err != nil {
+	if err := unmarshal(raw, msg); err != nil {
 		return Entry{}, &FormatError{File: rd.name, Offset: start, Entry: rd.index,
 			Msg: fmt.Sprintf("bad %s entry", rd.kind.Name), Err: err}
 	}
