@@ -1,7 +1,6 @@
 package dump
 
 import (
-	"bufio"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -10,14 +9,14 @@ import (
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
-
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fh"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fsnotify"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/internal/procfs"
 )
 
 // Inotify files. CRIU 4.2 writes an inotify file as its files.img entry
@@ -59,7 +58,7 @@ func inotifyEntry(id, flags uint32, pid, fd int) (e *fsnotify.InotifyFileEntry, 
 		// inotify would come back silent.
 		return nil, "inotify files that signal (O_ASYNC) are not supported yet", nil
 	}
-	var mounts []mountDev
+	var mounts []procfs.Mount
 	for _, line := range strings.Split(string(b), "\n") {
 		if !strings.HasPrefix(line, "inotify ") {
 			continue
@@ -73,7 +72,7 @@ func inotifyEntry(id, flags uint32, pid, fd int) (e *fsnotify.InotifyFileEntry, 
 		// that is what it is set to here.
 		w.Id = proto.Uint32(id)
 		if mounts == nil {
-			if mounts, err = readMountDevs("/proc/self/mountinfo"); err != nil {
+			if mounts, err = procfs.ReadMountinfo("/proc/self/mountinfo"); err != nil {
 				return nil, "", err
 			}
 		}
@@ -164,67 +163,12 @@ func handleBytes(f *fh.FhEntry) []byte {
 func kernelMajor(dev uint32) uint32 { return dev >> 20 }
 func kernelMinor(dev uint32) uint32 { return dev & (1<<20 - 1) }
 
-// mountDev is a mount of /proc/self/mountinfo: its device and mount point.
-type mountDev struct {
-	major, minor uint32
-	point        string
-}
-
-// readMountDevs lists the mounts of the mountinfo file at path.
-func readMountDevs(path string) ([]mountDev, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []mountDev
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent major:minor root mount-point ...
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			return nil, fmt.Errorf("%s: %q: too few fields", path, sc.Text())
-		}
-		maj, min, ok := strings.Cut(fields[2], ":")
-		ma, err1 := strconv.ParseUint(maj, 10, 32)
-		mi, err2 := strconv.ParseUint(min, 10, 32)
-		if !ok || err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("%s: %q: bad device %q", path, sc.Text(), fields[2])
-		}
-		out = append(out, mountDev{major: uint32(ma), minor: uint32(mi), point: unescapeMountPath(fields[4])})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return out, nil
-}
-
-// unescapeMountPath undoes the octal escapes (\040 for a space ...) the
-// kernel writes in mountinfo paths.
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
 // watchPath finds the path of the file watched by w: its handle opened
 // through each mount of its device in turn, until one gives a path that
 // leads to the watched inode. why is set when none does: what went wrong
 // through the first mount that opened the handle, else through the
 // first mount.
-func watchPath(mounts []mountDev, w *fsnotify.InotifyWdEntry) (path, why string, err error) {
+func watchPath(mounts []procfs.Mount, w *fsnotify.InotifyWdEntry) (path, why string, err error) {
 	h := w.GetFHandle()
 	if h.GetBytes() == 0 {
 		return "", "its filesystem gives no file handle", nil
@@ -233,10 +177,10 @@ func watchPath(mounts []mountDev, w *fsnotify.InotifyWdEntry) (path, why string,
 	major, minor := kernelMajor(w.GetSDev()), kernelMinor(w.GetSDev())
 	var first, opened string
 	for _, m := range mounts {
-		if m.major != major || m.minor != minor {
+		if m.Major != major || m.Minor != minor {
 			continue
 		}
-		p, reason, resolved, err := openWatched(m.point, handle, w.GetIIno(), unix.Mkdev(major, minor))
+		p, reason, resolved, err := openWatched(m.Point, handle, w.GetIIno(), unix.Mkdev(major, minor))
 		switch {
 		case err != nil:
 			return "", "", err

@@ -1,14 +1,12 @@
 package kerndat
 
 import (
-	"bufio"
-	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/crest-restore/crest/internal/procfs"
 )
 
 // tracefsDir is where tracefs belongs (since Linux 4.1).
@@ -62,53 +60,15 @@ func tracefsAt(dir string) Feature {
 
 // tracefsMounts lists the mount points of tracefs in a mountinfo file.
 func tracefsMounts(mountinfo string) ([]string, error) {
-	f, err := os.Open(mountinfo)
+	mounts, err := procfs.ReadMountinfo(mountinfo)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	var dirs []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		for i, fl := range fields {
-			if fl == "-" {
-				sep = i
-				break
-			}
+	for _, m := range mounts {
+		if m.FSType == "tracefs" {
+			dirs = append(dirs, m.Point)
 		}
-		if sep < 5 || sep+1 >= len(fields) {
-			continue
-		}
-		if fields[sep+1] == "tracefs" {
-			dirs = append(dirs, unescapeMountinfo(fields[4]))
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", mountinfo, err)
 	}
 	return dirs, nil
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space) the kernel
-// writes in mountinfo paths.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

@@ -80,16 +80,3 @@ func TestTracefsMissing(t *testing.T) {
 		})
 	}
 }
-
-func TestUnescapeMountinfo(t *testing.T) {
-	for in, want := range map[string]string{
-		"/sys/kernel/tracing":  "/sys/kernel/tracing",
-		`/mnt/my\040tracing`:   "/mnt/my tracing",
-		`/mnt/tab\011and\134x`: "/mnt/tab\tand\\x",
-		`/mnt/trailing\04`:     `/mnt/trailing\04`,
-	} {
-		if got := unescapeMountinfo(in); got != want {
-			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
-		}
-	}
-}

@@ -1,17 +1,17 @@
 package restore
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fsnotify"
 	"golang.org/x/sys/unix"
+
+	"github.com/crest-restore/crest/internal/procfs"
 )
 
 // Inotify files: made anew by the engine (inotify_init1) with their
@@ -165,12 +165,12 @@ func openInotify(t *Task, f *File) (int, error) {
 // setNext says to try INOTIFY_IOC_SETNEXTWD first. taskFD names the
 // inotify in errors.
 func addWatches(fd, taskFD int, ws []InotifyWatch, setNext bool) error {
-	var mounts []inotifyMount
+	var mounts []procfs.Mount
 	dummies := false
 	for _, w := range ws {
 		if w.Path == "" && mounts == nil {
 			var err error
-			if mounts, err = readInotifyMounts("/proc/self/mountinfo"); err != nil {
+			if mounts, err = procfs.ReadMountinfo("/proc/self/mountinfo"); err != nil {
 				return err
 			}
 		}
@@ -243,7 +243,7 @@ func drainInotify(fd int) error {
 
 // openWatched opens the file watched by w (O_PATH) and checks that it is
 // the inode of the image. path is how errors name it.
-func openWatched(w InotifyWatch, mounts []inotifyMount) (fd int, path string, err error) {
+func openWatched(w InotifyWatch, mounts []procfs.Mount) (fd int, path string, err error) {
 	path = w.Path
 	if path != "" {
 		// The dump's path is canonical, the watched file itself
@@ -276,17 +276,17 @@ func openWatched(w InotifyWatch, mounts []inotifyMount) (fd int, path string, er
 
 // openHandle opens the file handle of w (O_PATH) through the first mount
 // of its device that resolves it, as CRIU's open_handle does.
-func openHandle(w InotifyWatch, mounts []inotifyMount) (int, error) {
+func openHandle(w InotifyWatch, mounts []procfs.Mount) (int, error) {
 	handle := unix.NewFileHandle(w.HandleType, w.Handle)
 	err := errors.New("no mount of the device")
 	for _, m := range mounts {
-		if m.dev != w.Dev {
+		if unix.Mkdev(m.Major, m.Minor) != w.Dev {
 			continue
 		}
 		// O_RDONLY: open_by_handle_at(2) takes no O_PATH fd for the mount.
-		mnt, e := unix.Open(m.point, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		mnt, e := unix.Open(m.Point, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if e != nil {
-			err = &os.PathError{Op: "open", Path: m.point, Err: e}
+			err = &os.PathError{Op: "open", Path: m.Point, Err: e}
 			continue
 		}
 		fd, e := unix.OpenByHandleAt(mnt, handle, unix.O_PATH|unix.O_CLOEXEC)
@@ -294,60 +294,7 @@ func openHandle(w InotifyWatch, mounts []inotifyMount) (int, error) {
 		if e == nil {
 			return fd, nil
 		}
-		err = fmt.Errorf("open_by_handle_at through %s: %w", m.point, e)
+		err = fmt.Errorf("open_by_handle_at through %s: %w", m.Point, e)
 	}
 	return -1, err
-}
-
-// inotifyMount is a mount of /proc/self/mountinfo: its device (stat(2)'s
-// encoding) and mount point.
-type inotifyMount struct {
-	dev   uint64
-	point string
-}
-
-// readInotifyMounts lists the mounts of the mountinfo file at path.
-func readInotifyMounts(path string) ([]inotifyMount, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []inotifyMount
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent major:minor root mount-point ...
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			return nil, fmt.Errorf("%s: %q: too few fields", path, sc.Text())
-		}
-		maj, min, _ := strings.Cut(fields[2], ":")
-		ma, err1 := strconv.ParseUint(maj, 10, 32)
-		mi, err2 := strconv.ParseUint(min, 10, 32)
-		if err := errors.Join(err1, err2); err != nil {
-			return nil, fmt.Errorf("%s: %q: device: %w", path, sc.Text(), err)
-		}
-		out = append(out, inotifyMount{dev: unix.Mkdev(uint32(ma), uint32(mi)), point: unescapeMountPoint(fields[4])})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return out, nil
-}
-
-// unescapeMountPoint undoes the octal escapes (\040 for a space ...) of a
-// mountinfo path.
-func unescapeMountPoint(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
