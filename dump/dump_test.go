@@ -132,6 +132,32 @@ func imageMaps(s *images.Summary, pid uint32) []string {
 	return out
 }
 
+// refusedCleanly checks a dump of p that had to be refused: err is an
+// *UnsupportedError saying every want, nothing was left in parent (where
+// the image directory was to go), and the tree runs on (log, in its
+// directory, grows by five lines).
+func refusedCleanly(t *testing.T, err error, p *workloads.Process, parent, log string, want ...string) {
+	t.Helper()
+	var ue *dump.UnsupportedError
+	if !errors.As(err, &ue) {
+		t.Fatalf("dump: %v, want an UnsupportedError", err)
+	}
+	t.Logf("dump: %v", err)
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not say %q", err, w)
+		}
+	}
+	if ents, _ := os.ReadDir(parent); len(ents) != 0 {
+		t.Errorf("the failed dump left %v in %s", ents, parent)
+	}
+	n := len(waitLines(t, p, log, 1))
+	waitLines(t, p, log, n+5)
+	if !workloads.Alive(p.Pid) {
+		t.Errorf("tree %d died after the failed dump", p.Pid)
+	}
+}
+
 func waitLines(t *testing.T, p *workloads.Process, name string, n int) []string {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
