@@ -35,6 +35,7 @@ func fownProgram(t *testing.T) *workloads.Process {
 	t.Helper()
 	p := workloads.StartTicking(t, "fown", "owners", workloads.TickSource{Includes: `#include <pthread.h>
 #include <signal.h>
+#include <sys/inotify.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -66,6 +67,7 @@ static void *work(void *arg)
 	sigaddset(&m, SIGIO);
 	sigaddset(&m, SIGRTMIN);
 	sigaddset(&m, SIGRTMIN + 1);
+	sigaddset(&m, SIGRTMIN + 2);
 	pthread_sigmask(SIG_BLOCK, &m, NULL);
 	worker = syscall(SYS_gettid);
 	for (;;)
@@ -85,10 +87,14 @@ static void owned(int fd, int type, int pid, int sig)
 	sa.sa_sigaction = onio;
 	sa.sa_flags = SA_SIGINFO | SA_RESTART;
 	if (sigaction(SIGUSR1, &sa, NULL) || sigaction(SIGUSR2, &sa, NULL) || sigaction(SIGIO, &sa, NULL) ||
-	    sigaction(SIGRTMIN, &sa, NULL) || sigaction(SIGRTMIN + 1, &sa, NULL))
+	    sigaction(SIGRTMIN, &sa, NULL) || sigaction(SIGRTMIN + 1, &sa, NULL) || sigaction(SIGRTMIN + 2, &sa, NULL))
 		return 2;
 	if (pipe(p) || p[0] != 4 || socketpair(AF_UNIX, SOCK_STREAM, 0, s) || s[0] != 6 ||
 	    pipe(q) || q[0] != 8 || pipe(g) || g[0] != 10 || pipe(e) || e[0] != 12)
+		return 2;
+	/* an inotify (14) that signals when the file at 15 is written */
+	if (inotify_init1(IN_NONBLOCK) != 14 || open("watched", O_RDWR | O_CREAT, 0600) != 15 ||
+	    inotify_add_watch(14, "watched", IN_MODIFY) != 1)
 		return 2;
 	if (pthread_create(&th, NULL, work, NULL))
 		return 2;
@@ -98,6 +104,7 @@ static void owned(int fd, int type, int pid, int sig)
 	owned(6, F_OWNER_PID, getpid(), SIGRTMIN);
 	owned(8, F_OWNER_TID, worker, SIGUSR2);
 	owned(10, F_OWNER_PGRP, getpgrp(), 0);
+	owned(14, F_OWNER_PID, getpid(), SIGRTMIN + 2);
 	/* this thread only: the raw system call, not glibc's setresuid */
 	if (syscall(SYS_setresuid, -1, 1000, -1))
 		return 2;
@@ -124,6 +131,7 @@ var fownCases = []fownCase{
 	{8, 9, 0, int(unix.SIGUSR2), 0, "sigio sig 12 T"},
 	{10, 11, 2, 0, 0, "sigio sig 29 P"},
 	{12, 13, 1, 35, 1000, "sigio sig 35 P"},
+	{14, 15, 1, 36, 0, "sigio sig 36 P"}, // an inotify; 15 is the watched file
 }
 
 // poke writes a byte into the file at fd of pid, which signals the owner
@@ -158,7 +166,9 @@ func drain(t *testing.T, pid, fd int) {
 	if c, err = stealFD(pid, fd); err != nil {
 		t.Fatal(err)
 	}
-	unix.Recvfrom(c, b[:], unix.MSG_DONTWAIT)
+	if _, _, err := unix.Recvfrom(c, b[:], unix.MSG_DONTWAIT); err == unix.ENOTSOCK {
+		unix.Read(c, b[:]) // an inotify (non-blocking)
+	}
 	unix.Close(c)
 }
 
@@ -202,8 +212,11 @@ func signalled(t *testing.T, p *workloads.Process, pid int) (fds map[string]int,
 	return fds, missing
 }
 
-// ownerOf is the fown_entry of an image fd, a pipe's or a unix socket's.
+// ownerOf is the fown_entry of an image fd: a pipe's, an inotify's or a unix socket's.
 func ownerOf(e imageFd) (*fown.FownEntry, uint32) {
+	if e.file.GetIfy() != nil {
+		return e.file.GetIfy().GetFown(), e.file.GetIfy().GetFlags()
+	}
 	if e.file.GetPipe() != nil {
 		return e.file.GetPipe().GetFown(), e.file.GetPipe().GetFlags()
 	}
@@ -249,7 +262,8 @@ func TestFownRoundTrip(t *testing.T) {
 	})
 	fds, missing := signalled(t, p, p.Pid)
 	if len(missing) > 0 {
-		t.Fatalf("the workload was not signalled before the dump: %v missing", missing)
+		b, _ := os.ReadFile(filepath.Join(p.Dir, "out-fown.log"))
+		t.Fatalf("the workload was not signalled before the dump: %v missing; got %v; log ends:\n%s", missing, fds, tail(string(b), 12))
 	}
 	for _, c := range fownCases {
 		if want := c.fd * min(c.sig, 1); fds[c.line] != want {

@@ -9,13 +9,11 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fh"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fsnotify"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/internal/procfs"
 )
 
@@ -52,12 +50,6 @@ func inotifyEntry(id, flags uint32, pid, fd int) (e *fsnotify.InotifyFileEntry, 
 		return nil, "", err
 	}
 	e = &fsnotify.InotifyFileEntry{Id: proto.Uint32(id), Flags: proto.Uint32(flags), Fown: zeroFown()}
-	if p, _ := images.FileFown(&fdinfo.FileEntry{Ify: e}); p == nil && flags&unix.O_ASYNC != 0 {
-		// The owner for SIGIO is written where images.FileFown finds
-		// it, which does not know inotify entries yet: a signalling
-		// inotify would come back silent.
-		return nil, "inotify files that signal (O_ASYNC) are not supported yet", nil
-	}
 	var mounts []procfs.Mount
 	for _, line := range strings.Split(string(b), "\n") {
 		if !strings.HasPrefix(line, "inotify ") {

@@ -28,6 +28,8 @@ func FileFown(fe *fdinfo.FileEntry) (o **fown.FownEntry, flags uint32) {
 		return &fe.Usk.Fown, fe.Usk.GetFlags()
 	case fe.Isk != nil:
 		return &fe.Isk.Fown, fe.Isk.GetFlags()
+	case fe.Ify != nil:
+		return &fe.Ify.Fown, fe.Ify.GetFlags()
 	}
 	return nil, 0
 }
