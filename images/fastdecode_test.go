@@ -5,17 +5,11 @@ import (
 	"errors"
 	"hash/fnv"
 	"io"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
-
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
 
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	criu_sa "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-sa"
@@ -25,6 +19,10 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/siginfo"
 	sk_opts "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-opts"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/crest-restore/crest/test/fixture"
 )
@@ -103,16 +101,8 @@ func fixtureEntries(t testing.TB) []fixtureEntry {
 	fastDecode = false
 	var out []fixtureEntry
 	for _, name := range fixture.Names(t) {
-		dir := fixture.Images(t, name)
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), "pages-") || e.Name() == "dump.log" {
-				continue
-			}
-			img, err := ReadFile(filepath.Join(dir, e.Name()))
+		for _, path := range fixtureImageFiles(t, name) {
+			img, err := ReadFile(path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -121,7 +111,7 @@ func fixtureEntries(t testing.TB) []fixtureEntry {
 				if err != nil {
 					t.Fatal(err)
 				}
-				out = append(out, fixtureEntry{where: name + "/" + e.Name() + "#" + strconv.Itoa(i), raw: raw, msg: ent.Message})
+				out = append(out, fixtureEntry{where: name + "/" + filepath.Base(path) + "#" + strconv.Itoa(i), raw: raw, msg: ent.Message})
 			}
 		}
 	}
@@ -164,16 +154,7 @@ func TestFastDecodeFixtures(t *testing.T) {
 func TestFastDecodeReadFile(t *testing.T) {
 	defer func(on bool) { fastDecode = on }(fastDecode)
 	for _, name := range fixture.Names(t) {
-		dir := fixture.Images(t, name)
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), "pages-") || e.Name() == "dump.log" {
-				continue
-			}
-			path := filepath.Join(dir, e.Name())
+		for _, path := range fixtureImageFiles(t, name) {
 			fastDecode = true
 			fast, err := ReadFile(path)
 			if err != nil {

@@ -77,28 +77,11 @@ func (l fmtLayout) wantCut(c int64) (ok bool, n int, entry int, off int64) {
 	panic("cut past the end")
 }
 
-// fmtImageFiles returns the framed (not raw) image files of a fixture.
-func fmtImageFiles(t *testing.T, name string) []string {
-	t.Helper()
-	dir := fixture.Images(t, name)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range ents {
-		if !isRaw(e.Name()) {
-			out = append(out, filepath.Join(dir, e.Name()))
-		}
-	}
-	return out
-}
-
 // TestTruncatedFixtures cuts every image file of every fixture at every
 // byte and reads what is left, with the size known and unknown.
 func TestTruncatedFixtures(t *testing.T) {
 	for _, name := range fixture.Names(t) {
-		for _, path := range fmtImageFiles(t, name) {
+		for _, path := range images.FixtureImageFiles(t, name) {
 			orig, err := os.ReadFile(path)
 			if err != nil {
 				t.Fatal(err)

@@ -80,7 +80,7 @@ func fuzzPayloadSeeds(f *testing.F) [][]byte {
 // unknown: the two must agree, and what decodes must encode and decode back
 // to the same entries.
 func FuzzReadImage(f *testing.F) {
-	for _, b := range fuzzFixtureFiles(f, func(n string) bool { return !isRaw(n) }) {
+	for _, b := range fuzzFixtureFiles(f, func(n string) bool { return !images.IsRawFile(n) }) {
 		f.Add(b)
 	}
 	for _, b := range fuzzPayloadSeeds(f) {

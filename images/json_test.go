@@ -30,33 +30,25 @@ type critJSON struct {
 // plain, and checks the result is JSON with the right magic and entries.
 func TestJSONFixtures(t *testing.T) {
 	for _, name := range fixture.Names(t) {
-		dir := fixture.Images(t, name)
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), "pages-") || e.Name() == "dump.log" {
-				continue
-			}
-			img, err := ReadFile(filepath.Join(dir, e.Name()))
+		for _, path := range fixtureImageFiles(t, name) {
+			img, err := ReadFile(path)
 			if err != nil {
 				t.Fatal(err)
 			}
 			for _, o := range []JSONOptions{{Pretty: true}, {}, {Pretty: true, NoPayload: true}} {
 				out, err := img.JSON(o)
 				if err != nil {
-					t.Fatalf("%s/%s: %v", name, e.Name(), err)
+					t.Fatalf("%s/%s: %v", name, filepath.Base(path), err)
 				}
 				var c critJSON
 				if err := json.Unmarshal(out, &c); err != nil {
-					t.Fatalf("%s/%s %+v: not JSON: %v\n%s", name, e.Name(), o, err, out)
+					t.Fatalf("%s/%s %+v: not JSON: %v\n%s", name, filepath.Base(path), o, err, out)
 				}
 				if c.Magic != img.Kind.Name || len(c.Entries) != len(img.Entries) {
-					t.Errorf("%s/%s: magic %s with %d entries, want %s with %d", name, e.Name(), c.Magic, len(c.Entries), img.Kind.Name, len(img.Entries))
+					t.Errorf("%s/%s: magic %s with %d entries, want %s with %d", name, filepath.Base(path), c.Magic, len(c.Entries), img.Kind.Name, len(img.Entries))
 				}
 				if !o.Pretty && strings.Contains(string(out), "\n") {
-					t.Errorf("%s/%s: plain output spans lines", name, e.Name())
+					t.Errorf("%s/%s: plain output spans lines", name, filepath.Base(path))
 				}
 			}
 		}

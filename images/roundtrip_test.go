@@ -4,34 +4,19 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/test/fixture"
 )
 
-// isRaw reports files of an image directory that carry no magic.
-func isRaw(name string) bool {
-	return strings.HasPrefix(name, "pages-") || name == "dump.log"
-}
-
 // TestFixturesRoundTrip decodes every image file of every CRIU 4.2 fixture
 // and checks that encoding the result gives back the same bytes.
 func TestFixturesRoundTrip(t *testing.T) {
 	for _, name := range fixture.Names(t) {
-		dir := fixture.Images(t, name)
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
 		n := 0
-		for _, e := range ents {
-			if isRaw(e.Name()) {
-				continue
-			}
-			path := filepath.Join(dir, e.Name())
-			t.Run(name+"/"+e.Name(), func(t *testing.T) {
+		for _, path := range images.FixtureImageFiles(t, name) {
+			t.Run(name+"/"+filepath.Base(path), func(t *testing.T) {
 				orig, err := os.ReadFile(path)
 				if err != nil {
 					t.Fatal(err)
