@@ -23,7 +23,8 @@ func addTraceFlags(fs *pflag.FlagSet) traceFlags {
 		fs: fs,
 		targets: fs.StringArray("trace", nil, "send the trace to `TARGET`: - (a waterfall on stdout), FILE.json (OTLP JSON), "+
 			"grpc://HOST:PORT or HOST:4317 (OTLP gRPC), http(s)://HOST:PORT[/PATH] (OTLP HTTP), otlp (as OTEL_EXPORTER_OTLP_* say); repeatable"),
-		timeout: fs.Duration("trace-timeout", trace.DefaultTimeout, "give up exporting to a collector after `DURATION` (else OTEL_EXPORTER_OTLP_TIMEOUT says, in ms)"),
+		timeout: fs.Duration("trace-timeout", 0, "give up exporting to a collector after `DURATION` "+
+			"(default: OTEL_EXPORTER_OTLP_TIMEOUT in ms, else "+trace.DefaultTimeout.String()+")"),
 	}
 }
 
@@ -39,6 +40,9 @@ func (f traceFlags) exportTimeout() time.Duration {
 // parse returns the targets; without --trace, OTEL_EXPORTER_OTLP_ENDPOINT
 // asks for OTLP as the OpenTelemetry environment variables say.
 func (f traceFlags) parse() ([]trace.Target, error) {
+	if f.fs.Changed("trace-timeout") && *f.timeout <= 0 {
+		return nil, usagef("--trace-timeout %v: want a positive duration", *f.timeout)
+	}
 	var out []trace.Target
 	for _, s := range *f.targets {
 		t, err := trace.ParseTarget(s)

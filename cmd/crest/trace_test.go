@@ -527,10 +527,38 @@ func TestTraceDump(t *testing.T) {
 }
 
 func TestTraceDumpUsage(t *testing.T) {
-	code, _, errOut := runDump(t, "-t", "1", "-D", "x", "--trace", "nowhere")
-	if code != 2 || !strings.Contains(errOut, fmt.Sprintf("trace target %q", "nowhere")) {
-		t.Errorf("exit %d: %s", code, errOut)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--trace", "nowhere"}, fmt.Sprintf("trace target %q", "nowhere")},
+		{[]string{"--trace", "-", "--trace-timeout", "0s"}, "--trace-timeout 0s: want a positive duration"},
+		{[]string{"--trace", "-", "--trace-timeout", "-1s"}, "--trace-timeout -1s: want a positive duration"},
+	} {
+		code, _, errOut := runDump(t, append([]string{"-t", "1", "-D", "x"}, c.args...)...)
+		if code != 2 || !strings.Contains(errOut, c.want) {
+			t.Errorf("crest dump %q: exit %d: %s; want exit 2 and %q", c.args, code, errOut, c.want)
+		}
 	}
+}
+
+// TestTraceTimeoutHelp: the help names where the timeout comes from when
+// the flag is not given, not a default that the environment overrides.
+func TestTraceTimeoutHelp(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"restore", "-h"}, &out, &errb); code != 0 {
+		t.Fatalf("crest restore -h: exit %d: %s", code, errb.String())
+	}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if !strings.Contains(line, "--trace-timeout") {
+			continue
+		}
+		if !strings.Contains(line, "(default: OTEL_EXPORTER_OTLP_TIMEOUT in ms, else 2s)") || strings.Contains(line, "(default 2s)") {
+			t.Errorf("help line %q", line)
+		}
+		return
+	}
+	t.Errorf("no --trace-timeout in the help:\n%s", out.String())
 }
 
 // BenchmarkRestoreTraceOverhead is restore's wall time (the whole
