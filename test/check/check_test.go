@@ -61,20 +61,22 @@ func TestCounter(t *testing.T) {
 	}
 }
 
-// TestLogs: a log that counts on passes; a gap, a CORRUPT line, changed
-// dumped content or a log that stops fail.
+// TestLogs: a log that counts on passes, also with a pause longer than a
+// look; a gap, a CORRUPT line, changed dumped content or a log that stops
+// fail.
 func TestLogs(t *testing.T) {
 	before := []byte("1\n2\n3\n")
 	for _, tc := range []struct {
 		name   string
-		writes [3]string // appended at the start, a quarter and three quarters into the watch
+		writes []string // appended at the start, then a quarter into the watch and every half after
 		fail   string
 	}{
-		{"counts on", [3]string{"4\n5\n", "6\n", "7\n"}, ""},
-		{"half a line waits", [3]string{"4\n5", "\n6\n", "7\n"}, ""},
-		{"gap", [3]string{"4\n6\n", "7\n", "8\n"}, `new line 1 after "4"`},
-		{"corrupt", [3]string{"4\n", "CORRUPT page 3\n", "5\n"}, "CORRUPT"},
-		{"stops", [3]string{"4\n", "5\n", ""}, "no new line"},
+		{"counts on", []string{"4\n5\n", "6\n", "7\n"}, ""},
+		{"half a line waits", []string{"4\n5", "\n6\n", "7\n"}, ""},
+		{"a pause longer than a look", []string{"4\n", "", "5\n", "6\n"}, ""},
+		{"gap", []string{"4\n6\n", "7\n", "8\n"}, `new line 1 after "4"`},
+		{"corrupt", []string{"4\n", "CORRUPT page 3\n", "5\n"}, "CORRUPT"},
+		{"stops", []string{"4\n", "5\n", ""}, "no new line"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
