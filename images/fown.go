@@ -30,6 +30,8 @@ func FileFown(fe *fdinfo.FileEntry) (o **fown.FownEntry, flags uint32) {
 		return &fe.Isk.Fown, fe.Isk.GetFlags()
 	case fe.Ify != nil:
 		return &fe.Ify.Fown, fe.Ify.GetFlags()
+	case fe.Tty != nil:
+		return &fe.Tty.Fown, fe.Tty.GetFlags()
 	}
 	return nil, 0
 }

@@ -17,6 +17,9 @@ import (
 	"google.golang.org/protobuf/types/descriptorpb"
 
 	ghost_file "github.com/checkpoint-restore/go-criu/v8/crit/images/ghost-file"
+	ipc_msg "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-msg"
+	ipc_sem "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-sem"
+	ipc_shm "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-shm"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/opts"
 	tcp_stream "github.com/checkpoint-restore/go-criu/v8/crit/images/tcp-stream"
 )
@@ -93,6 +96,42 @@ func payloadJSON(k *Kind, e Entry, noPayload bool) (any, bool) {
 		t, _ := e.Message.(*tcp_stream.TcpStreamEntry)
 		n := min(int(t.GetInqLen()), len(e.Payload))
 		return jsonObject{{"inq", critBase64(e.Payload[:n])}, {"outq", critBase64(e.Payload[n:])}}, true
+	case IPCShmPayload:
+		m, _ := e.Message.(*ipc_shm.IpcShmEntry)
+		if m.GetInPagemaps() {
+			return nil, false // in pagemap-shmem-ID.img
+		}
+		data := e.Payload[:min(uint64(len(e.Payload)), m.GetSize())]
+		if noPayload {
+			return payloadSize(len(data)), true
+		}
+		return critBase64(data), true
+	case IPCSemPayload:
+		m, _ := e.Message.(*ipc_sem.IpcSemEntry)
+		values := IPCSemValues(m, e.Payload)
+		if noPayload {
+			return payloadSize(2 * len(values)), true
+		}
+		out := make([]any, len(values))
+		for i, v := range values {
+			out[i] = int64(v)
+		}
+		return out, true
+	case IPCMsgPayload:
+		// crit's: each message's ipc_msg, then its text
+		msgs, err := IPCMessages(e.Payload)
+		if err != nil {
+			return nil, false
+		}
+		if noPayload {
+			return payloadSize(len(e.Payload)), true
+		}
+		var out []any
+		for _, m := range msgs {
+			out = append(out, messageJSON((&ipc_msg.IpcMsg{Mtype: proto.Uint64(uint64(m.Type)), Msize: proto.Uint32(uint32(len(m.Text)))}).ProtoReflect(), false, false),
+				critBase64(m.Text))
+		}
+		return out, true
 	case GhostPayload:
 		// crit skips ghost contents silently with --nopl.
 		if noPayload {

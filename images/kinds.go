@@ -82,9 +82,17 @@ const (
 	GhostPayload
 	// BpfmapPayload: keys_bytes then values_bytes follow each entry.
 	BpfmapPayload
-	// OpaquePayload: the kind carries payloads whose layout crest does not
-	// decode (SysV IPC contents); reading it is a FormatError.
-	OpaquePayload
+	// IPCShmPayload: a SysV shared memory segment's content, size bytes
+	// rounded up to 4, follows an ipc_shm_entry without in_pagemaps
+	// (older images; newer ones keep it in pagemap-shmem-ID.img).
+	IPCShmPayload
+	// IPCSemPayload: nsems u16 semaphore values, padded to 8 bytes,
+	// follow each ipc_sem_entry.
+	IPCSemPayload
+	// IPCMsgPayload: qnum messages follow each ipc_msg_entry, each an
+	// ipc_msg (framed as an entry: u32 length, then the message) and its
+	// msize bytes of text padded to 8 (IPCMessages).
+	IPCMsgPayload
 )
 
 // Kind describes one kind of CRIU image file: how it is named, how it starts
@@ -215,11 +223,11 @@ var (
 	KindIPCVar = &Kind{Name: "IPC_VAR", File: "ipcns-var-%d.img", Magic: MagicIPCVar, Prefix: MagicImgCommon,
 		Entry: func() proto.Message { return &ipc_var.IpcVarEntry{} }}
 	KindIPCNSShm = &Kind{Name: "IPCNS_SHM", File: "ipcns-shm-%d.img", Magic: MagicIPCNSShm, Prefix: MagicImgCommon,
-		Entry: func() proto.Message { return &ipc_shm.IpcShmEntry{} }, Payload: OpaquePayload}
+		Entry: func() proto.Message { return &ipc_shm.IpcShmEntry{} }, Payload: IPCShmPayload}
 	KindIPCNSMsg = &Kind{Name: "IPCNS_MSG", File: "ipcns-msg-%d.img", Magic: MagicIPCNSMsg, Prefix: MagicImgCommon,
-		Entry: func() proto.Message { return &ipc_msg.IpcMsgEntry{} }, Payload: OpaquePayload}
+		Entry: func() proto.Message { return &ipc_msg.IpcMsgEntry{} }, Payload: IPCMsgPayload}
 	KindIPCNSSem = &Kind{Name: "IPCNS_SEM", File: "ipcns-sem-%d.img", Magic: MagicIPCNSSem, Prefix: MagicImgCommon,
-		Entry: func() proto.Message { return &ipc_sem.IpcSemEntry{} }, Payload: OpaquePayload}
+		Entry: func() proto.Message { return &ipc_sem.IpcSemEntry{} }, Payload: IPCSemPayload}
 	KindMnts = &Kind{Name: "MNTS", File: "mountpoints-%d.img", Magic: MagicMnts, Prefix: MagicImgCommon,
 		Entry: func() proto.Message { return &mnt.MntEntry{} }}
 	KindNetdev = &Kind{Name: "NETDEV", File: "netdev-%d.img", Magic: MagicNetdev, Prefix: MagicImgCommon,

@@ -13,6 +13,9 @@ import (
 
 	bpfmap_data "github.com/checkpoint-restore/go-criu/v8/crit/images/bpfmap-data"
 	ghost_file "github.com/checkpoint-restore/go-criu/v8/crit/images/ghost-file"
+	ipc_msg "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-msg"
+	ipc_sem "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-sem"
+	ipc_shm "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-shm"
 	pipe_data "github.com/checkpoint-restore/go-criu/v8/crit/images/pipe-data"
 	sk_packet "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-packet"
 	tcp_stream "github.com/checkpoint-restore/go-criu/v8/crit/images/tcp-stream"
@@ -216,8 +219,12 @@ func (rd *Reader) payload(msg proto.Message) ([]byte, error) {
 		case *ghost_file.GhostChunkEntry:
 			return rd.readN(m.GetLen(), "ghost chunk")
 		}
-	case OpaquePayload:
-		return nil, rd.errorf(0, nil, "%s images carry payloads crest does not decode", rd.kind.Name)
+	case IPCShmPayload:
+		return rd.readN(ipcShmLen(msg.(*ipc_shm.IpcShmEntry)), "segment content")
+	case IPCSemPayload:
+		return rd.readN(ipcSemLen(msg.(*ipc_sem.IpcSemEntry)), "semaphore values")
+	case IPCMsgPayload:
+		return rd.readIPCMessages(msg.(*ipc_msg.IpcMsgEntry))
 	}
 	return nil, nil
 }

@@ -12,6 +12,9 @@ import (
 
 	bpfmap_data "github.com/checkpoint-restore/go-criu/v8/crit/images/bpfmap-data"
 	ghost_file "github.com/checkpoint-restore/go-criu/v8/crit/images/ghost-file"
+	ipc_msg "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-msg"
+	ipc_sem "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-sem"
+	ipc_shm "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-shm"
 	pipe_data "github.com/checkpoint-restore/go-criu/v8/crit/images/pipe-data"
 	sk_packet "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-packet"
 	tcp_stream "github.com/checkpoint-restore/go-criu/v8/crit/images/tcp-stream"
@@ -48,7 +51,7 @@ func (wr *Writer) Write(e Entry) error {
 		return fmt.Errorf("%s entry %d: message is %s, want %s", wr.kind.Name, wr.index,
 			e.Message.ProtoReflect().Descriptor().FullName(), want.ProtoReflect().Descriptor().FullName())
 	}
-	n, err := payloadLen(wr.kind, e.Message)
+	n, err := payloadLen(wr.kind, e.Message, e.Payload)
 	if err != nil {
 		return fmt.Errorf("%s entry %d: %w", wr.kind.Name, wr.index, err)
 	}
@@ -82,7 +85,8 @@ func (wr *Writer) Write(e Entry) error {
 
 // payloadLen returns how many payload bytes msg announces, or -1 when its
 // kind has no payload of fixed length (none at all, or a ghost file's tail).
-func payloadLen(k *Kind, msg proto.Message) (int64, error) {
+// A message queue's payload is checked to hold its qnum messages.
+func payloadLen(k *Kind, msg proto.Message, payload []byte) (int64, error) {
 	switch k.Payload {
 	case PipeDataPayload:
 		return int64(msg.(*pipe_data.PipeDataEntry).GetBytes()), nil
@@ -104,8 +108,19 @@ func payloadLen(k *Kind, msg proto.Message) (int64, error) {
 		case *ghost_file.GhostChunkEntry:
 			return int64(m.GetLen()), nil
 		}
-	case OpaquePayload:
-		return 0, fmt.Errorf("writing %s payloads is not supported", k.Name)
+	case IPCShmPayload:
+		return int64(ipcShmLen(msg.(*ipc_shm.IpcShmEntry))), nil
+	case IPCSemPayload:
+		return int64(ipcSemLen(msg.(*ipc_sem.IpcSemEntry))), nil
+	case IPCMsgPayload:
+		msgs, err := IPCMessages(payload)
+		if err != nil {
+			return 0, err
+		}
+		if q := msg.(*ipc_msg.IpcMsgEntry).GetQnum(); uint32(len(msgs)) != q {
+			return 0, fmt.Errorf("payload has %d messages, the entry says %d", len(msgs), q)
+		}
+		return int64(len(payload)), nil
 	}
 	return -1, nil
 }
