@@ -36,7 +36,16 @@ type Options struct {
 	// task, as criu dump --leave-stopped does; a SIGCONT lets it run on.
 	// It wins over LeaveRunning.
 	LeaveStopped bool
-	Log          *slog.Logger
+	// ShellJob dumps a job started from an interactive shell, as criu
+	// dump --shell-job does: the root's session and process group may
+	// have their leader (the shell) outside the tree, and fds may be on
+	// the shell's terminal, a pty slave whose master is outside it
+	// (tty.go). A restore with --shell-job puts them on its own.
+	ShellJob bool
+	// TCPEstablished dumps established TCP connections, as criu dump
+	// --tcp-established (tcpest.go); without it they are refused.
+	TCPEstablished bool
+	Log            *slog.Logger
 	// Observer, if set, receives the dump's stages and steps.
 	Observer Observer
 }
@@ -76,6 +85,9 @@ type dumper struct {
 	seccomp *seccomp.SeccompEntry
 	// ownTime: the tree has a time namespace of its own (the root's)
 	ownTime bool
+	// ownUTS, ownIPC: the tree has UTS, IPC namespaces of its own (the
+	// root's, every task in it: uts.go)
+	ownUTS, ownIPC bool
 }
 
 func (d *dumper) path(name string) string { return filepath.Join(d.tmp, name) }
@@ -105,6 +117,9 @@ func Dump(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	d := &dumper{opts: opts, log: opts.Log, obs: observe{opts.Observer}, files: newFileTable(), kobj: map[int]*kobjIDs{}}
+	if opts.TCPEstablished {
+		d.files.tcp = &tcpConns{}
+	}
 	ns, err := ownNamespaces()
 	if err != nil {
 		return nil, err
@@ -130,6 +145,10 @@ func Dump(ctx context.Context, opts Options) (*Result, error) {
 
 	res, err := d.run(ctx)
 	if err != nil {
+		// connections in repair mode go on first (tcpest.go)
+		if rerr := d.files.tcp.release(true); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
 		tr.thaw()
 		if d.tmp != "" {
 			os.RemoveAll(d.tmp)
@@ -138,6 +157,9 @@ func Dump(ctx context.Context, opts Options) (*Result, error) {
 	}
 	d.obs.stage(StageRelease)
 	release := boottime()
+	// Connections in repair mode go on with a tree that stays, and are
+	// closed silently with one that is killed (tcpest.go).
+	relErr := d.files.tcp.release(opts.LeaveStopped || opts.LeaveRunning)
 	switch {
 	case opts.LeaveStopped:
 		tr.stop()
@@ -148,6 +170,9 @@ func Dump(ctx context.Context, opts Options) (*Result, error) {
 	default:
 		tr.kill()
 		d.obs.step(tr.root, StageRelease, "kill", release)
+	}
+	if relErr != nil {
+		return nil, fmt.Errorf("dump %d: the images are written, but: %w", opts.Pid, relErr)
 	}
 	res.Freezing, res.Frozen = t1.Sub(t0), time.Since(t1)
 	d.log.Info("dumped", "dir", opts.Dir, "tasks", res.Tasks, "threads", res.Threads, "pages", res.Pages,
@@ -294,6 +319,9 @@ func (d *dumper) pidsAndNamespaces() error {
 				d.ownTime = true
 				continue
 			}
+			if kind == "uts" || kind == "ipc" {
+				continue // checkUTSIPC
+			}
 			if ino != d.ns.own[kind] {
 				return &UnsupportedError{Task: t.pid, Resource: kind + " namespace",
 					Why: "namespaces other than the root's pid namespace are not supported"}
@@ -303,7 +331,7 @@ func (d *dumper) pidsAndNamespaces() error {
 		// (suspendSeccomp)
 		t.nsPid = t.threads[0].nsTid
 	}
-	return nil
+	return d.checkUTSIPC()
 }
 
 // dumpTask writes core, ids, mm, pagemap, pages, fs and fdinfo of t.
@@ -402,12 +430,8 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 			return &UnsupportedError{Task: int(t.nsPid), Resource: "session",
 				Why: "the session leader of this zombie is outside its pid namespace"}
 		}
-		if !d.inTree(uint32(pgid)) || !d.inTree(uint32(sid)) {
-			// CRIU would need --shell-job or helper tasks for leaders
-			// outside the dumped tree; crest supports neither.
-			return &UnsupportedError{Task: int(t.nsPid), Resource: "session",
-				What: fmt.Sprintf("pgid %d, sid %d", pgid, sid),
-				Why:  "its session or process group leader is not in the dumped tree"}
+		if err := d.checkLeaders(t, uint32(pgid), uint32(sid)); err != nil { // tty.go
+			return err
 		}
 		e := &pstree.PstreeEntry{Pid: proto.Uint32(t.nsPid), Ppid: proto.Uint32(0), Pgid: proto.Uint32(uint32(pgid)),
 			Sid: proto.Uint32(uint32(sid))}
@@ -429,6 +453,12 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 	if err := d.write("files.img", images.KindFiles, files...); err != nil {
 		return err
 	}
+	if err := d.checkTTYs(); err != nil { // tty.go
+		return err
+	}
+	if err := d.writeTTYs(); err != nil {
+		return err
+	}
 	if len(d.files.data) > 0 {
 		if err := d.write("pipes-data.img", images.KindPipesData, d.files.data...); err != nil {
 			return err
@@ -438,6 +468,9 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 		if err := d.write("sk-queues.img", images.KindSkQueues, d.files.queues...); err != nil {
 			return err
 		}
+	}
+	if err := d.files.tcp.finish(d); err != nil { // tcp-stream-INO.img
+		return err
 	}
 	for _, t := range d.tree.tasks {
 		if t.dead != nil {
@@ -453,6 +486,9 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 	if err := d.writeClocks(); err != nil {
 		return err
 	}
+	if err := d.writeNamespaces(); err != nil {
+		return err
+	}
 	inv := &inventory.InventoryEntry{
 		ImgVersion:        proto.Uint32(2),
 		FdinfoPerId:       proto.Bool(true),
@@ -460,7 +496,7 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 		NsPerId:           proto.Bool(true),
 		RootCgSet:         proto.Uint32(1),
 		Lsmtype:           inventory.Lsmtype_NO_LSM.Enum(),
-		NetworkLockMethod: proto.Uint32(0),
+		NetworkLockMethod: proto.Uint32(d.files.tcp.networkLockMethod()),
 		PluginsEntry:      &inventory.PluginsEntry{},
 		DumpCriuRunId:     proto.String(runID()),
 	}

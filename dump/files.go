@@ -39,9 +39,14 @@ type fileTable struct {
 	// held are the inodes of the sockets open in the frozen tree, read
 	// when a unix socket's peer is first looked for (sockunix.go).
 	held map[uint32]bool
+	// tcp holds the established TCP connections dumped (tcpest.go);
+	// nil without --tcp-established, which refuses them.
+	tcp *tcpConns
 
 	memfds     map[uint64]*memfdInode // by inode number
 	memfdOrder []*memfdInode
+
+	ttys ttyTable // tty-info.img (tty.go)
 }
 
 type devIno struct{ dev, ino uint64 }
@@ -263,7 +268,7 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 	case mode == unix.S_IFDIR:
 	case mode == unix.S_IFCHR:
 		if ttyMajor(unix.Major(st.Rdev)) {
-			return nil, unsupported("ttys are not supported")
+			typ = fdinfo.FdTypes_TTY // tty.go
 		}
 	case mode == unix.S_IFSOCK:
 		var why string
@@ -336,6 +341,18 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 		if why != "" {
 			return nil, unsupported(why)
 		}
+	} else if typ == fdinfo.FdTypes_TTY {
+		var why string
+		c, err := fc.get()
+		if err == nil {
+			fe, why, err = ft.ttyEntry(t, id, fd, c, link, name, &st, flags, fi.pos)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: fd %d: %s: %w", t, fd, name, err)
+		}
+		if why != "" {
+			return nil, unsupported(why)
+		}
 	} else if typ == fdinfo.FdTypes_MEMFD {
 		if fe, err = ft.memfdEntry(id, link, name, flags, fi.pos); err != nil {
 			return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
@@ -352,7 +369,9 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 	if why != "" {
 		return nil, unsupported(why)
 	}
-	setOwner(fe, owner)
+	if !setOwner(fe, owner) && (owner.GetPid() != 0 || owner.GetSignum() != 0) {
+		return nil, unsupported(fmt.Sprintf("an owner for SIGIO (F_SETOWN, F_SETSIG) on a %s file, which its image has no place for", typ))
+	}
 	ft.entries = append(ft.entries, fe)
 	ft.open = append(ft.open, openFile{pid: t.pid, fd: fd, key: key, id: id})
 	return &fdinfo.FdinfoEntry{Id: proto.Uint32(id), Flags: proto.Uint32(fdflags), Type: typ.Enum(), Fd: proto.Uint32(uint32(fd))}, nil

@@ -112,9 +112,12 @@ func treeOwner(t *task, typ, host int) (uint32, string) {
 }
 
 // setOwner puts o into the entry of fe's kind, where every kind keeps its
-// fown_entry.
-func setOwner(fe *fdinfo.FileEntry, o *fown.FownEntry) {
-	if p, _ := images.FileFown(fe); p != nil {
-		*p = o
+// fown_entry; false for a kind without one.
+func setOwner(fe *fdinfo.FileEntry, o *fown.FownEntry) bool {
+	p, _ := images.FileFown(fe)
+	if p == nil {
+		return false
 	}
+	*p = o
+	return true
 }

@@ -67,6 +67,11 @@ func TestRoundTrip(t *testing.T) {
 		// In a time namespace of its own: the restore makes it again,
 		// with the clocks the workload had at the dump (it checks them).
 		{"clocks", map[string]check.Next{"out.log": check.Counter}, nil},
+		// In UTS and IPC namespaces of its own, which the restore makes
+		// again: it checks its names, IPC sysctls and SysV objects every
+		// tick; nsutsState compares them (and the segments' contents)
+		// from outside.
+		{"nsuts", map[string]check.Next{"out-nsuts.log": check.Counter}, nsutsState},
 		// Its tick is an epoll of a timerfd, an eventfd (edge-triggered)
 		// and a pipe, which must all report on.
 		{"epoll", map[string]check.Next{"out-epoll.log": check.Counter}, nil},
@@ -94,6 +99,11 @@ func TestRoundTrip(t *testing.T) {
 		// UDP-Lite sockets, each with options it checks every tick,
 		// while it connects to its listeners and sends datagrams.
 		{"inetsk", map[string]check.Next{"out-inetsk.log": check.Counter}, nil},
+		// Established TCP connections (v4 and v6) between the init and
+		// its child, their queues full both ways: each checks every
+		// byte, the four-tuples, MSS, options, window scales and the
+		// timestamp clock every tick, and that no direction stalls.
+		{"tcpest", map[string]check.Next{"out-init.log": check.Counter, "out-child.log": check.Counter}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := workloads.Start(t, tc.name)
@@ -260,7 +270,9 @@ var (
 func dumpKilled(t *testing.T, bin string, p *workloads.Process, live map[int]*check.Task) string {
 	t.Helper()
 	imgs := filepath.Join(t.TempDir(), "images")
-	if res := cli.Run(t, bin, "dump", "-t", strconv.Itoa(p.Pid), "-D", imgs); res.Code != 0 {
+	// --tcp-established (here and in restoreTree) changes nothing for a
+	// tree without TCP connections: every workload gets it
+	if res := cli.Run(t, bin, "dump", "-t", strconv.Itoa(p.Pid), "-D", imgs, "--tcp-established"); res.Code != 0 {
 		t.Fatalf("crest dump -t %d: exit %d: %s", p.Pid, res.Code, res.Stderr)
 	}
 	reap(t, p.Pid, live)
@@ -292,7 +304,7 @@ func reap(t *testing.T, root int, tree map[int]*check.Task) {
 // being the workload's directory).
 func restoreTree(t *testing.T, bin, imgs string, d *images.Dir, dir string, args ...string) (root int, tree map[int]*check.Task) {
 	t.Helper()
-	root = cli.RestoreDetached(t, bin, imgs, args...)
+	root = cli.RestoreDetached(t, bin, imgs, append(args, "--tcp-established")...)
 	var hosts []int
 	t.Cleanup(func() {
 		killRestored(t, root, hosts)

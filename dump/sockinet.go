@@ -25,11 +25,12 @@ import (
 // listening) is read through getsockname/getpeername on a copy of the
 // fd, as CRIU's gen_uncon_sk does. Options come from the copy too.
 //
-// Refused: connected TCP sockets (CRIU needs --tcp-established and
-// TCP_REPAIR for them), a listener with connections not yet accepted
-// (CRIU's --tcp-skip-in-flight), raw and ping sockets, other protocols
-// (MPTCP), a corked UDP socket, IP_TRANSPARENT, an owner for SIGIO outside the tree, a
-// socket of another net namespace and the options sockOpts refuses.
+// Established TCP connections are dumped with --tcp-established
+// (tcpest.go) and refused without it, as CRIU does. Refused: a listener
+// with connections not yet accepted (CRIU's --tcp-skip-in-flight), raw
+// and ping sockets, other protocols (MPTCP), a corked UDP socket,
+// IP_TRANSPARENT, an owner for SIGIO outside the tree, a socket of
+// another net namespace and the options sockOpts refuses.
 // As CRIU, the datagrams queued on a UDP socket are not kept.
 
 // TCP states as the kernel and inet_sk_entry.state number them.
@@ -104,7 +105,10 @@ func (ft *fileTable) inetSocketEntry(t *task, id uint32, c int, ino uint64, flag
 			return nil, fmt.Sprintf("a listening TCP socket with %d connections not yet accepted (CRIU's --tcp-skip-in-flight drops them)", sk.rqueue), nil
 		case sk.state == tcpListen || sk.state == tcpClose:
 		default:
-			return nil, fmt.Sprintf("a TCP connection (%s) needs CRIU's --tcp-established (TCP_REPAIR), which crest does not do", tcpState(sk.state)), nil
+			// tcpest.go
+			if why := ft.tcp.connectionRefusal(sk, family); why != "" {
+				return nil, why, nil
+			}
 		}
 	} else {
 		cork, err := geti(unix.SOL_UDP, unix.UDP_CORK, "UDP_CORK")
@@ -177,6 +181,15 @@ func (ft *fileTable) inetSocketEntry(t *task, id uint32, c int, ino uint64, flag
 	// have some, only when there are some.
 	if sk.shutdown != 0 {
 		e.Shutdown = sk_opts.SkShutdown(sk.shutdown & 3).Enum()
+	}
+	if isTCP && sk.state != tcpListen && sk.state != tcpClose {
+		// last, as CRIU: the options above are read out of repair
+		// mode (TCP_REPAIR overrides SO_REUSEADDR)
+		state, err := ft.tcp.dump(t, c, uint32(ino), family, sk)
+		if err != nil {
+			return nil, "", err
+		}
+		e.State = proto.Uint32(uint32(state))
 	}
 	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_INETSK.Enum(), Id: proto.Uint32(id), Isk: e}, "", nil
 }

@@ -465,8 +465,8 @@ func TestDumpInetRefused(t *testing.T) {
 		fd          int
 		want        string
 	}{
-		{"established", connected + "accept(l, NULL, NULL);", 5, "a TCP connection (ESTABLISHED) needs CRIU's --tcp-established (TCP_REPAIR), which crest does not do"},
-		{"closing", connected + "close(accept(l, NULL, NULL));", 5, "a TCP connection (CLOSE_WAIT) needs CRIU's --tcp-established"},
+		{"established", connected + "accept(l, NULL, NULL);", 5, "(ESTABLISHED) needs --tcp-established"},
+		{"closing", connected + "close(accept(l, NULL, NULL));", 5, "(CLOSE_WAIT) needs --tcp-established"},
 		{"not accepted", connected, 4, "a listening TCP socket with 1 connections not yet accepted (CRIU's --tcp-skip-in-flight drops them)"},
 		{"raw", "socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);", 4, "raw sockets are not supported"},
 		{"mptcp", "if (socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP) != 4) return 2;", 4, "MPTCP sockets are not supported"},

@@ -43,6 +43,17 @@ type Options struct {
 	// SIGSTOP, as criu restore --leave-stopped does: to look at the tree
 	// (attach a debugger, read /proc) before it runs on with a SIGCONT.
 	LeaveStopped bool
+	// TCPEstablished restores established TCP connections, as criu
+	// restore --tcp-established (tcpest.go). Planning reads it
+	// (NewPlan): without it an image set with one is refused.
+	TCPEstablished bool
+	// ShellJob restores a job dumped with --shell-job, as criu restore
+	// --shell-job does: the session (and group) that were its shell's
+	// become crest's, its files on the shell's terminal are on crest's
+	// (its stdin), and the job is put in that terminal's foreground
+	// (tty.go). Planning reads it (NewPlan): without it such an image
+	// set is refused.
+	ShellJob bool
 }
 
 // Restore is a restore in progress, or a restored tree.
@@ -71,6 +82,7 @@ type Restore struct {
 	stopSent       map[*Task]uint64 // when finishing sent a stopped task its signal
 	stopSteps      []StepEvent      // the "stop" step of each, for COMPLETE
 	inherited      inheritedRlimits
+	terminal       *shellTerminal // what a shell job changed on crest's terminal (tty.go)
 	closed         bool
 }
 
@@ -100,6 +112,7 @@ func Start(ctx context.Context, p *Plan, opts Options) (*Restore, error) {
 		if rerr := r.rollback(); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
+		r.giveBackTerminal()
 		r.release()
 		return nil, err
 	}
@@ -189,6 +202,9 @@ func (r *Restore) run(ctx context.Context) error {
 	if err != nil {
 		return &StageError{Stage: StageRootTask, Step: "prepare files", Err: err}
 	}
+	if err := r.takeTerminal(); err != nil { // tty.go
+		return &StageError{Stage: StageRootTask, Step: "terminal", Err: err}
+	}
 	imageSize, err := agent.ImageSize()
 	if err != nil {
 		return &StageError{Stage: StageRootTask, Step: "plan", Err: err}
@@ -258,6 +274,7 @@ func (r *Restore) Continue(ctx context.Context, until Stage) error {
 		if rerr := r.rollback(); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
+		r.giveBackTerminal()
 		r.release()
 	}
 	return err
@@ -289,6 +306,12 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 			}
 			if r.rootPidfd < 0 {
 				return &StageError{Stage: st, Err: errors.New("the root arrived, but task_entries has no pid of it")}
+			}
+		case StagePrepareNamespaces:
+			// the root waits at the barrier in its new UTS and IPC
+			// namespaces, which the engine fills before it forks
+			if err := r.prepareNamespaces(); err != nil {
+				return err
 			}
 		case StageForking:
 			// The tasks restore their memory while the engine learns
@@ -326,6 +349,9 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 			if err := r.setOwners(); err != nil {
 				return &StageError{Stage: st, Step: "file owners", Err: err}
 			}
+			if err := r.foregroundJob(); err != nil { // tty.go
+				return &StageError{Stage: st, Step: "terminal", Err: err}
+			}
 			skipped, err := r.setRlimits()
 			if err != nil {
 				return &StageError{Stage: st, Step: "rlimits", Err: err}
@@ -347,6 +373,11 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 				if t.Kind == TaskHelper {
 					delete(r.hostPIDs, t.PID)
 				}
+			}
+			// every task holds its sockets: connections leave
+			// repair mode before the tree runs (tcpest.go)
+			if err := r.tcpRepairOff(); err != nil {
+				return &StageError{Stage: st, Step: "tcp repair off", Err: err}
 			}
 		}
 		r.publish(st)

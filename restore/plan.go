@@ -13,6 +13,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/memfd"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/mm"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/seccomp"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/tty"
 
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/restore/agent"
@@ -38,6 +39,12 @@ type Plan struct {
 	// as CRIU does, a tree gets one when the kernel can.
 	Clocks    *Clocks
 	OwnTimeNS bool
+	// UTS and IPC, when set, are the UTS and IPC namespaces the tree had
+	// of its own (the root's, not the dumping criu's): the root is born
+	// in new ones, which the engine fills in PREPARE_NAMESPACES
+	// (nsuts.go, ipcns.go). nil: the tree shares the engine's.
+	UTS *UTSNamespace
+	IPC *IPCNamespace
 
 	seccomp *seccomp.SeccompEntry // seccomp.img, once a thread needed it (seccompFilters)
 	// NrThreads counts the threads of the tasks of the images, one for
@@ -61,13 +68,24 @@ type Plan struct {
 	// by shmid (memfd.go).
 	Shmems map[uint64]*Memfd
 
-	pipeData map[uint32]images.PipeData // pipes-data.img by pipe_id, read on first use
-	unix     *unixSockets               // files.img's unix sockets and sk-queues.img, read on first use
+	// ShellJob is set for a job dumped with --shell-job, whose session
+	// and terminal were its shell's (tty.go); planned only with
+	// Options.ShellJob (shellJob).
+	ShellJob *ShellJob
+	shellJob bool
+
+	pipeData map[uint32]images.PipeData   // pipes-data.img by pipe_id, read on first use
+	ttys     map[uint32]*tty.TtyInfoEntry // tty-info.img by id, read on first use
+	unix     *unixSockets                 // files.img's unix sockets and sk-queues.img, read on first use
 	// sigio are the files with an owner, a signal or O_ASYNC for SIGIO,
 	// which the engine sets after RESTORE (fown.go); true: O_ASYNC.
 	sigio    map[uint32]bool
 	fifoData map[uint32]images.PipeData // fifo-data.img
 	inodes   map[uint32]*memfd.MemfdInodeEntry
+
+	// tcpEstablished: Options.TCPEstablished, restore established TCP
+	// connections (tcpest.go)
+	tcpEstablished bool
 }
 
 // Task is one process of the tree.
@@ -262,11 +280,13 @@ const (
 	// FileInotify is made by the engine with its watches (File.Inotify;
 	// inotify.go).
 	FileInotify
+	// FileTTY is an open file of a pty end (File.TTY; tty.go).
+	FileTTY
 )
 
 var fileKindNames = map[FileKind]string{FileRegular: "regular", FilePipe: "pipe", FileMemfd: "memfd", FileFifo: "FIFO",
 	FileEventfd: "eventfd", FileSignalfd: "signalfd", FileTimerfd: "timerfd", FileEpoll: "eventpoll",
-	FileUnixSocket: "unix socket", FileInetSocket: "inet socket", FileInotify: "inotify"}
+	FileUnixSocket: "unix socket", FileInetSocket: "inet socket", FileInotify: "inotify", FileTTY: "tty"}
 
 func (k FileKind) String() string { return fileKindNames[k] }
 
@@ -290,6 +310,7 @@ type File struct {
 	Unix     *UnixSocket // FileUnixSocket
 	Inet     *InetSocket // FileInetSocket
 	Inotify  *Inotify    // FileInotify
+	TTY      *TTY        // FileTTY
 }
 
 // Memory is a task's address space as dumped.
@@ -388,9 +409,15 @@ func (e *PlanError) Error() string {
 
 func (e *PlanError) Unwrap() error { return e.Err }
 
-// NewPlan plans the restore of the image set d.
-func NewPlan(d *images.Dir) (*Plan, error) {
+// NewPlan plans the restore of the image set d. opts, when given, are
+// the options the restore will run with: planning refuses what they do
+// not allow (established TCP connections without TCPEstablished).
+func NewPlan(d *images.Dir, opts ...Options) (*Plan, error) {
 	p := &Plan{Dir: d, Files: map[uint32]*File{}, Pipes: map[uint32]*Pipe{}, Fifos: map[uint32]*Pipe{}, Memfds: map[uint32]*Memfd{}, Shmems: map[uint64]*Memfd{}}
+	for _, o := range opts {
+		p.tcpEstablished = p.tcpEstablished || o.TCPEstablished
+		p.shellJob = p.shellJob || o.ShellJob
+	}
 	if err := p.buildTree(); err != nil {
 		return nil, err
 	}
@@ -405,7 +432,16 @@ func NewPlan(d *images.Dir) (*Plan, error) {
 			return nil, err
 		}
 	}
+	if err := p.planTCPConnections(); err != nil { // tcpest.go
+		return nil, err
+	}
+	if err := p.checkShellJob(); err != nil { // tty.go
+		return nil, err
+	}
 	if err := p.loadClocks(); err != nil {
+		return nil, err
+	}
+	if err := p.loadNamespaces(); err != nil {
 		return nil, err
 	}
 	if err := p.planEpolls(); err != nil {
@@ -549,7 +585,7 @@ func (p *Plan) addHelpers(byPID map[int]*Task) {
 	}
 	n := len(p.Tasks)
 	for _, t := range p.Tasks[:n] {
-		if t.Kind != TaskHelper && t.PGID != t.PID && t.PGID > 0 && byPID[t.PGID] == nil {
+		if t.Kind != TaskHelper && t.PGID != t.PID && t.PGID > 0 && byPID[t.PGID] == nil && !p.shellGroup(t.PGID, byPID) {
 			add(t.PGID, t.SID, t.PGID, t)
 		}
 	}
@@ -580,6 +616,8 @@ func (p *Plan) planSessions(byPID map[int]*Task) error {
 			t.Session = SessionLead
 		case t.Parent != nil && t.SID == inheritedSID:
 			t.Session = SessionInherit
+		case p.shellSession(t, byPID): // tty.go: the root of a shell job, in crest's session
+			t.Session = SessionInherit
 		default:
 			if byPID[t.SID] == nil {
 				return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("session %d has no leader in the tree, and the task is not the init's child: not supported", t.SID)}
@@ -595,8 +633,14 @@ func (p *Plan) planSessions(byPID map[int]*Task) error {
 		case t.PGID == inheritedPGID:
 			t.Group = GroupInherit
 			pgidAtFork[t] = inheritedPGID
+		case t.Parent == nil && p.shellGroup(t.PGID, byPID): // tty.go: in crest's group
+			t.Group = GroupInherit
+			pgidAtFork[t] = t.PGID
 		default:
 			leader := byPID[t.PGID]
+			if leader == nil && p.shellGroup(t.PGID, byPID) {
+				return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("joins process group %d, the shell job's, which is outside the tree, after its parent left it: not supported", t.PGID)}
+			}
 			if leader == nil {
 				return &PlanError{PID: t.PID, File: "pstree.img", Msg: fmt.Sprintf("process group %d has no leader in the tree", t.PGID)}
 			}
@@ -749,9 +793,9 @@ func (p *Plan) loadTask(t *Task) error {
 }
 
 // checkNamespaces refuses image sets with namespaces of their own other
-// than the pid namespace: CRIU writes an image for each namespace it
-// dumped (those that were the dumping host's have none). One read of the
-// directory, not a glob per pattern.
+// than the pid, time, UTS and IPC namespaces: CRIU writes an image for
+// each namespace it dumped (those that were the dumping host's have
+// none). One read of the directory, not a glob per pattern.
 func (p *Plan) checkNamespaces() error {
 	f, err := os.Open(p.Dir.Path)
 	if err != nil {
@@ -763,10 +807,10 @@ func (p *Plan) checkNamespaces() error {
 		return fmt.Errorf("images directory %s: %w", p.Dir.Path, err)
 	}
 	slices.Sort(names) // the first in name order is named, as a glob would
-	for _, pat := range []string{"netns-*.img", "utsns-*.img", "ipcns-var-*.img", "mountpoints-*.img", "userns-*.img", "cgroup.img"} {
+	for _, pat := range []string{"netns-*.img", "mountpoints-*.img", "userns-*.img", "cgroup.img"} {
 		for _, name := range names {
 			if ok, _ := filepath.Match(pat, name); ok {
-				return &PlanError{File: name, Msg: "namespaces other than pid (and cgroups) are not restored yet"}
+				return &PlanError{File: name, Msg: "net, mount and user namespaces and cgroups are not restored yet (pid, time, UTS and IPC namespaces are)"}
 			}
 		}
 	}
@@ -833,6 +877,8 @@ func (p *Plan) file(t *Task, id uint32, from string) (*File, error) {
 			return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d: INOTIFY without its entry", id)}
 		}
 		return p.inotifyFile(t, id, fe.GetIfy())
+	case fdinfo.FdTypes_TTY: // tty.go
+		return p.ttyFile(t, id, fe)
 	default:
 		return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d (from %s): %s files are not supported yet", id, from, fe.GetType())}
 	}
@@ -894,6 +940,8 @@ func fileKindOf(ty fdinfo.FdTypes) FileKind {
 		return FileInetSocket
 	case fdinfo.FdTypes_INOTIFY:
 		return FileInotify
+	case fdinfo.FdTypes_TTY:
+		return FileTTY
 	}
 	return 0
 }

@@ -189,6 +189,7 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 	if !opts.KeepArea {
 		head.Flags |= agent.PlanFinishedByEngine
 	}
+	head.Flags |= p.namespaceFlags()
 	if tns != nil {
 		head.Flags |= agent.PlanNewTime
 		head.BootOffsetNs = (tns.Boottime - tns.engineBoottime).Nanoseconds()

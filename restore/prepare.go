@@ -169,6 +169,8 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 		fd, err = openInetSocket(f)
 	case FileInotify: // inotify.go
 		fd, err = openInotify(t, f)
+	case FileTTY: // tty.go
+		fd, err = openTTY(f)
 	default:
 		err = fmt.Errorf("kind %v can not be opened yet", f.Kind)
 	}

@@ -25,9 +25,10 @@ import (
 // socket to its peer, then its status flags and options. A port someone
 // else holds now fails the restore.
 //
-// Established TCP connections need TCP_REPAIR (CRIU's --tcp-established)
-// and are refused at planning, as are raw and ping sockets, protocols
-// other than these, and owners for SIGIO outside the tree.
+// Established TCP connections need TCP_REPAIR (CRIU's --tcp-established):
+// tcpest.go restores them with Options.TCPEstablished, and planning
+// refuses them without. Refused at planning too: raw and ping sockets,
+// protocols other than these, and owners for SIGIO outside the tree.
 
 // TCP states (include/net/tcp_states.h) as inet_sk_entry.state stores
 // them; a UDP socket is TCP_CLOSE, or TCP_ESTABLISHED when connected.
@@ -68,6 +69,9 @@ type InetSocket struct {
 	Opts     *sk_opts.SkOptsEntry
 	IP       *sk_inet.IpOptsEntry     // may be nil
 	TCP      *tcp_stream.TcpOptsEntry // may be nil
+	// Conn is the state of an established connection (tcpest.go),
+	// planned with Options.TCPEstablished; nil for other sockets.
+	Conn *TCPConn
 }
 
 func (s *InetSocket) protoName() string {
@@ -136,8 +140,14 @@ func (p *Plan) inetSocketFile(t *Task, id uint32, e *sk_inet.InetSkEntry) (*File
 				return nil, bad("%s listening on port 0", s)
 			}
 		case s.State == tcpClose && s.Dst.Port() == 0:
+		case s.State == tcpEstablished && s.Dst.Port() != 0 && s.Src.Port() != 0:
+			// restored with --tcp-established (tcpest.go,
+			// planTCPConnections)
+			if sh := e.GetShutdown(); sh != sk_opts.SkShutdown_NONE && sh != sk_opts.SkShutdown_READ {
+				return nil, bad("%s shut down for writing (%s)", s, sh)
+			}
 		default:
-			return nil, bad("%s: a TCP connection needs CRIU's --tcp-established (TCP_REPAIR), which crest does not do", s)
+			return nil, bad("%s: crest restores TCP connections in ESTABLISHED only (CRIU's --tcp-established restores half-closed ones too)", s)
 		}
 	} else if !(s.State == tcpClose && s.Dst.Port() == 0 || s.State == tcpEstablished && s.Dst.Port() != 0) {
 		return nil, bad("%s in %s, with peer port %d", s, tcpStateName(s.State), s.Dst.Port())
@@ -203,6 +213,9 @@ func sockaddr(family int, a netip.AddrPort, ifindex int) unix.Sockaddr {
 // with its status flags and options.
 func openInetSocket(f *File) (int, error) {
 	s := f.Inet
+	if s.Conn != nil {
+		return openTCPConnection(f) // tcpest.go
+	}
 	fd, err := unix.Socket(s.Family, s.Type|unix.SOCK_CLOEXEC, s.Proto)
 	if err != nil {
 		return -1, fmt.Errorf("inet socket %s: %w", s, os.NewSyscallError("socket", err))
@@ -268,6 +281,21 @@ func setupInetSocket(fd int, f *File) error {
 	if err := applySockOpts(fd, s.Opts); err != nil {
 		return err
 	}
+	if err := applyTCPOpts(fd, s); err != nil {
+		return err
+	}
+	if s.Shutdown >= 0 {
+		// As CRIU: an unconnected socket says ENOTCONN but keeps the
+		// shutdown bits.
+		if err := unix.Shutdown(fd, s.Shutdown); err != nil && !(errors.Is(err, syscall.ENOTCONN) && s.State == tcpClose) {
+			return os.NewSyscallError(fmt.Sprintf("shutdown(%d)", s.Shutdown), err)
+		}
+	}
+	return nil
+}
+
+// applyTCPOpts sets the tcp_opts_entry fields the image has.
+func applyTCPOpts(fd int, s *InetSocket) error {
 	if s.Proto == unix.IPPROTO_TCP && s.TCP != nil {
 		for _, o := range []struct {
 			has  bool
@@ -282,17 +310,10 @@ func setupInetSocket(fd int, f *File) error {
 			{s.TCP.Keepintvl != nil, unix.TCP_KEEPINTVL, "TCP_KEEPINTVL", int(s.TCP.GetKeepintvl())},
 		} {
 			if o.has {
-				if err := setInt(unix.SOL_TCP, o.opt, o.name, o.v); err != nil {
-					return err
+				if err := unix.SetsockoptInt(fd, unix.SOL_TCP, o.opt, o.v); err != nil {
+					return os.NewSyscallError(fmt.Sprintf("setsockopt(%s, %d)", o.name, o.v), err)
 				}
 			}
-		}
-	}
-	if s.Shutdown >= 0 {
-		// As CRIU: an unconnected socket says ENOTCONN but keeps the
-		// shutdown bits.
-		if err := unix.Shutdown(fd, s.Shutdown); err != nil && !(errors.Is(err, syscall.ENOTCONN) && s.State == tcpClose) {
-			return os.NewSyscallError(fmt.Sprintf("shutdown(%d)", s.Shutdown), err)
 		}
 	}
 	return nil

@@ -397,11 +397,11 @@ func TestPlanInet(t *testing.T) {
 	}{
 		{"established", func(es []*sk_inet.InetSkEntry) {
 			es[5].State, es[5].DstPort, es[5].SrcPort = proto.Uint32(tcpEstablished), proto.Uint32(80), proto.Uint32(5000)
-		}, "file 205: inet socket: TCP 0.0.0.0:5000 -> 0.0.0.0:80 (ESTABLISHED): a TCP connection needs CRIU's --tcp-established (TCP_REPAIR), which crest does not do"},
+		}, "fd 15: file 205 of files.img: TCP 0.0.0.0:5000 -> 0.0.0.0:80 (ESTABLISHED): a TCP connection needs --tcp-established"},
 		{"closing", func(es []*sk_inet.InetSkEntry) { es[5].State, es[5].DstPort = proto.Uint32(8), proto.Uint32(80) },
-			"(CLOSE_WAIT): a TCP connection needs CRIU's --tcp-established"},
+			"(CLOSE_WAIT): crest restores TCP connections in ESTABLISHED only"},
 		{"closed with a peer", func(es []*sk_inet.InetSkEntry) { es[5].DstPort = proto.Uint32(80) },
-			"(CLOSE): a TCP connection needs CRIU's --tcp-established"},
+			"(CLOSE): crest restores TCP connections in ESTABLISHED only"},
 		{"raw", func(es []*sk_inet.InetSkEntry) {
 			es[2].Type, es[2].Proto = proto.Uint32(unix.SOCK_RAW), proto.Uint32(unix.IPPROTO_ICMP)
 		},
@@ -437,9 +437,14 @@ func TestPlanInet(t *testing.T) {
 			dir := fixture.CopyImages(t, "tree")
 			addInetSockets(t, dir, ports, tc.edit)
 			_, err := openPlan(t, dir)
+			// a connection is refused where its fd is, in the task's fdinfo
+			file := "files.img"
+			if strings.HasPrefix(tc.want, "fd ") {
+				file = "fdinfo-3.img"
+			}
 			var pe *PlanError
-			if !errors.As(err, &pe) || !strings.Contains(err.Error(), "task 2: files.img: ") || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("error %v, want a PlanError of task 2 in files.img with %q", err, tc.want)
+			if !errors.As(err, &pe) || !strings.Contains(err.Error(), "task 2: "+file+": ") || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want a PlanError of task 2 in %s with %q", err, file, tc.want)
 			}
 		})
 	}

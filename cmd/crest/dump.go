@@ -11,37 +11,64 @@ import (
 func init() {
 	register(&verb{
 		name:  "dump",
-		usage: "-t PID -D DIR [--leave-running | -s] [--trace TARGET]",
+		usage: "-t PID -D DIR [--leave-running | -s] [--tcp-established] [--shell-job] [--trace TARGET]",
 		short: "checkpoint a process tree into a CRIU image directory",
 		long: `
 dump checkpoints the process tree rooted at PID (all its descendants and
-threads) into DIR as CRIU 4.2 images, which crest restore and criu restore
-both read. The tree is frozen with ptrace for the time of the dump; by
-default it is killed afterwards, as CRIU does; with --leave-running it runs
-on as if nothing happened; with -s (--leave-stopped) it stays, every task
-stopped by SIGSTOP, until a SIGCONT. Tasks that were stopped (by SIGSTOP,
-SIGTSTP, SIGTTIN or SIGTTOU) are dumped as stopped, with their signal.
+threads) into DIR as CRIU 4.2 images, which crest restore and criu
+restore both read. The tree is frozen with ptrace for the time of the
+dump; by default it is killed afterwards, as CRIU does; with
+--leave-running it runs on as if nothing happened; with -s
+(--leave-stopped) it stays, every task stopped by SIGSTOP, until a
+SIGCONT. Tasks that were stopped (by SIGSTOP, SIGTSTP, SIGTTIN or
+SIGTTOU) are dumped as stopped, with their signal.
 
-DIR is written as a whole: crest builds the images in a temporary directory
-beside it and renames it into place at the end, so a failed dump leaves no
-half-written DIR, and the tree is let go untouched. DIR may exist if it
-holds no images yet.
+DIR is written as a whole: crest builds the images in a temporary
+directory beside it and renames it into place at the end, so a failed
+dump leaves no half-written DIR, and the tree is let go untouched. DIR
+may exist if it holds no images yet.
+
+With --tcp-established, established TCP connections (IPv4 and IPv6) are
+dumped as CRIU does: each socket is put into repair mode (TCP_REPAIR)
+while the tree is frozen and its sequence numbers, queued data (received
+and unread, sent and not acknowledged, not sent yet), window, MSS,
+window scales, options and timestamp clock go into tcp-stream-INO.img.
+When the tree is killed the sockets close in repair mode, silently, so
+that a restore takes the connections over; with --leave-running or -s
+repair mode is switched off again and they go on. crest sets no network
+lock (CRIU's iptables or nftables rules): when it kills the tree, every
+connection's peer must be in the tree too.
+
+With --shell-job, a job started from an interactive shell is dumped as
+criu dump --shell-job does: its root's session (and group) may be the
+shell's, and its fds may be on the shell's terminal (a pty slave whose
+master is outside the tree), written with its termios, window size and
+foreground group to tty-info.img; restore --shell-job puts the job on
+its own terminal. Pty masters (/dev/ptmx) are not dumped yet.
 
 State crest cannot restore fails the dump with a message naming the task
-and the resource: established TCP connections (CRIU's --tcp-established
-is not done), unix sockets connected outside the tree, connections not
-accepted yet, netlink and packet sockets, ttys, inotify watches on files that
-cannot be found again (deleted, or mounted over), fanotify and other
-anonymous-inode files
-(semaphore eventfds too, and epolls watching fds closed since), named
-FIFOs, deleted files, file locks, SysV shared memory, private mappings of
-memfds, seccomp filters that notify a user-space listener, POSIX timers,
-session or group leaders outside the tree, and namespaces other than the
-root's pid and time namespaces. Regular files, /dev/null, directories,
+and the resource: established TCP connections without --tcp-established,
+half-closed ones (FIN_WAIT, CLOSE_WAIT ...), unix sockets connected
+outside the tree, connections not accepted yet, netlink and packet
+sockets, pty masters and terminals other than ptys (consoles, /dev/tty
+...), inotify watches on files that cannot be found again (deleted, or
+mounted over), fanotify and other anonymous-inode files (semaphore
+eventfds too, and epolls watching fds closed since), named FIFOs,
+deleted files, file locks, mappings of SysV shared memory (segments are
+dumped, not attached ones), private mappings of memfds, seccomp filters
+that notify a user-space listener, POSIX timers, session or group
+leaders outside the tree (but the shell's, with --shell-job), net,
+mount, user and cgroup namespaces, and tasks in pid, time, UTS or IPC
+namespaces other than the root's. Regular files, /dev/null, directories,
 pipes (with their data), memfds, eventfds, signalfds, timerfds, epolls,
-inotify watches (not their queued events, as CRIU), unix sockets (with their queued data), TCP listeners and UDP sockets,
-shared anonymous memory, seccomp (strict mode, filters), stopped tasks
-and zombies (children not waited for yet) are dumped.
+inotify watches (not their queued events, as CRIU), unix sockets (with
+their queued data), TCP listeners and UDP sockets, shared anonymous
+memory, seccomp (strict mode, filters), stopped tasks and zombies
+(children not waited for yet) are dumped, and so are the root's own UTS
+and IPC namespaces as CRIU 4.2 writes them: utsns-ID.img (hostname,
+domain name), ipcns-var-ID.img (IPC sysctls) and the SysV segments
+(contents in pagemap-shmem-SHMID.img), semaphore sets and message
+queues, read without changing them.
 
 --trace sends the dump's spans where restore's go: a stage span each for
 freeze, collect, dump tasks, memfds, write images and release, with a span
@@ -51,6 +78,8 @@ per task and its steps inside.`,
 			dir := fs.StringP("images-dir", "D", "", "write the images into `DIR`")
 			leave := fs.Bool("leave-running", false, "let the tree run on after the dump")
 			stopped := fs.BoolP("leave-stopped", "s", false, "leave the tree stopped (SIGSTOP) after the dump")
+			shellJob := fs.Bool("shell-job", false, "dump a job of an interactive shell: its session, group and terminal are the shell's")
+			tcpEst := fs.Bool("tcp-established", false, "checkpoint established TCP connections (TCP_REPAIR)")
 			tf := addTraceFlags(fs)
 			return func(ctx context.Context, env *env, args []string) error {
 				if *pid <= 0 {
@@ -69,7 +98,8 @@ per task and its steps inside.`,
 				if err != nil {
 					return err
 				}
-				opts := dump.Options{Pid: *pid, Dir: *dir, LeaveRunning: *leave, LeaveStopped: *stopped, Log: env.log}
+				opts := dump.Options{Pid: *pid, Dir: *dir, LeaveRunning: *leave, LeaveStopped: *stopped, ShellJob: *shellJob,
+					TCPEstablished: *tcpEst, Log: env.log}
 				var rec *dumpRecorder
 				if len(targets) > 0 {
 					rec = newDumpRecorder(*dir)

@@ -18,7 +18,7 @@ import (
 func init() {
 	register(&verb{
 		name:  "restore",
-		usage: "-D DIR [-d] [-s] [--pidfile FILE]",
+		usage: "-D DIR [-d] [-s] [--tcp-established] [--shell-job] [--pidfile FILE]",
 		short: "restore a process tree from a CRIU image directory",
 		long: `
 restore brings back the process tree checkpointed in DIR (CRIU 4.2 images)
@@ -28,13 +28,22 @@ helper tasks for leaders that are gone), zombies, memory (shared memory
 too), registers, threads, files, pipes, FIFOs, memfds, eventfds,
 signalfds, timerfds and epolls, inotify files with their watches (each
 at its wd, on the file it watched), unix sockets, TCP listeners and UDP
-sockets, files' owners for SIGIO (F_SETOWN), signal handlers, pending signals, interval and
+sockets, established TCP connections with --tcp-established (IPv4 and
+IPv6, as CRIU: each socket made anew in repair mode with its sequence
+numbers, queued data, window, MSS, window scales, options and timestamp
+clock, and let out of repair mode once the tree is restored, before it
+runs; without the flag an image set with one is refused), files' owners
+for SIGIO (F_SETOWN), signal handlers, pending signals, interval and
 POSIX timers, seccomp (strict mode and filters, each thread's in their
 order), personality, child subreaper, oom_score_adj (when it can be set:
 lowering it needs CAP_SYS_RESOURCE, a warning says when not), each
 thread's parent-death signal, nice value and scheduling policy, the
 monotonic and boot-time clocks (as CRIU, the tree gets a time namespace
-whose clocks go on from those of the dump), and stopped tasks (stopped
+whose clocks go on from those of the dump), UTS and IPC namespaces of
+the tree's own (as CRIU: the root is born in new ones, filled before any
+task forks with the hostname and domain name, the IPC sysctls, and the
+SysV shared memory segments, semaphore sets and message queues, each
+with its id, key, mode, owner and content), and stopped tasks (stopped
 again by their own signal; a task that does not stop fails the
 restore).
 Without -d crest stays the parent of the restored root and exits with its
@@ -43,18 +52,31 @@ tree); with -d it leaves the tree running and exits once the restore is
 complete. With -s (--leave-stopped) every task is left stopped by SIGSTOP,
 to be looked at before a SIGCONT lets it run on.
 
-Not restored yet: SCHED_DEADLINE, namespaces other than pid and time,
-established TCP connections, other special files (fanotify, ttys ...),
-inotify events queued at the dump (CRIU does not keep them either),
-SysV shared memory, hugetlb memfds, and capabilities
-crest itself does not have. Image sets that need them are refused with
-an error naming the task and the image (at planning) or the stage and
-step (during the restore).`,
+With --shell-job a job dumped with --shell-job (by criu or crest) comes
+back as criu restore --shell-job brings it: in crest's session (and
+group, when the root did not lead its own), its files that were on the
+shell's terminal on crest's terminal (the one on crest's stdin, which
+must be one), which gets the termios, locked termios, window size and
+owner of the dump, and the job in that terminal's foreground, so that it
+reads what is typed there and gets its ^C and ^Z. Without the flag such
+an image set is refused.
+
+Not restored yet: SCHED_DEADLINE, net, mount, user and cgroup
+namespaces, tasks in UTS or IPC namespaces other than the root's,
+half-closed TCP connections (FIN_WAIT, CLOSE_WAIT ...), other special
+files (fanotify, ptys with both ends in the tree, consoles ...), inotify
+events queued at the dump (CRIU does not keep them either), tasks'
+mappings of SysV shared memory (the segments themselves are restored),
+hugetlb memfds, and capabilities crest itself does not have. Image sets
+that need them are refused with an error naming the task and the image
+(at planning) or the stage and step (during the restore).`,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			dir := fs.StringP("images-dir", "D", "", "restore the image directory `DIR`")
 			detach := fs.BoolP("restore-detached", "d", false, "leave the restored tree running and exit")
 			pidfile := fs.String("pidfile", "", "write the restored root's pid to `FILE`")
 			stopped := fs.BoolP("leave-stopped", "s", false, "leave every restored task stopped (SIGSTOP)")
+			tcpEst := fs.Bool("tcp-established", false, "restore established TCP connections (TCP_REPAIR)")
+			shellJob := fs.Bool("shell-job", false, "restore a job dumped with --shell-job in crest's session, on crest's terminal")
 			tf := addTraceFlags(fs)
 			vf := addVerifyFlags(fs)
 			return func(ctx context.Context, env *env, args []string) error {
@@ -72,13 +94,13 @@ step (during the restore).`,
 				if err != nil {
 					return err
 				}
-				return runRestore(ctx, env, *dir, *detach, *stopped, *pidfile, targets, tf.exportTimeout(), vo)
+				return runRestore(ctx, env, *dir, *detach, *stopped, *tcpEst, *shellJob, *pidfile, targets, tf.exportTimeout(), vo)
 			}
 		},
 	})
 }
 
-func runRestore(ctx context.Context, env *env, dir string, detach, stopped bool, pidfile string, targets []trace.Target, timeout time.Duration, vo verifyOptions) error {
+func runRestore(ctx context.Context, env *env, dir string, detach, stopped, tcpEst, shellJob bool, pidfile string, targets []trace.Target, timeout time.Duration, vo verifyOptions) error {
 	var kc *kernelCheck
 	if vo.mode != "" {
 		// Loading the monitor takes longer than planning a small tree.
@@ -93,12 +115,13 @@ func runRestore(ctx context.Context, env *env, dir string, detach, stopped bool,
 	if err != nil {
 		return err
 	}
-	p, err := restore.NewPlan(d)
+	opts := restore.Options{Log: env.log, Faults: vo.faults, StageTimeout: vo.stageTimeout, LeaveStopped: stopped,
+		TCPEstablished: tcpEst, ShellJob: shellJob}
+	p, err := restore.NewPlan(d, opts)
 	if err != nil {
 		return err
 	}
 	env.log.Info("planned", "dir", dir, "tasks", len(p.Tasks), "threads", p.NrThreads, "new_pid_ns", p.NewPIDNS)
-	opts := restore.Options{Log: env.log, Faults: vo.faults, StageTimeout: vo.stageTimeout, LeaveStopped: stopped}
 	var obs observerList
 	if rec != nil {
 		obs = append(obs, restoreRecorder{rec})

@@ -19,6 +19,10 @@ const (
 	PlanFinishedByEngine = 0x2
 	// Plan.Flags: the tree gets a time namespace (Plan.BootOffsetNs)
 	PlanNewTime = 0x4
+	// Plan.Flags: the root is born in new UTS and IPC namespaces, which
+	// the engine fills in PREPARE_NAMESPACES
+	PlanNewUTS = 0x10
+	PlanNewIPC = 0x20
 
 	XSaveComponents = 10 // Plan.XSaveOff and XSaveLen: x87 up to PKRU
 

@@ -183,6 +183,33 @@ func Subreaper(t testing.TB) {
 	})
 }
 
+// ReapGone waits until every one of pids is gone, reaping those that
+// come to this process (the subreaper) as zombies: the tasks of a killed
+// tree whose parent died first. It fails the test for any still there
+// after 10 s.
+func ReapGone(t testing.TB, pids ...int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var left []int
+		for _, pid := range pids {
+			if got, _ := syscall.Wait4(pid, nil, syscall.WNOHANG|syscall.WALL, nil); got == pid {
+				continue
+			}
+			if procscan.Exists(pid) {
+				left = append(left, pid)
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pids %v still there", left)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // NothingLeft fails the test for every process of an attempt still there:
 // running from dir, running crest's agent (from a memfd), or a child of
 // ours. Zombies on their way to their reaper get a second.

@@ -57,6 +57,9 @@ type Program struct {
 	// TimeNS starts it in a time namespace of its own too (launch -t:
 	// monotonic 100000 s and boottime 200000 s ahead of the host's).
 	TimeNS bool
+	// UTSIPC starts it in UTS and IPC namespaces of its own too
+	// (launch -n).
+	UTSIPC bool
 	// Go: the source is src/NAME.go.txt, a Go program built with the go
 	// command (static, CGO_ENABLED=0); Flags are not used.
 	Go bool
@@ -81,6 +84,10 @@ var Programs = map[string]Program{
 	// clocks runs in a time namespace of its own and checks that its
 	// clocks go on.
 	"clocks": {Name: "clocks", Flags: []string{"-static", "-O2"}, TimeNS: true},
+	// nsuts runs in UTS and IPC namespaces of its own, with a hostname,
+	// IPC sysctls and SysV shared memory, semaphores and messages that
+	// it checks every tick (the segments' contents when asked).
+	"nsuts": {Name: "nsuts", Flags: []string{"-static", "-O2"}, UTSIPC: true},
 	// stopped has two children stopped by SIGSTOP and SIGTSTP.
 	"stopped": {Name: "stopped", Flags: []string{"-static", "-O2", "-pthread"}},
 	// zombie has two zombie children (exit status 7, killed by SIGTERM)
@@ -96,6 +103,10 @@ var Programs = map[string]Program{
 	// inetsk has TCP listeners (IPv4 and IPv6) and UDP sockets, bound
 	// and connected, in use every tick.
 	"inetsk": {Name: "inetsk", Flags: []string{"-static", "-O2"}},
+	// tcpest has established TCP connections (IPv4 and IPv6, over
+	// loopback) between its init and its child, with data queued both
+	// ways, unsent data too, checked byte by byte every tick.
+	"tcpest": {Name: "tcpest", Flags: []string{"-static", "-O2"}},
 	// unixsk has unix stream, datagram and seqpacket sockets, paired,
 	// listening, accepted, bound to paths and abstract names, with data
 	// queued in each.
@@ -114,6 +125,11 @@ var Programs = map[string]Program{
 	"lock": {Name: "lock", Flags: []string{"-static", "-O2"}},
 	// gocounter is a Go program: threads, epoll, eventfd, timers.
 	"gocounter": {Name: "gocounter", Go: true},
+	// ttyjob is an interactive job on its terminal (fds 0-2), which it
+	// checks every tick; ttyshell starts it on a pty as a shell with
+	// job control does (dump/tty_test.go).
+	"ttyjob":   {Name: "ttyjob", Flags: []string{"-static", "-O2"}},
+	"ttyshell": {Name: "ttyshell", Flags: []string{"-static", "-O2"}},
 }
 
 // Build compiles the workload name (or the C file src with flags, see
@@ -213,10 +229,14 @@ type Process struct {
 // The tree is killed when the test ends.
 func Start(t testing.TB, name string) *Process {
 	t.Helper()
+	var opts []string
 	if Programs[name].TimeNS {
-		return startIn(t, Build(t, name), t.TempDir(), "-t")
+		opts = append(opts, "-t")
 	}
-	return StartIn(t, Build(t, name), t.TempDir())
+	if Programs[name].UTSIPC {
+		opts = append(opts, "-n")
+	}
+	return startIn(t, Build(t, name), t.TempDir(), opts...)
 }
 
 // StartIn starts the binary prog with working directory dir as pid 1 of a

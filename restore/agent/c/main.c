@@ -180,6 +180,15 @@ static __attribute__((noreturn, used)) void agent_main(const uint64_t *sp)
 	args.parent_tid = (uint64_t)(uintptr_t)&agent.te->root_host_pid;
 	if (agent.plan->flags & CREST_PLAN_NEWPID)
 		args.flags |= CLONE_NEWPID;
+	/*
+	 * The root is born in the tree's own UTS and IPC namespaces, which
+	 * its children inherit; the engine fills them (hostname, sysctls,
+	 * SysV objects) in PREPARE_NAMESPACES, before any task forks.
+	 */
+	if (agent.plan->flags & CREST_PLAN_NEWUTS)
+		args.flags |= CLONE_NEWUTS;
+	if (agent.plan->flags & CREST_PLAN_NEWIPC)
+		args.flags |= CLONE_NEWIPC;
 	/* with CLONE_PARENT the exit signal is the launcher's own (SIGCHLD) */
 	args.exit_signal = 0;
 	set_tid[0] = plan_task(0)->pid;
