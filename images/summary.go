@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/memfd"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/utsns"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
 )
 
@@ -110,11 +112,33 @@ type Summary struct {
 	NewNamespaces []string `json:"new_namespaces"`
 	// Host holds the namespace ids of the criu that dumped the tree
 	// (inventory root_ids), or nil when the inventory has none.
-	Host   *Namespaces    `json:"host,omitempty"`
+	Host *Namespaces `json:"host,omitempty"`
+	// UTS and IPC are the root's own UTS and IPC namespaces, when the
+	// images hold them (utsns-ID.img, ipcns-*-ID.img).
+	UTS    *UTSNamespace  `json:"uts,omitempty"`
+	IPC    *IPCNamespace  `json:"ipc,omitempty"`
 	Tasks  []Task         `json:"tasks"`
 	Shmem  []SharedMemory `json:"shmem,omitempty"`
 	Pipes  []Pipe         `json:"pipes,omitempty"`
 	Totals Totals         `json:"totals"`
+}
+
+// UTSNamespace is what utsns-ID.img holds.
+type UTSNamespace struct {
+	ID         uint32 `json:"id"`
+	Hostname   string `json:"hostname"`
+	Domainname string `json:"domainname"`
+}
+
+// IPCNamespace counts the SysV objects of ipcns-*-ID.img.
+type IPCNamespace struct {
+	ID           uint32 `json:"id"`
+	Segments     int    `json:"segments"`
+	SegmentBytes uint64 `json:"segment_bytes"`
+	Queues       int    `json:"queues"`
+	Messages     int    `json:"messages"`
+	SemSets      int    `json:"sem_sets"`
+	Semaphores   int    `json:"semaphores"`
 }
 
 // Namespaces are CRIU's ids of the namespaces of a task. Equal ids mean
@@ -328,6 +352,16 @@ func Summarize(d *Dir) (*Summary, error) {
 		}
 	}
 	s.OwnPidNS = root.PID != 0 && s.Host != nil && s.Host.PID != 0 && root.PID != s.Host.PID
+	if slices.Contains(s.NewNamespaces, "uts") {
+		if s.UTS, err = summarizeUTS(d, root.UTS); err != nil {
+			return nil, err
+		}
+	}
+	if slices.Contains(s.NewNamespaces, "ipc") {
+		if s.IPC, err = summarizeIPC(d, root.IPC); err != nil {
+			return nil, err
+		}
+	}
 
 	if s.Shmem, err = sh.summarize(d); err != nil {
 		return nil, err
@@ -837,6 +871,13 @@ func (s *Summary) WriteText(w io.Writer) error {
 	if len(s.NewNamespaces) > 0 {
 		ew.printf("namespaces of the root not shared with the dumping criu: %s\n", strings.Join(s.NewNamespaces, ", "))
 	}
+	if u := s.UTS; u != nil {
+		ew.printf("uts namespace %d: hostname %q, domain name %q\n", u.ID, u.Hostname, u.Domainname)
+	}
+	if i := s.IPC; i != nil {
+		ew.printf("ipc namespace %d: %d shared memory segments (%d bytes), %d message queues (%d messages), %d semaphore sets (%d semaphores)\n",
+			i.ID, i.Segments, i.SegmentBytes, i.Queues, i.Messages, i.SemSets, i.Semaphores)
+	}
 
 	ew.printf("\nprocess tree: %d tasks, %d threads\n", s.Totals.Tasks, s.Totals.Threads)
 	tw := tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
@@ -1044,3 +1085,48 @@ func (e *errWriter) Write(p []byte) (int, error) {
 }
 
 func (e *errWriter) printf(format string, args ...any) { fmt.Fprintf(e, format, args...) }
+
+// summarizeUTS reads utsns-ID.img; nil when the images have none.
+func summarizeUTS(d *Dir, id uint32) (*UTSNamespace, error) {
+	name := fmt.Sprintf("utsns-%d.img", id)
+	ents, err := d.readEntries(KindUTSNS, name, false, "")
+	if err != nil || len(ents) == 0 {
+		return nil, err
+	}
+	u := ents[0].Message.(*utsns.UtsnsEntry)
+	return &UTSNamespace{ID: id, Hostname: u.GetNodename(), Domainname: u.GetDomainname()}, nil
+}
+
+// summarizeIPC counts the SysV objects of IPC namespace id; nil when the
+// images have no ipcns-var-ID.img.
+func summarizeIPC(d *Dir, id uint32) (*IPCNamespace, error) {
+	if _, err := os.Stat(d.file(fmt.Sprintf("ipcns-var-%d.img", id))); err != nil {
+		return nil, nil
+	}
+	n := &IPCNamespace{ID: id}
+	segs, err := d.IPCShm(id)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range segs {
+		n.Segments++
+		n.SegmentBytes += s.Entry.GetSize()
+	}
+	queues, err := d.IPCMsg(id)
+	if err != nil {
+		return nil, err
+	}
+	for _, q := range queues {
+		n.Queues++
+		n.Messages += len(q.Messages)
+	}
+	sets, err := d.IPCSem(id)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range sets {
+		n.SemSets++
+		n.Semaphores += len(s.Values)
+	}
+	return n, nil
+}

@@ -12,8 +12,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
+	ipc_var "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-var"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/seccomp"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/utsns"
 
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/test/fixture"
@@ -521,4 +523,58 @@ func summarize(t *testing.T, dir string) *images.Summary {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// TestSummaryUTSIPC: a root with UTS and IPC namespaces of its own has
+// them in the summary: the names of utsns-ID.img and the objects of the
+// ipcns images (here those a real CRIU 4.2 wrote for nsuts).
+func TestSummaryUTSIPC(t *testing.T) {
+	dir := fixture.CopyImages(t, "counter")
+	editImage(t, filepath.Join(dir, "ids-1.img"), func(img *images.Image) {
+		ids := img.Entries[0].Message.(*criu_core.TaskKobjIdsEntry)
+		ids.UtsNsId, ids.IpcNsId = proto.Uint32(11), proto.Uint32(10)
+	})
+	if err := images.WriteFile(filepath.Join(dir, "utsns-11.img"), &images.Image{Kind: images.KindUTSNS, Entries: []images.Entry{
+		{Message: &utsns.UtsnsEntry{Nodename: proto.String("crest-nsuts"), Domainname: proto.String("nsuts.crest")}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := images.WriteFile(filepath.Join(dir, "ipcns-var-10.img"), &images.Image{Kind: images.KindIPCVar, Entries: []images.Entry{
+		{Message: &ipc_var.IpcVarEntry{SemCtls: []uint32{1, 2, 3, 4}, MsgCtlmax: proto.Uint32(1), MsgCtlmnb: proto.Uint32(1),
+			MsgCtlmni: proto.Uint32(1), AutoMsgmni: proto.Uint32(0), ShmCtlmax: proto.Uint64(1), ShmCtlall: proto.Uint64(1),
+			ShmCtlmni: proto.Uint32(1), ShmRmidForced: proto.Uint32(0), MqQueuesMax: proto.Uint32(1), MqMsgMax: proto.Uint32(1),
+			MqMsgsizeMax: proto.Uint32(1)}}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"ipcns-msg-10.img", "ipcns-sem-10.img", "ipcns-shm-10.img"} {
+		b, err := os.ReadFile(filepath.Join("testdata", "criu-4.2-ipc", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := summarize(t, dir)
+	if u := s.UTS; u == nil || *u != (images.UTSNamespace{ID: 11, Hostname: "crest-nsuts", Domainname: "nsuts.crest"}) {
+		t.Errorf("uts %+v", u)
+	}
+	if i := s.IPC; i == nil || *i != (images.IPCNamespace{ID: 10, Segments: 2, SegmentBytes: 8192 + 12388, Queues: 1, Messages: 5, SemSets: 1, Semaphores: 5}) {
+		t.Errorf("ipc %+v", i)
+	}
+	var b strings.Builder
+	if err := s.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"namespaces of the root not shared with the dumping criu: pid, ipc, uts\n",
+		`uts namespace 11: hostname "crest-nsuts", domain name "nsuts.crest"` + "\n",
+		"ipc namespace 10: 2 shared memory segments (20580 bytes), 1 message queues (5 messages), 1 semaphore sets (5 semaphores)\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("text summary lacks %q:\n%s", want, b.String())
+		}
+	}
+	if s := summarize(t, fixture.Images(t, "counter")); s.UTS != nil || s.IPC != nil {
+		t.Errorf("counter: uts %+v, ipc %+v; want none", s.UTS, s.IPC)
+	}
 }
