@@ -149,6 +149,7 @@ func Dump(ctx context.Context, opts Options) (*Result, error) {
 		if rerr := d.files.tcp.release(true); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
+		d.files.closePTYs() // pty.go
 		tr.thaw()
 		if d.tmp != "" {
 			os.RemoveAll(d.tmp)

@@ -179,6 +179,14 @@ func (d *dumper) vmas(t *task, maps []*mapping) ([]*vmaArea, error) {
 			status |= images.VMAFileShared | images.VMAAreaMemfd
 			a.dump = false
 			anon = false
+		case isSysVShm(m): // sysvshm.go
+			st, err := d.sysvShmVMA(t, m, e)
+			if err != nil {
+				return nil, err
+			}
+			status |= st
+			a.dump = false // the segment's, in pagemap-shmem
+			anon = true
 		case anon && shared, strings.HasPrefix(m.name, "/SYSV"):
 			return nil, unsupported("shared anonymous memory of this kind is not supported")
 		case anon && (m.name == "" || m.name == "[stack]" || strings.HasPrefix(m.name, "[anon:")):

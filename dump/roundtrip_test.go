@@ -78,6 +78,11 @@ func TestRoundTrip(t *testing.T) {
 		// A Go program: the runtime's threads, epoll and eventfd,
 		// timers and signal handlers.
 		{"gocounter", map[string]check.Next{"out.log": check.Counter}, nil},
+		// A pty pair in the tree: its index, termios, window size,
+		// controlling terminal, foreground group, packet mode, lock and
+		// the messages queued both ways, checked every tick.
+		{"ptypair", map[string]check.Next{"out-parent.log": check.Counter, "out-child.log": check.Counter,
+			"out-fg.log": check.Counter}, nil},
 		// Two zombie children of the init, which never waits for them:
 		// they come back as zombies (check.Tree) with nothing else to
 		// compare; TestDumpZombies checks their exit statuses.
@@ -104,6 +109,11 @@ func TestRoundTrip(t *testing.T) {
 		// byte, the four-tuples, MSS, options, window scales and the
 		// timestamp clock every tick, and that no direction stalls.
 		{"tcpest", map[string]check.Next{"out-init.log": check.Counter, "out-child.log": check.Counter}, nil},
+		// Half-closed TCP connections (FIN_WAIT1, FIN_WAIT2,
+		// CLOSE_WAIT, LAST_ACK, CLOSING; v4 and v6) between the init
+		// and its child: each end checks its state, its queues, EOF
+		// after the peer's FIN and the open direction every tick.
+		{"tcphalf", map[string]check.Next{"out-init.log": check.Counter, "out-child.log": check.Counter}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := workloads.Start(t, tc.name)

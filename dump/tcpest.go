@@ -107,8 +107,8 @@ func (tc *tcpConns) connectionRefusal(sk *inetSock, family int) string {
 	if tc == nil {
 		return conn + " needs --tcp-established (CRIU's TCP_REPAIR dump of connections)"
 	}
-	if sk.state != tcpEstablished {
-		return conn + ": only ESTABLISHED connections are dumped (half-closed ones are not supported)"
+	if why := tcpStateRefusal(sk.state); why != "" { // tcphalf.go
+		return conn + ": " + why
 	}
 	return ""
 }
@@ -165,8 +165,8 @@ func (c *tcpConn) read() (uint8, error) {
 		if err != nil {
 			return 0, err
 		}
-		if before.state != tcpEstablished {
-			return 0, fmt.Errorf("state %s in repair mode: only ESTABLISHED connections are dumped", tcpState(before.state))
+		if why := tcpStateRefusal(before.state); why != "" {
+			return 0, fmt.Errorf("state %s in repair mode: %s", tcpState(before.state), why)
 		}
 		e := &tcp_stream.TcpStreamEntry{InqLen: proto.Uint32(before.inqLen), InqSeq: proto.Uint32(before.inqSeq),
 			OutqLen: proto.Uint32(before.outqLen), OutqSeq: proto.Uint32(before.outqSeq),
@@ -251,6 +251,7 @@ func (c *tcpConn) snapshot() (tcpSnapshot, error) {
 	if s.outqSeq, err = queueSeq(c.fd, tcpSendQueue); err != nil {
 		return s, fmt.Errorf("send queue: %w", err)
 	}
+	s.uncountFIN() // tcphalf.go
 	return s, nil
 }
 

@@ -28,8 +28,9 @@ import (
 // next id, written first); the slave is one tty-info.img entry, id
 // index<<1, written when a task's fd first shows it, with what that task
 // sees of it (its session and foreground group when it is the task's
-// controlling terminal). Pty masters (/dev/ptmx), whose pairs CRIU dumps
-// with their queued data (tty-data.img), are refused for now.
+// controlling terminal). Pty pairs with both ends in the tree, a master
+// (/dev/ptmx) and its slaves, are dumped too, with their queued data
+// (pty.go).
 
 // maxPTYIndex is CRIU's MAX_PTY_INDEX: larger pts numbers do not fit its
 // tty id space, and CRIU refuses them.
@@ -52,6 +53,10 @@ type ttyDumpEnd struct {
 	fd    int
 	name  string
 	sid   uint32
+	// master: the /dev/ptmx end; lfd a copy of its fd, for its queued
+	// data (pty.go), -1 when none
+	master bool
+	lfd    int
 }
 
 // ptyEnd tells whether the character device rdev is a pty end, and which.
@@ -76,21 +81,16 @@ func (ft *fileTable) ttyEntry(t *task, id uint32, fd, c int, link, name string, 
 		return nil, fmt.Sprintf("terminal %d:%d: only pseudo-terminal ends (/dev/ptmx, /dev/pts/N) are supported, "+
 			"not consoles, virtual terminals, serial lines or /dev/tty", unix.Major(st.Rdev), unix.Minor(st.Rdev)), nil
 	}
-	if master {
-		// CRIU's pty pairs inside the tree (its index, queued data,
-		// the controlling terminal of a session leader of the tree)
-		return nil, "pty masters (/dev/ptmx) are not dumped yet: of terminals only the shell's, " +
-			"a pty slave whose master is outside the tree, is (--shell-job)", nil
-	}
-	// as CRIU: the number after the last slash of the path
-	index, err := strconv.Atoi(name[strings.LastIndexByte(name, '/')+1:])
-	if err != nil {
-		return nil, fmt.Sprintf("pts path %q does not end in its number", name), nil
+	// as CRIU: TIOCGPTN of a master, the number after the last slash of
+	// a slave's path (pty.go)
+	index, why := ptyIndex(c, master, name)
+	if why != "" {
+		return nil, why, nil
 	}
 	if index > maxPTYIndex {
 		return nil, fmt.Sprintf("pty index %d is above %d, which CRIU's images can not hold", index, maxPTYIndex), nil
 	}
-	infoID := uint32(index) << 1 // a slave's; its master's would be |1
+	infoID := ptyInfoID(index, master)
 	regID := ft.next()
 	reg, err := regEntry(regID, link, name, flags, pos)
 	if err != nil {
@@ -105,7 +105,11 @@ func (ft *fileTable) ttyEntry(t *task, id uint32, fd, c int, link, name string, 
 		if err != nil || why != "" {
 			return nil, why, err
 		}
-		ft.ttys.ends[infoID] = &ttyDumpEnd{index: index, task: t, fd: fd, name: name, sid: info.GetSid()}
+		lfd, err := unix.FcntlInt(uintptr(c), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return nil, "", os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", err)
+		}
+		ft.ttys.ends[infoID] = &ttyDumpEnd{index: index, task: t, fd: fd, name: name, sid: info.GetSid(), master: master, lfd: lfd}
 		ft.ttys.order = append(ft.ttys.order, infoID)
 		ft.ttys.infos = append(ft.ttys.infos, images.Entry{Message: info})
 	}
@@ -141,6 +145,9 @@ func ttyInfo(t *task, c int, st *unix.Stat_t, infoID uint32, index int) (*tty.Tt
 		return nil, "", err
 	}
 	sid, pgrp, err := ttySession(t, st.Rdev)
+	if infoID&1 == 1 {
+		sid, pgrp, err = masterSession(t, c) // pty.go
+	}
 	if err != nil {
 		return nil, "", err
 	}
@@ -278,12 +285,15 @@ func (d *dumper) checkTTYs() error {
 			}
 			unpaired = e.name
 		}
+		if id&1 == 1 {
+			continue // checkPTYMasters
+		}
 		if e.sid != 0 && !d.opts.ShellJob && !d.leads(e.sid) {
 			return &UnsupportedError{Task: int(e.task.nsPid), Resource: what, What: e.name,
 				Why: fmt.Sprintf("the terminal's session %d has its leader outside the dumped tree: a job on its shell's terminal is dumped with --shell-job", e.sid)}
 		}
 	}
-	return nil
+	return d.checkPTYMasters() // pty.go
 }
 
 // leads reports whether a task of the tree leads session sid.
@@ -294,10 +304,18 @@ func (d *dumper) leads(sid uint32) bool {
 // writeTTYs writes tty-info.img (and tty-data.img), when the tree has
 // terminals.
 func (d *dumper) writeTTYs() error {
+	defer d.files.closePTYs()
 	if len(d.files.ttys.infos) == 0 {
 		return nil
 	}
-	return d.write("tty-info.img", images.KindTTYInfo, d.files.ttys.infos...)
+	if err := d.write("tty-info.img", images.KindTTYInfo, d.files.ttys.infos...); err != nil {
+		return err
+	}
+	data, err := d.ptyQueuedData() // pty.go
+	if err != nil || len(data) == 0 {
+		return err
+	}
+	return d.write("tty-data.img", images.KindTTYData, data...)
 }
 
 // checkLeaders refuses a task whose session or process group leader is

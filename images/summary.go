@@ -617,10 +617,10 @@ func vmaName(d *Dir, v VMA, inodes map[uint64]*memfd.MemfdInodeEntry) string {
 	switch {
 	case s&(VMAFilePrivate|VMAFileShared|VMAAreaMemfd) != 0:
 		return fileName(d, uint32(v.ShmID), inodes)
+	case s&VMAAreaSysVIPC != 0: // VMA_ANON_SHARED too
+		return fmt.Sprintf("SYSV shmid %d", v.ShmID)
 	case s&VMAAnonShared != 0:
 		return fmt.Sprintf("shmem:%d", v.ShmID)
-	case s&VMAAreaSysVIPC != 0:
-		return fmt.Sprintf("SYSV shmid %d", v.ShmID)
 	case s&VMAAreaSocket != 0:
 		return "packet socket ring"
 	case s&VMAAreaHeap != 0:

@@ -65,9 +65,10 @@
 // SIGIO of any file (F_SETOWN, F_SETSIG, O_ASYNC: fown.go), and nothing of
 // crest's left in the tasks' mappings or fd tables.
 // Refused at planning, naming what: SCHED_DEADLINE, nested time
-// namespaces, namespaces other than pid and time, established TCP
-// connections, external unix sockets, other socket and file kinds
-// (netlink, fanotify, tty ...), SysV shared memory, POSIX timers with SIGEV_THREAD, hugetlb
-// memfds, seccomp filters of a task with neither no_new_privs nor
-// CAP_SYS_ADMIN.
+// namespaces, net, mount, user and cgroup namespaces, established TCP
+// connections without Options.TCPEstablished, shell jobs without
+// Options.ShellJob, external unix sockets, other socket and file kinds
+// (netlink, fanotify ...), SysV shared memory of a namespace that is not
+// the tree's own, POSIX timers with SIGEV_THREAD, hugetlb memfds, seccomp
+// filters of a task with neither no_new_privs nor CAP_SYS_ADMIN.
 package restore

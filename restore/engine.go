@@ -202,6 +202,10 @@ func (r *Restore) run(ctx context.Context) error {
 	if err != nil {
 		return &StageError{Stage: StageRootTask, Step: "prepare files", Err: err}
 	}
+	// half-closed connections get their FINs once every socket exists
+	if err := p.tcpFinish(r.files); err != nil { // tcphalf.go
+		return &StageError{Stage: StageRootTask, Step: "tcp half-closed", Err: err}
+	}
 	if err := r.takeTerminal(); err != nil { // tty.go
 		return &StageError{Stage: StageRootTask, Step: "terminal", Err: err}
 	}
@@ -374,8 +378,10 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 					delete(r.hostPIDs, t.PID)
 				}
 			}
-			// every task holds its sockets: connections leave
-			// repair mode before the tree runs (tcpest.go)
+			// every task holds its sockets: CRIU's network lock
+			// goes (netlock.go), then connections leave repair
+			// mode before the tree runs (tcpest.go), as in CRIU
+			r.unlockNetwork(ctx)
 			if err := r.tcpRepairOff(); err != nil {
 				return &StageError{Stage: st, Step: "tcp repair off", Err: err}
 			}

@@ -21,6 +21,7 @@ import (
 	ipc_shm "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-shm"
 	ipc_var "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-var"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/utsns"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
@@ -202,6 +203,9 @@ func TestPlanNamespaces(t *testing.T) {
 				ids := img.Entries[0].Message.(*inventory.InventoryEntry).RootIds
 				ids.UtsNsId, ids.IpcNsId = proto.Uint32(nsutsUTS), proto.Uint32(nsutsIPC)
 			})
+			// without the segments' mappings, which need the tree's
+			// own IPC namespace (TestPlanSysVShm)
+			dropSysVVMAs(t, dir)
 		}, ""},
 		{"no uts image", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, "utsns-11.img")) },
 			"utsns-11.img: the tree's own UTS namespace 11 has no image"},
@@ -222,6 +226,7 @@ func TestPlanNamespaces(t *testing.T) {
 			for _, k := range []string{"shm", "msg", "sem"} {
 				os.Remove(filepath.Join(dir, fmt.Sprintf("ipcns-%s-10.img", k)))
 			}
+			dropSysVVMAs(t, dir) // no segment to attach
 		}, ""},
 		{"truncated semaphore values", func(t *testing.T, dir string) {
 			path := filepath.Join(dir, "ipcns-sem-10.img")
@@ -430,6 +435,12 @@ func TestRestoreNamespacesBroken(t *testing.T) {
 		{"shm key", ipc(func(ns *IPCNamespace) { ns.Shm[1].Key++ }), "CORRUPT ids of the keys"},
 		{"shm id", func(t *testing.T, dir string) {
 			editIPC(t, dir, func(ns *IPCNamespace) { ns.Shm[1].ID = 8 })
+			editSysVVMAs(t, dir, func(vmas []*vma.VmaEntry, sysv []int) []*vma.VmaEntry {
+				for _, i := range sysv {
+					vmas[i].Shmid = proto.Uint64(8)
+				}
+				return vmas
+			})
 			os.Rename(filepath.Join(dir, "pagemap-shmem-7.img"), filepath.Join(dir, "pagemap-shmem-8.img"))
 		}, "CORRUPT ids of the keys"},
 		{"shm owner", ipc(func(ns *IPCNamespace) { ns.Shm[1].UID = 1002 }), "CORRUPT shm 7: key 0x4e535531 uid 1002"},

@@ -73,6 +73,8 @@ type Plan struct {
 	// Options.ShellJob (shellJob).
 	ShellJob *ShellJob
 	shellJob bool
+	// PTYs are the ptys with both ends in the tree, by index (pty.go).
+	PTYs map[int]*PTYPair
 
 	pipeData map[uint32]images.PipeData   // pipes-data.img by pipe_id, read on first use
 	ttys     map[uint32]*tty.TtyInfoEntry // tty-info.img by id, read on first use
@@ -133,6 +135,9 @@ type Task struct {
 	Itimers       [3]Itimer
 	PosixTimers   []PosixTimer
 	SharedSignals []Siginfo
+	// CTTY, for a session leader, is its controlling terminal when that
+	// was a pty slave of the tree (pty.go).
+	CTTY *CTTY
 }
 
 // Thread is one thread of a task, with its core image.
@@ -335,8 +340,9 @@ type VMA struct {
 	Pgoff      uint64
 	Madv       uint64
 	Kind       VMAKind
-	File       *File  // the mapped file for file-backed kinds
-	Shmem      *Memfd // the shared anonymous object of a VMAAnonShared
+	File       *File       // the mapped file for file-backed kinds
+	Shmem      *Memfd      // the shared anonymous object of a VMAAnonShared
+	SysV       *SysVAttach // the segment and attachment of a VMASysVShm (sysvshm.go)
 }
 
 // VMAKind is what backs a mapping.
@@ -353,11 +359,15 @@ const (
 	// (VMA_ANON_SHARED: CRIU before the memfd approach, or when it could
 	// not use it), one object per shmid (VMA.Shmem).
 	VMAAnonShared
+	// VMASysVShm is (part of) an attachment of a SysV shared memory
+	// segment of the tree's IPC namespace (VMA.SysV; sysvshm.go).
+	VMASysVShm
 )
 
 var vmaKindNames = map[VMAKind]string{
 	VMAAnonPrivate: "anon-private", VMAFilePrivate: "file-private", VMAFileShared: "file-shared",
 	VMAVDSO: "vdso", VMAVVAR: "vvar", VMAVsyscall: "vsyscall", VMAAnonShared: "anon-shared",
+	VMASysVShm: "sysv-shm",
 }
 
 func (k VMAKind) String() string { return vmaKindNames[k] }
@@ -438,10 +448,16 @@ func NewPlan(d *images.Dir, opts ...Options) (*Plan, error) {
 	if err := p.checkShellJob(); err != nil { // tty.go
 		return nil, err
 	}
+	if err := p.planPTYs(); err != nil { // pty.go
+		return nil, err
+	}
 	if err := p.loadClocks(); err != nil {
 		return nil, err
 	}
 	if err := p.loadNamespaces(); err != nil {
+		return nil, err
+	}
+	if err := p.planSysVShm(); err != nil { // sysvshm.go
 		return nil, err
 	}
 	if err := p.planEpolls(); err != nil {
@@ -973,8 +989,10 @@ func (p *Plan) loadMemory(t *Task) error {
 			return &PlanError{PID: t.PID, File: mmName, Msg: where + ": marked unsupported by the dump"}
 		case st&vmaAreaVsyscall != 0:
 			vma.Kind = VMAVsyscall
-		case st&(vmaAreaSysVIPC|vmaAreaSocket|vmaAreaAIORing) != 0:
-			return &PlanError{PID: t.PID, File: mmName, Msg: where + ": SysV shared memory, socket and AIO mappings are not supported yet"}
+		case st&vmaAreaSysVIPC != 0:
+			sysvShmVMA(v, &vma) // sysvshm.go; planSysVShm resolves it
+		case st&(vmaAreaSocket|vmaAreaAIORing) != 0:
+			return &PlanError{PID: t.PID, File: mmName, Msg: where + ": socket and AIO mappings are not supported yet"}
 		case st&vmaAnonShared != 0:
 			vma.Kind = VMAAnonShared
 			m, err := p.anonShmem(t, v.GetShmid(), vma.Pgoff+vma.End-vma.Start)
@@ -1036,7 +1054,7 @@ func (p *Plan) loadMemory(t *Task) error {
 		for _, v := range t.Mem.VMAs {
 			// the content of shared mappings is their file's (for a
 			// memfd: its pagemap-shmem image), never the task's
-			if (v.Kind == VMAFileShared || v.Kind == VMAAnonShared) && v.Start < r.End() && r.Vaddr < v.End {
+			if (v.Kind == VMAFileShared || v.Kind == VMAAnonShared || v.Kind == VMASysVShm) && v.Start < r.End() && r.Vaddr < v.End {
 				return &PlanError{PID: t.PID, File: pmName, Msg: fmt.Sprintf("run %#x-%#x is inside the shared mapping %#x-%#x", r.Vaddr, r.End(), v.Start, v.End)}
 			}
 		}

@@ -363,7 +363,7 @@ func TestPlanRefuses(t *testing.T) {
 				v := img.Entries[0].Message.(*mm.MmEntry).Vmas[7]
 				v.Status = proto.Uint32(vmaAreaRegular | vmaAreaSysVIPC)
 			})
-		}, "mm-1.img: vma 7 (0x7f01a94d6000-0x7f01a95d6000, status 0x401): SysV shared memory, socket and AIO mappings are not supported yet"},
+		}, "mm-1.img: vma 7 (0x7f01a94d6000-0x7f01a95d6000, SysV shm 2 at offset 0x0): the segment is in an IPC namespace that is not the tree's own"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -50,6 +50,7 @@ func layoutPlan(p *Plan, pr *prepared) planLayout {
 		if t.ChildSubreaper {
 			at.Subreaper = 1
 		}
+		cttyPlan(t, pr, &at) // pty.go
 		for _, c := range t.Children {
 			switch c.Kind {
 			case TaskHelper:
@@ -281,6 +282,9 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 				av.SrcFD = pr.localFD(pr.index[memfdKey(v.Shmem)])
 				av.Flags &^= syscall.MAP_ANONYMOUS
 				av.Kind = agent.VMAFileShared
+			}
+			if v.SysV != nil {
+				agentSysVShm(&v, &av) // sysvshm.go
 			}
 			put(av)
 		}

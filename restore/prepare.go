@@ -169,8 +169,12 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 		fd, err = openInetSocket(f)
 	case FileInotify: // inotify.go
 		fd, err = openInotify(t, f)
-	case FileTTY: // tty.go
-		fd, err = openTTY(f)
+	case FileTTY: // tty.go, pty.go
+		if f.TTY.Pair != nil {
+			fd, err = pr.openPTY(t, f)
+		} else {
+			fd, err = openTTY(f)
+		}
 	default:
 		err = fmt.Errorf("kind %v can not be opened yet", f.Kind)
 	}

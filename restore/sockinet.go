@@ -140,14 +140,14 @@ func (p *Plan) inetSocketFile(t *Task, id uint32, e *sk_inet.InetSkEntry) (*File
 				return nil, bad("%s listening on port 0", s)
 			}
 		case s.State == tcpClose && s.Dst.Port() == 0:
-		case s.State == tcpEstablished && s.Dst.Port() != 0 && s.Src.Port() != 0:
-			// restored with --tcp-established (tcpest.go,
-			// planTCPConnections)
-			if sh := e.GetShutdown(); sh != sk_opts.SkShutdown_NONE && sh != sk_opts.SkShutdown_READ {
-				return nil, bad("%s shut down for writing (%s)", s, sh)
-			}
+		case s.Dst.Port() != 0 && s.Src.Port() != 0:
+			// a connection: restored with --tcp-established
+			// (tcpest.go, tcphalf.go) or refused, naming its fd,
+			// by planTCPConnections
+		case s.Dst.Port() != 0:
+			return nil, bad("%s: a TCP connection with no port of its own", s)
 		default:
-			return nil, bad("%s: crest restores TCP connections in ESTABLISHED only (CRIU's --tcp-established restores half-closed ones too)", s)
+			return nil, bad("%s: a TCP socket with no peer in that state", s)
 		}
 	} else if !(s.State == tcpClose && s.Dst.Port() == 0 || s.State == tcpEstablished && s.Dst.Port() != 0) {
 		return nil, bad("%s in %s, with peer port %d", s, tcpStateName(s.State), s.Dst.Port())

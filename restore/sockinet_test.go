@@ -399,9 +399,9 @@ func TestPlanInet(t *testing.T) {
 			es[5].State, es[5].DstPort, es[5].SrcPort = proto.Uint32(tcpEstablished), proto.Uint32(80), proto.Uint32(5000)
 		}, "fd 15: file 205 of files.img: TCP 0.0.0.0:5000 -> 0.0.0.0:80 (ESTABLISHED): a TCP connection needs --tcp-established"},
 		{"closing", func(es []*sk_inet.InetSkEntry) { es[5].State, es[5].DstPort = proto.Uint32(8), proto.Uint32(80) },
-			"(CLOSE_WAIT): crest restores TCP connections in ESTABLISHED only"},
+			"(CLOSE_WAIT): a TCP connection with no port of its own"},
 		{"closed with a peer", func(es []*sk_inet.InetSkEntry) { es[5].DstPort = proto.Uint32(80) },
-			"(CLOSE): crest restores TCP connections in ESTABLISHED only"},
+			"(CLOSE): a TCP connection with no port of its own"},
 		{"raw", func(es []*sk_inet.InetSkEntry) {
 			es[2].Type, es[2].Proto = proto.Uint32(unix.SOCK_RAW), proto.Uint32(unix.IPPROTO_ICMP)
 		},

@@ -38,8 +38,9 @@ import (
 // window probe, a second at the earliest), and all sockets are made at
 // once in the ROOT_TASK stage, so both ends of a connection exist before
 // either speaks; a failed restore closes them still in repair mode, which
-// sends nothing and frees the ports at once. crest sets no network lock:
-// see dump/tcpest.go.
+// sends nothing and frees the ports at once. crest sets no network lock
+// (see dump/tcpest.go); the lock of criu dump's images is removed just
+// before repair mode ends, as criu restore does (netlock.go).
 
 // TCPConn is an established connection: tcp-stream-INO.img, checked.
 type TCPConn struct {
@@ -57,6 +58,9 @@ type TCPConn struct {
 	SndWscale, RcvWscale uint32
 	Timestamp            uint32
 	Window               *TCPWindow // nil when the image has none (Linux before 4.8)
+	// State is the inet_sk_entry's: ESTABLISHED or a half-closed one
+	// (tcphalf.go), whose FINs the sequence numbers count.
+	State uint32
 }
 
 // TCPWindow is struct tcp_repair_window.
@@ -100,6 +104,12 @@ func (p *Plan) planTCPConnections() error {
 				continue
 			}
 			fdinfo := fmt.Sprintf("fdinfo-%d.img", t.IDs.GetFilesId())
+			if why := connectionStateRefusal(f.Inet.State); why != "" { // tcphalf.go
+				return &PlanError{PID: t.PID, File: fdinfo, Msg: fmt.Sprintf("fd %d: file %d of files.img: %s: %s", fd.FD, f.ID, f.Inet, why)}
+			}
+			if why := shutdownRefusal(f.Inet.State, f.Inet.Shutdown); why != "" {
+				return &PlanError{PID: t.PID, File: fdinfo, Msg: fmt.Sprintf("fd %d: file %d of files.img: %s: %s", fd.FD, f.ID, f.Inet, why)}
+			}
 			if !p.tcpEstablished {
 				return &PlanError{PID: t.PID, File: fdinfo, Msg: fmt.Sprintf("fd %d: file %d of files.img: %s: a TCP connection needs --tcp-established (restore.Options.TCPEstablished), as CRIU's",
 					fd.FD, f.ID, f.Inet)}
@@ -111,7 +121,7 @@ func (p *Plan) planTCPConnections() error {
 			f.Inet.Conn = c
 		}
 	}
-	return nil
+	return p.checkHalfClosed() // tcphalf.go
 }
 
 // tcpConn reads and checks the tcp-stream image of s.
@@ -132,7 +142,7 @@ func (p *Plan) tcpConn(s *InetSocket) (*TCPConn, error) {
 		return nil, bad("no unsq_len: which part of the send queue was sent is unknown")
 	}
 	c := &TCPConn{InqSeq: e.GetInqSeq(), OutqSeq: e.GetOutqSeq(), Inq: st.Inq, Outq: st.Outq, Unsent: e.GetUnsqLen(),
-		MSS: e.GetMssClamp(), Options: e.GetOptMask(), Timestamp: e.GetTimestamp()}
+		MSS: e.GetMssClamp(), Options: e.GetOptMask(), Timestamp: e.GetTimestamp(), State: s.State}
 	if uint32(len(st.Inq)) != e.GetInqLen() || uint32(len(st.Outq)) != e.GetOutqLen() {
 		return nil, bad("queues of %d and %d bytes, the entry says inq_len %d, outq_len %d", len(st.Inq), len(st.Outq), e.GetInqLen(), e.GetOutqLen())
 	}
@@ -213,11 +223,12 @@ func setupTCPConnection(fd int, f *File) error {
 		return err
 	}
 	// The kernel moves a queue's sequence number on by what is written
-	// into it: each starts where its first byte was.
-	if err := setQueueSeq(fd, tcpRecvQueue, c.InqSeq-uint32(len(c.Inq))); err != nil {
+	// into it: each starts where its first byte was (before any FIN,
+	// tcphalf.go).
+	if err := setQueueSeq(fd, tcpRecvQueue, c.rcvStart()); err != nil {
 		return err
 	}
-	if err := setQueueSeq(fd, tcpSendQueue, c.OutqSeq-uint32(len(c.Outq))); err != nil {
+	if err := setQueueSeq(fd, tcpSendQueue, c.sndStart()); err != nil {
 		return err
 	}
 	// The MSS the kernel uses (mss_cache) is worked out at connect from
@@ -242,7 +253,10 @@ func setupTCPConnection(fd int, f *File) error {
 	if err := restoreTCPQueues(fd, c); err != nil {
 		return err
 	}
-	if w := c.Window; w != nil {
+	if err := queueOwnFIN(fd, c); err != nil { // tcphalf.go
+		return err
+	}
+	if w := c.firstWindow(); w != nil {
 		if err := setsockoptBytes(fd, unix.SOL_TCP, unix.TCP_REPAIR_WINDOW, unsafe.Slice((*byte)(unsafe.Pointer(w)), unsafe.Sizeof(*w))); err != nil {
 			return os.NewSyscallError(fmt.Sprintf("setsockopt(TCP_REPAIR_WINDOW, %+v)", *w), err)
 		}
@@ -260,8 +274,9 @@ func setupTCPConnection(fd int, f *File) error {
 	if err := applyTCPOpts(fd, s); err != nil {
 		return err
 	}
-	if s.Shutdown == syscall.SHUT_RD {
-		if err := unix.Shutdown(fd, s.Shutdown); err != nil {
+	if s.Shutdown == syscall.SHUT_RD || s.Shutdown == syscall.SHUT_RDWR {
+		// SHUT_WR is the FIN's (tcphalf.go)
+		if err := unix.Shutdown(fd, syscall.SHUT_RD); err != nil {
 			return os.NewSyscallError("shutdown(SHUT_RD)", err)
 		}
 	}

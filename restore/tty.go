@@ -36,6 +36,8 @@ type TTY struct {
 	// Inherit: a slave whose master is outside the tree, the shell's
 	// terminal, restored as crest's own (ShellJob.Terminal).
 	Inherit bool
+	// Pair: an end of a pty whose master is in the tree (pty.go).
+	Pair *PTYPair
 }
 
 // ShellJob is a tree dumped with --shell-job: a job started from a shell
@@ -163,7 +165,9 @@ func (p *Plan) ttyFile(t *Task, id uint32, fe *fdinfo.FileEntry) (*File, error) 
 			sj.Terminal, sj.Holder = f, t
 		}
 	default:
-		return nil, bad("tty-info.img", "%s: ptys with both ends in the tree are not restored yet", end)
+		if err := p.pairFile(t, f); err != nil { // pty.go
+			return nil, err
+		}
 	}
 	p.Files[id] = f
 	return f, nil
@@ -232,7 +236,7 @@ func (p *Plan) checkShellJob() error {
 // its stdin).
 func openTTY(f *File) (int, error) {
 	if !f.TTY.Inherit {
-		return -1, fmt.Errorf("%s: ptys with both ends in the tree are not restored yet", f.Path)
+		return -1, fmt.Errorf("%s: not the shell's terminal", f.Path)
 	}
 	if _, err := unix.IoctlGetTermios(0, unix.TCGETS); err != nil {
 		return -1, fmt.Errorf("%s was the shell's terminal at the dump, and a shell job is restored on crest's, its stdin's: "+

@@ -37,25 +37,31 @@ When the tree is killed the sockets close in repair mode, silently, so
 that a restore takes the connections over; with --leave-running or -s
 repair mode is switched off again and they go on. crest sets no network
 lock (CRIU's iptables or nftables rules): when it kills the tree, every
-connection's peer must be in the tree too.
+connection's peer must be in the tree too. Half-closed connections
+(FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING) are dumped the
+same way, with their state, their shutdown bits and their FINs counted
+in the sequence numbers (not in the queues), as CRIU counts them.
 
 With --shell-job, a job started from an interactive shell is dumped as
 criu dump --shell-job does: its root's session (and group) may be the
 shell's, and its fds may be on the shell's terminal (a pty slave whose
 master is outside the tree), written with its termios, window size and
 foreground group to tty-info.img; restore --shell-job puts the job on
-its own terminal. Pty masters (/dev/ptmx) are not dumped yet.
+its own terminal. Ptys with both ends in the tree (a /dev/ptmx
+master and its slaves) are dumped as CRIU dumps them, with the data
+queued in each end (tty-data.img), which the tree keeps.
 
 State crest cannot restore fails the dump with a message naming the task
 and the resource: established TCP connections without --tcp-established,
-half-closed ones (FIN_WAIT, CLOSE_WAIT ...), unix sockets connected
+connects in progress (SYN_SENT), unix sockets connected
 outside the tree, connections not accepted yet, netlink and packet
-sockets, pty masters and terminals other than ptys (consoles, /dev/tty
+sockets, pty masters whose slave's session leader is outside the tree,
+terminals other than ptys (consoles, /dev/tty
 ...), inotify watches on files that cannot be found again (deleted, or
 mounted over), fanotify and other anonymous-inode files (semaphore
 eventfds too, and epolls watching fds closed since), named FIFOs,
-deleted files, file locks, mappings of SysV shared memory (segments are
-dumped, not attached ones), private mappings of memfds, seccomp filters
+deleted files, file locks, SysV segments attached in the host's IPC
+namespace (as CRIU), private mappings of memfds, seccomp filters
 that notify a user-space listener, POSIX timers, session or group
 leaders outside the tree (but the shell's, with --shell-job), net,
 mount, user and cgroup namespaces, and tasks in pid, time, UTS or IPC
@@ -67,8 +73,9 @@ memory, seccomp (strict mode, filters), stopped tasks and zombies
 (children not waited for yet) are dumped, and so are the root's own UTS
 and IPC namespaces as CRIU 4.2 writes them: utsns-ID.img (hostname,
 domain name), ipcns-var-ID.img (IPC sysctls) and the SysV segments
-(contents in pagemap-shmem-SHMID.img), semaphore sets and message
-queues, read without changing them.
+(contents in pagemap-shmem-SHMID.img, not in the pages of the tasks
+that have them attached), semaphore sets and message queues, read
+without changing them.
 
 --trace sends the dump's spans where restore's go: a stage span each for
 freeze, collect, dump tasks, memfds, write images and release, with a span

@@ -32,7 +32,12 @@ sockets, established TCP connections with --tcp-established (IPv4 and
 IPv6, as CRIU: each socket made anew in repair mode with its sequence
 numbers, queued data, window, MSS, window scales, options and timestamp
 clock, and let out of repair mode once the tree is restored, before it
-runs; without the flag an image set with one is refused), files' owners
+runs; without the flag an image set with one is refused), half-closed
+connections too (FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING;
+as CRIU: made ESTABLISHED in repair mode, then brought to their state
+by their own FIN, queued with shutdown(2), and the peer's FIN or ACK,
+sent from the peer's address through a raw socket; those that need the
+peer's need both ends on loopback and in the images), files' owners
 for SIGIO (F_SETOWN), signal handlers, pending signals, interval and
 POSIX timers, seccomp (strict mode and filters, each thread's in their
 order), personality, child subreaper, oom_score_adj (when it can be set:
@@ -43,7 +48,9 @@ whose clocks go on from those of the dump), UTS and IPC namespaces of
 the tree's own (as CRIU: the root is born in new ones, filled before any
 task forks with the hostname and domain name, the IPC sysctls, and the
 SysV shared memory segments, semaphore sets and message queues, each
-with its id, key, mode, owner and content), and stopped tasks (stopped
+with its id, key, mode, owner and content, then attached again by each
+task that had one attached, at its address, read-only where it was),
+and stopped tasks (stopped
 again by their own signal; a task that does not stop fails the
 restore).
 Without -d crest stays the parent of the restored root and exits with its
@@ -61,13 +68,27 @@ owner of the dump, and the job in that terminal's foreground, so that it
 reads what is typed there and gets its ^C and ^Z. Without the flag such
 an image set is refused.
 
+Connections that criu dump --tcp-established left behind its network
+lock (--network-lock iptables, the default, or nftables: the inventory
+says which) are let out of it as criu restore lets them, once the tree
+is restored and before they leave repair mode: the INPUT and OUTPUT
+DROP rules of each connection are deleted with iptables or ip6tables,
+or CRIU's "inet CRIU-..." table with nft. A rule or table that is no
+longer there is passed over; if the tool is missing or fails, a warning
+names each connection that may stay blocked and the command to run by
+hand, and the restore goes on. crest dump sets no lock.
+
+Ptys with both ends in the tree (a /dev/ptmx master and its slaves)
+come back with their number (refused if it is taken), termios, window
+size, packet mode, lock and queued data; a session leader gets its
+slave back as its controlling terminal, with its foreground group.
+
 Not restored yet: SCHED_DEADLINE, net, mount, user and cgroup
 namespaces, tasks in UTS or IPC namespaces other than the root's,
-half-closed TCP connections (FIN_WAIT, CLOSE_WAIT ...), other special
-files (fanotify, ptys with both ends in the tree, consoles ...), inotify
-events queued at the dump (CRIU does not keep them either), tasks'
-mappings of SysV shared memory (the segments themselves are restored),
-hugetlb memfds, and capabilities crest itself does not have. Image sets
+TCP connections in SYN_SENT (a connect in progress), other special
+files (fanotify, consoles ...), inotify
+events queued at the dump (CRIU does not keep them either), SysV
+attachments with a part unmapped or moved (as CRIU), hugetlb memfds, and capabilities crest itself does not have. Image sets
 that need them are refused with an error naming the task and the image
 (at planning) or the stage and step (during the restore).`,
 		setup: func(fs *pflag.FlagSet) runFunc {

@@ -7,7 +7,7 @@ package agent
 // Plan file constants.
 const (
 	PlanMagic   = 0x4e414c5054534552 // "RESTPLAN"
-	PlanVersion = 12
+	PlanVersion = 13
 
 	PlanFD        = 3 // the launcher's fd of the plan memfd
 	SharedFD      = 4 // the launcher's fd of the shared area memfd
@@ -103,6 +103,7 @@ const (
 	VMAVDSO        = 4
 	VMAVVAR        = 5
 	VMAVsyscall    = 6
+	VMASysVShm     = 7
 )
 
 // Plan is struct crest_plan, the head of the plan memfd.
@@ -185,6 +186,13 @@ type Task struct {
 	Subreaper    uint32    `c:"child_subreaper"`
 	NrEpollAdds  uint32    `c:"nr_epoll_adds"`
 	EpollAddsOff uint32    `c:"epoll_adds_off"`
+	// a session leader's controlling terminal, a pty slave (pty.c):
+	// the local fd it takes CTTYEngineFD to (0: none), the foreground
+	// group
+	CTTYFD       int32  `c:"ctty_fd"`
+	CTTYEngineFD int32  `c:"ctty_engine_fd"`
+	CTTYPgrp     int32  `c:"ctty_pgrp"`
+	CTTYPad      uint32 `c:"ctty_pad"`
 }
 
 // EpollAdd is struct crest_epoll_add.

@@ -66,7 +66,7 @@ var cConsts = map[string]int64{
 	"CREST_GROUP_INHERIT": GroupInherit, "CREST_GROUP_LEAD": GroupLead, "CREST_GROUP_JOIN": GroupJoin,
 	"CREST_VMA_ANON_PRIVATE": VMAAnonPrivate, "CREST_VMA_FILE_PRIVATE": VMAFilePrivate,
 	"CREST_VMA_FILE_SHARED": VMAFileShared, "CREST_VMA_VDSO": VMAVDSO, "CREST_VMA_VVAR": VMAVVAR,
-	"CREST_VMA_VSYSCALL": VMAVsyscall,
+	"CREST_VMA_VSYSCALL": VMAVsyscall, "CREST_VMA_SYSV_SHM": VMASysVShm,
 }
 
 // readSources opens every C source, so that go test's cache, which

@@ -238,6 +238,10 @@ func readMaps(pid int) ([]string, error) {
 		}
 		lo, hi, _ := strings.Cut(f[0], "-")
 		l := line{perms: f[1], name: strings.Join(f[5:], " ")}
+		if strings.HasPrefix(l.name, "/SYSV") {
+			// a SysV segment: the images name it by its id, the inode
+			l.name = "SYSV shmid " + f[4]
+		}
 		l.start, _ = strconv.ParseUint(lo, 16, 64)
 		l.end, _ = strconv.ParseUint(hi, 16, 64)
 		if n := len(ls); l.name == "[vvar_vclock]" && n > 0 && ls[n-1].name == "[vvar]" && ls[n-1].end == l.start {

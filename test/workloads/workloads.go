@@ -107,6 +107,10 @@ var Programs = map[string]Program{
 	// loopback) between its init and its child, with data queued both
 	// ways, unsent data too, checked byte by byte every tick.
 	"tcpest": {Name: "tcpest", Flags: []string{"-static", "-O2"}},
+	// tcphalf has half-closed TCP connections over loopback between
+	// its init and its child: FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT,
+	// LAST_ACK and CLOSING, each end checking its state every tick.
+	"tcphalf": {Name: "tcphalf", Flags: []string{"-static", "-O2"}},
 	// unixsk has unix stream, datagram and seqpacket sockets, paired,
 	// listening, accepted, bound to paths and abstract names, with data
 	// queued in each.
@@ -130,6 +134,10 @@ var Programs = map[string]Program{
 	// job control does (dump/tty_test.go).
 	"ttyjob":   {Name: "ttyjob", Flags: []string{"-static", "-O2"}},
 	"ttyshell": {Name: "ttyshell", Flags: []string{"-static", "-O2"}},
+	// ptypair runs a child on a pty whose both ends are in the tree:
+	// the child's controlling terminal, a foreground group, packet mode,
+	// a locked pty, data queued both ways, all checked every tick.
+	"ptypair": {Name: "ptypair", Flags: []string{"-static", "-O2"}},
 }
 
 // Build compiles the workload name (or the C file src with flags, see

@@ -86,6 +86,8 @@ __attribute__((noreturn)) void end_task(const struct crest_task *t);
 
 /* files.c */
 int take_files(const struct crest_task *t);
+int take_ctty(const struct crest_task *t);	/* pty.c */
+int set_foreground(const struct crest_task *t);
 int install_fds(const struct crest_task *t);
 int restore_fs(const struct crest_task *t);
 
@@ -97,6 +99,9 @@ int restore_timers(struct crest_slot *slot, const struct crest_task *t);
 
 /* mem.c */
 __attribute__((noreturn)) void restore_memory(const struct crest_task *t);
+
+/* sysvshm.c */
+int attach_sysv_shm(const struct crest_task *t);
 
 /* restorer.c */
 __attribute__((noreturn)) void restorer_main(const struct crest_task *t);

@@ -153,6 +153,9 @@ __attribute__((noreturn)) void task_main(const struct crest_task *t)
 	ret = restore_session(t);
 	if (ret < 0)
 		task_fail(agent.slot->step, ret);
+	ret = take_ctty(t);
+	if (ret < 0)
+		task_fail(CREST_STEP_FILES, ret);
 	ret = fork_children(t);
 	if (ret < 0)
 		task_fail(CREST_STEP_FORK, ret);
@@ -161,6 +164,9 @@ __attribute__((noreturn)) void task_main(const struct crest_task *t)
 	ret = join_group(t);
 	if (ret < 0)
 		task_fail(CREST_STEP_JOIN_PGID, ret);
+	ret = set_foreground(t);
+	if (ret < 0)
+		task_fail(CREST_STEP_FILES, ret);
 	/* zombies and helpers have nothing more to restore (exit.c) */
 	if (t->kind != CREST_TASK_ALIVE)
 		end_task(t);

@@ -280,6 +280,8 @@ int restore_vmas(const struct crest_task *t)
 	if (ret == 0)
 		ret = map_vmas(t);
 	if (ret == 0)
+		ret = attach_sysv_shm(t);
+	if (ret == 0)
 		ret = fill_pages(t);
 	if (ret == 0)
 		ret = map_vdso(t);

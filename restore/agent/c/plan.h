@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #define CREST_PLAN_MAGIC 0x4e414c5054534552ULL /* "RESTPLAN" */
-#define CREST_PLAN_VERSION 12
+#define CREST_PLAN_VERSION 13
 
 /* fds of the launcher as the engine starts it */
 #define CREST_PLAN_FD 3
@@ -122,6 +122,12 @@
 #define CREST_VMA_VDSO 4
 #define CREST_VMA_VVAR 5
 #define CREST_VMA_VSYSCALL 6
+/*
+ * A SysV shared memory segment's mapping (sysvshm.c): src_fd is the
+ * segment's id on the VMA that attaches it, -1 on the next ones of the
+ * same attachment, and flags are the shmat(2) flags.
+ */
+#define CREST_VMA_SYSV_SHM 7
 
 struct crest_plan {
 	uint64_t magic;
@@ -246,6 +252,17 @@ struct crest_task {
 	uint32_t child_subreaper; /* PR_SET_CHILD_SUBREAPER */
 	uint32_t nr_epoll_adds;
 	uint32_t epoll_adds_off; /* struct crest_epoll_add[nr_epoll_adds], once the fds are in place */
+	/*
+	 * A session leader whose controlling terminal was a pty slave of the
+	 * tree (pty.c): ctty_fd, the local fd it takes the engine's
+	 * ctty_engine_fd (the slave) to, before forking its children, and
+	 * ctty_pgrp the terminal's foreground group, set once FORKING is
+	 * over. ctty_fd 0: none.
+	 */
+	int32_t ctty_fd;
+	int32_t ctty_engine_fd;
+	int32_t ctty_pgrp;
+	uint32_t ctty_pad;
 };
 
 /* One item of an epoll, added by the task that holds the epoll and its target. */
@@ -292,9 +309,9 @@ struct crest_vma {
 	uint64_t pgoff;
 	uint64_t madv;
 	uint32_t prot;
-	uint32_t flags;		/* mmap(2) flags */
+	uint32_t flags;		/* mmap(2) flags (shmat(2) flags for CREST_VMA_SYSV_SHM) */
 	uint32_t kind;		/* CREST_VMA_* */
-	int32_t src_fd;		/* local fd of the mapped file, -1 for anonymous memory */
+	int32_t src_fd;		/* local fd of the mapped file, -1 for anonymous memory (the shm id for CREST_VMA_SYSV_SHM) */
 };
 
 /* Pages to fill: nr_pages pages at vaddr from offset in a pages file. */

@@ -14,20 +14,31 @@
  *   message queue 5 (key NSU3, mode 0620, owner 1004:1005) holding five
  *   messages: types 1 2 1 3 4, the fourth 300 bytes, the last empty.
  *
- * Every 10 ms it checks all of it but the segments' contents (the ids,
- * keys, modes, owners and sizes, the semaphore values, the messages in
- * order through MSG_COPY, the sysctls, the names), and appends "nsuts N"
- * to out-nsuts.log, or a CORRUPT line saying what differs, and exits 3. The
- * contents are checked when a file "check-shm" appears (attaching them
- * every tick would let a checkpoint find them mapped): it attaches both
- * segments read-only, compares, detaches, appends "shm ok N" or CORRUPT
- * to out-shm.log and removes the file.
+ * Segment 7 stays attached the whole time, twice: read-write (its third
+ * page then made read-only with mprotect, so that the attachment is three
+ * mappings) and read-only, each where the kernel put it; a checkpoint
+ * must bring both back at their addresses.
+ *
+ * Every 10 ms it checks all of it (the ids, keys, modes, owners and
+ * sizes, the semaphore values, the messages in order through MSG_COPY,
+ * the sysctls, the names, and segment 7's written bytes through both
+ * mappings), and appends "nsuts N" to out-nsuts.log, or a CORRUPT line
+ * saying what differs, and exits 3. Page 1 of segment 7 is left out of
+ * the tick's check (reading it would give the segment that page), and so
+ * is the private segment, which stays detached: they are checked when a
+ * file "check-shm" appears: it attaches both segments read-only,
+ * compares, detaches, appends "shm ok N" or CORRUPT to out-shm.log and
+ * removes the file. When a file "write-shm" appears it writes byte
+ * POKE_OFF of segment 7 through its read-write mapping (what every check
+ * expects from then on), appends "shm written N" to out-shm.log and
+ * removes the file.
  *
  * build: gcc -static -O2 -o nsuts nsuts.c
  */
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <sys/ipc.h>
+#include <sys/mman.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
@@ -70,6 +81,13 @@ static struct {
 };
 
 static int shm_a, shm_b, sem, msq;
+/* segment 7 attached read-write and read-only; poked: write-shm was done */
+static unsigned char *a_rw;
+static const unsigned char *a_ro;
+static int poked;
+
+#define POKE_OFF 10
+#define POKE_VAL 0x5a
 static int log_fd;
 static char line[512];
 
@@ -120,6 +138,14 @@ static int written(int seg, size_t off)
 	if (seg == 0)
 		return off < PAGE || off >= 2 * PAGE;
 	return off < PAGE;
+}
+
+/* what byte off of segment seg must hold */
+static unsigned char want_byte(int seg, size_t off)
+{
+	if (seg == 0 && poked && off == POKE_OFF)
+		return POKE_VAL;
+	return written(seg, off) ? pattern(seg, off) : 0;
 }
 
 static int shm_perm(int id, struct ipc_perm *p, int cmd)
@@ -215,13 +241,17 @@ static void setup(void)
 	shm_b = shmget(IPC_PRIVATE, SHM_B_SIZE, IPC_CREAT | 0600);
 	if (shm_b < 0)
 		corrupt("shmget private");
-	p = shmat(shm_a, NULL, 0);
-	if (p == (void *)-1)
+	a_rw = shmat(shm_a, NULL, 0);
+	if (a_rw == (void *)-1)
 		corrupt("shmat NSU1");
 	for (size_t off = 0; off < SHM_A_SIZE; off++)
 		if (written(0, off))
-			p[off] = pattern(0, off);
-	shmdt(p);
+			a_rw[off] = pattern(0, off);
+	if (mprotect(a_rw + 2 * PAGE, PAGE, PROT_READ))
+		corrupt("mprotect NSU1");
+	a_ro = shmat(shm_a, NULL, SHM_RDONLY);
+	if (a_ro == (void *)-1)
+		corrupt("shmat NSU1 read-only");
 	p = shmat(shm_b, NULL, 0);
 	if (p == (void *)-1)
 		corrupt("shmat private");
@@ -307,6 +337,36 @@ static void check(void)
 	}
 }
 
+/* segment 7's bytes but page 1 through both its mappings */
+static void check_mapped(void)
+{
+	const unsigned char *maps[2] = { a_rw, a_ro };
+	const char *names[2] = { "read-write", "read-only" };
+
+	for (int m = 0; m < 2; m++)
+		for (size_t off = 0; off < SHM_A_SIZE; off++) {
+			if (off == PAGE)
+				off = 2 * PAGE;
+			if (maps[m][off] != want_byte(0, off)) {
+				snprintf(line, sizeof line, "shm %d at %zu: %#x, want %#x (%s mapping at %p)", shm_a, off,
+					 maps[m][off], want_byte(0, off), names[m], (void *)maps[m]);
+				corrupt(line);
+			}
+		}
+}
+
+static void write_shm(unsigned long n)
+{
+	int fd = open_log("shm");
+
+	a_rw[POKE_OFF] = POKE_VAL;
+	poked = 1;
+	snprintf(line, sizeof line, "shm written %lu\n", n);
+	say(fd, line);
+	close(fd);
+	unlink("write-shm");
+}
+
 static void check_shm(unsigned long n)
 {
 	const int ids[2] = { shm_a, shm_b };
@@ -319,7 +379,7 @@ static void check_shm(unsigned long n)
 		if (p == (void *)-1)
 			corrupt("shmat");
 		for (size_t off = 0; off < sizes[seg]; off++) {
-			unsigned char want = written(seg, off) ? pattern(seg, off) : 0;
+			unsigned char want = want_byte(seg, off);
 
 			if (p[off] != want) {
 				snprintf(line, sizeof line, "CORRUPT shm %d at %zu: %#x, want %#x\n", ids[seg], off,
@@ -344,6 +404,9 @@ int main(void)
 	setup();
 	for (unsigned long n = 1;; n++) {
 		check();
+		check_mapped();
+		if (access("write-shm", F_OK) == 0)
+			write_shm(n);
 		if (access("check-shm", F_OK) == 0)
 			check_shm(n);
 		snprintf(line, sizeof line, "nsuts %lu\n", n);

@@ -1,0 +1,320 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/tty"
+
+	"github.com/crest-restore/crest/dump"
+	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/test/check"
+	"github.com/crest-restore/crest/test/cli"
+	"github.com/crest-restore/crest/test/workloads"
+)
+
+var ptypairLogs = map[string]check.Next{"out-parent.log": check.Counter, "out-child.log": check.Counter, "out-fg.log": check.Counter}
+
+// ptypairImages dumps ptypair with crest's dump (which kills it).
+func ptypairImages(t *testing.T) (*workloads.Process, string) {
+	t.Helper()
+	needRoot(t)
+	cli.Subreaper(t)
+	p := workloads.Start(t, "ptypair")
+	for l := range ptypairLogs {
+		waitLogLines(t, p, l, 5)
+	}
+	imgs := filepath.Join(t.TempDir(), "images")
+	if _, err := dump.Dump(context.Background(), dump.Options{Pid: p.Pid, Dir: imgs}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := syscall.Wait4(p.Pid, nil, syscall.WALL, nil); err != syscall.EINTR {
+			break
+		}
+	}
+	if !workloads.WaitGone(p.Pid, 10*time.Second) {
+		t.Fatalf("the dumped tree of %d still exists", p.Pid)
+	}
+	return p, imgs
+}
+
+func ptypairPlan(t *testing.T, imgs string) *Plan {
+	t.Helper()
+	d, err := images.Open(imgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPlan(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestRestorePTYPair restores ptypair from crest's images: the plan has
+// one pair, the master held by the init, the slave the controlling
+// terminal of the child, the grandchild's group in the foreground, data
+// queued both ways; the restored tree has the same pty number (fdinfo's
+// tty-index), the child has it as its terminal with the grandchild in
+// the foreground (/proc stat), and the workload, which checks termios,
+// window size, session, foreground group, packet mode, lock and the
+// sequence of the queued messages every tick, runs on.
+func TestRestorePTYPair(t *testing.T) {
+	p, imgs := ptypairImages(t)
+	before := map[string][]byte{}
+	for l := range ptypairLogs {
+		b, err := os.ReadFile(filepath.Join(p.Dir, l))
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[l] = b
+	}
+	plan := ptypairPlan(t, imgs)
+	if len(plan.PTYs) != 1 {
+		t.Fatalf("%d pty pairs planned, want 1", len(plan.PTYs))
+	}
+	var pp *PTYPair
+	for _, v := range plan.PTYs {
+		pp = v
+	}
+	root := plan.Root()
+	if pp.Holder != root || pp.Master == nil || len(pp.Slaves) == 0 || pp.Leader == nil || pp.Leader.Parent != root {
+		t.Fatalf("pair %+v: want the master held by the init, slaves, and the init's child as the leader", pp)
+	}
+	if !pp.MasterInfo.GetLocked() || !pp.MasterInfo.GetPacketMode() {
+		t.Errorf("master: locked %v, packet mode %v; want both", pp.MasterInfo.GetLocked(), pp.MasterInfo.GetPacketMode())
+	}
+	if len(pp.ToMaster) == 0 || len(pp.ToSlave) == 0 || len(pp.ToMaster)%16 != 0 || len(pp.ToSlave)%16 != 0 {
+		t.Errorf("queued data: %q to the master, %q to the slave; want whole messages both ways", pp.ToMaster, pp.ToSlave)
+	}
+	fg := pp.Leader.CTTY.Pgrp
+	if fg == 0 || fg == pp.Leader.PID {
+		t.Errorf("foreground group %d, want the grandchild's", fg)
+	}
+
+	r, err := Start(context.Background(), plan, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := r.RootPID()
+	r.Detach()
+	defer killTree(t, host)
+	if got := ptyFdinfoField(t, host, masterFD(t, root, pp), "tty-index"); got != strconv.Itoa(pp.Index) {
+		t.Errorf("the restored master is pty %s, want %d", got, pp.Index)
+	}
+	leader := r.HostPID(pp.Leader.PID)
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", leader))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+2:]))
+	ttyNr, _ := strconv.Atoi(f[4])
+	tpgid, _ := strconv.Atoi(f[5])
+	if maj, min := (ttyNr>>8)&0xfff, (ttyNr&0xff)|((ttyNr>>12)&0xfff00); maj != 136+pp.Index/256 || min != pp.Index%256 {
+		t.Errorf("the leader's controlling terminal is %d:%d, want /dev/pts/%d", maj, min, pp.Index)
+	}
+	if tpgid != r.HostPID(fg) {
+		t.Errorf("the terminal's foreground group is %d, want %d (group %d of the images)", tpgid, r.HostPID(fg), fg)
+	}
+	check.Logs(t, p.Dir, before, ptypairLogs, 2*time.Second)
+}
+
+func masterFD(t *testing.T, task *Task, pp *PTYPair) int {
+	t.Helper()
+	for _, fd := range task.FDs {
+		if fd.File == pp.Master {
+			return fd.FD
+		}
+	}
+	t.Fatalf("task %d holds no fd of the master", task.PID)
+	return -1
+}
+
+func ptyFdinfoField(t *testing.T, pid, fd int, key string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && k == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// TestRestorePTYIndexTaken: the pty number of the images is held by the
+// test, so the restore fails naming the task, the file, /dev/ptmx and the
+// index, and leaves no process, no fd and no pty behind.
+func TestRestorePTYIndexTaken(t *testing.T) {
+	_, imgs := ptypairImages(t)
+	plan := ptypairPlan(t, imgs)
+	var pp *PTYPair
+	for _, v := range plan.PTYs {
+		pp = v
+	}
+	held := holdPTY(t, pp.Index)
+	defer unix.Close(held)
+	ptsBefore, fdsBefore := dirNames(t, "/dev/pts"), dirNames(t, "/proc/self/fd")
+	_, err := Start(context.Background(), plan, Options{})
+	if err == nil {
+		t.Fatal("the restore succeeded with its pty number taken")
+	}
+	for _, w := range []string{fmt.Sprintf("task %d", pp.Holder.PID), fmt.Sprintf("file %d", pp.Master.ID),
+		"/dev/ptmx", fmt.Sprintf("pty index %d is taken", pp.Index), fmt.Sprintf("fd %d", masterFD(t, pp.Holder, pp))} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("%q does not say %q", err, w)
+		}
+	}
+	if now := dirNames(t, "/dev/pts"); now != ptsBefore {
+		t.Errorf("ptys after the failed restore: %s, before: %s", now, ptsBefore)
+	}
+	if now := dirNames(t, "/proc/self/fd"); now != fdsBefore {
+		t.Errorf("the test's fds after the failed restore: %s, before: %s", now, fdsBefore)
+	}
+	if pids := commPIDs(t, "ptypair"); len(pids) > 0 {
+		t.Errorf("ptypair processes after the failed restore: %v", pids)
+	}
+}
+
+// holdPTY opens /dev/ptmx until it makes pty index, and closes the
+// others.
+func holdPTY(t *testing.T, index int) int {
+	t.Helper()
+	var others []int
+	defer func() {
+		for _, fd := range others {
+			unix.Close(fd)
+		}
+	}()
+	for range 64 {
+		fd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := unix.IoctlGetUint32(fd, unix.TIOCGPTN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int(n) == index {
+			return fd
+		}
+		others = append(others, fd)
+	}
+	t.Fatalf("could not get pty %d", index)
+	return -1
+}
+
+func dirNames(t *testing.T, dir string) string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s []string
+	for _, e := range es {
+		s = append(s, e.Name())
+	}
+	return strings.Join(s, " ")
+}
+
+func commPIDs(t *testing.T, comm string) []int {
+	t.Helper()
+	es, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range es {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(b)) == comm {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// TestPlanPTYRefusals edits crest's images of ptypair into what can not
+// be restored; each is refused naming the image file, the entry or file,
+// and the task.
+func TestPlanPTYRefusals(t *testing.T) {
+	_, imgs := ptypairImages(t)
+	plan := ptypairPlan(t, imgs)
+	var pp *PTYPair
+	for _, v := range plan.PTYs {
+		pp = v
+	}
+	master := ttyInfoID(pp.Index, true)
+	for _, tc := range []struct {
+		name string
+		edit func(dir string)
+		want []string
+	}{
+		{"session leader outside", func(dir string) {
+			editTTYInfo(t, dir, master, func(e *tty.TtyInfoEntry) { e.Sid = proto.Uint32(77) })
+		}, []string{"tty-info.img", fmt.Sprintf("task %d", pp.Holder.PID), fmt.Sprintf("file %d", pp.Master.ID), "session 77"}},
+		{"foreground group outside", func(dir string) {
+			editTTYInfo(t, dir, master, func(e *tty.TtyInfoEntry) { e.Pgrp = proto.Uint32(77) })
+		}, []string{"tty-info.img", fmt.Sprintf("task %d", pp.Holder.PID), "foreground group 77"}},
+		{"queued data of no pair", func(dir string) {
+			path := filepath.Join(dir, "tty-data.img")
+			img, err := images.ReadKindFile(path, images.KindTTYData)
+			if err != nil {
+				t.Fatal(err)
+			}
+			img.Entries[0].Message.(*tty.TtyDataEntry).TtyId = proto.Uint32(uint32(pp.Index+5) << 1)
+			if err := images.WriteFile(path, img); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"tty-data.img", "entry 0", fmt.Sprintf("terminal %d", (pp.Index+5)<<1)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := copyDir(t, imgs)
+			tc.edit(dir)
+			d, err := images.Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = NewPlan(d)
+			var pe *PlanError
+			if !errors.As(err, &pe) {
+				t.Fatalf("planning: %v, want a PlanError", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("%q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func editTTYInfo(t *testing.T, dir string, id uint32, edit func(*tty.TtyInfoEntry)) {
+	t.Helper()
+	path := filepath.Join(dir, "tty-info.img")
+	img, err := images.ReadKindFile(path, images.KindTTYInfo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range img.Entries {
+		if m := e.Message.(*tty.TtyInfoEntry); m.GetId() == id {
+			edit(m)
+		}
+	}
+	if err := images.WriteFile(path, img); err != nil {
+		t.Fatal(err)
+	}
+}
