@@ -1,12 +1,10 @@
 package dump
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -21,9 +19,9 @@ import (
 	ipc_sem "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-sem"
 	ipc_shm "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-shm"
 	ipc_var "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-var"
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/internal/sysvipc"
 )
 
 // writeIPC writes the images of the IPC namespace the calling thread is
@@ -181,33 +179,6 @@ const (
 	hugetlbfsMagic = 0x958458f6
 )
 
-// The kernel's semid64_ds and msqid64_ds on x86-64.
-type semidDS struct {
-	Perm  unix.SysvIpcPerm
-	Otime int64
-	_     uint64
-	Ctime int64
-	_     uint64
-	Nsems uint64
-	_     [2]uint64
-}
-
-type msqidDS struct {
-	Perm                 unix.SysvIpcPerm
-	Stime, Rtime, Ctime  int64
-	Cbytes, Qnum, Qbytes uint64
-	Lspid, Lrpid         int32
-	_                    [2]uint64
-}
-
-func sysvCall(name string, trap, a1, a2, a3, a4, a5 uintptr) (int, error) {
-	r, _, errno := unix.Syscall6(trap, a1, a2, a3, a4, a5, 0)
-	if errno != 0 {
-		return -1, os.NewSyscallError(name, errno)
-	}
-	return int(r), nil
-}
-
 func ipcDesc(id int, p *unix.SysvIpcPerm) *ipc_desc.IpcDescEntry {
 	return &ipc_desc.IpcDescEntry{Key: proto.Uint32(uint32(p.Key)), Uid: proto.Uint32(p.Uid), Gid: proto.Uint32(p.Gid),
 		Cuid: proto.Uint32(p.Cuid), Cgid: proto.Uint32(p.Cgid), Mode: proto.Uint32(p.Mode), Id: proto.Uint32(uint32(id))}
@@ -240,13 +211,13 @@ func eachIndex(kind string, maxIndex, inUse int, stat func(i int) (int, error), 
 
 func (d *dumper) dumpShm(out *[]images.Entry) error {
 	var info [64]int32 // struct shm_info: used_ids first
-	maxIndex, err := sysvCall("shmctl(SHM_INFO)", unix.SYS_SHMCTL, 0, shmInfo, uintptr(unsafe.Pointer(&info)), 0, 0)
+	maxIndex, err := sysvipc.Call("shmctl(SHM_INFO)", unix.SYS_SHMCTL, 0, shmInfo, uintptr(unsafe.Pointer(&info)), 0, 0)
 	if err != nil {
 		return err
 	}
 	var ds unix.SysvShmDesc
 	return eachIndex("shm", maxIndex, int(info[0]), func(i int) (int, error) {
-		return sysvCall("shmctl(SHM_STAT)", unix.SYS_SHMCTL, uintptr(i), shmStat, uintptr(unsafe.Pointer(&ds)), 0, 0)
+		return sysvipc.Call("shmctl(SHM_STAT)", unix.SYS_SHMCTL, uintptr(i), shmStat, uintptr(unsafe.Pointer(&ds)), 0, 0)
 	}, func(id int) error {
 		if ds.Perm.Mode&shmDest != 0 {
 			return &UnsupportedError{Task: d.tree.root.pid, Resource: "SysV shared memory", What: fmt.Sprintf("segment %d", id),
@@ -294,56 +265,12 @@ func (d *dumper) dumpShmPages(id int, size uint64, pagesID uint32) error {
 		return &UnsupportedError{Task: d.tree.root.pid, Resource: "SysV shared memory", What: fmt.Sprintf("segment %d", id),
 			Why: "hugetlb segments are not supported"}
 	}
-	pf, err := os.OpenFile(d.path(fmt.Sprintf("pages-%d.img", pagesID)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	defer pf.Close()
-	w := bufio.NewWriterSize(pf, 1<<20)
-	entries := []images.Entry{{Message: &pagemap.PagemapHead{PagesId: proto.Uint32(pagesID)}}}
-	fd := int(f.Fd())
-	for off := int64(0); off < int64(span); {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, syscall.ENXIO) {
-			break
-		}
-		if err != nil {
-			return os.NewSyscallError("lseek(SEEK_DATA)", err)
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return os.NewSyscallError("lseek(SEEK_HOLE)", err)
-		}
-		first := data &^ (images.PageSize - 1)
-		end := min((hole+images.PageSize-1)&^(images.PageSize-1), int64(span))
-		if end > first {
-			buf := make([]byte, end-first)
-			// past the segment's size the last page reads short: zeros
-			if _, err := f.ReadAt(buf, first); err != nil && err != io.EOF {
-				return err
-			}
-			if _, err := w.Write(buf); err != nil {
-				return err
-			}
-			n := uint64(end-first) / images.PageSize
-			entries = append(entries, images.Entry{Message: &pagemap.PagemapEntry{Vaddr: proto.Uint64(uint64(first)),
-				CompatNrPages: proto.Uint32(0), NrPages: proto.Uint64(n), Flags: proto.Uint32(images.PEPresent)}})
-			d.stats.shWritten += n
-		}
-		off = max(hole, end)
-	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	if err := pf.Close(); err != nil {
-		return err
-	}
-	return d.write(fmt.Sprintf("pagemap-shmem-%d.img", id), images.KindPagemap, entries...)
+	return d.dumpShmemPages(f, int64(size), pagesID, uint64(id))
 }
 
 func dumpMsg(out *[]images.Entry) error {
 	var info [16]int32 // struct msginfo: msgpool (queues in use) first
-	maxIndex, err := sysvCall("msgctl(MSG_INFO)", unix.SYS_MSGCTL, 0, msgInfo, uintptr(unsafe.Pointer(&info)), 0, 0)
+	maxIndex, err := sysvipc.Call("msgctl(MSG_INFO)", unix.SYS_MSGCTL, 0, msgInfo, uintptr(unsafe.Pointer(&info)), 0, 0)
 	if err != nil {
 		return err
 	}
@@ -352,15 +279,15 @@ func dumpMsg(out *[]images.Entry) error {
 		return err
 	}
 	buf := make([]byte, 8+msgmax[0])
-	var ds msqidDS
+	var ds sysvipc.MsqidDS
 	return eachIndex("msg", maxIndex, int(info[0]), func(i int) (int, error) {
-		return sysvCall("msgctl(MSG_STAT)", unix.SYS_MSGCTL, uintptr(i), msgStat, uintptr(unsafe.Pointer(&ds)), 0, 0)
+		return sysvipc.Call("msgctl(MSG_STAT)", unix.SYS_MSGCTL, uintptr(i), msgStat, uintptr(unsafe.Pointer(&ds)), 0, 0)
 	}, func(id int) error {
 		e := &ipc_msg.IpcMsgEntry{Desc: ipcDesc(id, &ds.Perm), Qbytes: proto.Uint32(uint32(ds.Qbytes)), Qnum: proto.Uint32(uint32(ds.Qnum))}
 		msgs := make([]images.IPCMessage, ds.Qnum)
 		for i := range msgs {
 			// MSG_COPY: msgtyp is the index of the message to copy
-			n, err := sysvCall("msgrcv(MSG_COPY)", unix.SYS_MSGRCV, uintptr(id), uintptr(unsafe.Pointer(&buf[0])),
+			n, err := sysvipc.Call("msgrcv(MSG_COPY)", unix.SYS_MSGRCV, uintptr(id), uintptr(unsafe.Pointer(&buf[0])),
 				uintptr(len(buf)-8), uintptr(i), unix.IPC_NOWAIT|msgCopy)
 			if err != nil {
 				return fmt.Errorf("queue %d (key %#x): message %d: %w", id, uint32(ds.Perm.Key), i, err)
@@ -378,17 +305,17 @@ func dumpMsg(out *[]images.Entry) error {
 
 func dumpSem(out *[]images.Entry) error {
 	var info [16]int32 // struct seminfo: semusz (sets in use) is the 8th
-	maxIndex, err := sysvCall("semctl(SEM_INFO)", unix.SYS_SEMCTL, 0, 0, semInfo, uintptr(unsafe.Pointer(&info)), 0)
+	maxIndex, err := sysvipc.Call("semctl(SEM_INFO)", unix.SYS_SEMCTL, 0, 0, semInfo, uintptr(unsafe.Pointer(&info)), 0)
 	if err != nil {
 		return err
 	}
-	var ds semidDS
+	var ds sysvipc.SemidDS
 	return eachIndex("sem", maxIndex, int(info[7]), func(i int) (int, error) {
-		return sysvCall("semctl(SEM_STAT)", unix.SYS_SEMCTL, uintptr(i), 0, semStat, uintptr(unsafe.Pointer(&ds)), 0)
+		return sysvipc.Call("semctl(SEM_STAT)", unix.SYS_SEMCTL, uintptr(i), 0, semStat, uintptr(unsafe.Pointer(&ds)), 0)
 	}, func(id int) error {
 		e := &ipc_sem.IpcSemEntry{Desc: ipcDesc(id, &ds.Perm), Nsems: proto.Uint32(uint32(ds.Nsems))}
 		values := make([]uint16, max(ds.Nsems, 1))
-		if _, err := sysvCall("semctl(GETALL)", unix.SYS_SEMCTL, uintptr(id), 0, semGetAll, uintptr(unsafe.Pointer(&values[0])), 0); err != nil {
+		if _, err := sysvipc.Call("semctl(GETALL)", unix.SYS_SEMCTL, uintptr(id), 0, semGetAll, uintptr(unsafe.Pointer(&values[0])), 0); err != nil {
 			return fmt.Errorf("semaphore set %d (key %#x): %w", id, uint32(ds.Perm.Key), err)
 		}
 		*out = append(*out, images.Entry{Message: e, Payload: images.EncodeIPCSemValues(values[:ds.Nsems])})

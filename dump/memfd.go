@@ -128,6 +128,14 @@ func (d *dumper) dumpMemfdPages(in *memfdInode, pagesID uint32) error {
 		return err
 	}
 	defer f.Close()
+	return d.dumpShmemPages(f, int64(in.entry.GetSize()), pagesID, uint64(in.entry.GetShmid()))
+}
+
+// dumpShmemPages writes the content of f, a shared memory file of size
+// bytes (a memfd, a SysV segment), into pages-PAGESID.img and
+// pagemap-shmem-SHMID.img, as CRIU does: whole pages, but none for the
+// holes of the file (SEEK_DATA, SEEK_HOLE), so that no hole gets a page.
+func (d *dumper) dumpShmemPages(f *os.File, size int64, pagesID uint32, shmid uint64) error {
 	pf, err := os.OpenFile(d.path(fmt.Sprintf("pages-%d.img", pagesID)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
@@ -135,9 +143,9 @@ func (d *dumper) dumpMemfdPages(in *memfdInode, pagesID uint32) error {
 	defer pf.Close()
 	w := bufio.NewWriterSize(pf, 1<<20)
 	entries := []images.Entry{{Message: &pagemap.PagemapHead{PagesId: proto.Uint32(pagesID)}}}
-	size := int64(in.entry.GetSize())
+	span := (size + images.PageSize - 1) &^ (images.PageSize - 1)
 	fd := int(f.Fd())
-	for off := int64(0); off < size; {
+	for off := int64(0); off < span; {
 		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
 		if errors.Is(err, syscall.ENXIO) {
 			break
@@ -150,9 +158,10 @@ func (d *dumper) dumpMemfdPages(in *memfdInode, pagesID uint32) error {
 			return os.NewSyscallError("lseek(SEEK_HOLE)", err)
 		}
 		start := data &^ (images.PageSize - 1)
-		end := min((hole+images.PageSize-1)&^(images.PageSize-1), (size+images.PageSize-1)&^(images.PageSize-1))
+		end := min((hole+images.PageSize-1)&^(images.PageSize-1), span)
 		if end > start {
 			buf := make([]byte, end-start)
+			// past the size the last page reads short: zeros
 			if _, err := f.ReadAt(buf, start); err != nil && err != io.EOF {
 				return err
 			}
@@ -172,5 +181,5 @@ func (d *dumper) dumpMemfdPages(in *memfdInode, pagesID uint32) error {
 	if err := pf.Close(); err != nil {
 		return err
 	}
-	return d.write(fmt.Sprintf("pagemap-shmem-%d.img", in.entry.GetShmid()), images.KindPagemap, entries...)
+	return d.write(fmt.Sprintf("pagemap-shmem-%d.img", shmid), images.KindPagemap, entries...)
 }

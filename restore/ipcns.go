@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/internal/sysvipc"
 )
 
 // IPCNamespace is what the tree's own IPC namespace held at the dump, as
@@ -376,68 +377,41 @@ func fillShm(s *SysVShm, mem []byte) error {
 	return nil
 }
 
-// The kernel's semid64_ds and msqid64_ds on x86-64.
-type semidDS struct {
-	Perm  unix.SysvIpcPerm
-	Otime int64
-	_     uint64
-	Ctime int64
-	_     uint64
-	Nsems uint64
-	_     [2]uint64
-}
-
-type msqidDS struct {
-	Perm                 unix.SysvIpcPerm
-	Stime, Rtime, Ctime  int64
-	Cbytes, Qnum, Qbytes uint64
-	Lspid, Lrpid         int32
-	_                    [2]uint64
-}
-
-func sysvCall(name string, trap, a1, a2, a3, a4 uintptr) (int, error) {
-	r, _, errno := unix.Syscall6(trap, a1, a2, a3, a4, 0, 0)
-	if errno != 0 {
-		return -1, os.NewSyscallError(name, errno)
-	}
-	return int(r), nil
-}
-
 func restoreSem(s *SysVSem) error {
 	err := createWithID("sem_next_id", &s.SysVObject, func() (int, error) {
-		return sysvCall("semget", unix.SYS_SEMGET, uintptr(s.Key), uintptr(len(s.Values)), uintptr(s.Mode|unix.IPC_CREAT|unix.IPC_EXCL), 0)
+		return sysvipc.Call("semget", unix.SYS_SEMGET, uintptr(s.Key), uintptr(len(s.Values)), uintptr(s.Mode|unix.IPC_CREAT|unix.IPC_EXCL), 0)
 	})
 	if err != nil {
 		return err
 	}
-	var ds semidDS
-	if _, err := sysvCall("semctl(IPC_STAT)", unix.SYS_SEMCTL, uintptr(s.ID), 0, unix.IPC_STAT, uintptr(unsafe.Pointer(&ds))); err != nil {
+	var ds sysvipc.SemidDS
+	if _, err := sysvipc.Call("semctl(IPC_STAT)", unix.SYS_SEMCTL, uintptr(s.ID), 0, unix.IPC_STAT, uintptr(unsafe.Pointer(&ds))); err != nil {
 		return err
 	}
 	ds.Perm.Uid, ds.Perm.Gid = s.UID, s.GID
-	if _, err := sysvCall("semctl(IPC_SET)", unix.SYS_SEMCTL, uintptr(s.ID), 0, unix.IPC_SET, uintptr(unsafe.Pointer(&ds))); err != nil {
+	if _, err := sysvipc.Call("semctl(IPC_SET)", unix.SYS_SEMCTL, uintptr(s.ID), 0, unix.IPC_SET, uintptr(unsafe.Pointer(&ds))); err != nil {
 		return err
 	}
 	if len(s.Values) == 0 {
 		return nil
 	}
-	_, err = sysvCall("semctl(SETALL)", unix.SYS_SEMCTL, uintptr(s.ID), 0, semSetAll, uintptr(unsafe.Pointer(&s.Values[0])))
+	_, err = sysvipc.Call("semctl(SETALL)", unix.SYS_SEMCTL, uintptr(s.ID), 0, semSetAll, uintptr(unsafe.Pointer(&s.Values[0])))
 	return err
 }
 
 func restoreMsg(q *SysVMsgQueue) error {
 	err := createWithID("msg_next_id", &q.SysVObject, func() (int, error) {
-		return sysvCall("msgget", unix.SYS_MSGGET, uintptr(q.Key), uintptr(q.Mode|unix.IPC_CREAT|unix.IPC_EXCL), 0, 0)
+		return sysvipc.Call("msgget", unix.SYS_MSGGET, uintptr(q.Key), uintptr(q.Mode|unix.IPC_CREAT|unix.IPC_EXCL), 0, 0)
 	})
 	if err != nil {
 		return err
 	}
-	var ds msqidDS
-	if _, err := sysvCall("msgctl(IPC_STAT)", unix.SYS_MSGCTL, uintptr(q.ID), unix.IPC_STAT, uintptr(unsafe.Pointer(&ds)), 0); err != nil {
+	var ds sysvipc.MsqidDS
+	if _, err := sysvipc.Call("msgctl(IPC_STAT)", unix.SYS_MSGCTL, uintptr(q.ID), unix.IPC_STAT, uintptr(unsafe.Pointer(&ds)), 0); err != nil {
 		return err
 	}
 	ds.Perm.Uid, ds.Perm.Gid = q.UID, q.GID
-	if _, err := sysvCall("msgctl(IPC_SET)", unix.SYS_MSGCTL, uintptr(q.ID), unix.IPC_SET, uintptr(unsafe.Pointer(&ds)), 0); err != nil {
+	if _, err := sysvipc.Call("msgctl(IPC_SET)", unix.SYS_MSGCTL, uintptr(q.ID), unix.IPC_SET, uintptr(unsafe.Pointer(&ds)), 0); err != nil {
 		return err
 	}
 	var buf bytes.Buffer
@@ -447,7 +421,7 @@ func restoreMsg(q *SysVMsgQueue) error {
 		binary.Write(&buf, binary.LittleEndian, m.Type)
 		buf.Write(m.Text)
 		b := buf.Bytes()
-		if _, err := sysvCall("msgsnd", unix.SYS_MSGSND, uintptr(q.ID), uintptr(unsafe.Pointer(&b[0])), uintptr(len(m.Text)), unix.IPC_NOWAIT); err != nil {
+		if _, err := sysvipc.Call("msgsnd", unix.SYS_MSGSND, uintptr(q.ID), uintptr(unsafe.Pointer(&b[0])), uintptr(len(m.Text)), unix.IPC_NOWAIT); err != nil {
 			return fmt.Errorf("message %d (type %d, %d bytes): %w", i, m.Type, len(m.Text), err)
 		}
 	}
