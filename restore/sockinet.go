@@ -227,33 +227,41 @@ func openInetSocket(f *File) (int, error) {
 	return fd, nil
 }
 
-func setupInetSocket(fd int, f *File) error {
-	s := f.Inet
-	setInt := func(level, opt int, name string, v int) error {
-		if err := unix.SetsockoptInt(fd, level, opt, v); err != nil {
-			return os.NewSyscallError(fmt.Sprintf("setsockopt(%s, %d)", name, v), err)
-		}
-		return nil
+// setSockInt sets an int option of socket fd, the error naming it.
+func setSockInt(fd, level, opt int, name string, v int) error {
+	if err := unix.SetsockoptInt(fd, level, opt, v); err != nil {
+		return os.NewSyscallError(fmt.Sprintf("setsockopt(%s, %d)", name, v), err)
 	}
-	// Explicitly both ways: a fresh socket's default comes from
-	// net.ipv6.bindv6only, which need not be the dumping host's.
+	return nil
+}
+
+// beforeBind sets what an inet socket needs before its bind. IPV6_V6ONLY
+// explicitly both ways: a fresh socket's default comes from
+// net.ipv6.bindv6only, which need not be the dumping host's.
+// SO_REUSEADDR lets the bind pass over connections of the dumped tree
+// left in TIME_WAIT on the port (never over a socket that listens or is
+// bound without it); SO_REUSEPORT is the image's, so that the socket
+// joins the same groups. applySockOpts (or, for a connection, the end of
+// repair mode) puts both back to the image's values.
+func beforeBind(fd int, s *InetSocket) error {
 	if s.Family == unix.AF_INET6 && s.V6Only != nil {
-		if err := setInt(unix.SOL_IPV6, unix.IPV6_V6ONLY, "IPV6_V6ONLY", boolInt(*s.V6Only)); err != nil {
+		if err := setSockInt(fd, unix.SOL_IPV6, unix.IPV6_V6ONLY, "IPV6_V6ONLY", boolInt(*s.V6Only)); err != nil {
 			return err
 		}
 	}
-	// SO_REUSEADDR lets the bind pass over connections of the dumped
-	// tree left in TIME_WAIT on the port (never over a socket that
-	// listens or is bound without it); SO_REUSEPORT is the image's, so
-	// that the socket joins the same groups. applySockOpts puts both
-	// back to the image's values.
-	if err := setInt(unix.SOL_SOCKET, unix.SO_REUSEADDR, "SO_REUSEADDR", 1); err != nil {
+	if err := setSockInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, "SO_REUSEADDR", 1); err != nil {
 		return err
 	}
 	if s.Opts.GetSoReuseport() {
-		if err := setInt(unix.SOL_SOCKET, unix.SO_REUSEPORT, "SO_REUSEPORT", 1); err != nil {
-			return err
-		}
+		return setSockInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, "SO_REUSEPORT", 1)
+	}
+	return nil
+}
+
+func setupInetSocket(fd int, f *File) error {
+	s := f.Inet
+	if err := beforeBind(fd, s); err != nil {
+		return err
 	}
 	if s.Src.Port() != 0 {
 		if err := bindInet(fd, s); err != nil {

@@ -190,26 +190,11 @@ func openTCPConnection(f *File) (int, error) {
 
 func setupTCPConnection(fd int, f *File) error {
 	s, c := f.Inet, f.Inet.Conn
-	setInt := func(level, opt int, name string, v int) error {
-		if err := unix.SetsockoptInt(fd, level, opt, v); err != nil {
-			return os.NewSyscallError(fmt.Sprintf("setsockopt(%s, %d)", name, v), err)
-		}
-		return nil
-	}
-	if s.Family == unix.AF_INET6 && s.V6Only != nil {
-		if err := setInt(unix.SOL_IPV6, unix.IPV6_V6ONLY, "IPV6_V6ONLY", boolInt(*s.V6Only)); err != nil {
-			return err
-		}
-	}
-	// As for listeners (setupInetSocket); repair mode forces address
-	// reuse anyway, until it is switched off.
-	if err := setInt(unix.SOL_SOCKET, unix.SO_REUSEADDR, "SO_REUSEADDR", 1); err != nil {
+	setInt := func(level, opt int, name string, v int) error { return setSockInt(fd, level, opt, name, v) }
+	// As for listeners; repair mode forces address reuse anyway, until
+	// it is switched off.
+	if err := beforeBind(fd, s); err != nil {
 		return err
-	}
-	if s.Opts.GetSoReuseport() {
-		if err := setInt(unix.SOL_SOCKET, unix.SO_REUSEPORT, "SO_REUSEPORT", 1); err != nil {
-			return err
-		}
 	}
 	if err := setInt(unix.SOL_TCP, unix.TCP_REPAIR, "TCP_REPAIR", unix.TCP_REPAIR_ON); err != nil {
 		return err
