@@ -63,26 +63,6 @@ func nsutsImages(t *testing.T) (imgs, wdir string) {
 	return imgs, p.Dir
 }
 
-// copyImages copies the image directory src into a new one.
-func copyImages(t *testing.T, src string) string {
-	t.Helper()
-	dst := t.TempDir()
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dst
-}
-
 // writeIPC writes ns's ipcns-shm, -msg and -sem images into dir, as CRIU
 // frames them (the segments' contents stay in their pagemaps).
 func writeIPC(t *testing.T, dir string, ns *IPCNamespace) {
@@ -250,7 +230,7 @@ func TestPlanNamespaces(t *testing.T) {
 		{"no content", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, "pagemap-shmem-7.img")) }, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := copyImages(t, imgs)
+			dir := fixture.CopyDir(t, imgs)
 			tc.edit(t, dir)
 			if tc.err != "" {
 				wantPlanError(t, dir, tc.err)
@@ -458,7 +438,7 @@ func TestRestoreNamespacesBroken(t *testing.T) {
 		{"msg group", ipc(func(ns *IPCNamespace) { ns.Msg[0].GID = 7 }), "CORRUPT msg 5: key 0x4e535533 uid 1004 gid 7"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := copyImages(t, imgs)
+			dir := fixture.CopyDir(t, imgs)
 			tc.edit(t, dir)
 			out, _, _ := restoreNsuts(t, dir, wdir)
 			if !strings.Contains(out, tc.want) {
@@ -544,7 +524,7 @@ func TestRestoreNamespacesRollback(t *testing.T) {
 		}
 	}
 	t.Run("fails", func(t *testing.T) {
-		dir := copyImages(t, imgs)
+		dir := fixture.CopyDir(t, imgs)
 		editImage(t, dir, "ipcns-var-10.img", func(img *images.Image) {
 			img.Entries[0].Message.(*ipc_var.IpcVarEntry).MsgCtlmax = proto.Uint32(100)
 		})

@@ -21,6 +21,7 @@ import (
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/test/check"
 	"github.com/crest-restore/crest/test/cli"
+	"github.com/crest-restore/crest/test/fixture"
 	"github.com/crest-restore/crest/test/workloads"
 )
 
@@ -282,7 +283,7 @@ func TestPlanPTYRefusals(t *testing.T) {
 		}, []string{"tty-data.img", "entry 0", fmt.Sprintf("terminal %d", (pp.Index+5)<<1)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := copyDir(t, imgs)
+			dir := fixture.CopyDir(t, imgs)
 			tc.edit(dir)
 			d, err := images.Open(dir)
 			if err != nil {

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/test/fixture"
 )
 
 // editSysVVMAs rewrites the VMAs of nsuts's mm-1.img: edit gets them
@@ -127,7 +128,7 @@ func TestPlanSysVShm(t *testing.T) {
 		}, fmt.Sprintf("task 1: pagemap-1.img: run %#x-", sysv[1].Start)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := copyImages(t, imgs)
+			dir := fixture.CopyDir(t, imgs)
 			tc.edit(t, dir)
 			wantPlanError(t, dir, tc.want)
 		})
@@ -281,7 +282,7 @@ func TestRestoreSysVShmRollback(t *testing.T) {
 	if left := sysvKeys(t); len(left) != 0 {
 		t.Fatalf("nsuts's objects in our IPC namespace before the restore: %q", left)
 	}
-	dir := copyImages(t, imgs)
+	dir := fixture.CopyDir(t, imgs)
 	editImage(t, dir, "mm-1.img", func(img *images.Image) {
 		vmas := img.Entries[0].Message.(*mm.MmEntry).Vmas
 		for i := len(vmas) - 1; i >= 0; i-- {

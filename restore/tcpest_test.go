@@ -24,6 +24,7 @@ import (
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/test/check"
 	"github.com/crest-restore/crest/test/cli"
+	"github.com/crest-restore/crest/test/fixture"
 	"github.com/crest-restore/crest/test/workloads"
 )
 
@@ -208,7 +209,7 @@ func TestPlanTCPEstablished(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := imgs
 			if tc.spoil != nil {
-				dir = copyDir(t, imgs)
+				dir = fixture.CopyDir(t, imgs)
 				tc.spoil(t, dir)
 			}
 			d, err := images.Open(dir)
@@ -228,26 +229,6 @@ func TestPlanTCPEstablished(t *testing.T) {
 			}
 		})
 	}
-}
-
-// copyDir copies the files of images directory src into a new one.
-func copyDir(t *testing.T, src string) string {
-	t.Helper()
-	dst := t.TempDir()
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dst
 }
 
 // TestRestoreTCPEstablished restores images of crest's dump with

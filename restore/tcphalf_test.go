@@ -21,6 +21,7 @@ import (
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/test/check"
 	"github.com/crest-restore/crest/test/cli"
+	"github.com/crest-restore/crest/test/fixture"
 	"github.com/crest-restore/crest/test/workloads"
 )
 
@@ -213,7 +214,7 @@ func TestPlanTCPHalfClosed(t *testing.T) {
 		{"peer not in the images", byState(tcpCloseWait), func(fe *fdinfo.FileEntry) { fe.Isk.DstPort = proto.Uint32(fe.Isk.GetDstPort() ^ 1) }, []string{"its peer is not in the images"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := copyDir(t, imgs)
+			dir := fixture.CopyDir(t, imgs)
 			s := spoilFiles(t, dir, tc.pick, conns, tc.change)
 			d, err := images.Open(dir)
 			if err != nil {
