@@ -27,7 +27,9 @@ import (
 // it is queued again where it was for a tree that runs on (a tree the
 // dump kills loses nothing by it; CRIU writes it back only when the tree
 // stays or the dump failed, which a failed image write after it would
-// miss).
+// miss). The entry of a master in packet mode is what its reads gave,
+// packet headers and status bytes with the data, as CRIU writes it;
+// restore drops them (restore/pty.go, packetData).
 
 // ptyIndex returns the pty number of the end c (named name): TIOCGPTN of
 // a master, the number after the last slash of a slave's path. why says
@@ -94,6 +96,10 @@ func (d *dumper) checkPTYMasters() error {
 // line discipline's 4 KiB and the flip buffers).
 const maxQueued = 1 << 20
 
+// queuedRead is how much one read of queued data asks for: CRIU's buffer,
+// so that a packet-mode master's reads, and their headers, are CRIU's.
+const queuedRead = 16384
+
 // ptyQueuedData reads the data queued in both ends of every pair of the
 // tree, as tty-data.img entries, and writes it back through the other
 // end: a terminal is no transport with guaranteed delivery (CRIU), so a
@@ -118,32 +124,36 @@ func (d *dumper) ptyQueuedData() ([]images.Entry, error) {
 		if peer == nil || e.lfd < 0 || peer.lfd < 0 {
 			continue
 		}
-		data, err := readQueued(e)
+		read, data, err := readQueued(e)
 		if err != nil {
 			return nil, &UnsupportedError{Task: int(e.task.nsPid), Resource: fmt.Sprintf("fd %d", e.fd), What: e.name,
 				Why: fmt.Sprintf("the data queued in pty %d: %v", e.index, err)}
 		}
-		if len(data) == 0 {
-			continue
+		if len(data) > 0 {
+			back = append(back, queued{peer, data})
 		}
-		back = append(back, queued{peer, data})
-		out = append(out, images.Entry{Message: &tty.TtyDataEntry{TtyId: proto.Uint32(id), Data: data}})
+		if len(read) > 0 {
+			out = append(out, images.Entry{Message: &tty.TtyDataEntry{TtyId: proto.Uint32(id), Data: read}})
+		}
 	}
 	return out, nil
 }
 
 // readQueued reads what end e holds without waiting: its file is made
-// non-blocking for the time (the tree's description: put back after). A
-// master in packet mode starts every read with a status byte, which is
-// not data: CRIU 4.2 keeps it in the image, crest drops it.
-func readQueued(e *ttyDumpEnd) ([]byte, error) {
+// non-blocking for the time (the tree's description: put back after).
+// read is all the reads gave, for the image; data the data alone, to
+// write back: a master in packet mode starts every read with a header
+// (TIOCPKT_DATA, 0) or gives a status byte alone, which CRIU 4.2 keeps
+// in the image and which are no data (the status of a live tree is
+// lost: no write makes it again).
+func readQueued(e *ttyDumpEnd) (read, data []byte, err error) {
 	flags, err := unix.FcntlInt(uintptr(e.lfd), unix.F_GETFL, 0)
 	if err != nil {
-		return nil, os.NewSyscallError("fcntl(F_GETFL)", err)
+		return nil, nil, os.NewSyscallError("fcntl(F_GETFL)", err)
 	}
 	if flags&unix.O_NONBLOCK == 0 {
 		if _, err := unix.FcntlInt(uintptr(e.lfd), unix.F_SETFL, flags|unix.O_NONBLOCK); err != nil {
-			return nil, os.NewSyscallError("fcntl(F_SETFL)", err)
+			return nil, nil, os.NewSyscallError("fcntl(F_SETFL)", err)
 		}
 		defer unix.FcntlInt(uintptr(e.lfd), unix.F_SETFL, flags)
 	}
@@ -152,9 +162,8 @@ func readQueued(e *ttyDumpEnd) ([]byte, error) {
 		v, err := unix.IoctlGetInt(e.lfd, unix.TIOCGPKT)
 		packet = err == nil && v != 0
 	}
-	var data []byte
-	buf := make([]byte, 4096)
-	for len(data) < maxQueued {
+	buf := make([]byte, queuedRead)
+	for len(read) < maxQueued {
 		n, err := unix.Read(e.lfd, buf)
 		if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EIO) || n == 0 {
 			break // EIO: a master whose slaves are all closed
@@ -163,15 +172,16 @@ func readQueued(e *ttyDumpEnd) ([]byte, error) {
 			continue
 		}
 		if err != nil {
-			return nil, os.NewSyscallError("read", err)
+			return nil, nil, os.NewSyscallError("read", err)
 		}
-		b := buf[:n]
+		read = append(read, buf[:n]...)
 		if packet {
-			b = b[1:] // TIOCPKT_DATA, or a status byte alone
+			data = append(data, buf[1:n]...)
+		} else {
+			data = append(data, buf[:n]...)
 		}
-		data = append(data, b...)
 	}
-	return data, nil
+	return read, data, nil
 }
 
 func writeAll(fd int, b []byte) error {

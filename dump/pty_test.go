@@ -21,7 +21,8 @@ import (
 // the master (id index<<1|1: locked, packet mode, the child's session,
 // the grandchild's group) and the slave (index<<1), files.img a TTY
 // entry with a REG entry of /dev/ptmx and of /dev/pts/N, tty-data.img
-// whole messages queued both ways; and the tree, which checks the
+// whole messages queued both ways, the master's after its packet header
+// as in CRIU's images; and the tree, which checks the
 // sequence of its messages, runs on without losing any.
 func TestDumpPTYPair(t *testing.T) {
 	p := workloads.Start(t, "ptypair")
@@ -96,7 +97,9 @@ func TestDumpPTYPair(t *testing.T) {
 	for _, e := range data {
 		got[e.GetTtyId()] = string(e.GetData())
 	}
-	if m, s := got[index<<1|1], got[index<<1]; !strings.HasPrefix(m, "c") || !strings.HasPrefix(s, "p") || len(m)%16 != 0 || len(s)%16 != 0 {
-		t.Errorf("tty-data.img: %v; want echoes queued in the master, messages in the slave, whole", got)
+	// the master is in packet mode: its entry is what its read gave, as
+	// CRIU writes it, the packet header (TIOCPKT_DATA) before the data
+	if m, s := got[index<<1|1], got[index<<1]; !strings.HasPrefix(m, "\x00c") || !strings.HasPrefix(s, "p") || len(m)%16 != 1 || len(s)%16 != 0 {
+		t.Errorf("tty-data.img: master %q, slave %q; want a packet header and echoes queued in the master, messages in the slave, whole", m, s)
 	}
 }

@@ -40,7 +40,8 @@ type PTYPair struct {
 	// SlaveInfo is nil when no task holds the slave.
 	MasterInfo, SlaveInfo *tty.TtyInfoEntry
 	// ToMaster is the data that was queued in the master (written by the
-	// slave's side, not yet read), ToSlave that queued in the slave.
+	// slave's side, not yet read; without the packet headers of its
+	// entry, packetData), ToSlave that queued in the slave.
 	ToMaster, ToSlave []byte
 	// Leader is the session leader whose controlling terminal the slave
 	// is, nil for none.
@@ -112,7 +113,9 @@ func (p *Plan) planPTYs() error {
 		if pp == nil {
 			return &PlanError{File: "tty-data.img", Msg: fmt.Sprintf("entry %d: queued data of terminal %d, which is no pty pair of the tree", n, id)}
 		}
-		if id&1 == 1 {
+		if id&1 == 1 && pp.MasterInfo.GetPacketMode() {
+			pp.ToMaster = append(pp.ToMaster, packetData(e.GetData())...)
+		} else if id&1 == 1 {
 			pp.ToMaster = append(pp.ToMaster, e.GetData()...)
 		} else {
 			pp.ToSlave = append(pp.ToSlave, e.GetData()...)
@@ -149,6 +152,24 @@ func (p *Plan) planPTYs() error {
 		l.CTTY, pp.Leader = &CTTY{Pair: pp, Pgrp: pgrp}, l
 	}
 	return nil
+}
+
+// packetData is the data in b, the queued data of a master in packet
+// mode as CRIU 4.2 (and crest) dump it: what the master's reads gave,
+// each a status byte alone (TIOCPKT_FLUSHREAD ..., never 0) or a header
+// (TIOCPKT_DATA, 0) and data; with the tree frozen the status comes
+// first, then the data in one read (the line discipline's buffer, 4 KiB,
+// fits in CRIU's 16 KiB read). Written back as it is, the header would
+// reach the tree as a NUL of data (CRIU's restore does that); the status
+// is dropped, as no write can make it again.
+func packetData(b []byte) []byte {
+	for len(b) > 0 && b[0] != 0 {
+		b = b[1:]
+	}
+	if len(b) > 0 {
+		b = b[1:]
+	}
+	return b
 }
 
 func isMissing(err error) bool { return errors.Is(err, os.ErrNotExist) }

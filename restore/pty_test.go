@@ -97,7 +97,8 @@ func TestRestorePTYPair(t *testing.T) {
 	if !pp.MasterInfo.GetLocked() || !pp.MasterInfo.GetPacketMode() {
 		t.Errorf("master: locked %v, packet mode %v; want both", pp.MasterInfo.GetLocked(), pp.MasterInfo.GetPacketMode())
 	}
-	if len(pp.ToMaster) == 0 || len(pp.ToSlave) == 0 || len(pp.ToMaster)%16 != 0 || len(pp.ToSlave)%16 != 0 {
+	if len(pp.ToMaster) == 0 || len(pp.ToSlave) == 0 || pp.ToMaster[0] != 'c' || pp.ToSlave[0] != 'p' ||
+		len(pp.ToMaster)%16 != 0 || len(pp.ToSlave)%16 != 0 {
 		t.Errorf("queued data: %q to the master, %q to the slave; want whole messages both ways", pp.ToMaster, pp.ToSlave)
 	}
 	fg := pp.Leader.CTTY.Pgrp
@@ -161,7 +162,7 @@ func ptyFdinfoField(t *testing.T, pid, fd int, key string) string {
 // test, so the restore fails naming the task, the file, /dev/ptmx and the
 // index, and leaves no process, no fd and no pty behind.
 func TestRestorePTYIndexTaken(t *testing.T) {
-	_, imgs := ptypairImages(t)
+	p, imgs := ptypairImages(t)
 	plan := ptypairPlan(t, imgs)
 	var pp *PTYPair
 	for _, v := range plan.PTYs {
@@ -186,7 +187,7 @@ func TestRestorePTYIndexTaken(t *testing.T) {
 	if now := dirNames(t, "/proc/self/fd"); now != fdsBefore {
 		t.Errorf("the test's fds after the failed restore: %s, before: %s", now, fdsBefore)
 	}
-	if pids := commPIDs(t, "ptypair"); len(pids) > 0 {
+	if pids := commPIDs(t, "ptypair", p.Dir); len(pids) > 0 {
 		t.Errorf("ptypair processes after the failed restore: %v", pids)
 	}
 }
@@ -232,7 +233,9 @@ func dirNames(t *testing.T, dir string) string {
 	return strings.Join(s, " ")
 }
 
-func commPIDs(t *testing.T, comm string) []int {
+// commPIDs returns the processes named comm whose working directory is
+// dir (a workload's own: other tests may run the same program meanwhile).
+func commPIDs(t *testing.T, comm, dir string) []int {
 	t.Helper()
 	es, _ := os.ReadDir("/proc")
 	var pids []int
@@ -241,7 +244,11 @@ func commPIDs(t *testing.T, comm string) []int {
 		if err != nil {
 			continue
 		}
-		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(b)) == comm {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err != nil || strings.TrimSpace(string(b)) != comm {
+			continue
+		}
+		if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && cwd == dir {
 			pids = append(pids, pid)
 		}
 	}
@@ -314,6 +321,102 @@ func editTTYInfo(t *testing.T, dir string, id uint32, edit func(*tty.TtyInfoEntr
 		if m := e.Message.(*tty.TtyInfoEntry); m.GetId() == id {
 			edit(m)
 		}
+	}
+	if err := images.WriteFile(path, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRestorePTYPacketData: the queued data of a master in packet mode is
+// in tty-data.img as CRIU 4.2 writes it, what the master's reads gave: a
+// packet header (0) before the data, and a status byte alone first when
+// one was pending (here TIOCPKT_FLUSHREAD, as the image of a tree that
+// flushed its input would have it). The restore gives the master the
+// messages alone, which the workload, reading in packet mode, checks
+// byte by byte: a header written back as data would reach it as a NUL
+// (CRIU's restore does that). A master out of packet mode keeps every
+// byte of its entry.
+func TestRestorePTYPacketData(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(dumped []byte) []byte // the master's entry, from crest's
+		// packet: the master stays in packet mode, and the tree is
+		// restored; else the plan keeps the entry whole
+		packet bool
+	}{
+		{"header", func(b []byte) []byte { return b }, true},
+		{"status byte, then header", func(b []byte) []byte { return append([]byte{unix.TIOCPKT_FLUSHREAD}, b...) }, true},
+		{"no packet mode", func(b []byte) []byte { return b }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, imgs := ptypairImages(t)
+			dir := fixture.CopyDir(t, imgs)
+			plan := ptypairPlan(t, dir)
+			var pp *PTYPair
+			for _, v := range plan.PTYs {
+				pp = v
+			}
+			master := ttyInfoID(pp.Index, true)
+			var dumped []byte
+			editTTYData(t, dir, master, func(b []byte) []byte { dumped = b; return tc.edit(b) })
+			if len(dumped) < 17 || dumped[0] != 0 || dumped[1] != 'c' || (len(dumped)-1)%16 != 0 {
+				t.Fatalf("the master's queued data %q, want a packet header and whole echoes", dumped)
+			}
+			messages := dumped[1:]
+			if !tc.packet {
+				editTTYInfo(t, dir, master, func(e *tty.TtyInfoEntry) { e.PacketMode = proto.Bool(false) })
+			}
+			plan = ptypairPlan(t, dir)
+			for _, v := range plan.PTYs {
+				pp = v
+			}
+			want := messages
+			if !tc.packet {
+				want = tc.edit(dumped)
+			}
+			if string(pp.ToMaster) != string(want) {
+				t.Fatalf("planned for the master: %q, want %q", pp.ToMaster, want)
+			}
+			if !tc.packet {
+				return
+			}
+			before := map[string][]byte{}
+			for l := range ptypairLogs {
+				b, err := os.ReadFile(filepath.Join(p.Dir, l))
+				if err != nil {
+					t.Fatal(err)
+				}
+				before[l] = b
+			}
+			r, err := Start(context.Background(), plan, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			host := r.RootPID()
+			r.Detach()
+			defer killTree(t, host)
+			check.Logs(t, p.Dir, before, ptypairLogs, 2*time.Second)
+		})
+	}
+}
+
+// editTTYData replaces the data of tty-data.img's entry id by what edit
+// makes of it.
+func editTTYData(t *testing.T, dir string, id uint32, edit func([]byte) []byte) {
+	t.Helper()
+	path := filepath.Join(dir, "tty-data.img")
+	img, err := images.ReadKindFile(path, images.KindTTYData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range img.Entries {
+		if m := e.Message.(*tty.TtyDataEntry); m.GetTtyId() == id {
+			m.Data, found = edit(m.GetData()), true
+		}
+	}
+	if !found {
+		t.Fatalf("tty-data.img has no entry of terminal %d", id)
 	}
 	if err := images.WriteFile(path, img); err != nil {
 		t.Fatal(err)

@@ -17,8 +17,13 @@
  * writes "tick N" to out-parent.log (init), out-child.log, and
  * out-fg.log (grandchild), or CORRUPT and exits 3.
  *
- * Built with -DNO_PACKET the master stays out of packet mode (CRIU 4.2
- * dumps packet-mode queued data with its packet headers).
+ * Built with -DNO_PACKET the master stays out of packet mode. CRIU 4.2
+ * (and crest) dump the data queued in a packet-mode master with its
+ * packet header; CRIU's restore writes the header back as data, which
+ * this program sees as CORRUPT, crest's drops it. CRIU 4.2 does not
+ * restore this program at all: it locks the pty again before the child
+ * opens the slave to take it as its terminal (EIO); built with the
+ * TIOCSPTLCK lines removed, it does.
  *
  * build: gcc -static -O2 -o ptypair ptypair.c
  */
