@@ -238,6 +238,9 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 		if _, ok := anonTypes[name]; !ok {
 			return nil, unsupported(anonRefusal(name))
 		}
+	case strings.HasPrefix(name, "/dev/pts/") && strings.HasSuffix(name, " (deleted)"):
+		// the master closed: the kernel took the slave's node away
+		return nil, unsupported("the terminal is hung up (its other end was closed)")
 	case strings.HasSuffix(name, " (deleted)") && !isMemfd(name):
 		return nil, unsupported("deleted files are not supported")
 	}

@@ -402,7 +402,7 @@ func TestDumpRefusesTerminals(t *testing.T) {
 	grantpt(m);
 	unlockpt(m);
 	open(ptsname(m), O_RDWR | O_NOCTTY);
-	close(m);`, []string{"fd 5", "(deleted)", "deleted files are not supported"}},
+	close(m);`, []string{"fd 5", "(deleted)", "the terminal is hung up"}},
 	} {
 		for _, shellJob := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s shell-job=%v", tc.name, shellJob), func(t *testing.T) {
