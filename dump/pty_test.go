@@ -2,7 +2,6 @@ package dump_test
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -34,14 +33,7 @@ func TestDumpPTYPair(t *testing.T) {
 	if _, err := dump.Dump(context.Background(), dump.Options{Pid: p.Pid, Dir: imgs, LeaveRunning: true}); err != nil {
 		t.Fatal(err)
 	}
-	before := map[string][]byte{}
-	for l := range logs {
-		b, err := os.ReadFile(filepath.Join(p.Dir, l))
-		if err != nil {
-			t.Fatal(err)
-		}
-		before[l] = b
-	}
+	before := check.Snapshot(t, p.Dir, logs)
 	check.Logs(t, p.Dir, before, logs, time.Second)
 
 	d, err := images.Open(imgs)

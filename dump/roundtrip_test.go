@@ -129,14 +129,7 @@ func TestRoundTrip(t *testing.T) {
 				was = tc.same(t, dumped)
 			}
 			imgs := dumpKilled(t, bin, p, dumped)
-			before := map[string][]byte{}
-			for l := range tc.rules {
-				b, err := os.ReadFile(filepath.Join(p.Dir, l))
-				if err != nil {
-					t.Fatal(err)
-				}
-				before[l] = b
-			}
+			before := check.Snapshot(t, p.Dir, tc.rules)
 			d, err := images.Open(imgs)
 			if err != nil {
 				t.Fatal(err)

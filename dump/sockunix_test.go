@@ -195,14 +195,7 @@ func TestDumpUnixSockets(t *testing.T) {
 		t.Errorf("crest show -D: exit %d\n%s%s", res.Code, res.Stdout, res.Stderr)
 	}
 
-	before := map[string][]byte{}
-	for l := range logs {
-		b, err := os.ReadFile(filepath.Join(p.Dir, l))
-		if err != nil {
-			t.Fatal(err)
-		}
-		before[l] = b
-	}
+	before := check.Snapshot(t, p.Dir, logs)
 	restoreTree(t, bin, imgs, d, p.Dir)
 	check.Logs(t, p.Dir, before, logs, time.Second)
 	c, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)

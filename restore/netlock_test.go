@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -215,14 +214,7 @@ func TestRestoreNetworkLock(t *testing.T) {
 					}
 				}
 			}
-			before := map[string][]byte{}
-			for l := range tcpestLogs {
-				b, err := os.ReadFile(filepath.Join(p.Dir, l))
-				if err != nil {
-					t.Fatal(err)
-				}
-				before[l] = b
-			}
+			before := check.Snapshot(t, p.Dir, tcpestLogs)
 
 			var logBuf bytes.Buffer
 			opts := Options{TCPEstablished: true, Log: slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))}

@@ -74,14 +74,7 @@ func ptypairPlan(t *testing.T, imgs string) *Plan {
 // sequence of the queued messages every tick, runs on.
 func TestRestorePTYPair(t *testing.T) {
 	p, imgs := ptypairImages(t)
-	before := map[string][]byte{}
-	for l := range ptypairLogs {
-		b, err := os.ReadFile(filepath.Join(p.Dir, l))
-		if err != nil {
-			t.Fatal(err)
-		}
-		before[l] = b
-	}
+	before := check.Snapshot(t, p.Dir, ptypairLogs)
 	plan := ptypairPlan(t, imgs)
 	if len(plan.PTYs) != 1 {
 		t.Fatalf("%d pty pairs planned, want 1", len(plan.PTYs))
@@ -380,14 +373,7 @@ func TestRestorePTYPacketData(t *testing.T) {
 			if !tc.packet {
 				return
 			}
-			before := map[string][]byte{}
-			for l := range ptypairLogs {
-				b, err := os.ReadFile(filepath.Join(p.Dir, l))
-				if err != nil {
-					t.Fatal(err)
-				}
-				before[l] = b
-			}
+			before := check.Snapshot(t, p.Dir, ptypairLogs)
 			r, err := Start(context.Background(), plan, Options{})
 			if err != nil {
 				t.Fatal(err)

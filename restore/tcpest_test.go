@@ -238,14 +238,7 @@ func TestPlanTCPEstablished(t *testing.T) {
 func TestRestoreTCPEstablished(t *testing.T) {
 	p, imgs := tcpestImages(t)
 	conns := connections(t, imgs)
-	before := map[string][]byte{}
-	for l := range tcpestLogs {
-		b, err := os.ReadFile(filepath.Join(p.Dir, l))
-		if err != nil {
-			t.Fatal(err)
-		}
-		before[l] = b
-	}
+	before := check.Snapshot(t, p.Dir, tcpestLogs)
 	d, err := images.Open(imgs)
 	if err != nil {
 		t.Fatal(err)

@@ -106,14 +106,7 @@ func rawTCPSockets(t *testing.T) int {
 // directions every tick. No raw socket is left.
 func TestRestoreTCPHalfClosed(t *testing.T) {
 	p, imgs, conns := tcphalfImages(t)
-	before := map[string][]byte{}
-	for l := range tcphalfLogs {
-		b, err := os.ReadFile(filepath.Join(p.Dir, l))
-		if err != nil {
-			t.Fatal(err)
-		}
-		before[l] = b
-	}
+	before := check.Snapshot(t, p.Dir, tcphalfLogs)
 	d, err := images.Open(imgs)
 	if err != nil {
 		t.Fatal(err)

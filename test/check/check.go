@@ -370,6 +370,21 @@ func Counter(prev, line string) error {
 	return nil
 }
 
+// Snapshot reads the log of every rule in dir: what a tree wrote before
+// its dump, for Logs to check that the restored tree goes on from it.
+func Snapshot(t testing.TB, dir string, rules map[string]Next) map[string][]byte {
+	t.Helper()
+	out := make(map[string][]byte, len(rules))
+	for base := range rules {
+		b, err := os.ReadFile(filepath.Join(dir, base))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[base] = b
+	}
+	return out
+}
+
 // Logs watches the logs of a restored workload in dir for at least d:
 // each log (by base name, with its rule) must keep the content it had at
 // the dump (before), and at every look (at the start, then every d/2)
