@@ -324,6 +324,13 @@ func (d *dumper) writeTTYs() error {
 // those are restored in the restorer's (CRIU's
 // prepare_pstree_for_shell_job). crest makes no helper for other leaders
 // outside the tree.
+//
+// A job that is the init of a pid namespace of its own (`unshare --fork
+// --pid PROG` typed at a shell) has its leaders outside that namespace
+// too: its tasks' session and group are 0 there, and are written so.
+// CRIU 4.2 refuses to dump such a task (dump_one_task: "A session leader
+// of ... is outside of its pid namespace"), and its restore_sid fails on
+// these images; crest restores them (restore/tty.go, ShellJob.Session).
 func (d *dumper) checkLeaders(t *task, pgid, sid uint32) error {
 	if d.inTree(pgid) && d.inTree(sid) {
 		return nil

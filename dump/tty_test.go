@@ -201,6 +201,152 @@ func TestShellJob(t *testing.T) {
 	})
 }
 
+// TestShellJobPidNS is TestShellJob for a job that is the init of a pid
+// namespace of its own, as `unshare --fork --pid ttyjob` typed at a shell
+// runs it (ttyshell -p): the job's session and group leaders are outside
+// its namespace, so its tasks and its terminal's tty-info have session
+// and group 0 in the images. CRIU 4.2 refuses to dump such a task ("A
+// session leader of ... is outside of its pid namespace", cr-dump.c), and
+// its restore_sid fails on these images ("Requested sid ... doesn't match
+// inherited 0"); crest dumps and restores it: the job must come back as
+// pid 1 of a new pid namespace, in the restoring shell's session and
+// crest's group, in the foreground of the new terminal, with its fds 0-2
+// there and the terminal set up as it left its old one, echo lines and
+// take ^C.
+func TestShellJobPidNS(t *testing.T) {
+	bin := cli.Binary(t)
+	cli.Subreaper(t)
+	job := workloads.Build(t, "ttyjob")
+	dir := t.TempDir()
+	term1 := terminal.Open(t)
+	sh1 := terminal.StartShellNewPID(t, term1, dir, job)
+	t.Cleanup(func() { endJob(t, sh1.Job(t)) })
+	pid := sh1.Init(t)
+	term1.Expect(t, "ready\r\n")
+	p := &workloads.Process{Pid: pid, Dir: dir}
+	waitLines(t, p, "out-ttyjob.log", 3)
+	waitLines(t, p, "out-child.log", 3)
+	term1.Type(t, "before the dump\n")
+	term1.Expect(t, "echo: before the dump\r\n")
+
+	imgs := filepath.Join(t.TempDir(), "images")
+	res := cli.Run(t, bin, "dump", "-t", strconv.Itoa(pid), "-D", imgs)
+	if res.Code != 1 || !strings.Contains(res.Stderr, "--shell-job") || !strings.Contains(res.Stderr, "task 1") {
+		t.Fatalf("crest dump of a shell job without --shell-job: exit %d, %q; want 1 and a message naming task 1 and --shell-job", res.Code, res.Stderr)
+	}
+	if res := cli.Run(t, bin, "dump", "--shell-job", "-t", strconv.Itoa(pid), "-D", imgs); res.Code != 0 {
+		t.Fatalf("crest dump --shell-job: exit %d: %s", res.Code, res.Stderr)
+	}
+	if how := sh1.Ended(t); how != "signal 9" {
+		t.Fatalf("the dumped job ended with %s, want signal 9 (its init killed by the dump)", how)
+	}
+	t.Run("images", func(t *testing.T) {
+		d, err := images.Open(imgs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d.Pstree) != 2 {
+			t.Fatalf("pstree.img: %d tasks, want 2", len(d.Pstree))
+		}
+		for i, e := range d.Pstree {
+			if int(e.GetPid()) != i+1 || e.GetSid() != 0 || e.GetPgid() != 0 {
+				t.Errorf("pstree.img: task %d in session %d, group %d; want task %d, 0, 0 (leaders outside its pid namespace)", e.GetPid(), e.GetSid(), e.GetPgid(), i+1)
+			}
+		}
+		infos, err := d.TTYInfo()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(infos) != 1 || infos[0].GetId() != uint32(term1.Index)<<1 || infos[0].GetSid() != 0 || infos[0].GetPgrp() != 0 {
+			t.Errorf("tty-info.img: %v; want the slave %d with session 0 and group 0", infos, term1.Index)
+		}
+	})
+	rules := map[string]check.Next{"out-ttyjob.log": check.Counter, "out-child.log": check.Counter}
+	before := map[string][]byte{}
+	for l := range rules {
+		b, err := os.ReadFile(filepath.Join(dir, l))
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[l] = b
+	}
+	res = cli.Run(t, bin, "restore", "-D", imgs, "-d")
+	if res.Code != 1 || !strings.Contains(res.Stderr, "--shell-job") || !strings.Contains(res.Stderr, "task 1") ||
+		!strings.Contains(res.Stderr, "pstree.img") {
+		t.Fatalf("crest restore of a shell job without --shell-job: exit %d, %q; want 1 and a message naming task 1, pstree.img and --shell-job", res.Code, res.Stderr)
+	}
+	nothingLeft(t, dir)
+
+	term2 := terminal.Open(t)
+	term2.SetWinsize(t, 24, 80)
+	pidfile := filepath.Join(t.TempDir(), "pid")
+	sh2 := terminal.StartShell(t, term2, dir, bin, "restore", "--shell-job", "-d", "-D", imgs, "--pidfile", pidfile)
+	if how := sh2.Ended(t); how != "exit 0" {
+		t.Fatalf("crest restore --shell-job -d: %s; the terminal showed %q", how, term2.Output())
+	}
+	crest := sh2.Job(t)
+	root := waitPidfile(t, pidfile)
+	kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", root, root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, err := strconv.Atoi(strings.TrimSpace(string(kids)))
+	if err != nil {
+		noCorrupt(t, p, []string{"out-ttyjob.log", "out-child.log"})
+		t.Fatalf("restored root %d has children %q, want one", root, kids)
+	}
+	t.Cleanup(func() { endTree(t, root, child) })
+	if term2.Output() != "" {
+		t.Errorf("crest restore printed %q on the terminal, want nothing", term2.Output())
+	}
+	for i, h := range []int{root, child} {
+		st, err := procfs.ReadStat(fmt.Sprintf("/proc/%d/stat", h))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// as seen from here: crest's group (it was the restoring
+		// shell's job), the shell's session, that group in front
+		if pgrp, sid, tpgid := int(st.Field(5)), int(st.Field(6)), int(st.SignedField(8)); pgrp != crest || sid != sh2.Pid || tpgid != crest {
+			t.Errorf("task %d: group %d, session %d, terminal's foreground %d; want %d (crest's), %d (the new shell's), %d", h, pgrp, sid, tpgid, crest, sh2.Pid, crest)
+		}
+		if ctty := int(st.Field(7)); ctty != int(unix.Mkdev(136, uint32(term2.Index))) {
+			t.Errorf("task %d: controlling terminal %#x, want %s", h, ctty, term2.Slave)
+		}
+		// as seen in its pid namespace: pid 1 and 2, both leaders
+		// outside, as at the dump
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", h))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for key, want := range map[string]int{"NSpid": i + 1, "NSpgid": 0, "NSsid": 0} {
+			if got := lastField(t, string(status), key); got != uint32(want) {
+				t.Errorf("task %d: %s %d in its pid namespace, want %d", h, key, got, want)
+			}
+		}
+		for fd := 0; fd < 3; fd++ {
+			if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", h, fd)); err != nil || l != term2.Slave {
+				t.Errorf("task %d: fd %d is %q (%v), want %s", h, fd, l, err, term2.Slave)
+			}
+		}
+	}
+	tm, ws := term2.Termios(t)
+	if tm.Lflag&unix.ECHO != 0 || tm.Cc[unix.VERASE] != 8 || ws.Row != 33 || ws.Col != 111 {
+		t.Errorf("the new terminal: lflag %#o, VERASE %#x, window %dx%d; want -ECHO, ^H and 33x111 as the job left its own",
+			tm.Lflag, tm.Cc[unix.VERASE], ws.Row, ws.Col)
+	}
+	t.Run("runs on", func(t *testing.T) { check.Logs(t, dir, before, rules, time.Second) })
+	term2.Type(t, "after the restore\n")
+	term2.Expect(t, "echo: after the restore\r\n")
+	if got, want := p.Lines(t, "out-lines.log"), []string{"line before the dump", "line after the restore"}; strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("out-lines.log: %q, want %q", got, want)
+	}
+	// ^C: SIGINT to the foreground group; ttyjob's root, the init,
+	// catches it (an init ignores the signals it does not handle)
+	term2.Type(t, "\x03")
+	term2.Expect(t, "sigint 1\r\n")
+	noCorrupt(t, p, []string{"out-ttyjob.log", "out-child.log"})
+}
+
 // waitPidfile waits until crest wrote the restored root's pid to path.
 func waitPidfile(t *testing.T, path string) int {
 	t.Helper()

@@ -44,10 +44,15 @@ type TTY struct {
 // whose session and terminal are the shell's. Plan.ShellJob is nil for
 // other trees.
 type ShellJob struct {
-	// SID is the root's session in the images, the shell's (whose
-	// leader is outside the tree), and PGID the root's group when its
-	// leader is outside the tree too; 0 when the root leads them. The
-	// restore puts both in crest's.
+	// Session: the root's session has its leader outside the tree, the
+	// shell. SID is that session in the images, and PGID the root's
+	// group when its leader is outside the tree too, else 0. Both are 0
+	// for a root that is the init of a pid namespace of its own (a job
+	// run as `unshare --fork --pid PROG`): the shell is outside that
+	// namespace too, and getsid and getpgrp answer 0 there, as the dump
+	// recorded them. The restore puts the root in crest's session and
+	// group.
+	Session   bool
 	SID, PGID int
 	// Terminal is the first file of the tree on the shell's terminal
 	// (every one is restored on crest's), Holder the task whose fd it is;
@@ -199,7 +204,7 @@ func (p *Plan) shellSession(t *Task, byPID map[int]*Task) bool {
 	if p.ShellJob == nil {
 		p.ShellJob = &ShellJob{}
 	}
-	p.ShellJob.SID = t.SID
+	p.ShellJob.Session, p.ShellJob.SID = true, t.SID
 	if t.PGID != t.PID && byPID[t.PGID] == nil {
 		p.ShellJob.PGID = t.PGID
 	}
@@ -222,9 +227,13 @@ func (p *Plan) checkShellJob() error {
 	if sj == nil || p.shellJob {
 		return nil
 	}
-	if sj.SID != 0 {
+	if sj.Session {
+		session := fmt.Sprintf("session %d has its leader outside the tree", sj.SID)
+		if sj.SID == 0 {
+			session = "session (0) has its leader outside the tree and its pid namespace"
+		}
 		return &PlanError{PID: p.Root().PID, File: "pstree.img", Msg: fmt.Sprintf(
-			"the root's session %d has its leader outside the tree (a job of a shell, dumped with --shell-job): restore it with --shell-job", sj.SID)}
+			"the root's %s (a job of a shell, dumped with --shell-job): restore it with --shell-job", session)}
 	}
 	return &PlanError{PID: sj.Holder.PID, File: "tty-info.img", Msg: fmt.Sprintf(
 		"file %d is on %s, a terminal whose master is outside the tree (the shell's, dumped with --shell-job): restore it with --shell-job",

@@ -80,6 +80,71 @@ func TestPlanShellJob(t *testing.T) {
 	}
 }
 
+// TestPlanShellJobPidNS plans the images of shell jobs that are the init
+// of a pid namespace of their own (ttyshell -p: `unshare --fork --pid
+// PROG` typed at the shell), whose session and group leaders are outside
+// that namespace, so that pstree.img has sid and pgid 0: ttyjob on the
+// shell's terminal, and counter with no fd on it (`PROG </dev/null
+// >/dev/null 2>&1`). Without Options.ShellJob both are refused naming the
+// flag, task 1 and pstree.img; with it the root is born in crest's session
+// and group in a new pid namespace, with no helper.
+func TestPlanShellJobPidNS(t *testing.T) {
+	needRoot(t)
+	for _, tc := range []struct {
+		name     string
+		terminal bool
+	}{
+		{"on the terminal", true},
+		{"no terminal", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			term := terminal.Open(t)
+			var sh *terminal.Shell
+			if tc.terminal {
+				sh = terminal.StartShellNewPID(t, term, dir, workloads.Build(t, "ttyjob"))
+				term.Expect(t, "ready\r\n")
+			} else {
+				sh = terminal.StartShellNewPID(t, term, dir, "/bin/sh", "-c",
+					"exec "+workloads.Build(t, "counter")+" </dev/null >/dev/null 2>&1")
+				(&workloads.Process{Dir: dir}).WaitFile(t, "out.log")
+			}
+			pid := sh.Init(t)
+			imgs := filepath.Join(t.TempDir(), "images")
+			if _, err := dump.Dump(context.Background(), dump.Options{Pid: pid, Dir: imgs, ShellJob: true}); err != nil {
+				t.Fatal(err)
+			}
+			if how := sh.Ended(t); how != "signal 9" {
+				t.Fatalf("the dumped job: %s, want signal 9", how)
+			}
+			d, err := images.Open(imgs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = NewPlan(d)
+			var pe *PlanError
+			if !errors.As(err, &pe) || pe.PID != 1 || pe.File != "pstree.img" || !strings.Contains(err.Error(), "--shell-job") {
+				t.Fatalf("planning a shell job without ShellJob: %v; want a PlanError of task 1, pstree.img, naming --shell-job", err)
+			}
+			if d, err = images.Open(imgs); err != nil {
+				t.Fatal(err)
+			}
+			p, err := NewPlan(d, Options{ShellJob: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sj, root := p.ShellJob, p.Root()
+			if sj == nil || !sj.Session || sj.SID != 0 || sj.PGID != 0 || (sj.Terminal != nil) != tc.terminal {
+				t.Fatalf("ShellJob %+v; want the shell's session, outside the pid namespace (0), terminal %v", sj, tc.terminal)
+			}
+			if !p.NewPIDNS || root.PID != 1 || root.Session != SessionInherit || root.Group != GroupInherit || p.NrHelpers != 0 {
+				t.Errorf("root %d: new pid namespace %v, session %v, group %v, %d helpers; want 1, a new one, inherit (crest's) both, none",
+					root.PID, p.NewPIDNS, root.Session, root.Group, p.NrHelpers)
+			}
+		})
+	}
+}
+
 // TestTermiosOf decodes termios entries as CRIU 4.2 wrote them: c_cc
 // bytes packed four to a u32 word (these words are from a real dump of
 // ttyjob: ^C ^\ ^H ^U, ^D, VTIME 0, VMIN 1 ...), the words after the

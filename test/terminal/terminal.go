@@ -145,6 +145,20 @@ type Shell struct {
 // process (cli.Binary's): the shell gets the file as its fd 3.
 func StartShell(t testing.TB, p *PTY, dir, prog string, args ...string) *Shell {
 	t.Helper()
+	return startShell(t, nil, p, dir, prog, args...)
+}
+
+// StartShellNewPID is StartShell with the job in a pid namespace of its
+// own, as `unshare --fork --pid prog` typed at the shell runs it: Job is
+// the group leader, outside the namespace, and Init prog, pid 1 in it,
+// whose session and group leaders are outside its namespace.
+func StartShellNewPID(t testing.TB, p *PTY, dir, prog string, args ...string) *Shell {
+	t.Helper()
+	return startShell(t, []string{"-p"}, p, dir, prog, args...)
+}
+
+func startShell(t testing.TB, opts []string, p *PTY, dir, prog string, args ...string) *Shell {
+	t.Helper()
 	sh := workloads.Build(t, "ttyshell")
 	status := filepath.Join(t.TempDir(), "status")
 	var extra []*os.File
@@ -156,7 +170,7 @@ func StartShell(t testing.TB, p *PTY, dir, prog string, args ...string) *Shell {
 		defer f.Close()
 		extra, prog = []*os.File{f}, "/proc/self/fd/3"
 	}
-	cmd := exec.Command(sh, append([]string{dir, p.Slave, status, prog}, args...)...)
+	cmd := exec.Command(sh, append(append(opts, dir, p.Slave, status, prog), args...)...)
 	cmd.ExtraFiles = extra
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -196,6 +210,27 @@ func (s *Shell) Job(t testing.TB) int {
 		t.Fatalf("shell %d: status %q", s.Pid, s.lines(t, 1)[0])
 	}
 	return pid
+}
+
+// Init returns the host pid of the job's pid 1, for a shell started with
+// StartShellNewPID: the job's one child.
+func (s *Shell) Init(t testing.TB) int {
+	t.Helper()
+	job := s.Job(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", job, job))
+		if err != nil {
+			t.Fatalf("shell %d: job %d: %v", s.Pid, job, err)
+		}
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			return pid
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shell %d: job %d has children %q after 10s, want its pid namespace's init", s.Pid, job, b)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // Ended waits until the shell's job ended and returns how: "exit N" or

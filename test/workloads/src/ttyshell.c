@@ -2,7 +2,7 @@
  * ttyshell - run a command as a job on a terminal, as an interactive shell
  * with job control does.
  *
- *   usage: ttyshell DIR TTY STATUS PROG [ARGS...]
+ *   usage: ttyshell [-p] DIR TTY STATUS PROG [ARGS...]
  *
  * The shell becomes a session leader, opens TTY (the slave of a pty the
  * test made) as its controlling terminal (TIOCSCTTY) and on fds 0-2, and
@@ -16,10 +16,19 @@
  * Fds above 2 are closed at the exec of PROG, which may be one of them
  * (/proc/self/fd/3).
  *
+ * With -p the job is PROG in a pid namespace of its own, as a user types
+ * `unshare --fork --pid PROG`: the job's process (the group leader)
+ * unshares CLONE_NEWPID and forks PROG, pid 1 there, whose group and
+ * session leaders are outside its namespace (getsid and getpgrp answer
+ * 0). The leader ignores the terminal's SIGINT and SIGQUIT and SIGTERM,
+ * waits for PROG and ends as it did (its exit status, or the same
+ * signal), as unshare does.
+ *
  * build: gcc -static -O2 -o ttyshell ttyshell.c
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -45,10 +54,38 @@ static void note(const char *path, const char *fmt, int n)
 	close(fd);
 }
 
+/* run_in_new_pidns makes the rest of the job, PROG, pid 1 of a new pid
+ * namespace, and ends as PROG does */
+static void run_in_new_pidns(void)
+{
+	if (unshare(CLONE_NEWPID))
+		_exit(122);
+	pid_t init = fork();
+	if (init < 0)
+		_exit(123);
+	if (init == 0)
+		return;
+	signal(SIGINT, SIG_IGN);
+	signal(SIGQUIT, SIG_IGN);
+	signal(SIGTERM, SIG_IGN);
+	int st;
+	while (waitpid(init, &st, 0) < 0)
+		;
+	if (WIFEXITED(st))
+		_exit(WEXITSTATUS(st));
+	signal(WTERMSIG(st), SIG_DFL);
+	kill(getpid(), WTERMSIG(st));
+	_exit(124);
+}
+
 int main(int argc, char **argv)
 {
+	int pidns = argc > 1 && !strcmp(argv[1], "-p");
+
+	argv += pidns;
+	argc -= pidns;
 	if (argc < 5) {
-		fprintf(stderr, "usage: ttyshell DIR TTY STATUS PROG [ARGS...]\n");
+		fprintf(stderr, "usage: ttyshell [-p] DIR TTY STATUS PROG [ARGS...]\n");
 		return 2;
 	}
 	if (setsid() < 0) {
@@ -82,6 +119,8 @@ int main(int argc, char **argv)
 		if (chdir(argv[1]))
 			_exit(121);
 		umask(022);
+		if (pidns)
+			run_in_new_pidns();
 		execve(argv[4], argv + 4, env);
 		_exit(127);
 	}
