@@ -119,16 +119,7 @@ func TestShellJob(t *testing.T) {
 	if err != nil || root != pid {
 		t.Fatalf("restored root %q (%v), want %d", b, err, pid)
 	}
-	kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", root, root))
-	if err != nil {
-		t.Fatal(err)
-	}
-	child, err := strconv.Atoi(strings.TrimSpace(string(kids)))
-	if err != nil {
-		noCorrupt(t, p, []string{"out-ttyjob.log", "out-child.log"})
-		t.Fatalf("restored root %d has children %q, want one", root, kids)
-	}
-	t.Cleanup(func() { endTree(t, root, child) })
+	child := restoredChild(t, p, root)
 	if term2.Output() != "" {
 		t.Errorf("crest restore printed %q on the terminal, want nothing", term2.Output())
 	}
@@ -142,27 +133,12 @@ func TestShellJob(t *testing.T) {
 		if pgrp, sid, tpgid := int(st.Field(5)), int(st.Field(6)), int(st.SignedField(8)); pgrp != root || sid != sh2.Pid || tpgid != root {
 			t.Errorf("task %d: group %d, session %d, terminal's foreground %d; want %d, %d (the new shell's), %d", h, pgrp, sid, tpgid, root, sh2.Pid, root)
 		}
-		if ctty := int(st.Field(7)); ctty != int(unix.Mkdev(136, uint32(term2.Index))) {
-			t.Errorf("task %d: controlling terminal %#x, want %s", h, ctty, term2.Slave)
-		}
-		for fd := 0; fd < 3; fd++ {
-			if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", h, fd)); err != nil || l != term2.Slave {
-				t.Errorf("task %d: fd %d is %q (%v), want %s", h, fd, l, err, term2.Slave)
-			}
-		}
+		onTerminal(t, h, int(st.Field(7)), term2)
 	}
-	tm, ws := term2.Termios(t)
-	if tm.Lflag&unix.ECHO != 0 || tm.Cc[unix.VERASE] != 8 || ws.Row != 33 || ws.Col != 111 {
-		t.Errorf("the new terminal: lflag %#o, VERASE %#x, window %dx%d; want -ECHO, ^H and 33x111 as the job left its own",
-			tm.Lflag, tm.Cc[unix.VERASE], ws.Row, ws.Col)
-	}
+	jobTermios(t, term2)
 
 	t.Run("runs on", func(t *testing.T) { check.Logs(t, dir, before, rules, time.Second) })
-	term2.Type(t, "after the restore\n")
-	term2.Expect(t, "echo: after the restore\r\n")
-	if got, want := p.Lines(t, "out-lines.log"), []string{"line before the dump", "line after the restore"}; strings.Join(got, "|") != strings.Join(want, "|") {
-		t.Errorf("out-lines.log: %q, want %q", got, want)
-	}
+	echoes(t, p, term2)
 	// ^C from the terminal: SIGINT to the foreground group
 	term2.Type(t, "\x03")
 	term2.Expect(t, "sigint 1\r\n")
@@ -286,16 +262,7 @@ func TestShellJobPidNS(t *testing.T) {
 	}
 	crest := sh2.Job(t)
 	root := waitPidfile(t, pidfile)
-	kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", root, root))
-	if err != nil {
-		t.Fatal(err)
-	}
-	child, err := strconv.Atoi(strings.TrimSpace(string(kids)))
-	if err != nil {
-		noCorrupt(t, p, []string{"out-ttyjob.log", "out-child.log"})
-		t.Fatalf("restored root %d has children %q, want one", root, kids)
-	}
-	t.Cleanup(func() { endTree(t, root, child) })
+	child := restoredChild(t, p, root)
 	if term2.Output() != "" {
 		t.Errorf("crest restore printed %q on the terminal, want nothing", term2.Output())
 	}
@@ -309,9 +276,7 @@ func TestShellJobPidNS(t *testing.T) {
 		if pgrp, sid, tpgid := int(st.Field(5)), int(st.Field(6)), int(st.SignedField(8)); pgrp != crest || sid != sh2.Pid || tpgid != crest {
 			t.Errorf("task %d: group %d, session %d, terminal's foreground %d; want %d (crest's), %d (the new shell's), %d", h, pgrp, sid, tpgid, crest, sh2.Pid, crest)
 		}
-		if ctty := int(st.Field(7)); ctty != int(unix.Mkdev(136, uint32(term2.Index))) {
-			t.Errorf("task %d: controlling terminal %#x, want %s", h, ctty, term2.Slave)
-		}
+		onTerminal(t, h, int(st.Field(7)), term2)
 		// as seen in its pid namespace: pid 1 and 2, both leaders
 		// outside, as at the dump
 		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", h))
@@ -323,28 +288,68 @@ func TestShellJobPidNS(t *testing.T) {
 				t.Errorf("task %d: %s %d in its pid namespace, want %d", h, key, got, want)
 			}
 		}
-		for fd := 0; fd < 3; fd++ {
-			if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", h, fd)); err != nil || l != term2.Slave {
-				t.Errorf("task %d: fd %d is %q (%v), want %s", h, fd, l, err, term2.Slave)
-			}
-		}
 	}
-	tm, ws := term2.Termios(t)
-	if tm.Lflag&unix.ECHO != 0 || tm.Cc[unix.VERASE] != 8 || ws.Row != 33 || ws.Col != 111 {
-		t.Errorf("the new terminal: lflag %#o, VERASE %#x, window %dx%d; want -ECHO, ^H and 33x111 as the job left its own",
-			tm.Lflag, tm.Cc[unix.VERASE], ws.Row, ws.Col)
-	}
+	jobTermios(t, term2)
 	t.Run("runs on", func(t *testing.T) { check.Logs(t, dir, before, rules, time.Second) })
-	term2.Type(t, "after the restore\n")
-	term2.Expect(t, "echo: after the restore\r\n")
-	if got, want := p.Lines(t, "out-lines.log"), []string{"line before the dump", "line after the restore"}; strings.Join(got, "|") != strings.Join(want, "|") {
-		t.Errorf("out-lines.log: %q, want %q", got, want)
-	}
+	echoes(t, p, term2)
 	// ^C: SIGINT to the foreground group; ttyjob's root, the init,
 	// catches it (an init ignores the signals it does not handle)
 	term2.Type(t, "\x03")
 	term2.Expect(t, "sigint 1\r\n")
 	noCorrupt(t, p, []string{"out-ttyjob.log", "out-child.log"})
+}
+
+// restoredChild returns the one child of ttyjob's restored root, which
+// the test ends when it is over.
+func restoredChild(t *testing.T, p *workloads.Process, root int) int {
+	t.Helper()
+	kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", root, root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, err := strconv.Atoi(strings.TrimSpace(string(kids)))
+	if err != nil {
+		noCorrupt(t, p, []string{"out-ttyjob.log", "out-child.log"})
+		t.Fatalf("restored root %d has children %q, want one", root, kids)
+	}
+	t.Cleanup(func() { endTree(t, root, child) })
+	return child
+}
+
+// onTerminal checks that task h (its stat's tty_nr ctty) has term as its
+// controlling terminal and its fds 0-2 on it.
+func onTerminal(t *testing.T, h, ctty int, term *terminal.PTY) {
+	t.Helper()
+	if ctty != int(unix.Mkdev(136, uint32(term.Index))) {
+		t.Errorf("task %d: controlling terminal %#x, want %s", h, ctty, term.Slave)
+	}
+	for fd := 0; fd < 3; fd++ {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", h, fd)); err != nil || l != term.Slave {
+			t.Errorf("task %d: fd %d is %q (%v), want %s", h, fd, l, err, term.Slave)
+		}
+	}
+}
+
+// jobTermios checks that term has the termios and window size ttyjob set
+// on the terminal it was dumped from.
+func jobTermios(t *testing.T, term *terminal.PTY) {
+	t.Helper()
+	tm, ws := term.Termios(t)
+	if tm.Lflag&unix.ECHO != 0 || tm.Cc[unix.VERASE] != 8 || ws.Row != 33 || ws.Col != 111 {
+		t.Errorf("the new terminal: lflag %#o, VERASE %#x, window %dx%d; want -ECHO, ^H and 33x111 as the job left its own",
+			tm.Lflag, tm.Cc[unix.VERASE], ws.Row, ws.Col)
+	}
+}
+
+// echoes types a line on term and wants the restored ttyjob to echo it
+// and to have logged it after the line it read before the dump.
+func echoes(t *testing.T, p *workloads.Process, term *terminal.PTY) {
+	t.Helper()
+	term.Type(t, "after the restore\n")
+	term.Expect(t, "echo: after the restore\r\n")
+	if got, want := p.Lines(t, "out-lines.log"), []string{"line before the dump", "line after the restore"}; strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("out-lines.log: %q, want %q", got, want)
+	}
 }
 
 // waitPidfile waits until crest wrote the restored root's pid to path.
