@@ -1,7 +1,8 @@
 // Package kerndat finds out what the running kernel can do for crest, as
 // CRIU's kerndat does: clone3 with set_tid, pidfds, the checkpoint/restore
-// capability, time namespaces, userfaultfd, tracefs and the CPU's xsave
-// features.
+// capability, time namespaces, userfaultfd, tracefs, the CPU's xsave
+// features, TCP repair mode and the tools that take CRIU's network lock
+// off.
 //
 // Every probe really exercises the feature (it creates the child, opens the
 // fd, unshares the namespace) and cleans up after itself, so a Feature says

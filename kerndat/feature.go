@@ -75,15 +75,17 @@ next:
 // Names of kerndat's features as they appear in a Report and in crest
 // check's output (package bpf names its own).
 const (
-	Clone3SetTIDName   = "clone3_set_tid"
-	PidfdOpenName      = "pidfd_open"
-	PidfdGetfdName     = "pidfd_getfd"
-	CheckpointCapName  = "cap_checkpoint_restore"
-	SysResourceCapName = "cap_sys_resource"
-	TimeNamespaceName  = "time_namespace"
-	UserfaultfdName    = "userfaultfd"
-	TracefsName        = "tracefs"
-	XSaveName          = "xsave"
+	Clone3SetTIDName     = "clone3_set_tid"
+	PidfdOpenName        = "pidfd_open"
+	PidfdGetfdName       = "pidfd_getfd"
+	CheckpointCapName    = "cap_checkpoint_restore"
+	SysResourceCapName   = "cap_sys_resource"
+	TimeNamespaceName    = "time_namespace"
+	UserfaultfdName      = "userfaultfd"
+	TracefsName          = "tracefs"
+	XSaveName            = "xsave"
+	TCPRepairName        = "tcp_repair"
+	NetworkLockToolsName = "network_lock_tools"
 )
 
 // Feature is the outcome of one probe.
@@ -192,6 +194,8 @@ func Features() []Feature {
 		Userfaultfd(),
 		Tracefs(),
 		XSave(),
+		TCPRepair(),
+		NetworkLockTools(),
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strconv"
@@ -26,6 +27,12 @@ func TestFeaturesHere(t *testing.T) {
 	if unix.Statfs(tracefsDir, &st) == nil && st.Type == unix.TRACEFS_MAGIC {
 		tracefsMounted = true
 	}
+	lockTools := true // .ci/run installs them
+	for _, tool := range []string{"iptables", "ip6tables", "nft"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			lockTools = false
+		}
+	}
 	tests := []struct {
 		name     string
 		need     Need
@@ -41,6 +48,8 @@ func TestFeaturesHere(t *testing.T) {
 		{UserfaultfdName, 0, true, []string{"userfaultfd(O_CLOEXEC|O_NONBLOCK) gave an fd", "UFFDIO_API: features 0x"}},
 		{TracefsName, 0, tracefsMounted, nil},
 		{XSaveName, 0, cpuinfoHasFlag(t, "avx512f"), []string{fmt.Sprintf("XCR0 %#x", XFeatures()), "the fixtures' 0xe5"}},
+		{TCPRepairName, 0, true, []string{"repair mode (TCP_REPAIR)", "read back (1000)"}},
+		{NetworkLockToolsName, 0, lockTools, []string{"iptables", "nft"}},
 	}
 	features := Features()
 	if len(features) != len(tests) {
@@ -266,4 +275,14 @@ func cpuinfoHasFlag(t *testing.T, flag string) bool {
 		}
 	}
 	return false
+}
+
+// TestNetworkLockToolsMissing: without the tools in $PATH the probe says
+// which are missing and what that means for CRIU's locked images.
+func TestNetworkLockToolsMissing(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	f := probeNetworkLockTools()
+	if f.OK || !strings.Contains(f.Reason, "not in $PATH: iptables, ip6tables, nft (found: none)") || !strings.Contains(f.Reason, "--tcp-established") {
+		t.Errorf("%+v", f)
+	}
 }
