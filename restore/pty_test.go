@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,7 +19,6 @@ import (
 	"github.com/crest-restore/crest/dump"
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/test/check"
-	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/fixture"
 	"github.com/crest-restore/crest/test/workloads"
 )
@@ -30,25 +28,7 @@ var ptypairLogs = map[string]check.Next{"out-parent.log": check.Counter, "out-ch
 // ptypairImages dumps ptypair with crest's dump (which kills it).
 func ptypairImages(t *testing.T) (*workloads.Process, string) {
 	t.Helper()
-	needRoot(t)
-	cli.Subreaper(t)
-	p := workloads.Start(t, "ptypair")
-	for l := range ptypairLogs {
-		waitLogLines(t, p, l, 5)
-	}
-	imgs := filepath.Join(t.TempDir(), "images")
-	if _, err := dump.Dump(context.Background(), dump.Options{Pid: p.Pid, Dir: imgs}); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := syscall.Wait4(p.Pid, nil, syscall.WALL, nil); err != syscall.EINTR {
-			break
-		}
-	}
-	if !workloads.WaitGone(p.Pid, 10*time.Second) {
-		t.Fatalf("the dumped tree of %d still exists", p.Pid)
-	}
-	return p, imgs
+	return dumpedWorkload(t, "ptypair", ptypairLogs, 5, dump.Options{})
 }
 
 func ptypairPlan(t *testing.T, imgs string) *Plan {

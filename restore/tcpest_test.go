@@ -37,14 +37,22 @@ var tcpestLogs = map[string]check.Next{"out-init.log": check.Counter, "out-child
 // returns it and the images.
 func tcpestImages(t *testing.T) (*workloads.Process, string) {
 	t.Helper()
+	return dumpedWorkload(t, "tcpest", tcpestLogs, 3, dump.Options{TCPEstablished: true})
+}
+
+// dumpedWorkload starts workload name, waits until each of its logs has n
+// lines, dumps it with opts (which kills it), reaps it (the test is its
+// subreaper) and returns it and the images.
+func dumpedWorkload(t *testing.T, name string, logs map[string]check.Next, n int, opts dump.Options) (*workloads.Process, string) {
+	t.Helper()
 	needRoot(t)
 	cli.Subreaper(t) // the init comes to us: we reap it and know it is gone
-	p := workloads.Start(t, "tcpest")
-	for l := range tcpestLogs {
-		waitLogLines(t, p, l, 3)
+	p := workloads.Start(t, name)
+	for l := range logs {
+		waitLogLines(t, p, l, n)
 	}
-	imgs := filepath.Join(t.TempDir(), "images")
-	if _, err := dump.Dump(context.Background(), dump.Options{Pid: p.Pid, Dir: imgs, TCPEstablished: true}); err != nil {
+	opts.Pid, opts.Dir = p.Pid, filepath.Join(t.TempDir(), "images")
+	if _, err := dump.Dump(context.Background(), opts); err != nil {
 		t.Fatal(err)
 	}
 	for {
@@ -55,7 +63,7 @@ func tcpestImages(t *testing.T) (*workloads.Process, string) {
 	if !workloads.WaitGone(p.Pid, 10*time.Second) {
 		t.Fatalf("the dumped tree of %d still exists", p.Pid)
 	}
-	return p, imgs
+	return p, opts.Dir
 }
 
 func waitLogLines(t *testing.T, p *workloads.Process, name string, n int) {

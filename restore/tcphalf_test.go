@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,7 +19,6 @@ import (
 	"github.com/crest-restore/crest/dump"
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/test/check"
-	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/fixture"
 	"github.com/crest-restore/crest/test/workloads"
 )
@@ -37,24 +35,7 @@ var ssState = map[uint32]string{tcpEstablished: "ESTAB", tcpFinWait1: "FIN-WAIT-
 // connections.
 func tcphalfImages(t *testing.T) (*workloads.Process, string, []*InetSocket) {
 	t.Helper()
-	needRoot(t)
-	cli.Subreaper(t)
-	p := workloads.Start(t, "tcphalf")
-	for l := range tcphalfLogs {
-		waitLogLines(t, p, l, 3)
-	}
-	imgs := filepath.Join(t.TempDir(), "images")
-	if _, err := dump.Dump(context.Background(), dump.Options{Pid: p.Pid, Dir: imgs, TCPEstablished: true}); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := syscall.Wait4(p.Pid, nil, syscall.WALL, nil); err != syscall.EINTR {
-			break
-		}
-	}
-	if !workloads.WaitGone(p.Pid, 10*time.Second) {
-		t.Fatalf("the dumped tree of %d still exists", p.Pid)
-	}
+	p, imgs := dumpedWorkload(t, "tcphalf", tcphalfLogs, 3, dump.Options{TCPEstablished: true})
 	d, err := images.Open(imgs)
 	if err != nil {
 		t.Fatal(err)
