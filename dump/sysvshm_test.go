@@ -1,10 +1,8 @@
 package dump_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,34 +12,9 @@ import (
 
 	"github.com/crest-restore/crest/dump"
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/test/check"
 	"github.com/crest-restore/crest/test/workloads"
 )
-
-// sysvMaps returns the SysV shared memory mappings of pid as
-// /proc/PID/maps shows them: start, end, perms, offset and inode, and
-// the mode of each one's map_files link (0400 for a read-only attach).
-func sysvMaps(t *testing.T, pid int) []string {
-	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fl := strings.Fields(sc.Text())
-		if len(fl) < 6 || !strings.HasPrefix(fl[5], "/SYSV") {
-			continue
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(fmt.Sprintf("/proc/%d/map_files/%s", pid, fl[0]), &st); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, fmt.Sprintf("%s %s %s %s %o", fl[0], fl[1], fl[2], fl[4], st.Mode&0o777))
-	}
-	return out
-}
 
 // TestDumpSysVShm dumps nsuts, whose init keeps segment 7 attached twice
 // (read-only, and read-write cut into three mappings by mprotect), and
@@ -54,7 +27,7 @@ func sysvMaps(t *testing.T, pid int) []string {
 func TestDumpSysVShm(t *testing.T) {
 	p := workloads.Start(t, "nsuts")
 	waitLines(t, p, "out-nsuts.log", 3)
-	live := sysvMaps(t, p.Pid)
+	live := check.SysVMaps(t, p.Pid)
 	if len(live) != 4 {
 		t.Fatalf("nsuts's SysV mappings: %q, want 4", live)
 	}
@@ -154,7 +127,7 @@ int main(void)
 	}
 	p := workloads.StartIn(t, bin, t.TempDir())
 	waitLines(t, p, "out-shm.log", 3)
-	maps := sysvMaps(t, p.Pid)
+	maps := check.SysVMaps(t, p.Pid)
 	if len(maps) != 1 {
 		t.Fatalf("SysV mappings %q, want one", maps)
 	}

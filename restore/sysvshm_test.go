@@ -1,7 +1,6 @@
 package restore
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/test/check"
 	"github.com/crest-restore/crest/test/fixture"
 )
 
@@ -168,31 +168,6 @@ func inTreeIPC(pid int, fn func() error) error {
 	return <-done
 }
 
-// sysvMapsOf returns pid's SysV mappings from /proc/PID/maps (range,
-// perms, offset, inode) with the mode of their map_files links.
-func sysvMapsOf(t *testing.T, pid int) []string {
-	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fl := strings.Fields(sc.Text())
-		if len(fl) < 6 || !strings.HasPrefix(fl[5], "/SYSV") {
-			continue
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(fmt.Sprintf("/proc/%d/map_files/%s", pid, fl[0]), &st); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, fmt.Sprintf("%s %s %s %s %o", fl[0], fl[1], fl[2], fl[4], st.Mode&0o777))
-	}
-	return out
-}
-
 // TestRestoreSysVShm restores crest dump's images of nsuts: its segment 7
 // is attached again at the dumped addresses, read-only where it was (its
 // map_files link 0400) and cut into the same mappings, the workload's
@@ -222,7 +197,7 @@ func TestRestoreSysVShm(t *testing.T) {
 		t.Fatalf("the restored nsuts wrote:\n%s", out)
 	}
 	root := r.RootPID()
-	if got := sysvMapsOf(t, root); strings.Join(got, "\n") != strings.Join(want, "\n") {
+	if got := check.SysVMaps(t, root); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("SysV mappings of the restored root:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 	nattch := func() string {

@@ -7,6 +7,7 @@
 package check
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"os"
@@ -16,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/crest-restore/crest/images"
 )
@@ -455,4 +458,33 @@ func follow(path string, before []byte, rule Next) ([]string, error) {
 		prev = l
 	}
 	return added, nil
+}
+
+// SysVMaps returns the SysV shared memory mappings of pid as
+// /proc/PID/maps shows them (range, perms, offset, inode), each with the
+// mode of its map_files link (0400 for a read-only attach).
+func SysVMaps(t testing.TB, pid int) []string {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fl := strings.Fields(sc.Text())
+		if len(fl) < 6 || !strings.HasPrefix(fl[5], "/SYSV") {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(fmt.Sprintf("/proc/%d/map_files/%s", pid, fl[0]), &st); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, fmt.Sprintf("%s %s %s %s %o", fl[0], fl[1], fl[2], fl[4], st.Mode&0o777))
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
