@@ -180,7 +180,7 @@ func (r *Restore) unlockNetwork(ctx context.Context) {
 	}
 	root := r.plan.Root()
 	r.obs.StepDone(StepEvent{PID: root.PID, TID: root.PID, Step: stepNetworkUnlock, Stage: StageRestoreSigchld,
-		Begin: begin, End: boottime(), Succeeded: true})
+		Begin: begin, End: boottime(), Succeeded: true, Engine: true})
 }
 
 // deleteLockRule deletes rule of connection c.

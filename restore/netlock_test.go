@@ -282,7 +282,7 @@ func TestRestoreNetworkLock(t *testing.T) {
 			for _, s := range tl.Steps {
 				if s.Step == stepNetworkUnlock {
 					steps++
-					if s.Stage != StageRestoreSigchld || !s.Succeeded || s.End < s.Begin || s.PID != plan.Root().PID {
+					if s.Stage != StageRestoreSigchld || !s.Succeeded || !s.Engine || s.End < s.Begin || s.PID != plan.Root().PID {
 						t.Errorf("step %+v", s)
 					}
 				}

@@ -184,7 +184,7 @@ func (r *Restore) fillNamespaces() error {
 		flags |= unix.CLONE_NEWIPC
 	}
 	step := func(name string, begin uint64, err error) error {
-		e := StepEvent{PID: root.PID, TID: root.PID, Step: name, Stage: StagePrepareNamespaces, Begin: begin}
+		e := StepEvent{PID: root.PID, TID: root.PID, Step: name, Stage: StagePrepareNamespaces, Begin: begin, Engine: true}
 		if err != nil {
 			var errno syscall.Errno
 			if errors.As(err, &errno) {

@@ -358,7 +358,7 @@ func TestRestoreNamespaces(t *testing.T) {
 	}
 	for _, name := range []string{"uts namespace", "ipc namespace"} {
 		s, ok := steps[name]
-		if !ok || !s.Succeeded || s.PID != 1 || s.End < s.Begin {
+		if !ok || !s.Succeeded || !s.Engine || s.PID != 1 || s.End < s.Begin {
 			t.Errorf("step %q of PREPARE_NAMESPACES: %+v (%v)", name, s, ok)
 		}
 	}

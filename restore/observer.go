@@ -43,6 +43,9 @@ type StepEvent struct {
 	End       uint64 // 0 when the step failed
 	Errno     int    // errno of a failed step, else 0
 	Succeeded bool
+	// Engine: the engine did the step for task PID (filling its
+	// namespaces, unlocking its connections) while the task waited.
+	Engine bool
 }
 
 // PrepareObserver is an Observer that also wants to know, before the agent

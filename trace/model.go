@@ -223,6 +223,10 @@ func (b *builder) placeSteps() {
 			continue
 		}
 		st := b.stage(e.Stage, e.Begin)
+		if e.Engine {
+			b.placeEngineStep(st, e)
+			continue
+		}
 		p := b.parts[st.Stage][tid]
 		if p == nil {
 			p = b.parts[st.Stage][e.PID]
@@ -263,6 +267,25 @@ func (b *builder) placeSteps() {
 	}
 }
 
+// placeEngineStep puts a step the engine did for a task during a stage
+// (while the task waited at the barrier) on the stage itself: on the
+// task's span it would lie past the task's arrival, clamped to nothing.
+func (b *builder) placeEngineStep(st *Span, e StepEvent) {
+	s := &Span{Name: e.Step, Kind: KindStep, Stage: st.Stage, PID: e.PID, TID: cmp.Or(e.TID, e.PID),
+		Start: e.Begin, End: e.End,
+		Attrs: []attribute.KeyValue{keyStep.String(e.Step), keyStage.String(st.Stage), keyVPID.Int(e.PID), keyEngine.Bool(true)}}
+	if e.Errno != 0 {
+		errno := syscall.Errno(e.Errno)
+		s.Err = fmt.Sprintf("%s: %v", e.Step, errno)
+		s.Attrs = append(s.Attrs, keyErrno.Int(e.Errno), keyErrorType.String(errnoName(errno)))
+	}
+	if s.End < s.Start {
+		s.End = s.Start
+		b.unfinished = append(b.unfinished, s)
+	}
+	st.Children = append(st.Children, s)
+}
+
 // closeStages ends every stage at the next one's switch (the engine's
 // work between a stage's last arrival and the next switch belongs to the
 // stage it finishes), the last one at its last arrival or step, clamps
@@ -274,6 +297,9 @@ func (b *builder) closeStages() {
 		arrived := 0
 		for _, p := range st.Children {
 			last = max(last, p.End)
+			if p.Kind != KindTask {
+				continue // the engine's steps
+			}
 			if hasKey(p.Attrs, keyArrived) {
 				arrived++
 			} else {
@@ -290,13 +316,16 @@ func (b *builder) closeStages() {
 				// and so did the tasks that never arrived.
 				st.End = b.rec.End
 				for _, p := range st.Children {
-					if !attr(p.Attrs, keyArrived).AsBool() {
+					if p.Kind == KindTask && !attr(p.Attrs, keyArrived).AsBool() {
 						p.End = st.End
 					}
 				}
 			}
 		}
 		for _, p := range st.Children {
+			if slices.Contains(b.unfinished, p) {
+				p.End = max(p.Start, st.End) // an engine step that failed
+			}
 			clamp(p, st)
 			for _, s := range p.Children {
 				if slices.Contains(b.unfinished, s) {

@@ -355,3 +355,68 @@ func TestKernelEventKinds(t *testing.T) {
 		t.Error("a failed clone3 names a child")
 	}
 }
+
+// TestBuildEngineSteps: what the engine does for a task while the task
+// waits at the barrier (filling the root's namespaces after it arrived
+// at PREPARE_NAMESPACES) is a step of the stage, with its own length,
+// not a step of the task clamped to the task's arrival.
+func TestBuildEngineSteps(t *testing.T) {
+	rec := syntheticRecord()
+	rec.Steps = append(rec.Steps,
+		StepEvent{PID: 1, TID: 1, Stage: "PREPARE_NAMESPACES", Step: "uts namespace", Begin: us(61), End: us(63), Engine: true},
+		StepEvent{PID: 1, TID: 1, Stage: "PREPARE_NAMESPACES", Step: "ipc namespace", Begin: us(63), End: us(68), Engine: true})
+	tr := Build(rec)
+	st := tr.Stages()[1]
+	if st.Name != "PREPARE_NAMESPACES" {
+		t.Fatalf("stage 1 is %s", st.Name)
+	}
+	want := map[string][2]uint64{"uts namespace": {us(61), us(63)}, "ipc namespace": {us(63), us(68)}}
+	var tasks int
+	for _, c := range st.Children {
+		switch c.Kind {
+		case KindTask:
+			tasks++
+			if c.End != us(60) || len(c.Children) != 0 {
+				t.Errorf("task span %s ends at %d with %d steps, want its arrival %d and none", c.Name, c.End, len(c.Children), us(60))
+			}
+		case KindStep:
+			w, ok := want[c.Name]
+			if !ok || c.Start != w[0] || c.End != w[1] || c.PID != 1 || !attr(c.Attrs, keyEngine).AsBool() || hasKey(c.Attrs, keyClamped) {
+				t.Errorf("engine step %s [%d,%d] pid %d attrs %v, want %v for task 1, engine, not clamped", c.Name, c.Start, c.End, c.PID, c.Attrs, w)
+			}
+			delete(want, c.Name)
+		}
+	}
+	if tasks != 1 || len(want) != 0 {
+		t.Errorf("%d task spans, engine steps missing: %v", tasks, want)
+	}
+	if n := attr(st.Attrs, keyArrivals).AsInt64(); n != 1 {
+		t.Errorf("stage arrivals %d, want 1 (engine steps are no participants)", n)
+	}
+	var out strings.Builder
+	if err := tr.WriteWaterfall(&out, 120); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "engine: ipc namespace") {
+		t.Errorf("the waterfall does not show the engine's step:\n%s", out.String())
+	}
+
+	// failing there: the step runs until the restore gave up
+	rec = syntheticRecord()
+	rec.Stages = rec.Stages[:2]
+	var arr []ArrivalEvent
+	for _, a := range rec.Arrivals {
+		if a.Stage == "ROOT_TASK" || a.Stage == "PREPARE_NAMESPACES" {
+			arr = append(arr, a)
+		}
+	}
+	rec.Arrivals = arr
+	rec.Steps = []StepEvent{{PID: 1, TID: 1, Stage: "PREPARE_NAMESPACES", Step: "ipc namespace", Begin: us(62), Errno: int(syscall.EINVAL), Engine: true}}
+	rec.Err = fmt.Errorf("restore: stage PREPARE_NAMESPACES: %w", syscall.EINVAL)
+	rec.End = us(90)
+	tr = Build(rec)
+	step := findSpan(tr.Root, func(s *Span) bool { return s.Kind == KindStep && s.Name == "ipc namespace" })
+	if step == nil || step.Err == "" || step.Start != us(62) || step.End != us(90) {
+		t.Errorf("failed engine step %+v, want an error, [%d,%d]", step, us(62), us(90))
+	}
+}

@@ -46,6 +46,9 @@ type StepEvent struct {
 	Begin uint64
 	End   uint64
 	Errno int
+	// Engine: the engine did the step for task PID (filling its
+	// namespaces, unlocking its connections), not the task itself.
+	Engine bool
 }
 
 // KernelEvent is something the kernel saw a task do: a clone3 (with the

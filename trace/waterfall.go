@@ -114,6 +114,11 @@ func (t *Trace) WriteWaterfall(w io.Writer, width int) error {
 		if n := len(tasks) - len(shown); n > 0 {
 			fmt.Fprintf(bw, "  … %d more\n", n)
 		}
+		for _, s := range c.Children {
+			if s.Kind == KindStep {
+				line(1, "engine: "+s.Name, s, fmt.Sprintf("for task %d", s.PID))
+			}
+		}
 	}
 	return bw.Flush()
 }

@@ -90,7 +90,7 @@ func (r restoreRecorder) TaskArrived(e restore.ArrivalEvent) {
 
 func (r restoreRecorder) StepDone(e restore.StepEvent) {
 	r.Recorder.StepDone(trace.StepEvent{PID: e.PID, TID: e.TID, Stage: e.Stage.String(), Step: e.Step,
-		Begin: e.Begin, End: e.End, Errno: e.Errno})
+		Begin: e.Begin, End: e.End, Errno: e.Errno, Engine: e.Engine})
 }
 
 // traceTasks describes the plan's tasks for the spans.
