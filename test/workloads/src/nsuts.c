@@ -36,6 +36,7 @@
  * build: gcc -static -O2 -o nsuts nsuts.c
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdlib.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
@@ -110,21 +111,32 @@ static void put(const char *path, const char *value)
 	close(fd);
 }
 
-/* whether the file at path holds value (whitespace as the kernel prints it) */
+/*
+ * whether the file at path holds value (whitespace as the kernel prints
+ * it); if not, line says what it held, or why it could not be read
+ */
 static int holds(const char *path, const char *value)
 {
 	char buf[128];
 	int fd = open(path, O_RDONLY);
 	ssize_t n;
 
-	if (fd < 0)
+	if (fd < 0) {
+		snprintf(line, sizeof line, "%s: open: %s", path, strerror(errno));
 		return 0;
+	}
 	n = read(fd, buf, sizeof buf - 1);
 	close(fd);
-	if (n < 0)
+	if (n < 0) {
+		snprintf(line, sizeof line, "%s: read: %s", path, strerror(errno));
 		return 0;
+	}
 	buf[n] = 0;
-	return strcmp(buf, value) == 0;
+	if (strcmp(buf, value) == 0)
+		return 1;
+	buf[strcspn(buf, "\n")] = 0;
+	snprintf(line, sizeof line, "%s: holds \"%s\", want \"%.*s\"", path, buf, (int)strcspn(value, "\n"), value);
+	return 0;
 }
 
 static unsigned char pattern(int seg, size_t off)
@@ -302,7 +314,7 @@ static void check(void)
 	}
 	for (unsigned i = 0; i < sizeof sysctls / sizeof sysctls[0]; i++)
 		if (!holds(sysctls[i].path, sysctls[i].value))
-			corrupt(sysctls[i].path);
+			corrupt(line);
 
 	if (shmget(KEY("NSU1"), 0, 0) != shm_a || semget(KEY("NSU2"), 0, 0) != sem || msgget(KEY("NSU3"), 0) != msq)
 		corrupt("ids of the keys");
