@@ -171,9 +171,9 @@ func (d *dumper) vmas(t *task, maps []*mapping) ([]*vmaArea, error) {
 			}
 			e.Shmid = proto.Uint64(uint64(id))
 			e.Pgoff = proto.Uint64(m.pgoff)
-			fdflags := uint32(unix.O_RDONLY)
-			if m.perms[1] == 'w' {
-				fdflags = unix.O_RDWR
+			fdflags, err := mapFDFlags(t, m)
+			if err != nil {
+				return nil, err
 			}
 			e.Fdflags = proto.Uint32(fdflags)
 			status |= images.VMAFileShared | images.VMAAreaMemfd
@@ -205,10 +205,13 @@ func (d *dumper) vmas(t *task, maps []*mapping) ([]*vmaArea, error) {
 			e.Shmid = proto.Uint64(uint64(id))
 			e.Pgoff = proto.Uint64(m.pgoff)
 			if shared {
+				// the pages are the file's: the restore maps it
+				// again, as CRIU dumps only private memory
 				status |= images.VMAFileShared
-				fdflags := uint32(unix.O_RDONLY)
-				if m.perms[1] == 'w' {
-					fdflags = unix.O_RDWR
+				a.dump = false
+				fdflags, err := mapFDFlags(t, m)
+				if err != nil {
+					return nil, err
 				}
 				e.Fdflags = proto.Uint32(fdflags)
 			} else {
@@ -262,6 +265,26 @@ var zeroPFN = sync.OnceValues(func() (uint64, error) {
 	}
 	return v & pmPFNMask, nil
 })
+
+// mapFDFlags is the open mode of the file behind shared mapping m, which a
+// restore opens to map it, as CRIU reads it (vma_get_mapfile_flags): from
+// the mode of its map_files link, which shows the mapped file's f_mode,
+// not the mapping's protection (a read-only mapping of a file opened
+// read-write may be made writable later).
+func mapFDFlags(t *task, m *mapping) (uint32, error) {
+	link := procPath(t.pid, "map_files", fmt.Sprintf("%x-%x", m.start, m.end))
+	var st unix.Stat_t
+	if err := unix.Lstat(link, &st); err != nil {
+		return 0, fmt.Errorf("%s: mapping %x-%x (%s): %w", t, m.start, m.end, m.name, &os.PathError{Op: "lstat", Path: link, Err: err})
+	}
+	switch st.Mode & 0o600 {
+	case 0o600:
+		return unix.O_RDWR, nil
+	case 0o200:
+		return unix.O_WRONLY, nil
+	}
+	return unix.O_RDONLY, nil
+}
 
 // memStats counts what the memory dump did (stats-dump).
 type memStats struct {

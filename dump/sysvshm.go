@@ -2,12 +2,10 @@ package dump
 
 import (
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/vma"
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/crest-restore/crest/images"
@@ -45,17 +43,9 @@ func (d *dumper) sysvShmVMA(t *task, m *mapping, e *vma.VmaEntry) (images.VMASta
 	if _, err := strconv.ParseUint(key, 16, 32); err != nil || len(key) != 8 {
 		return 0, unsupported("not a SysV segment's name")
 	}
-	link := procPath(t.pid, "map_files", fmt.Sprintf("%x-%x", m.start, m.end))
-	var st unix.Stat_t
-	if err := unix.Lstat(link, &st); err != nil {
-		return 0, fmt.Errorf("%s: mapping %x-%x (%s): %w", t, m.start, m.end, m.name, &os.PathError{Op: "lstat", Path: link, Err: err})
-	}
-	fdflags := uint32(unix.O_RDONLY)
-	switch st.Mode & 0o600 {
-	case 0o600:
-		fdflags = unix.O_RDWR
-	case 0o200:
-		fdflags = unix.O_WRONLY
+	fdflags, err := mapFDFlags(t, m)
+	if err != nil {
+		return 0, err
 	}
 	e.Shmid = proto.Uint64(m.ino)
 	e.Pgoff = proto.Uint64(m.pgoff)

@@ -343,6 +343,10 @@ type VMA struct {
 	File       *File       // the mapped file for file-backed kinds
 	Shmem      *Memfd      // the shared anonymous object of a VMAAnonShared
 	SysV       *SysVAttach // the segment and attachment of a VMASysVShm (sysvshm.go)
+	// FDFlags: for a VMAFileShared mapping of a regular file, the access
+	// mode of the fd it maps (mm.img's fdflags; files.img has none for
+	// mapped files).
+	FDFlags uint32
 }
 
 // VMAKind is what backs a mapping.
@@ -1032,6 +1036,13 @@ func (p *Plan) loadMemory(t *Task) error {
 				return err
 			}
 			vma.File = f
+			if vma.Kind == VMAFileShared && f.Kind == FileRegular {
+				acc := v.GetFdflags() & syscall.O_ACCMODE
+				if acc != syscall.O_RDONLY && acc != syscall.O_RDWR {
+					return &PlanError{PID: t.PID, File: mmName, Msg: fmt.Sprintf("%s: shared mapping of %s with fdflags %#o: neither read-only nor read-write", where, f.Path, v.GetFdflags())}
+				}
+				vma.FDFlags = acc
+			}
 		case st&vmaAnonPrivate != 0:
 			vma.Kind = VMAAnonPrivate
 		default:

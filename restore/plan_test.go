@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
@@ -364,6 +365,14 @@ func TestPlanRefuses(t *testing.T) {
 				v.Status = proto.Uint32(vmaAreaRegular | vmaAreaSysVIPC)
 			})
 		}, "mm-1.img: vma 7 (0x7f01a94d6000-0x7f01a95d6000, SysV shm 2 at offset 0x0): the segment is in an IPC namespace that is not the tree's own"},
+		{"shared file mapping of a write-only file", "counter", func(t *testing.T, dir string) {
+			editImage(t, dir, "mm-1.img", func(img *images.Image) {
+				v := img.Entries[0].Message.(*mm.MmEntry).Vmas[0]
+				v.Status = proto.Uint32(vmaAreaRegular | vmaFileShared)
+				v.Flags = proto.Uint32(syscall.MAP_SHARED)
+				v.Fdflags = proto.Uint32(syscall.O_WRONLY)
+			})
+		}, "task 1: mm-1.img: vma 0 (0x400000-0x401000"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -131,7 +131,7 @@ func takes(t *Task, pr *prepared) []int {
 	}
 	for _, v := range t.Mem.VMAs {
 		if v.File != nil {
-			set[pr.index[mapKey(v.File)]] = true
+			set[pr.index[mapKey(&v)]] = true
 		}
 		if v.Shmem != nil {
 			set[pr.index[memfdKey(v.Shmem)]] = true
@@ -274,7 +274,7 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 			av := agent.VMA{Start: v.Start, End: v.End, Pgoff: v.Pgoff, Madv: v.Madv,
 				Prot: v.Prot, Flags: v.Flags, Kind: vmaKinds[v.Kind], SrcFD: -1}
 			if v.File != nil {
-				av.SrcFD = pr.localFD(pr.index[mapKey(v.File)])
+				av.SrcFD = pr.localFD(pr.index[mapKey(&v)])
 			}
 			if v.Shmem != nil {
 				// the object's file, mapped as a file: not a new

@@ -95,7 +95,7 @@ func prepareFiles(p *Plan) (*prepared, error) {
 		}
 		for _, v := range t.Mem.VMAs {
 			if v.File != nil {
-				n, err := pr.openMapped(t, v.File)
+				n, err := pr.openMapped(t, &v)
 				if err != nil {
 					return nil, err
 				}
@@ -126,19 +126,52 @@ func prepareFiles(p *Plan) (*prepared, error) {
 
 func fileKey(f *File) string { return fmt.Sprintf("file:%d", f.ID) }
 
-// mapKey is the key of the fd a mapping of f maps: the memfd itself for a
-// memfd (its open file descriptions may be read-only), else f's.
-func mapKey(f *File) string {
-	if f.Kind == FileMemfd {
+// mapKey is the key of the fd mapping v maps: the memfd itself for a
+// memfd (its open file descriptions may be read-only); for a regular file
+// one opened for mappings, as CRIU's open_filemap opens it: with the
+// mapping's fdflags when it is shared (a writable shared mapping needs a
+// read-write fd), else read-only; files.img's flags are not the
+// mapping's. Other kinds map their own description.
+func mapKey(v *VMA) string {
+	f := v.File
+	switch f.Kind {
+	case FileMemfd:
 		return memfdKey(f.Memfd)
+	case FileRegular:
+		return fmt.Sprintf("map:%d:%#o", f.ID, v.mapAccess())
 	}
 	return fileKey(f)
 }
 
-// openMapped prepares the fd behind a mapping of f.
-func (pr *prepared) openMapped(t *Task, f *File) (int, error) {
-	if f.Kind == FileMemfd {
+// mapAccess is the access mode of the fd behind file mapping v.
+func (v *VMA) mapAccess() int {
+	if v.Kind == VMAFileShared {
+		return int(v.FDFlags)
+	}
+	return syscall.O_RDONLY
+}
+
+// openMapped prepares the fd behind mapping v.
+func (pr *prepared) openMapped(t *Task, v *VMA) (int, error) {
+	f := v.File
+	switch f.Kind {
+	case FileMemfd:
 		return 0, nil // prepareMemfds made it
+	case FileRegular:
+		key := mapKey(v)
+		if _, ok := pr.index[key]; ok {
+			return 0, nil
+		}
+		fd, err := openRegularAs(f, v.mapAccess())
+		if err != nil {
+			var fc *FileChangedError
+			if errors.As(err, &fc) {
+				return 0, fmt.Errorf("task %d: %w", t.PID, err)
+			}
+			return 0, fmt.Errorf("task %d: file %d (mapped at %#x): %w", t.PID, f.ID, v.Start, err)
+		}
+		pr.add(key, fd)
+		return 1, nil
 	}
 	return pr.openFile(t, f)
 }
@@ -192,7 +225,12 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 // openRegular opens a path as the image says, checks it and puts it at
 // its offset.
 func openRegular(f *File) (int, error) {
-	flags := int(f.Flags)&^reopenMask | syscall.O_CLOEXEC
+	return openRegularAs(f, int(f.Flags))
+}
+
+// openRegularAs is openRegular with open flags of its own.
+func openRegularAs(f *File, flags int) (int, error) {
+	flags = flags&^reopenMask | syscall.O_CLOEXEC
 	fd, err := syscall.Open(f.Path, flags, 0)
 	if err != nil {
 		return -1, &os.PathError{Op: "open", Path: f.Path, Err: err}

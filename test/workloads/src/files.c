@@ -8,6 +8,14 @@
  *         sealed F_SEAL_SHRINK|F_SEAL_GROW
  *   fd 7  /dev/null  O_WRONLY, put there with dup2()
  *
+ * and shared.map, two pages mapped MAP_SHARED twice (read-write and
+ * read-only; the fd closed), its second page a pattern: every tick writes
+ * the tick count into the first page through the read-write mapping and
+ * checks it through the read-only one (one file, both mappings shared),
+ * and checks the pattern. The pages belong to the file: a dump must not
+ * keep them as the task's memory. The read-only mapping is made writable
+ * and read-only again every tick: it maps a file opened read-write.
+ *
  * It first writes data.bin: 4096 records of 16 bytes "rec=%08x ..\n"
  * where %08x is the record's own offset, then closes it and reopens it
  * read-only. Every 10 ms it reads one record, through fd 4 and fd 5 in
@@ -102,6 +110,17 @@ int main(void)
 	if (write(mfd, text, MEMFD_SIZE) != MEMFD_SIZE || fcntl(mfd, F_ADD_SEALS, SEALS))
 		return 2;
 
+	int sfd = open("shared.map", O_RDWR | O_CREAT | O_TRUNC, 0644);
+	static unsigned char page[4096];
+	for (unsigned i = 0; i < sizeof page; i++)
+		page[i] = (unsigned char)(i * 7);
+	if (sfd != 8 || ftruncate(sfd, 4096) || pwrite(sfd, page, sizeof page, 4096) != sizeof page)
+		return 2;
+	volatile unsigned long *rw = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, sfd, 0);
+	const volatile unsigned char *ro = mmap(NULL, 8192, PROT_READ, MAP_SHARED, sfd, 0);
+	if (rw == MAP_FAILED || ro == MAP_FAILED || close(sfd))
+		return 2;
+
 	const struct timespec ts = { 0, 10 * 1000 * 1000 };
 	for (tick = 1;; tick++) {
 		int fd = tick % 2 ? data : twin, other = tick % 2 ? twin : data;
@@ -132,6 +151,14 @@ int main(void)
 			corrupt("memfd seals", seals, SEALS);
 		if (write(7, "x", 1) != 1)
 			corrupt("write to fd 7", -1, 1);
+		*rw = tick;
+		if (*(const volatile unsigned long *)ro != tick)
+			corrupt("shared.map through the other mapping", (long)*(const volatile unsigned long *)ro, (long)tick);
+		for (unsigned i = 0; i < 4096; i++)
+			if (ro[4096 + i] != (unsigned char)(i * 7))
+				corrupt("shared.map pattern byte", i, i);
+		if (mprotect((void *)ro, 8192, PROT_READ | PROT_WRITE) || mprotect((void *)ro, 8192, PROT_READ))
+			corrupt("shared.map read-only mapping made writable", -1, 0);
 
 		say("%lu fd=%d off=%ld rec=%ld\n", tick, fd, (long)(at + RECORD), (long)at);
 		nanosleep(&ts, NULL);
