@@ -540,7 +540,7 @@ func (r *Restore) failure() error {
 		// crest's pid namespace; it records that as the root's failure
 		// (main.c). A task's fork of its children fails in FORKING and
 		// is the parent's failure.
-		e.Err, e.Errno = &PIDInUseError{PID: int(f.PID)}, 0
+		e.Err, e.Errno = &PIDInUseError{PID: int(f.PID), Holders: pidHolders(int(f.PID))}, 0
 	}
 	// The failing thread's id is in the record; report its task.
 	for _, t := range r.plan.Tasks {

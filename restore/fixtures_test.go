@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -99,6 +100,7 @@ func TestFailuresCLI(t *testing.T) {
 	bin := cli.Binary(t)
 	cli.Subreaper(t)
 	prog := filepath.Join(fixture.OptDir, "counter", "prog")
+	var started []int // processes a damage started, killed before the check for leftovers
 	tests := []struct {
 		name    string
 		fixture string
@@ -141,7 +143,25 @@ func TestFailuresCLI(t *testing.T) {
 		{"root pid in use in crest's namespace", "counter", func(t *testing.T, imgs string) []string {
 			pid := os.Getpid()
 			renumberRoot(t, imgs, pid)
-			return []string{"stage ROOT_TASK", fmt.Sprintf("task %d: fork children: pid %d is in use (EEXIST)", pid, pid)}
+			return []string{"stage ROOT_TASK", fmt.Sprintf("task %d: fork children: pid %d is in use (EEXIST): process %d (", pid, pid, pid)}
+		}},
+		// The root's pid belongs to no process, but a session and
+		// process group still carry it: a shell that made a session,
+		// started a sleep in it and exited (as a dumped tree's leader
+		// whose killed children are zombies not reaped yet). The message
+		// names the process that holds it.
+		{"root pid held by a session", "counter", func(t *testing.T, imgs string) []string {
+			out, err := exec.Command("setsid", "sh", "-c", "sleep 60 </dev/null >/dev/null 2>&1 & echo $$ $!").Output()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var leader, sleeper int
+			if _, err := fmt.Sscan(string(out), &leader, &sleeper); err != nil {
+				t.Fatalf("%q: %v", out, err)
+			}
+			started = append(started, sleeper)
+			renumberRoot(t, imgs, leader)
+			return []string{"stage ROOT_TASK", fmt.Sprintf("pid %d is in use (EEXIST): the session and process group of %d (sleep, ", leader, sleeper)}
 		}},
 		// The same in RESTORE: counter renumbered to a free pid of
 		// crest's namespace gets a second thread with the test's pid
@@ -207,6 +227,10 @@ func TestFailuresCLI(t *testing.T) {
 			if !strings.HasPrefix(msg, "crest restore: ") || strings.Count(strings.TrimSpace(msg), "\n") != 0 {
 				t.Errorf("message %q: want one line starting with \"crest restore: \"", msg)
 			}
+			for _, pid := range started {
+				killTree(t, pid)
+			}
+			started = nil
 			cli.NothingLeft(t, dir)
 		})
 	}

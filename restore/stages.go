@@ -2,6 +2,7 @@ package restore
 
 import (
 	"fmt"
+	"strings"
 	"syscall"
 
 	"github.com/crest-restore/crest/restore/agent"
@@ -145,10 +146,19 @@ func (e *StageError) Unwrap() error {
 // is forked into (clone3 with set_tid failed with EEXIST).
 type PIDInUseError struct {
 	PID int
+	// Holders say what holds the pid, as far as /proc shows: a process
+	// or thread with it, or processes whose group or session it still
+	// names (the dumped tree's zombies, not reaped yet, keep their
+	// leader's pid taken).
+	Holders []string
 }
 
 func (e *PIDInUseError) Error() string {
-	return fmt.Sprintf("pid %d is in use (EEXIST)", e.PID)
+	s := fmt.Sprintf("pid %d is in use (EEXIST)", e.PID)
+	if len(e.Holders) > 0 {
+		s += ": " + strings.Join(e.Holders, "; ")
+	}
+	return s
 }
 
 func (e *PIDInUseError) Unwrap() error { return syscall.EEXIST }
