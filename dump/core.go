@@ -155,9 +155,16 @@ func askTask(t *task) (_ *taskOnly, err error) {
 }
 
 // Errno values the kernel leaves in rax of a syscall interrupted by the
-// freeze, and what CRIU's dump turns them into (compel's get_task_regs):
-// restartable calls are rewound to run again; ERESTART_RESTARTBLOCK (a
-// nanosleep, say) becomes EINTR, since the restart block is not dumped.
+// freeze, and what the dump turns them into. As CRIU's dump (compel's
+// get_task_regs), restartable calls are rewound to run again. A call
+// that would go on through its restart block (ERESTART_RESTARTBLOCK: the
+// time left of a poll, a futex wait or a sleep, which the kernel keeps
+// and no image holds) becomes EINTR in CRIU's images, which a program
+// whose call no signal handler interrupted does not expect: tail -f dies
+// of it ("error waiting for inotify and output events: Interrupted
+// system call", with CRIU as with crest before). crest rewinds those
+// whose restart from the start keeps their meaning, with their argument
+// registers untouched (restartBlocked); the others still get EINTR.
 const (
 	errRestartSys        = 512
 	errRestartNoIntr     = 513
@@ -172,10 +179,43 @@ func dumpedRegs(r unix.PtraceRegs) unix.PtraceRegs {
 			r.Rax = r.Orig_rax
 			r.Rip -= 2
 		case errRestartRestartBlk:
-			r.Rax = ^uint64(unix.EINTR) + 1 // -EINTR
+			if restartBlocked(r) {
+				r.Rax = r.Orig_rax
+				r.Rip -= 2
+			} else {
+				r.Rax = ^uint64(unix.EINTR) + 1 // -EINTR
+			}
 		}
 	}
 	return r
+}
+
+// restartBlocked reports whether a call that the freeze interrupted with
+// ERESTART_RESTARTBLOCK is run again from the start after a restore,
+// rather than failing with EINTR:
+//   - poll, and futex waits with a timeout: a wait that starts again
+//     waits at most its whole timeout again (a futex wait checks its word
+//     again first), as if the task had been stopped that long, which it
+//     was;
+//   - nanosleep and relative clock_nanosleep without a remainder
+//     pointer: the caller can not learn the time left (usleep), so
+//     EINTR would cut the sleep short; it sleeps the whole time again.
+//
+// A sleep with a remainder pointer keeps CRIU's EINTR: the kernel wrote
+// the time left there before the freeze, so a caller that sleeps on
+// with it (sleep(1), nanosleep loops) sleeps exactly the rest. So does
+// restart_syscall (which call it restarts is in the lost block) and any
+// other call.
+func restartBlocked(r unix.PtraceRegs) bool {
+	switch r.Orig_rax {
+	case unix.SYS_POLL, unix.SYS_FUTEX:
+		return true
+	case unix.SYS_NANOSLEEP:
+		return r.Rsi == 0
+	case unix.SYS_CLOCK_NANOSLEEP:
+		return r.R10 == 0
+	}
+	return false
 }
 
 func gpregs(r unix.PtraceRegs) *core_x86.UserX86RegsEntry {

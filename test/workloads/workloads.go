@@ -119,6 +119,10 @@ var Programs = map[string]Program{
 	"memfd": {Name: "memfd", Flags: []string{"-static", "-O2"}},
 	// dynamic is counter linked dynamically (libc.so.6 and ld-linux mapped).
 	"dynamic": {Name: "counter", Flags: []string{"-O2"}},
+	// sleepers spend their time in poll, futex, nanosleep and absolute
+	// clock_nanosleep calls with timeouts, which a dump interrupts: none
+	// may fail with EINTR after a restore.
+	"sleepers": {Name: "sleepers", Flags: []string{"-static", "-O2"}},
 	// spin computes outside syscalls: the dumper must write its own syscall.
 	"spin": {Name: "spin", Flags: []string{"-static", "-O2"}},
 	// big holds 1 GiB of memory, for dump benchmarks.
