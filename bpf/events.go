@@ -2,7 +2,12 @@ package bpf
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // Header is what every event has. Times are CLOCK_BOOTTIME nanoseconds
@@ -51,15 +56,113 @@ type Clone3Event struct {
 }
 
 // SetnsEvent is a setns(2): the fd's file, resolved in the kernel at the
-// call, names the namespace being joined.
+// call, names the namespace being joined when it is an nsfs file; After,
+// read as the call returned, says what the thread is in then, also when
+// the fd was a pidfd (which names a task, and several namespaces at once).
 type SetnsEvent struct {
 	Header
 	Return
 	FD       int    `json:"fd"`
 	NSType   int    `json:"nstype"`
 	Resolved bool   `json:"resolved"` // fd was an open file
-	Inode    uint64 `json:"inode"`    // the namespace's inode (ns.inum)
+	Inode    uint64 `json:"inode"`    // the namespace's inode (ns.inum), for an nsfs file
 	FSMagic  uint64 `json:"fs_magic"` // 0x6e736673 for nsfs
+	// After are the calling thread's namespaces as the call returned
+	// (zero until Returned).
+	After Namespaces `json:"after"`
+}
+
+// Namespaces are a task's namespaces as their inode numbers (ns.inum,
+// what the /proc/PID/ns/* links name); 0 where none was read.
+type Namespaces struct {
+	UTS    uint64 `json:"uts"`
+	IPC    uint64 `json:"ipc"`
+	Mnt    uint64 `json:"mnt"`
+	PID    uint64 `json:"pid_for_children"` // the pid namespace its children are born in
+	Net    uint64 `json:"net"`
+	Time   uint64 `json:"time"` // the one its clocks read
+	Cgroup uint64 `json:"cgroup"`
+}
+
+// NSTypes are the CLONE_NEW* flags of the namespace types Namespaces
+// holds, in the order of its fields.
+var NSTypes = []int{unix.CLONE_NEWUTS, unix.CLONE_NEWIPC, unix.CLONE_NEWNS, unix.CLONE_NEWPID,
+	unix.CLONE_NEWNET, unix.CLONE_NEWTIME, unix.CLONE_NEWCGROUP}
+
+// nsFiles are the /proc/PID/ns/ links of NSTypes.
+var nsFiles = map[int]string{unix.CLONE_NEWUTS: "uts", unix.CLONE_NEWIPC: "ipc", unix.CLONE_NEWNS: "mnt",
+	unix.CLONE_NEWPID: "pid_for_children", unix.CLONE_NEWNET: "net", unix.CLONE_NEWTIME: "time", unix.CLONE_NEWCGROUP: "cgroup"}
+
+func (n *Namespaces) field(nstype int) *uint64 {
+	switch nstype {
+	case unix.CLONE_NEWUTS:
+		return &n.UTS
+	case unix.CLONE_NEWIPC:
+		return &n.IPC
+	case unix.CLONE_NEWNS:
+		return &n.Mnt
+	case unix.CLONE_NEWPID:
+		return &n.PID
+	case unix.CLONE_NEWNET:
+		return &n.Net
+	case unix.CLONE_NEWTIME:
+		return &n.Time
+	case unix.CLONE_NEWCGROUP:
+		return &n.Cgroup
+	}
+	return nil
+}
+
+// Get returns the inode of the namespace of type nstype (one CLONE_NEW*
+// flag), 0 if not known.
+func (n Namespaces) Get(nstype int) uint64 {
+	if f := n.field(nstype); f != nil {
+		return *f
+	}
+	return 0
+}
+
+// Set sets the inode of the namespace of type nstype (one of NSTypes).
+func (n *Namespaces) Set(nstype int, ino uint64) {
+	if f := n.field(nstype); f != nil {
+		*f = ino
+	}
+}
+
+// ReadNamespaces reads the namespaces of dir, a /proc/PID or
+// /proc/thread-self (whose caller must stay on its OS thread), from its
+// ns/ links; one the kernel does not have (time without CONFIG_TIME_NS)
+// stays 0.
+func ReadNamespaces(dir string) (Namespaces, error) {
+	var n Namespaces
+	for _, t := range NSTypes {
+		path := dir + "/ns/" + nsFiles[t]
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			return n, &fs.PathError{Op: "stat", Path: path, Err: err}
+		}
+		n.Set(t, st.Ino)
+	}
+	if n == (Namespaces{}) {
+		return n, &fs.PathError{Op: "stat", Path: dir + "/ns", Err: os.ErrNotExist}
+	}
+	return n, nil
+}
+
+func (n Namespaces) String() string {
+	s := ""
+	for _, t := range NSTypes {
+		if ino := n.Get(t); ino != 0 {
+			if s != "" {
+				s += " "
+			}
+			s += fmt.Sprintf("%s:%d", nsFiles[t], ino)
+		}
+	}
+	return s
 }
 
 // FutexEvent is a futex(2) on a watched address. Word is the futex word
@@ -110,6 +213,8 @@ type ForkEvent struct {
 	// Truncated: the child is deeper than the levels recorded, so the
 	// lists end before its own level.
 	Truncated bool `json:"truncated,omitempty"`
+	// ChildNS are the namespaces the child is born in.
+	ChildNS Namespaces `json:"child_ns"`
 }
 
 // Thread reports whether the fork made a thread (the child joined the
@@ -151,13 +256,14 @@ type syscallEvent interface {
 
 // Record kinds (events.h enum crest_kind).
 const (
-	kindFutex   = 1
-	kindClone   = 2
-	kindClone3  = 3
-	kindSetns   = 4
-	kindSysExit = 5
-	kindFork    = 6
-	kindExit    = 7
+	kindFutex     = 1
+	kindClone     = 2
+	kindClone3    = 3
+	kindSetns     = 4
+	kindSysExit   = 5
+	kindFork      = 6
+	kindExit      = 7
+	kindSetnsExit = 8
 )
 
 const (
@@ -188,6 +294,12 @@ type sysExit struct {
 	ret   int64
 	word  uint32
 	wordk bool
+	ns    Namespaces // a setns's: the caller's namespaces after it
+}
+
+func namespaces(r monitorCrestNs) Namespaces {
+	return Namespaces{UTS: uint64(r.Uts), IPC: uint64(r.Ipc), Mnt: uint64(r.Mnt), PID: uint64(r.PidForChildren),
+		Net: uint64(r.Net), Time: uint64(r.Time), Cgroup: uint64(r.Cgroup)}
 }
 
 // decodeRecord turns one ring-buffer record into an event, or, for a
@@ -244,6 +356,12 @@ func decodeRecord(raw []byte) (any, error) {
 			return nil, bad(err)
 		}
 		return &sysExit{hdr: hdr, nr: h.Nr, ret: r.Ret, word: r.Word, wordk: r.Flags&flagWordOK != 0}, nil
+	case kindSetnsExit:
+		var r monitorCrestEvSetnsExit
+		if _, err := binary.Decode(raw, binary.NativeEndian, &r); err != nil {
+			return nil, bad(err)
+		}
+		return &sysExit{hdr: hdr, nr: h.Nr, ret: r.Ret, ns: namespaces(r.Ns)}, nil
 	case kindFork:
 		var r monitorCrestEvFork
 		if _, err := binary.Decode(raw, binary.NativeEndian, &r); err != nil {
@@ -256,6 +374,7 @@ func decodeRecord(raw []byte) (any, error) {
 		e.ChildTIDs, e.Truncated = levels(r.ChildTids[:], r.ChildLevel)
 		e.ChildPIDs, _ = levels(r.ChildPids[:], r.ChildLevel)
 		e.RealParentPIDs, _ = levels(r.RealParentPids[:], r.RealParentLevel)
+		e.ChildNS = namespaces(r.ChildNs)
 		return e, nil
 	case kindExit:
 		var r monitorCrestEvExit
@@ -322,8 +441,11 @@ func (j *joiner) add(rec any) Event {
 		delete(j.open, r.hdr.TID)
 		ret := e.ret()
 		ret.Returned, ret.Exit, ret.Ret = true, r.hdr.Time, r.ret
-		if f, ok := e.(*FutexEvent); ok {
-			f.WordAtExit, f.WordAtExitOK = r.word, r.wordk
+		switch e := e.(type) {
+		case *FutexEvent:
+			e.WordAtExit, e.WordAtExitOK = r.word, r.wordk
+		case *SetnsEvent:
+			e.After = r.ns
 		}
 		return nil
 	case syscallEvent:

@@ -598,3 +598,70 @@ func TestVerifyTooDeep(t *testing.T) {
 		t.Errorf("level %d: %v, want a verdict", maxLevels-1, err)
 	}
 }
+
+// TestNamespacesSeen: the fork and setns events carry the namespaces the
+// kernel put the tasks in. The tracee's root is born in a new pid
+// namespace and in ours of every other type, and so are its tasks and
+// threads; its setns into its own uts namespace leaves it there. With the
+// wrong-ns fault it unshares a new uts namespace first, joins that, and
+// the tasks it forks afterwards are in that one.
+func TestNamespacesSeen(t *testing.T) {
+	own, err := ReadNamespaces("/proc/self")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []uint64{own.UTS, own.IPC, own.Mnt, own.PID, own.Net, own.Time, own.Cgroup} {
+		if n == 0 {
+			t.Fatalf("our namespaces %+v: one unknown", own)
+		}
+	}
+	level := pidLevel(t) + 1
+	for _, fault := range []string{"none", "wrong-ns"} {
+		t.Run(fault, func(t *testing.T) {
+			m := openMonitor(t, Options{})
+			engine := runTracked(t, m, fault)
+			var root *ForkEvent
+			var forks []*ForkEvent
+			var setns []*SetnsEvent
+			for _, e := range m.Events() {
+				switch e := e.(type) {
+				case *ForkEvent:
+					if e.PID == engine {
+						root = e
+					} else {
+						forks = append(forks, e)
+					}
+				case *SetnsEvent:
+					setns = append(setns, e)
+				}
+			}
+			if root == nil || root.ChildLevel() != level || len(forks) != 5 || len(setns) != 1 {
+				t.Fatalf("root fork %+v, %d other forks, %d setns: want the root, 5 others, one setns", root, len(forks), len(setns))
+			}
+			wantRoot := own
+			if root.ChildNS.PID == own.PID || root.ChildNS.PID == 0 {
+				t.Errorf("the root's pid namespace for children %d, ours %d: want a new one", root.ChildNS.PID, own.PID)
+			}
+			wantRoot.PID = root.ChildNS.PID
+			if root.ChildNS != wantRoot {
+				t.Errorf("the root was born in %+v, want %+v", root.ChildNS, wantRoot)
+			}
+			s := setns[0]
+			after := wantRoot
+			if fault == "wrong-ns" {
+				if s.After.UTS == own.UTS || s.After.UTS == 0 || s.Inode != s.After.UTS {
+					t.Errorf("setns into a fresh uts namespace: fd's inode %d, after %d, ours %d", s.Inode, s.After.UTS, own.UTS)
+				}
+				after.UTS = s.After.UTS
+			}
+			if !s.Returned || s.Ret != 0 || s.TID != root.ChildTID || s.After != after {
+				t.Errorf("setns of the root %+v: want it in %+v after", s, after)
+			}
+			for _, f := range forks {
+				if f.ChildNS != after {
+					t.Errorf("fork of tid %d (thread %v): in %+v, want the root's %+v", f.ChildTIDs[level], f.Thread(), f.ChildNS, after)
+				}
+			}
+		})
+	}
+}

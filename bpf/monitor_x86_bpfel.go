@@ -60,6 +60,7 @@ type monitorCrestEvFork struct {
 	RealParentPids  [8]int32
 	RealParentLevel uint32
 	Pad             uint32
+	ChildNs         monitorCrestNs
 }
 
 type monitorCrestEvFutex struct {
@@ -87,6 +88,13 @@ type monitorCrestEvSetns struct {
 	Pad    uint32
 }
 
+type monitorCrestEvSetnsExit struct {
+	_   structs.HostLayout
+	H   monitorCrestHdr
+	Ret int64
+	Ns  monitorCrestNs
+}
+
 type monitorCrestEvSysExit struct {
 	_     structs.HostLayout
 	H     monitorCrestHdr
@@ -105,25 +113,38 @@ type monitorCrestHdr struct {
 	Nr   int32
 }
 
+type monitorCrestNs struct {
+	_              structs.HostLayout
+	Uts            uint32
+	Ipc            uint32
+	Mnt            uint32
+	PidForChildren uint32
+	Net            uint32
+	Time           uint32
+	Cgroup         uint32
+	Pad            uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	monitorMapConfig           = "config"
-	monitorMapCounters         = "counters"
-	monitorMapEvents           = "events"
-	monitorMapTracked          = "tracked"
-	monitorProgCrestExit       = "crest_exit"
-	monitorProgCrestFork       = "crest_fork"
-	monitorProgCrestSysEnter   = "crest_sys_enter"
-	monitorProgCrestSysExit    = "crest_sys_exit"
-	monitorVarCrestTypeClone   = "crest_type_clone"
-	monitorVarCrestTypeClone3  = "crest_type_clone3"
-	monitorVarCrestTypeExit    = "crest_type_exit"
-	monitorVarCrestTypeFork    = "crest_type_fork"
-	monitorVarCrestTypeFutex   = "crest_type_futex"
-	monitorVarCrestTypeSetns   = "crest_type_setns"
-	monitorVarCrestTypeSysExit = "crest_type_sys_exit"
+	monitorMapConfig             = "config"
+	monitorMapCounters           = "counters"
+	monitorMapEvents             = "events"
+	monitorMapTracked            = "tracked"
+	monitorProgCrestExit         = "crest_exit"
+	monitorProgCrestFork         = "crest_fork"
+	monitorProgCrestSysEnter     = "crest_sys_enter"
+	monitorProgCrestSysExit      = "crest_sys_exit"
+	monitorVarCrestTypeClone     = "crest_type_clone"
+	monitorVarCrestTypeClone3    = "crest_type_clone3"
+	monitorVarCrestTypeExit      = "crest_type_exit"
+	monitorVarCrestTypeFork      = "crest_type_fork"
+	monitorVarCrestTypeFutex     = "crest_type_futex"
+	monitorVarCrestTypeSetns     = "crest_type_setns"
+	monitorVarCrestTypeSetnsExit = "crest_type_setns_exit"
+	monitorVarCrestTypeSysExit   = "crest_type_sys_exit"
 )
 
 // loadMonitor returns the embedded CollectionSpec for monitor.
@@ -188,13 +209,14 @@ type monitorMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type monitorVariableSpecs struct {
-	CrestTypeClone   *ebpf.VariableSpec `ebpf:"crest_type_clone"`
-	CrestTypeClone3  *ebpf.VariableSpec `ebpf:"crest_type_clone3"`
-	CrestTypeExit    *ebpf.VariableSpec `ebpf:"crest_type_exit"`
-	CrestTypeFork    *ebpf.VariableSpec `ebpf:"crest_type_fork"`
-	CrestTypeFutex   *ebpf.VariableSpec `ebpf:"crest_type_futex"`
-	CrestTypeSetns   *ebpf.VariableSpec `ebpf:"crest_type_setns"`
-	CrestTypeSysExit *ebpf.VariableSpec `ebpf:"crest_type_sys_exit"`
+	CrestTypeClone     *ebpf.VariableSpec `ebpf:"crest_type_clone"`
+	CrestTypeClone3    *ebpf.VariableSpec `ebpf:"crest_type_clone3"`
+	CrestTypeExit      *ebpf.VariableSpec `ebpf:"crest_type_exit"`
+	CrestTypeFork      *ebpf.VariableSpec `ebpf:"crest_type_fork"`
+	CrestTypeFutex     *ebpf.VariableSpec `ebpf:"crest_type_futex"`
+	CrestTypeSetns     *ebpf.VariableSpec `ebpf:"crest_type_setns"`
+	CrestTypeSetnsExit *ebpf.VariableSpec `ebpf:"crest_type_setns_exit"`
+	CrestTypeSysExit   *ebpf.VariableSpec `ebpf:"crest_type_sys_exit"`
 }
 
 // monitorObjects contains all objects after they have been loaded into the kernel.
@@ -236,13 +258,14 @@ func (m *monitorMaps) Close() error {
 //
 // It can be passed to loadMonitorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type monitorVariables struct {
-	CrestTypeClone   *ebpf.Variable `ebpf:"crest_type_clone"`
-	CrestTypeClone3  *ebpf.Variable `ebpf:"crest_type_clone3"`
-	CrestTypeExit    *ebpf.Variable `ebpf:"crest_type_exit"`
-	CrestTypeFork    *ebpf.Variable `ebpf:"crest_type_fork"`
-	CrestTypeFutex   *ebpf.Variable `ebpf:"crest_type_futex"`
-	CrestTypeSetns   *ebpf.Variable `ebpf:"crest_type_setns"`
-	CrestTypeSysExit *ebpf.Variable `ebpf:"crest_type_sys_exit"`
+	CrestTypeClone     *ebpf.Variable `ebpf:"crest_type_clone"`
+	CrestTypeClone3    *ebpf.Variable `ebpf:"crest_type_clone3"`
+	CrestTypeExit      *ebpf.Variable `ebpf:"crest_type_exit"`
+	CrestTypeFork      *ebpf.Variable `ebpf:"crest_type_fork"`
+	CrestTypeFutex     *ebpf.Variable `ebpf:"crest_type_futex"`
+	CrestTypeSetns     *ebpf.Variable `ebpf:"crest_type_setns"`
+	CrestTypeSetnsExit *ebpf.Variable `ebpf:"crest_type_setns_exit"`
+	CrestTypeSysExit   *ebpf.Variable `ebpf:"crest_type_sys_exit"`
 }
 
 // monitorPrograms contains all programs after they have been loaded into the kernel.

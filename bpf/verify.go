@@ -3,19 +3,26 @@ package bpf
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 )
 
 // Expect is what a restore should look like from the kernel: the plan's
 // tasks and threads, its stages and who arrives at each, where the stage
-// futexes are, and which namespaces tasks join. bpf does not import
-// restore; the caller translates its plan.
+// futexes are, which namespaces tasks join, and the namespaces the tree is
+// born in and the engine visits. bpf does not import restore; the caller
+// translates its plan.
 type Expect struct {
 	Tasks      []ExpectTask  `json:"tasks"`
 	Stages     []ExpectStage `json:"stages"` // in the order they are switched to
 	Barrier    Barrier       `json:"barrier"`
 	Namespaces []ExpectNS    `json:"namespaces,omitempty"`
+	// TreeNS, when set, is what the plan means for the root's namespaces
+	// and the engine's setns calls. Without it only the tasks' setns
+	// calls are checked, and that every task and thread is in the
+	// root's namespaces.
+	TreeNS *ExpectTreeNS `json:"tree_ns,omitempty"`
 }
 
 // ExpectTask is one task of the plan. Pids are the image's: the numbers
@@ -57,6 +64,23 @@ type ExpectNS struct {
 	PID    int    `json:"pid"`
 	NSType int    `json:"nstype"` // CLONE_NEW*
 	Inode  uint64 `json:"inode"`
+}
+
+// ExpectTreeNS is what the plan means for the namespaces the tree is born
+// in. The root is born in new namespaces of the types New, and in the
+// engine's of every other type; every other task and thread is in the
+// root's. The engine joins the root's namespaces of the types Joined (with
+// setns on the root's pidfd, first during stage Stage, to fill them
+// before any task is forked into them; later visits are allowed) and goes
+// back to its own (setns on nsfs files of them) each time; it calls setns
+// for nothing else. Types are CLONE_NEW* flags (NSTypes); a type whose
+// inode is 0 in Engine is not checked.
+type ExpectTreeNS struct {
+	EnginePID int        `json:"engine_pid"` // the engine's process, as Track was given it
+	Engine    Namespaces `json:"engine"`     // the engine's own namespaces
+	New       int        `json:"new"`
+	Joined    int        `json:"joined"`
+	Stage     int        `json:"stage"`
 }
 
 // Finding is one thing the kernel saw that the plan did not mean, with the
@@ -163,6 +187,8 @@ type verifier struct {
 	created map[int]bool  // image tids of the plan that were forked
 	level   int           // the restored namespace's level
 	failAt  uint64        // time of a switch to FAIL, 0 if none
+	// switches are the engine's stage switches, in order (stages)
+	switches []switchEv
 }
 
 func (v *verifier) find(check string, pid, tid int, stage, format string, args ...any) *Finding {
@@ -618,6 +644,8 @@ func (v *verifier) stages() {
 		}
 	}
 
+	v.switches = switches
+
 	for gtid, evs := range strangers {
 		name, pid, tid := v.describe(gtid)
 		v.find("stage", pid, tid, "", "%s counted itself out of the barrier %d times but is not in the plan", name, len(evs)).with(evs[0])
@@ -842,9 +870,17 @@ func nsName(t int) string {
 	return fmt.Sprintf("nstype %#x", t)
 }
 
-// namespaces checks that every setns of a restored task joined the
-// namespace the plan meant, and that the plan's happened.
+// namespaces checks the namespaces: what restored tasks joined with setns
+// (plannedSetns), and the namespaces the tree is born in and the engine's
+// visit to them (treeNamespaces).
 func (v *verifier) namespaces() {
+	v.plannedSetns()
+	v.treeNamespaces()
+}
+
+// plannedSetns checks that every setns of a restored task joined the
+// namespace the plan meant, and that the plan's happened.
+func (v *verifier) plannedSetns() {
 	type key struct{ pid, nstype int }
 	want := map[key]ExpectNS{}
 	for _, n := range v.exp.Namespaces {
@@ -890,6 +926,309 @@ func (v *verifier) namespaces() {
 			}
 		case !bad[k]:
 			v.r.Namespaces.OK++
+		}
+	}
+}
+
+// nsList names the namespace types of flags (CLONE_NEW*), "none" for 0.
+func nsList(flags int) string {
+	var names []string
+	for _, t := range []int{0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x00000080} {
+		if flags&t != 0 {
+			names = append(names, nsName(t))
+			flags &^= t
+		}
+	}
+	if flags != 0 {
+		names = append(names, fmt.Sprintf("%#x", flags))
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, "|")
+}
+
+// with returns n with the inodes o knows in place of its own.
+func (n Namespaces) with(o Namespaces) Namespaces {
+	for _, t := range NSTypes {
+		if ino := o.Get(t); ino != 0 {
+			n.Set(t, ino)
+		}
+	}
+	return n
+}
+
+// rootFork returns the plan's root task and the fork that created it, nil
+// if it was not created (a pid finding).
+func (v *verifier) rootFork() (ExpectTask, *ForkEvent) {
+	for _, t := range v.exp.Tasks {
+		if t.ParentPID != 0 {
+			continue
+		}
+		if g, ok := v.global[t.PID]; ok {
+			return t, v.who[g].Fork
+		}
+		return t, nil
+	}
+	return ExpectTask{}, nil
+}
+
+// treeNamespaces checks, from the kernel's fork and setns events, the
+// namespaces the tree is born in and the engine's visit to them: the root
+// in new namespaces of the types the plan makes, in the engine's of the
+// others; every other task and thread in the root's (as they were when it
+// was forked: a planned setns of the root moves them); and the engine's
+// setns calls, each of which either joins the root's namespaces of the
+// types it fills (first in the plan's stage, maybe again later) or goes
+// back to the engine's own, and leaves it in its own namespaces at the
+// end.
+//
+// Namespaces counts one item for each type the engine must enter, and
+// one for each other type found wrong (a restore without namespaces to
+// fill shows none unless something is wrong).
+func (v *verifier) treeNamespaces() {
+	tree := v.exp.TreeNS
+	items := map[int]bool{} // CLONE_NEW* type (0: none in particular) -> no finding
+	if tree != nil {
+		for _, t := range NSTypes {
+			if tree.Joined&t != 0 {
+				items[t] = true
+			}
+		}
+	}
+	bad := func(types int) {
+		n := 0
+		for _, t := range NSTypes {
+			if types&t != 0 {
+				items[t] = false
+				n++
+			}
+		}
+		if n == 0 {
+			items[0] = false
+		}
+	}
+	root, rootFork := v.rootFork()
+	if rootFork == nil {
+		return // not created: nothing to compare with, and a pid finding
+	}
+	defer func() {
+		for _, ok := range items {
+			v.r.Namespaces.Want++
+			if ok {
+				v.r.Namespaces.OK++
+			}
+		}
+	}()
+	// The root's namespaces at time t: where it was born, moved by its
+	// own setns calls that returned before t.
+	var rootSetns []*SetnsEvent
+	for _, e := range v.events {
+		if s, ok := e.(*SetnsEvent); ok && s.TID == rootFork.ChildTID && s.Returned && s.Ret == 0 {
+			rootSetns = append(rootSetns, s)
+		}
+	}
+	rootAt := func(t uint64) Namespaces {
+		ns := rootFork.ChildNS
+		for _, s := range rootSetns {
+			if s.Exit <= t {
+				ns = ns.with(s.After)
+			}
+		}
+		return ns
+	}
+
+	if tree != nil {
+		for _, t := range NSTypes {
+			eng, got := tree.Engine.Get(t), rootFork.ChildNS.Get(t)
+			switch {
+			case eng == 0 || got == 0:
+			case tree.New&t != 0 && got == eng:
+				v.find("namespace", root.PID, 0, "", "task %d was born in the engine's %s namespace %d, not in a new one",
+					root.PID, nsName(t), got).with(rootFork)
+				bad(t)
+			case tree.New&t == 0 && got != eng:
+				v.find("namespace", root.PID, 0, "", "task %d was born in a new %s namespace %d, not in the engine's %d: the plan has none",
+					root.PID, nsName(t), got, eng).with(rootFork)
+				bad(t)
+			}
+		}
+	}
+
+	for _, e := range v.events {
+		f, ok := e.(*ForkEvent)
+		if !ok || f == rootFork {
+			continue
+		}
+		id, known := v.who[f.ChildTID]
+		if !known || !id.Expected || id.Fork != f {
+			continue
+		}
+		ref := rootAt(f.Time)
+		var diff []string
+		types := 0
+		for _, t := range NSTypes {
+			got, want := f.ChildNS.Get(t), ref.Get(t)
+			if got != 0 && want != 0 && got != want {
+				diff = append(diff, fmt.Sprintf("%s %d, the root's %d", nsName(t), got, want))
+				types |= t
+			}
+		}
+		if types != 0 {
+			tid := 0
+			if id.TID != id.PID {
+				tid = id.TID
+			}
+			v.find("namespace", id.PID, tid, "", "%s is not in the root's namespaces: %s", describeImage(id.PID, id.TID),
+				strings.Join(diff, "; ")).with(f, rootFork)
+			bad(types)
+		}
+	}
+	if tree == nil {
+		return
+	}
+
+	// The engine's setns calls, thread by thread: where each left the
+	// thread, from where the monitor last saw it (the engine's own
+	// namespaces at first).
+	stageAt := func(t uint64) string {
+		if st := v.openStage(v.switches, t); st != -2 {
+			return v.stageName(st)
+		}
+		return v.stageName(tree.Stage)
+	}
+	state := map[int]Namespaces{} // engine tid -> its namespaces
+	last := map[int]*SetnsEvent{} // engine tid -> its last setns
+	joined := map[int]*SetnsEvent{}
+	calls := map[int][]Event{} // type -> the engine's setns calls that may join one
+	for _, e := range v.events {
+		s, ok := e.(*SetnsEvent)
+		if !ok || s.PID != tree.EnginePID {
+			continue
+		}
+		for _, t := range NSTypes {
+			if s.NSType == 0 || s.NSType&t != 0 {
+				calls[t] = append(calls[t], s)
+			}
+		}
+		stage := stageAt(s.Time)
+		call := fmt.Sprintf("setns(fd %d, %s)", s.FD, nsList(s.NSType))
+		before, seen := state[s.TID]
+		if !seen {
+			before = tree.Engine
+		}
+		last[s.TID] = s
+		switch {
+		case !s.Returned:
+			v.find("namespace", root.PID, 0, stage, "the engine's %s did not return", call).with(s)
+			bad(s.NSType)
+			continue
+		case s.Ret < 0:
+			v.find("namespace", root.PID, 0, stage, "the engine's %s failed with %d", call, s.Ret).with(s, rootFork)
+			bad(s.NSType)
+			continue
+		}
+		ref := rootAt(s.Time)
+		after := before.with(s.After)
+		state[s.TID] = after
+		changed, first := 0, 0 // first: types this call joined first
+		for _, t := range NSTypes {
+			now, was := after.Get(t), before.Get(t)
+			if now == 0 || now == was {
+				continue
+			}
+			changed |= t
+			eng, rt := tree.Engine.Get(t), ref.Get(t)
+			switch {
+			case now == eng:
+				// back in its own
+			case now == rt && tree.Joined&t != 0:
+				if joined[t] == nil {
+					joined[t] = s
+					first |= t
+				}
+			case now == rt:
+				v.find("namespace", root.PID, 0, stage, "the engine joined the root's %s namespace %d with %s, which the plan does not have it enter",
+					nsName(t), now, call).with(s, rootFork)
+				bad(t)
+			case s.NSType != 0 && s.NSType&t == 0:
+				// the call could not join it: the thread got there
+				// otherwise (unshare), and only now the monitor sees it
+				v.find("namespace", root.PID, 0, stage, "the engine was in %s namespace %d after %s, which joins no %s namespace: "+
+					"neither the root's %d nor its own %d", nsName(t), now, call, nsName(t), rt, eng).with(s, rootFork)
+				bad(t)
+			case tree.Joined&t != 0:
+				v.find("namespace", root.PID, 0, stage, "the engine joined %s namespace %d with %s, not the root's %d",
+					nsName(t), now, call, rt).with(s, rootFork)
+				bad(t)
+			default:
+				v.find("namespace", root.PID, 0, stage, "the engine joined %s namespace %d with %s, neither the root's %d nor its own %d",
+					nsName(t), now, call, rt, eng).with(s, rootFork)
+				bad(t)
+			}
+		}
+		// It fills them before any task is forked into them; it may
+		// come back later (for the network lock, say).
+		if want := v.stageName(tree.Stage); first != 0 && stage != want {
+			v.find("namespace", root.PID, 0, stage, "the engine first joined the root's %s namespaces during %s, not %s",
+				nsList(first), stage, want).with(s)
+			bad(first)
+		}
+		// A call that moved nothing is a finding, unless it went "back"
+		// into the engine's own namespaces it had not left (the engine
+		// may go back to every namespace it could fill).
+		home := true
+		for _, t := range NSTypes {
+			if own := tree.Engine.Get(t); (s.NSType == 0 || s.NSType&t != 0) && own != 0 && after.Get(t) != own {
+				home = false
+			}
+		}
+		if changed == 0 && !home {
+			v.find("namespace", root.PID, 0, stage, "the engine called %s, which the plan does not have: it joined none of the root's namespaces and left none",
+				call).with(s)
+			bad(s.NSType)
+		}
+	}
+
+	// The plan's joins happened, unless the restore failed before the
+	// stage that makes them was over.
+	if v.failAt == 0 || v.switchedBefore(v.switches, tree.Stage, v.failAt) {
+		for _, t := range NSTypes {
+			if tree.Joined&t == 0 || joined[t] != nil {
+				continue
+			}
+			v.find("namespace", root.PID, 0, v.stageName(tree.Stage), "the engine never joined the root's %s namespace %d",
+				nsName(t), rootFork.ChildNS.Get(t)).with(append(slices.Clone(calls[t]), rootFork)...)
+			bad(t)
+		}
+	}
+
+	// Back in its own namespaces: every engine thread that called setns,
+	// unless it ended after its last call.
+	ended := map[int]uint64{}
+	for _, e := range v.events {
+		if x, ok := e.(*ExitEvent); ok && x.PID == tree.EnginePID {
+			ended[x.TID] = x.Time
+		}
+	}
+	tids := slices.Sorted(maps.Keys(state))
+	for _, tid := range tids {
+		ns, s := state[tid], last[tid]
+		if end, ok := ended[tid]; ok && end > s.Time {
+			continue
+		}
+		var away []string
+		types := 0
+		for _, t := range NSTypes {
+			if now, own := ns.Get(t), tree.Engine.Get(t); now != 0 && own != 0 && now != own {
+				away = append(away, fmt.Sprintf("%s %d, not its own %d", nsName(t), now, own))
+				types |= t
+			}
+		}
+		if types != 0 {
+			v.find("namespace", root.PID, 0, stageAt(s.Time), "engine thread %d did not go back to the engine's namespaces after its last setns: %s",
+				tid, strings.Join(away, "; ")).with(s)
+			bad(types)
 		}
 	}
 }

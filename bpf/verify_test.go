@@ -2,6 +2,8 @@ package bpf
 
 import (
 	"encoding/json"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -33,6 +35,19 @@ func traceeExpect(t testing.TB) Expect {
 	}
 }
 
+// withTreeNS adds to exp what the tracee (process engine, forked from
+// this one) means for the tree's namespaces: a root in a new pid
+// namespace, in ours of every other type, no setns of the engine.
+func withTreeNS(t testing.TB, exp Expect, engine int) Expect {
+	t.Helper()
+	own, err := ReadNamespaces("/proc/self")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp.TreeNS = &ExpectTreeNS{EnginePID: engine, Engine: own, New: unix.CLONE_NEWPID, Stage: 1}
+	return exp
+}
+
 // TestVerifyClean: the tracee's protocol done right gives no finding,
 // several times over (no false positive from a race), with the exact
 // protocol (FUTEX_WAKE_OP) and with CRIU's plain one.
@@ -42,8 +57,8 @@ func TestVerifyClean(t *testing.T) {
 		t.Run(protocol, func(t *testing.T) {
 			for i := range 5 {
 				m := openMonitor(t, Options{})
-				runTracked(t, m, "none", protocol)
-				r, err := m.Verify(exp)
+				engine := runTracked(t, m, "none", protocol)
+				r, err := m.Verify(withTreeNS(t, exp, engine))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -100,8 +115,8 @@ func TestVerifyFaults(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.fault, func(t *testing.T) {
 			m := openMonitor(t, Options{})
-			runTracked(t, m, tt.fault)
-			r, err := m.Verify(exp)
+			engine := runTracked(t, m, tt.fault)
+			r, err := m.Verify(withTreeNS(t, exp, engine))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -218,5 +233,243 @@ func TestVerifyPreemptedCountOut(t *testing.T) {
 			}
 		}
 		return
+	}
+}
+
+// nsRestore is a crafted restore of a tree with its own UTS and IPC
+// namespaces, as the kernel would show it: the engine (pid 50) has the
+// launcher (60) fork the root (100, pid 1) with CLONE_NEWPID, NEWUTS and
+// NEWIPC into a new time namespace too; in PREPARE_NAMESPACES an engine
+// thread (51) joins the root's UTS and IPC namespaces through its pidfd
+// and goes back to its own, one setns each; in FORKING the root forks
+// task 2 (101), which makes thread 3 (102). Its fields name the events,
+// for the cases to break.
+type nsRestore struct {
+	exp                        Expect
+	engine, root, decoy        Namespaces
+	rootFork, taskFork, thFork *ForkEvent
+	join, backUTS, backIPC     *SetnsEvent
+	forking                    *FutexEvent
+	events                     []Event
+}
+
+func newNSRestore() *nsRestore {
+	r := &nsRestore{
+		engine: Namespaces{UTS: 11, IPC: 12, Mnt: 13, PID: 14, Net: 15, Time: 16, Cgroup: 17},
+		decoy:  Namespaces{UTS: 31, IPC: 32},
+	}
+	r.root = r.engine
+	r.root.UTS, r.root.IPC, r.root.PID, r.root.Time = 21, 22, 24, 26
+	const te = 0x1000
+	r.exp = Expect{
+		Tasks: []ExpectTask{
+			{PID: 1, Threads: []int{1}, NSLevel: 1},
+			{PID: 2, ParentPID: 1, Threads: []int{2, 3}, NSLevel: 1},
+		},
+		Stages:  []ExpectStage{{Stage: 0, Name: "ROOT_TASK"}, {Stage: 1, Name: "PREPARE_NAMESPACES"}, {Stage: 2, Name: "FORKING"}},
+		Barrier: Barrier{Start: []uint64{te}, InProgress: []uint64{te + 4}},
+		TreeNS: &ExpectTreeNS{EnginePID: 50, Engine: r.engine, Stage: 1,
+			New:    unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWTIME,
+			Joined: unix.CLONE_NEWUTS | unix.CLONE_NEWIPC},
+	}
+	hdr := func(kind string, t uint64, pid, tid int) Header {
+		return Header{Kind: kind, Time: t, PID: pid, TID: tid}
+	}
+	ret := func(t uint64, v int64) Return { return Return{Returned: true, Exit: t + 2, Ret: v} }
+	sw := func(t uint64, stage int) *FutexEvent {
+		return &FutexEvent{Header: hdr("futex", t, 50, 50), Return: ret(t, 0), Addr: te, Op: FutexWakeOp, Addr2: te,
+			Val3: uint32(futexOpSet)<<28 | uint32(stage)<<12}
+	}
+	clone3 := func(t uint64, pid, tid int, flags uint64, set int32, child int64) *Clone3Event {
+		return &Clone3Event{Header: hdr("clone3", t, pid, tid), Return: ret(t, child), ArgsRead: true, Flags: flags,
+			SetTIDSize: 1, SetTID: []int32{set}}
+	}
+	setns := func(t uint64, fd, nstype int, after Namespaces) *SetnsEvent {
+		return &SetnsEvent{Header: hdr("setns", t, 50, 51), Return: ret(t, 0), FD: fd, NSType: nstype, Resolved: true, After: after}
+	}
+	r.rootFork = &ForkEvent{Header: hdr("fork", 21, 60, 60), ChildPID: 100, ChildTID: 100,
+		ParentTIDs: []int{60}, ParentPIDs: []int{60}, ChildTIDs: []int{100, 1}, ChildPIDs: []int{100, 1},
+		RealParentPIDs: []int{50}, ChildNS: r.root}
+	joined := r.engine
+	joined.UTS, joined.IPC = r.root.UTS, r.root.IPC
+	r.join = setns(50, 7, unix.CLONE_NEWUTS|unix.CLONE_NEWIPC, joined)
+	half := r.engine
+	half.IPC = r.root.IPC
+	r.backUTS = setns(60, 8, unix.CLONE_NEWUTS, half)
+	r.backIPC = setns(70, 9, unix.CLONE_NEWIPC, r.engine)
+	r.forking = sw(80, 2)
+	r.taskFork = &ForkEvent{Header: hdr("fork", 91, 100, 100), ChildPID: 101, ChildTID: 101,
+		ParentTIDs: []int{100, 1}, ParentPIDs: []int{100, 1}, ChildTIDs: []int{101, 2}, ChildPIDs: []int{101, 2},
+		RealParentPIDs: []int{100, 1}, ChildNS: r.root}
+	r.thFork = &ForkEvent{Header: hdr("fork", 96, 101, 101), ChildPID: 101, ChildTID: 102,
+		ParentTIDs: []int{101, 2}, ParentPIDs: []int{101, 2}, ChildTIDs: []int{102, 3}, ChildPIDs: []int{101, 2},
+		RealParentPIDs: []int{100, 1}, ChildNS: r.root}
+	r.events = []Event{
+		clone3(20, 60, 60, unix.CLONE_NEWPID|unix.CLONE_NEWUTS|unix.CLONE_NEWIPC|unix.CLONE_PARENT, 1, 100), r.rootFork,
+		sw(30, 0), sw(40, 1), r.join, r.backUTS, r.backIPC, r.forking,
+		clone3(90, 100, 100, 0, 2, 2), r.taskFork,
+		clone3(95, 101, 101, unix.CLONE_THREAD|unix.CLONE_VM, 3, 3), r.thFork,
+	}
+	return r
+}
+
+// without returns the events but e.
+func (r *nsRestore) without(e Event) []Event {
+	return slices.DeleteFunc(slices.Clone(r.events), func(x Event) bool { return x == e })
+}
+
+// TestVerifyTreeNamespaces: the namespace findings from crafted events,
+// each on its own: the clean restore gives none and "namespaces ok"; each
+// broken one names the task, the stage where it has one, and its evidence.
+func TestVerifyTreeNamespaces(t *testing.T) {
+	const clean = "pids 2/2, threads 3/3, stages 3/3 in order, namespaces ok"
+	tests := []struct {
+		name   string
+		break_ func(r *nsRestore) // changes r.exp, the events, or r.events
+		// the findings, each as "pid stage: message words" (stage may be
+		// empty), in the order Verify gives them
+		want    []string
+		verdict string // "": the clean one
+	}{
+		{name: "clean", break_: func(r *nsRestore) {}},
+		{name: "no tree expectation", break_: func(r *nsRestore) { r.exp.TreeNS = nil },
+			verdict: "pids 2/2, threads 3/3, stages 3/3 in order"},
+		// a root that setns()es (a planned setns) takes its later
+		// children along: they are in the root's namespaces as it is then
+		{name: "root moved before forking", break_: func(r *nsRestore) {
+			moved := r.root
+			moved.Cgroup = 47
+			r.exp.Namespaces = []ExpectNS{{PID: 1, NSType: unix.CLONE_NEWCGROUP, Inode: 47}}
+			r.events = append(r.events, &SetnsEvent{Header: Header{Kind: "setns", Time: 85, PID: 100, TID: 100},
+				Return: Return{Returned: true, Exit: 86}, FD: 3, NSType: unix.CLONE_NEWCGROUP, Resolved: true, Inode: 47, After: moved})
+			r.taskFork.ChildNS, r.thFork.ChildNS = moved, moved
+		}},
+		{name: "root not in a new namespace", break_: func(r *nsRestore) { r.rootFork.ChildNS.UTS = r.engine.UTS },
+			want: []string{"1 : task 1 was born in the engine's uts namespace 11, not in a new one [fork]",
+				// its children are in the root's, which the engine joined
+				"1 PREPARE_NAMESPACES: the engine joined uts namespace 21 with setns(fd 7, uts|ipc), not the root's 11 [setns fork]",
+				"1 PREPARE_NAMESPACES: the engine never joined the root's uts namespace 11 [setns setns fork]",
+				"2 : task 2 is not in the root's namespaces: uts 21, the root's 11 [fork fork]",
+				"2 : thread 3 of task 2 is not in the root's namespaces: uts 21, the root's 11 [fork fork]"},
+			verdict: "namespaces 1/2"},
+		{name: "root in a new namespace the plan has not", break_: func(r *nsRestore) {
+			r.rootFork.ChildNS.Net, r.taskFork.ChildNS.Net, r.thFork.ChildNS.Net = 45, 45, 45
+		}, want: []string{"1 : task 1 was born in a new net namespace 45, not in the engine's 15: the plan has none [fork]"},
+			verdict: "namespaces 2/3"},
+		{name: "task elsewhere", break_: func(r *nsRestore) { r.taskFork.ChildNS.IPC = r.engine.IPC },
+			want:    []string{"2 : task 2 is not in the root's namespaces: ipc 12, the root's 22 [fork fork]"},
+			verdict: "namespaces 1/2"},
+		{name: "thread elsewhere", break_: func(r *nsRestore) { r.thFork.ChildNS.Time = r.engine.Time },
+			want:    []string{"2 : thread 3 of task 2 is not in the root's namespaces: time 16, the root's 26 [fork fork]"},
+			verdict: "namespaces 2/3"},
+		{name: "decoy joined", break_: func(r *nsRestore) {
+			r.join.After.UTS, r.join.After.IPC = r.decoy.UTS, r.decoy.IPC
+			r.backUTS.After.IPC = r.decoy.IPC
+		}, want: []string{
+			"1 PREPARE_NAMESPACES: the engine joined uts namespace 31 with setns(fd 7, uts|ipc), not the root's 21 [setns fork]",
+			"1 PREPARE_NAMESPACES: the engine joined ipc namespace 32 with setns(fd 7, uts|ipc), not the root's 22 [setns fork]",
+			"1 PREPARE_NAMESPACES: the engine never joined the root's uts namespace 21 [setns setns fork]",
+			"1 PREPARE_NAMESPACES: the engine never joined the root's ipc namespace 22 [setns setns fork]"},
+			verdict: "namespaces 0/2"},
+		{name: "join failed", break_: func(r *nsRestore) {
+			r.join.Ret, r.join.After = -int64(unix.EPERM), r.engine
+			r.events = slices.DeleteFunc(r.events, func(e Event) bool { return e == r.backUTS || e == r.backIPC })
+		}, want: []string{
+			"1 PREPARE_NAMESPACES: the engine's setns(fd 7, uts|ipc) failed with -1 [setns fork]",
+			"1 PREPARE_NAMESPACES: the engine never joined the root's uts namespace 21 [setns fork]",
+			"1 PREPARE_NAMESPACES: the engine never joined the root's ipc namespace 22 [setns fork]"},
+			verdict: "namespaces 0/2"},
+		{name: "never joined", break_: func(r *nsRestore) {
+			r.events = slices.DeleteFunc(r.events, func(e Event) bool { return e == r.join || e == r.backUTS || e == r.backIPC })
+		}, want: []string{
+			"1 PREPARE_NAMESPACES: the engine never joined the root's uts namespace 21 [fork]",
+			"1 PREPARE_NAMESPACES: the engine never joined the root's ipc namespace 22 [fork]"},
+			verdict: "namespaces 0/2"},
+		{name: "joined late", break_: func(r *nsRestore) { r.forking.Time, r.forking.Exit = 45, 46 },
+			want:    []string{"1 FORKING: the engine first joined the root's uts|ipc namespaces during FORKING, not PREPARE_NAMESPACES [setns]"},
+			verdict: "namespaces 0/2"},
+		{name: "not back", break_: func(r *nsRestore) { r.events = r.without(r.backIPC) },
+			want: []string{"1 PREPARE_NAMESPACES: engine thread 51 did not go back to the engine's namespaces after its last setns: " +
+				"ipc 22, not its own 12 [setns]"},
+			verdict: "namespaces 1/2"},
+		// a thread that could not go back ends with its goroutine
+		{name: "not back, thread ended", break_: func(r *nsRestore) {
+			r.events = append(r.without(r.backIPC), &ExitEvent{Header: Header{Kind: "exit", Time: 75, PID: 50, TID: 51}})
+		}},
+		// going back into a namespace of its own it had not left
+		// changes nothing, and is no finding
+		{name: "back where it was", break_: func(r *nsRestore) {
+			r.events = append(r.events, &SetnsEvent{Header: Header{Kind: "setns", Time: 72, PID: 50, TID: 51},
+				Return: Return{Returned: true, Exit: 73}, FD: 10, NSType: unix.CLONE_NEWNET, Resolved: true, Inode: 15, After: r.engine})
+		}},
+		// a second join, while in the root's namespaces already
+		{name: "other setns", break_: func(r *nsRestore) {
+			again := *r.join
+			again.Time, again.Exit, again.FD = 55, 56, 10
+			r.events = append(r.events, &again)
+		}, want: []string{"1 PREPARE_NAMESPACES: the engine called setns(fd 10, uts|ipc), which the plan does not have: " +
+			"it joined none of the root's namespaces and left none [setns]"},
+			verdict: "namespaces 0/2"},
+		// it may visit the root's namespaces again later, and go back
+		{name: "visits again", break_: func(r *nsRestore) {
+			in := r.engine
+			in.IPC = r.root.IPC
+			r.events = append(r.events,
+				&SetnsEvent{Header: Header{Kind: "setns", Time: 100, PID: 50, TID: 54}, Return: Return{Returned: true, Exit: 101},
+					FD: 12, NSType: unix.CLONE_NEWIPC, After: in},
+				&SetnsEvent{Header: Header{Kind: "setns", Time: 102, PID: 50, TID: 54}, Return: Return{Returned: true, Exit: 103},
+					FD: 13, NSType: unix.CLONE_NEWIPC, Resolved: true, After: r.engine})
+		}},
+		// a thread that unshared (untraced) shows it at its next setns
+		{name: "unshared", break_: func(r *nsRestore) {
+			in := r.engine
+			in.IPC = 99
+			r.events = append(r.events,
+				&SetnsEvent{Header: Header{Kind: "setns", Time: 100, PID: 50, TID: 53}, Return: Return{Returned: true, Exit: 101},
+					FD: 10, NSType: unix.CLONE_NEWUTS, Resolved: true, After: in},
+				&SetnsEvent{Header: Header{Kind: "setns", Time: 102, PID: 50, TID: 53}, Return: Return{Returned: true, Exit: 103},
+					FD: 11, NSType: unix.CLONE_NEWIPC, Resolved: true, After: r.engine})
+		}, want: []string{"1 FORKING: the engine was in ipc namespace 99 after setns(fd 10, uts), which joins no ipc namespace: " +
+			"neither the root's 22 nor its own 12 [setns fork]"},
+			verdict: "namespaces 1/2"},
+		{name: "joined a type the plan does not", break_: func(r *nsRestore) { r.exp.TreeNS.Joined = unix.CLONE_NEWUTS },
+			want: []string{"1 PREPARE_NAMESPACES: the engine joined the root's ipc namespace 22 with setns(fd 7, uts|ipc), " +
+				"which the plan does not have it enter [setns fork]"},
+			verdict: "namespaces 1/2"},
+		{name: "setns did not return", break_: func(r *nsRestore) {
+			r.backIPC.Return = Return{}
+		}, want: []string{
+			"1 PREPARE_NAMESPACES: the engine's setns(fd 9, ipc) did not return [setns]",
+			"1 PREPARE_NAMESPACES: engine thread 51 did not go back to the engine's namespaces after its last setns: ipc 22, not its own 12 [setns]"},
+			verdict: "namespaces 1/2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newNSRestore()
+			tt.break_(r)
+			rep := Verify(r.exp, r.events)
+			var got []string
+			for _, f := range rep.Findings {
+				var kinds []string
+				for _, e := range f.Evidence {
+					kinds = append(kinds, e.Head().Kind)
+				}
+				if f.Check != "namespace" {
+					t.Errorf("finding %s, want only namespace ones", f)
+					continue
+				}
+				got = append(got, fmt.Sprintf("%d %s: %s [%s]", f.PID, f.Stage, f.Message, strings.Join(kinds, " ")))
+			}
+			if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+				t.Errorf("findings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+			verdict := tt.verdict
+			if verdict == "" {
+				verdict = clean
+			}
+			if rep.OK != (len(tt.want) == 0) || !strings.Contains(rep.Verdict, verdict) {
+				t.Errorf("ok %v, verdict %q, want %q", rep.OK, rep.Verdict, verdict)
+			}
+		})
 	}
 }

@@ -1,8 +1,12 @@
 package restore
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/crest-restore/crest/restore/agent"
 )
@@ -32,6 +36,13 @@ const (
 	// FaultDropThread leaves out each task's last thread (PID assignment
 	// of threads; the RESTORE stage then never completes).
 	FaultDropThread Fault = agent.FaultDropThread
+	// FaultWrongNS makes the engine, in PREPARE_NAMESPACES, join decoy
+	// namespaces instead of the root's (namespaces: the engine's setns
+	// joins the tree's own): it fills the decoys, which vanish once it
+	// goes back, and the root's stay as they were born
+	// (joinDecoyNamespaces). The engine alone has it: its bits start
+	// above the agent's.
+	FaultWrongNS Fault = 0x100
 )
 
 var faultNames = []struct {
@@ -40,10 +51,11 @@ var faultNames = []struct {
 }{
 	{FaultNoSetTID, "no-set-tid"}, {FaultNoWait, "no-wait"},
 	{FaultEarlySwitch, "early-switch"}, {FaultDropThread, "drop-thread"},
+	{FaultWrongNS, "wrong-ns"},
 }
 
 // ParseFault returns the fault named as the monitor's tests name them
-// (no-set-tid, no-wait, early-switch, drop-thread).
+// (no-set-tid, no-wait, early-switch, drop-thread, wrong-ns).
 func ParseFault(name string) (Fault, error) {
 	for _, f := range faultNames {
 		if f.name == name {
@@ -64,4 +76,102 @@ func (f Fault) String() string {
 		return "none"
 	}
 	return strings.Join(names, ",")
+}
+
+// decoyKinds are the /proc/PID/ns/ names of the namespace types the engine
+// may fill.
+var decoyKinds = []struct {
+	flag int
+	name string
+}{{unix.CLONE_NEWUTS, "uts"}, {unix.CLONE_NEWIPC, "ipc"}, {unix.CLONE_NEWNET, "net"}}
+
+// joinDecoyNamespaces stands in for joinTreeNamespaces under FaultWrongNS:
+// the calling thread (locked, as prepareNamespaces' is) unshares new
+// namespaces of the types in flags, the decoys, holds them by nsfs fds,
+// goes back to the engine's and then joins the decoys with setns on those
+// fds instead of the root's pidfd. joinTreeNamespaces' check that the
+// namespaces joined are the root's is off; the one that they are not the
+// engine's stays: a fault must never write into the engine's (the host's)
+// namespaces. The decoys end when the thread goes back to its own and
+// the fds are closed, with what was written into them.
+func joinDecoyNamespaces(_, pid, flags int) (err error) {
+	type ns struct {
+		flag          int
+		name          string
+		engine, decoy int // fds
+		engineIno     uint64
+	}
+	var all []*ns
+	defer func() {
+		for _, n := range all {
+			for _, fd := range []int{n.engine, n.decoy} {
+				if fd >= 0 {
+					unix.Close(fd)
+				}
+			}
+		}
+	}()
+	open := func(kind string) (int, uint64, error) {
+		path := "/proc/thread-self/ns/" + kind
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return -1, 0, &os.PathError{Op: "open", Path: path, Err: err}
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return -1, 0, &os.PathError{Op: "fstat", Path: path, Err: err}
+		}
+		return fd, st.Ino, nil
+	}
+	rest := flags
+	for _, k := range decoyKinds {
+		rest &^= k.flag
+	}
+	if rest != 0 {
+		return fmt.Errorf("fault wrong-ns: no decoys for namespace types %#x of the root %d", rest, pid)
+	}
+	for _, k := range decoyKinds {
+		if flags&k.flag == 0 {
+			continue
+		}
+		n := &ns{flag: k.flag, name: k.name, engine: -1, decoy: -1}
+		all = append(all, n)
+		if n.engine, n.engineIno, err = open(k.name); err != nil {
+			return err
+		}
+	}
+	if err := unix.Unshare(flags); err != nil {
+		return fmt.Errorf("fault wrong-ns: unshare(%#x) for decoys of the root %d's namespaces: %w", flags, pid, os.NewSyscallError("unshare", err))
+	}
+	var errs []error
+	for _, n := range all {
+		var ino uint64
+		if n.decoy, ino, err = open(n.name); err != nil {
+			errs = append(errs, err)
+		} else if ino == n.engineIno {
+			errs = append(errs, fmt.Errorf("fault wrong-ns: the decoy %s namespace is the engine's %d", n.name, ino))
+		}
+	}
+	for _, n := range all {
+		if err := unix.Setns(n.engine, n.flag); err != nil {
+			errs = append(errs, fmt.Errorf("fault wrong-ns: back to the engine's %s namespace: %w", n.name, os.NewSyscallError("setns", err)))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	for _, n := range all {
+		if err := unix.Setns(n.decoy, n.flag); err != nil {
+			return fmt.Errorf("fault wrong-ns: setns(decoy %s namespace): %w", n.name, os.NewSyscallError("setns", err))
+		}
+		now, err := nsIno("/proc/thread-self/ns/" + n.name)
+		if err != nil {
+			return err
+		}
+		if now == n.engineIno {
+			return fmt.Errorf("fault wrong-ns: %s namespace: still the engine's %d", n.name, now)
+		}
+	}
+	return nil
 }

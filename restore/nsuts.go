@@ -198,7 +198,11 @@ func (r *Restore) fillNamespaces() error {
 		return nil
 	}
 	begin := boottime()
-	if err := joinTreeNamespaces(r.rootPidfd, r.rootPID, flags); err != nil {
+	join := joinTreeNamespaces
+	if r.opts.Faults&FaultWrongNS != 0 {
+		join = joinDecoyNamespaces // faults.go
+	}
+	if err := join(r.rootPidfd, r.rootPID, flags); err != nil {
 		name := "ipc namespace"
 		if p.UTS != nil {
 			name = "uts namespace"

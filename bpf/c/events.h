@@ -27,6 +27,7 @@ enum crest_kind {
 	CREST_EV_SYS_EXIT = 5,	/* sys_exit of any of the above */
 	CREST_EV_FORK = 6,	/* sched_process_fork */
 	CREST_EV_EXIT = 7,	/* sched_process_exit */
+	CREST_EV_SETNS_EXIT = 8,	/* sys_exit of setns, with the namespaces after it */
 };
 
 /* crest_futex.flags, crest_sys_exit.flags */
@@ -36,6 +37,21 @@ enum crest_kind {
 #define CREST_SET_TID_OK 0x2	/* set_tid read from user memory */
 /* crest_setns.flags */
 #define CREST_INODE_OK 0x1	/* fd resolved to a file and its inode */
+
+/*
+ * A task's namespaces: the inode numbers (ns.inum) that its /proc/PID/ns/
+ * links show, read from its nsproxy; 0 where there was none to read.
+ */
+struct crest_ns {
+	__u32 uts;
+	__u32 ipc;
+	__u32 mnt;
+	__u32 pid_for_children;	/* the pid namespace its children are born in */
+	__u32 net;
+	__u32 time;		/* the one its clocks read */
+	__u32 cgroup;
+	__u32 pad;
+};
 
 struct crest_hdr {
 	__u64 ts;		/* bpf_ktime_get_boot_ns */
@@ -92,6 +108,16 @@ struct crest_ev_sys_exit {
 	__u32 flags;
 };
 
+/*
+ * The sys_exit of a setns: the caller's namespaces after the call, which
+ * say what it joined even when the fd was not an nsfs file (a pidfd).
+ */
+struct crest_ev_setns_exit {
+	struct crest_hdr h;
+	__s64 ret;
+	struct crest_ns ns;
+};
+
 struct crest_ev_fork {
 	struct crest_hdr h;	/* pid, tid: the parent's */
 	__u32 child_pid;	/* tgid */
@@ -107,6 +133,7 @@ struct crest_ev_fork {
 	__s32 real_parent_pids[CREST_MAX_LEVELS];
 	__u32 real_parent_level;
 	__u32 pad;
+	struct crest_ns child_ns;	/* the child's namespaces as it is born */
 };
 
 struct crest_ev_exit {

@@ -55,6 +55,53 @@ struct files_struct {
 	struct fdtable *fdt;
 };
 
+/*
+ * Every namespace embeds a struct ns_common named ns, whose inum is the
+ * inode number /proc/PID/ns/ links show (6.18 moved ns_common's other
+ * fields about; inum kept its name).
+ */
+struct ns_common {
+	unsigned int inum;
+};
+
+struct uts_namespace {
+	struct ns_common ns;
+};
+
+struct ipc_namespace {
+	struct ns_common ns;
+};
+
+struct mnt_namespace {
+	struct ns_common ns;
+};
+
+struct pid_namespace {
+	struct ns_common ns;
+};
+
+struct net {
+	struct ns_common ns;
+};
+
+struct time_namespace {
+	struct ns_common ns;
+};
+
+struct cgroup_namespace {
+	struct ns_common ns;
+};
+
+struct nsproxy {
+	struct uts_namespace *uts_ns;
+	struct ipc_namespace *ipc_ns;
+	struct mnt_namespace *mnt_ns;
+	struct pid_namespace *pid_ns_for_children;
+	struct net *net_ns;
+	struct time_namespace *time_ns;
+	struct cgroup_namespace *cgroup_ns;
+};
+
 struct task_struct {
 	int pid;
 	int tgid;
@@ -63,6 +110,7 @@ struct task_struct {
 	struct task_struct *group_leader;
 	struct task_struct *real_parent;
 	struct files_struct *files;
+	struct nsproxy *nsproxy;
 };
 
 #pragma clang attribute pop

@@ -70,6 +70,7 @@ const struct crest_ev_setns *crest_type_setns;
 const struct crest_ev_sys_exit *crest_type_sys_exit;
 const struct crest_ev_fork *crest_type_fork;
 const struct crest_ev_exit *crest_type_exit;
+const struct crest_ev_setns_exit *crest_type_setns_exit;
 
 static __always_inline void count_drop(void)
 {
@@ -267,6 +268,53 @@ static __always_inline void on_setns(struct pt_regs *regs, __u64 pid_tgid)
 }
 
 /*
+ * The fork and setns-exit programs read task, pid and namespace fields
+ * with plain loads, not a probe-read helper call each: fork runs inside
+ * every clone of the restore (about 1 us instead of 1.8). The tracepoint's
+ * task pointers are trusted, and the verifier checks every pointer loaded
+ * through a trusted one against its lists of trusted and RCU fields, by
+ * name, through the whole kernel BTF: about 6 ms of a fresh load for the
+ * fork program. Cast to untrusted (read-only) pointers first, the loads
+ * need no such check (0.7 ms), and run as loads that a fault (or a NULL
+ * pointer) ends with 0 instead of an oops.
+ */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#define untrusted(p, type) ((type *)bpf_rdonly_cast((void *)(p), bpf_core_type_id_kernel(type)))
+
+/* t's namespaces (t untrusted): seven chains of two loads each */
+static __always_inline void read_ns(struct task_struct *t, struct crest_ns *out)
+{
+	struct nsproxy *ns = t->nsproxy;
+
+	out->uts = ns->uts_ns->ns.inum;
+	out->ipc = ns->ipc_ns->ns.inum;
+	out->mnt = ns->mnt_ns->ns.inum;
+	out->pid_for_children = ns->pid_ns_for_children->ns.inum;
+	out->net = ns->net_ns->ns.inum;
+	out->time = ns->time_ns->ns.inum;
+	out->cgroup = ns->cgroup_ns->ns.inum;
+	out->pad = 0;
+}
+
+/*
+ * A setns's return, with the caller's namespaces after it: the fd the
+ * entry resolved may be a pidfd, which names a task, not a namespace.
+ */
+static __always_inline void on_setns_exit(long ret, __u64 pid_tgid)
+{
+	struct crest_ev_setns_exit *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count_drop();
+		return;
+	}
+	fill_hdr(&e->h, pid_tgid, CREST_EV_SETNS_EXIT, NR_SETNS);
+	e->ret = ret;
+	read_ns(untrusted(bpf_get_current_task_btf(), struct task_struct), &e->ns);
+	bpf_ringbuf_submit(e, wakeup_flag());
+}
+
+/*
  * The hot path. Both syscall programs run for every syscall of the machine
  * while attached, so an uninteresting one leaves after a compare of the
  * syscall number (sys_enter: the tracepoint's argument; sys_exit: a plain
@@ -330,6 +378,10 @@ int crest_sys_exit(__u64 *ctx)
 	pid_tgid = bpf_get_current_pid_tgid();
 	if (!is_tracked(pid_tgid >> 32))
 		return 0;
+	if (nr == NR_SETNS) {
+		on_setns_exit(ret, pid_tgid);
+		return 0;
+	}
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_drop();
@@ -352,19 +404,6 @@ int crest_sys_exit(__u64 *ctx)
 	bpf_ringbuf_submit(e, wakeup_flag());
 	return 0;
 }
-
-/*
- * The fork program reads task and pid fields with plain loads, not a
- * probe-read helper call each: it runs inside every clone of the restore
- * (about 1 us instead of 1.8). The tracepoint's task pointers are trusted,
- * and the verifier checks every pointer loaded through a trusted one
- * against its lists of trusted and RCU fields, by name, through the whole
- * kernel BTF: about 6 ms of a fresh load for this program. Cast to
- * untrusted (read-only) pointers first, the loads need no such check (0.7
- * ms), and run as loads that a fault ends with 0 instead of an oops.
- */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
-#define untrusted(p, type) ((type *)bpf_rdonly_cast((void *)(p), bpf_core_type_id_kernel(type)))
 
 /* The pid of p at every level, 0 beyond its own. */
 static __always_inline void pid_levels(struct pid *p, unsigned int level, __s32 *out)
@@ -414,6 +453,7 @@ int crest_fork(__u64 *ctx)
 	pid_levels(cp, e->child_level, e->child_tids);
 	pid_levels(cl, e->child_level, e->child_pids);
 	pid_levels(rp, e->real_parent_level, e->real_parent_pids);
+	read_ns(child, &e->child_ns);
 	bpf_ringbuf_submit(e, wakeup_flag());
 	return 0;
 }

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/crest-restore/crest/bpf"
 	"github.com/crest-restore/crest/restore"
@@ -34,7 +36,7 @@ func addVerifyFlags(fs *pflag.FlagSet) verifyFlags {
 	f.json = fs.Bool("json", false, "print the verification report as JSON on stdout (with --verify)")
 	f.pinDir = fs.String("verify-pins", "", "keep the monitor's programs loaded between restores under `DIR`, on a BPF file system "+
 		"(e.g. /sys/fs/bpf/crest): the next --verify skips loading them (about 2 ms instead of 25); crest check --unpin DIR removes them")
-	f.faults = fs.String("fault", "", "break the restore on purpose (`NAME`[,NAME]: no-set-tid, no-wait, early-switch, drop-thread); for tests")
+	f.faults = fs.String("fault", "", "break the restore on purpose (`NAME`[,NAME]: no-set-tid, no-wait, early-switch, drop-thread, wrong-ns); for tests")
 	f.stageTimeout = fs.Duration("stage-timeout", 0, "give up a stage after `DURATION` (default 10s); for tests")
 	fs.MarkHidden("fault")
 	fs.MarkHidden("stage-timeout")
@@ -193,10 +195,63 @@ func (k *kernelCheck) expect(p *restore.Plan) (bpf.Expect, error) {
 		Start:      []uint64{k.prepared.StartAddr, k.prepared.EngineStartAddr},
 		InProgress: []uint64{k.prepared.InProgressAddr, k.prepared.EngineInProgressAddr},
 	}
-	// The engine refuses, at planning, every namespace but pid, which it
-	// creates with clone3: no task calls setns, and exp.Namespaces stays
-	// empty (any setns is then a finding).
+	// No task calls setns: the root is born in the tree's namespaces
+	// (clone3), which its tasks inherit, and exp.Namespaces stays empty
+	// (a task's setns is then a finding). The engine's visit to them is
+	// exp.TreeNS.
+	tree, err := treeNamespaces(p)
+	if err != nil {
+		return bpf.Expect{}, err
+	}
+	exp.TreeNS = tree
 	return exp, nil
+}
+
+// rootNamespaces are the namespaces a plan may give the root besides the
+// engine's, as the launcher clones it (restore/agent/c/main.c) from the
+// plan's flags (restore/nsuts.go namespaceFlags, planfile.go): has says
+// whether the plan does, and filled that the engine then joins it through
+// the root's pidfd to fill it in PREPARE_NAMESPACES (restore/nsuts.go
+// fillNamespaces) and goes back to its own. A namespace type the engine
+// learns to restore is one more line.
+var rootNamespaces = []struct {
+	flag   int
+	has    func(p *restore.Plan) bool
+	filled bool
+}{
+	{unix.CLONE_NEWPID, func(p *restore.Plan) bool { return p.NewPIDNS }, false},
+	// restore/timens.go timeNamespace: clocks to go on from, on a kernel
+	// with time namespaces
+	{unix.CLONE_NEWTIME, func(p *restore.Plan) bool { return p.Clocks != nil && haveTimeNS() }, false},
+	{unix.CLONE_NEWUTS, func(p *restore.Plan) bool { return p.UTS != nil }, true},
+	{unix.CLONE_NEWIPC, func(p *restore.Plan) bool { return p.IPC != nil }, true},
+}
+
+func haveTimeNS() bool {
+	_, err := os.Stat("/proc/self/ns/time")
+	return err == nil
+}
+
+// treeNamespaces is what plan p means for the namespaces the tree is born
+// in, against the engine's own (read on one thread: a thread that could
+// not go back to them has ended).
+func treeNamespaces(p *restore.Plan) (*bpf.ExpectTreeNS, error) {
+	runtime.LockOSThread()
+	own, err := bpf.ReadNamespaces("/proc/thread-self")
+	runtime.UnlockOSThread()
+	if err != nil {
+		return nil, fmt.Errorf("the engine's namespaces: %w", err)
+	}
+	tree := &bpf.ExpectTreeNS{EnginePID: os.Getpid(), Engine: own, Stage: int(restore.StagePrepareNamespaces)}
+	for _, ns := range rootNamespaces {
+		if ns.has(p) {
+			tree.New |= ns.flag
+			if ns.filled {
+				tree.Joined |= ns.flag
+			}
+		}
+	}
+	return tree, nil
 }
 
 // pidNSLevel is the level of crest's own pid namespace (0 for the
@@ -322,7 +377,7 @@ func (k *kernelCheck) print(env *env, restoreErr error) error {
 	for _, f := range k.report.Findings {
 		fmt.Fprintf(&b, "verify: %s\n", describeFinding(f, k.during(f)))
 		for _, e := range f.Evidence {
-			fmt.Fprintf(&b, "    %s\n", describeEvent(e, k.begin))
+			fmt.Fprintf(&b, "    %s\n", describeEvent(e, k.begin, f.Check == "namespace"))
 		}
 	}
 	_, err := env.stdout.Write(b.Bytes())
@@ -381,8 +436,9 @@ func describeFinding(f bpf.Finding, during string) string {
 }
 
 // describeEvent is one line of evidence: when (since the check began),
-// who (global pid/tid) and what the kernel saw.
-func describeEvent(e bpf.Event, begin uint64) string {
+// who (global pid/tid) and what the kernel saw; with ns, a fork's child's
+// namespaces too.
+func describeEvent(e bpf.Event, begin uint64, ns bool) string {
 	h := e.Head()
 	at := fmt.Sprintf("%+9.3fms", float64(int64(h.Time-begin))/1e6)
 	who := fmt.Sprintf("pid %d tid %d", h.PID, h.TID)
@@ -402,8 +458,12 @@ func describeEvent(e bpf.Event, begin uint64) string {
 		if e.Thread() {
 			what = "new thread"
 		}
-		return fmt.Sprintf("%s %s: %s: child pid by level %v tid by level %v, parent by level %v",
+		s := fmt.Sprintf("%s %s: %s: child pid by level %v tid by level %v, parent by level %v",
 			at, who, what, e.ChildPIDs, e.ChildTIDs, e.RealParentPIDs)
+		if ns {
+			s += ", in namespaces " + e.ChildNS.String()
+		}
+		return s
 	case *bpf.FutexEvent:
 		word := ""
 		if e.WordOK {
@@ -414,7 +474,20 @@ func describeEvent(e bpf.Event, begin uint64) string {
 		}
 		return fmt.Sprintf("%s %s: futex(%#x, %s%s)%s", at, who, e.Addr, futexOpString(e), word, ret(e.Return))
 	case *bpf.SetnsEvent:
-		return fmt.Sprintf("%s %s: setns(fd %d, nstype %#x) into inode %d%s", at, who, e.FD, e.NSType, e.Inode, ret(e.Return))
+		target := fmt.Sprintf("into inode %d", e.Inode)
+		switch {
+		case !e.Resolved:
+			target = "(fd not open)"
+		case e.FSMagic == unix.PID_FS_MAGIC:
+			target = "on a pidfd"
+		case e.FSMagic != unix.NSFS_MAGIC:
+			target = fmt.Sprintf("on inode %d of fs magic %#x", e.Inode, e.FSMagic)
+		}
+		s := fmt.Sprintf("%s %s: setns(fd %d, nstype %#x) %s%s", at, who, e.FD, e.NSType, target, ret(e.Return))
+		if e.Returned {
+			s += ", then in namespaces " + e.After.String()
+		}
+		return s
 	case *bpf.ExitEvent:
 		what := "thread exit"
 		if e.GroupDead {

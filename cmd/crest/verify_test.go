@@ -21,6 +21,7 @@ import (
 	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/fixture"
 	"github.com/crest-restore/crest/test/procscan"
+	"github.com/crest-restore/crest/test/workloads"
 )
 
 // verifyReport mirrors verifyJSON for decoding.
@@ -74,9 +75,15 @@ type verifiedRestore struct {
 func restoreVerified(t *testing.T, name string, args ...string) verifiedRestore {
 	t.Helper()
 	fixture.Install(t, name)
+	return restoreVerifiedDir(t, fixture.Images(t, name), args...)
+}
+
+// restoreVerifiedDir is restoreVerified of the images in dir.
+func restoreVerifiedDir(t *testing.T, dir string, args ...string) verifiedRestore {
+	t.Helper()
 	pidfile := filepath.Join(t.TempDir(), "pid")
 	var out, errb bytes.Buffer
-	code := run(append([]string{"restore", "-D", fixture.Images(t, name), "-d", "--pidfile", pidfile}, args...), &out, &errb)
+	code := run(append([]string{"restore", "-D", dir, "-d", "--pidfile", pidfile}, args...), &out, &errb)
 	v := verifiedRestore{code: code, stdout: out.String(), stderr: errb.String()}
 	if b, err := os.ReadFile(pidfile); err == nil {
 		v.root, _ = strconv.Atoi(strings.TrimSpace(string(b)))
@@ -291,10 +298,13 @@ func TestVerifyText(t *testing.T) {
 // words of its message.
 var verifyFaults = []struct {
 	fault, fixture string
-	check          string
-	pid, tid       int
-	stage, during  string
-	message        string
+	// workload, instead of fixture: a test/workloads program, dumped by
+	// crest dump once per test (dumpedWorkloads)
+	workload      string
+	check         string
+	pid, tid      int
+	stage, during string
+	message       string
 	// restored: the restore itself completes despite the fault
 	restored bool
 	// racy: the fault does not always happen (TestVerifyEarlySwitch)
@@ -319,6 +329,106 @@ var verifyFaults = []struct {
 		message: "arrived at RESTORE_SIGCHLD after the switch to RESTORE_CREDS", restored: true, racy: true},
 	{fault: "drop-thread", fixture: "threads", check: "thread", pid: 1, tid: 3, during: "RESTORE",
 		message: "thread 3 of task 1 was not created: no clone gave tid 3 in process 1"},
+	// The engine fills decoy UTS and IPC namespaces instead of the
+	// root's; the restore then fails in RESTORE (the root's SysV
+	// segment is not in its IPC namespace).
+	{fault: "wrong-ns", workload: "nsuts", check: "namespace", pid: 1, stage: "PREPARE_NAMESPACES",
+		message: "the engine joined uts namespace"},
+}
+
+// dumpedWorkloads returns what gives the images of a fault's restore:
+// its fixture installed afresh, or its workload started and dumped with
+// crest dump on first use, for the rest of test t.
+func dumpedWorkloads(t *testing.T) func(t *testing.T, fixtureName, workload string, args ...string) verifiedRestore {
+	dumped := map[string]string{}
+	parent := t
+	return func(t *testing.T, fixtureName, workload string, args ...string) verifiedRestore {
+		t.Helper()
+		if workload == "" {
+			return restoreVerified(t, fixtureName, args...)
+		}
+		dir, ok := dumped[workload]
+		if !ok {
+			dir = dumpWorkload(parent, workload)
+			dumped[workload] = dir
+		}
+		return restoreVerifiedDir(t, dir, args...)
+	}
+}
+
+// workloadReady is the log a workload has written a few lines of once it
+// runs as it should be dumped.
+var workloadReady = map[string]string{"nsuts": "out-nsuts.log"}
+
+// dumpWorkload starts the workload name (test/workloads), waits until it
+// has logged three lines, and dumps it with crest dump (which kills it)
+// into an image directory, which it returns; the workload's directory,
+// where a restored tree goes on logging, lasts as long as t.
+func dumpWorkload(t *testing.T, name string) string {
+	t.Helper()
+	p := workloads.Start(t, name)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(filepath.Join(p.Dir, workloadReady[name]))
+		if bytes.Count(b, []byte("\n")) >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s wrote %q in 10s", name, b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	dir := filepath.Join(t.TempDir(), "images")
+	var out, errb bytes.Buffer
+	if code := run([]string{"dump", "-t", strconv.Itoa(p.Pid), "-D", dir}, &out, &errb); code != 0 {
+		t.Fatalf("crest dump of %s: exit %d: %s", name, code, errb.String())
+	}
+	if !workloads.WaitGone(p.Pid, 10*time.Second) {
+		t.Fatalf("the dumped %s %d is still there", name, p.Pid)
+	}
+	return dir
+}
+
+// nsutsKeys are the keys of the SysV objects of nsuts
+// (test/workloads/src/nsuts.c): "NSU1" to "NSU3".
+const nsutsKeyLo, nsutsKeyHi = 0x4e535531, 0x4e535533
+
+// hostLeftovers says what a restore of nsuts left in our namespaces: a
+// hostname other than host, SysV objects with nsuts's keys in our IPC
+// namespace, a restored nsuts still running.
+func hostLeftovers(t *testing.T, host string) []string {
+	t.Helper()
+	var left []string
+	if h, err := os.Hostname(); err != nil || h != host {
+		left = append(left, fmt.Sprintf("our hostname is %q (%v), was %q", h, err, host))
+	}
+	for _, kind := range []string{"shm", "sem", "msg"} {
+		b, err := os.ReadFile("/proc/sysvipc/" + kind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			f := strings.Fields(l)
+			if key, err := strconv.ParseInt(safeField(f, 0), 10, 64); err == nil && key >= nsutsKeyLo && key <= nsutsKeyHi {
+				left = append(left, "SysV "+kind+" in our IPC namespace: "+l)
+			}
+		}
+	}
+	ps, err := procscan.Find(procscan.Under(filepath.Dir(workloads.Build(t, "nsuts"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		left = append(left, "process "+p.String())
+	}
+	return left
+}
+
+func safeField(f []string, i int) string {
+	if i < len(f) {
+		return f[i]
+	}
+	return ""
 }
 
 // TestVerifyFaults injects each fault a few times and wants its finding
@@ -326,13 +436,18 @@ var verifyFaults = []struct {
 func TestVerifyFaults(t *testing.T) {
 	requireRoot(t)
 	const repeat = 3
+	restoreFault := dumpedWorkloads(t)
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range verifyFaults {
 		if tt.racy {
 			continue
 		}
 		t.Run(tt.fault, func(t *testing.T) {
 			for i := range repeat {
-				v := restoreVerified(t, tt.fixture, "--verify", "--json", "--fault", tt.fault, "--stage-timeout", "1s")
+				v := restoreFault(t, tt.fixture, tt.workload, "--verify", "--json", "--fault", tt.fault, "--stage-timeout", "1s")
 				removeTree(t, v.root)
 				r := v.report
 				if v.code == 0 && !tt.restored {
@@ -365,6 +480,11 @@ func TestVerifyFaults(t *testing.T) {
 			if left := leftovers(t); len(left) > 0 {
 				t.Errorf("left behind: %v", left)
 			}
+			if tt.workload == "nsuts" {
+				if left := hostLeftovers(t, host); len(left) > 0 {
+					t.Errorf("left behind: %q", left)
+				}
+			}
 		})
 	}
 }
@@ -374,14 +494,15 @@ func TestVerifyFaults(t *testing.T) {
 // returns; a clean one stands.
 func TestVerifyStrict(t *testing.T) {
 	requireRoot(t)
+	restoreFault := dumpedWorkloads(t)
 	for _, tt := range verifyFaults {
 		t.Run(tt.fault, func(t *testing.T) {
 			args := []string{"--verify=strict", "--fault", tt.fault, "--stage-timeout", "1s"}
-			v := restoreVerified(t, tt.fixture, args...)
+			v := restoreFault(t, tt.fixture, tt.workload, args...)
 			for try := 1; tt.racy && v.code == 0 && try < 20; try++ {
 				// The fault did not happen: a clean restore stands.
 				removeTree(t, v.root)
-				v = restoreVerified(t, tt.fixture, args...)
+				v = restoreFault(t, tt.fixture, tt.workload, args...)
 			}
 			if v.code == 0 {
 				removeTree(t, v.root)
@@ -687,5 +808,56 @@ func TestVerifyPins(t *testing.T) {
 	}
 	if left := leftovers(t); len(left) > 0 {
 		t.Errorf("left behind: %v", left)
+	}
+}
+
+// TestVerifyNamespaces restores a tree with UTS and IPC namespaces of its
+// own (nsuts, dumped by crest dump) with --verify, a few times: the root
+// is born in new ones, the engine joins them through the root's pidfd to
+// fill them and goes back to its own, and the monitor says so: no
+// finding, "namespaces ok" (two namespaces checked). The restored nsuts
+// runs on in them, and nothing reached ours.
+func TestVerifyNamespaces(t *testing.T) {
+	requireRoot(t)
+	imgs := dumpWorkload(t, "nsuts")
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ours [2]uint64
+	for i, kind := range []string{"uts", "ipc"} {
+		var st syscall.Stat_t
+		if err := syscall.Stat("/proc/self/ns/"+kind, &st); err != nil {
+			t.Fatal(err)
+		}
+		ours[i] = st.Ino
+	}
+	const want = "pids 1/1, threads 1/1, stages 7/7 in order, namespaces ok"
+	for i := range 3 {
+		v := restoreVerifiedDir(t, imgs, "--verify", "--json")
+		if v.code != 0 {
+			removeTree(t, v.root)
+			t.Fatalf("run %d: exit %d: %s", i, v.code, v.stderr)
+		}
+		r := v.report
+		if !r.OK || len(r.Findings) != 0 || r.Verdict != want || r.Dropped != 0 {
+			t.Errorf("run %d: ok %v, verdict %q (want %q), dropped %d", i, r.OK, r.Verdict, want, r.Dropped)
+			for _, f := range r.Findings {
+				t.Errorf("  %s", f)
+			}
+		}
+		for j, kind := range []string{"uts", "ipc"} {
+			var st syscall.Stat_t
+			if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/%s", v.root, kind), &st); err != nil || st.Ino == ours[j] {
+				t.Errorf("run %d: the restored root %d in %s namespace %d (%v), ours %d: want its own", i, v.root, kind, st.Ino, err, ours[j])
+			}
+		}
+		removeTree(t, v.root)
+	}
+	if left := leftovers(t); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+	if left := hostLeftovers(t, host); len(left) > 0 {
+		t.Errorf("left behind: %q", left)
 	}
 }
