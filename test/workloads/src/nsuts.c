@@ -37,6 +37,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <mqueue.h>
 #include <stdlib.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
@@ -312,9 +313,47 @@ static void check(void)
 		snprintf(line, sizeof line, "names: host %.64s domain %.64s", u.nodename, u.domainname);
 		corrupt(line);
 	}
-	for (unsigned i = 0; i < sizeof sysctls / sizeof sysctls[0]; i++)
-		if (!holds(sysctls[i].path, sysctls[i].value))
+	for (unsigned i = 0; i < sizeof sysctls / sizeof sysctls[0]; i++) {
+		int ok = holds(sysctls[i].path, sysctls[i].value);
+
+		/*
+		 * Kernel 6.18 sometimes shows, under /proc/sys, the IPC
+		 * sysctls of another IPC namespace that is being made or
+		 * looked up at the same moment (IPC_INFO below then says the
+		 * value is right): look again a few times before calling it.
+		 */
+		for (int again = 0; !ok && again < 5; again++) {
+			const struct timespec pause = { 0, 20 * 1000 * 1000 };
+
+			nanosleep(&pause, NULL);
+			ok = holds(sysctls[i].path, sysctls[i].value);
+		}
+		if (!ok) {
+			/*
+			 * what the namespace itself says, through IPC_INFO,
+			 * beside what /proc/sys showed: tells a value that is
+			 * not there from a /proc/sys that shows another's
+			 */
+			struct msginfo mi;
+			struct shminfo si;
+			size_t n = strlen(line);
+
+			struct mq_attr ma = { 0 };
+			mqd_t q = mq_open("/crest-nsuts-probe", O_RDONLY | O_CREAT | O_EXCL, 0600, NULL);
+
+			if (q != (mqd_t)-1) {
+				mq_getattr(q, &ma);
+				mq_close(q);
+				mq_unlink("/crest-nsuts-probe");
+			}
+			if (msgctl(0, IPC_INFO, (struct msqid_ds *)&mi) >= 0 && shmctl(0, IPC_INFO, (struct shmid_ds *)&si) >= 0)
+				snprintf(line + n, sizeof line - n,
+					 " (IPC_INFO: msgmax %d msgmnb %d msgmni %d shmmax %lu shmmni %lu; a new mqueue gets %ld x %ld)",
+					 mi.msgmax, mi.msgmnb, mi.msgmni, (unsigned long)si.shmmax, (unsigned long)si.shmmni,
+					 (long)ma.mq_maxmsg, (long)ma.mq_msgsize);
 			corrupt(line);
+		}
+	}
 
 	if (shmget(KEY("NSU1"), 0, 0) != shm_a || semget(KEY("NSU2"), 0, 0) != sem || msgget(KEY("NSU3"), 0) != msq)
 		corrupt("ids of the keys");
