@@ -45,7 +45,11 @@ type Options struct {
 	// TCPEstablished dumps established TCP connections, as criu dump
 	// --tcp-established (tcpest.go); without it they are refused.
 	TCPEstablished bool
-	Log            *slog.Logger
+	// GhostLimit is the most a file deleted while open or mapped may
+	// have on disk for its contents to be dumped (ghost.go), as criu
+	// dump --ghost-limit; 0 is CRIU's default, DefaultGhostLimit.
+	GhostLimit int64
+	Log        *slog.Logger
 	// Observer, if set, receives the dump's stages and steps.
 	Observer Observer
 }
@@ -85,9 +89,9 @@ type dumper struct {
 	seccomp *seccomp.SeccompEntry
 	// ownTime: the tree has a time namespace of its own (the root's)
 	ownTime bool
-	// ownUTS, ownIPC: the tree has UTS, IPC namespaces of its own (the
-	// root's, every task in it: uts.go)
-	ownUTS, ownIPC bool
+	// ownUTS, ownIPC, ownNet: the tree has UTS, IPC, net namespaces of
+	// its own (the root's, every task in it: uts.go, netns.go)
+	ownUTS, ownIPC, ownNet bool
 }
 
 func (d *dumper) path(name string) string { return filepath.Join(d.tmp, name) }
@@ -209,6 +213,7 @@ func (d *dumper) run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	d.tmp = tmp
+	d.files.ghosts.dir, d.files.ghosts.limit = tmp, d.opts.GhostLimit // ghost.go
 	res := &Result{Tasks: len(d.tree.tasks)}
 	d.obs.stage(StageCollect)
 	if err := d.pidsAndNamespaces(); err != nil {
@@ -320,7 +325,7 @@ func (d *dumper) pidsAndNamespaces() error {
 				d.ownTime = true
 				continue
 			}
-			if kind == "uts" || kind == "ipc" {
+			if kind == "uts" || kind == "ipc" || kind == "net" {
 				continue // checkUTSIPC
 			}
 			if ino != d.ns.own[kind] {
@@ -452,6 +457,9 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 		files = append(files, images.Entry{Message: f})
 	}
 	if err := d.write("files.img", images.KindFiles, files...); err != nil {
+		return err
+	}
+	if err := d.files.ghosts.writeRemaps(d); err != nil { // ghost.go
 		return err
 	}
 	if err := d.checkTTYs(); err != nil { // tty.go

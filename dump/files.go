@@ -47,6 +47,13 @@ type fileTable struct {
 	memfdOrder []*memfdInode
 
 	ttys ttyTable // tty-info.img (tty.go)
+	// ghosts are the files deleted while open or mapped, dumped with
+	// their contents (ghost.go)
+	ghosts ghostTable
+
+	// net is the net namespace of the tree's sockets: crest's own, or
+	// the tree's (netns_sock.go)
+	net sockNet
 }
 
 type devIno struct{ dev, ino uint64 }
@@ -151,10 +158,11 @@ func (ft *fileTable) mappedFile(t *task, path, name string) (uint32, error) {
 		}
 		name = l
 	}
-	if strings.HasSuffix(name, " (deleted)") {
-		return 0, &UnsupportedError{Task: int(t.nsPid), Resource: "mapped file", What: name, Why: "deleted files are not supported"}
-	}
 	id := ft.next()
+	name, err := ft.ghostName(t, "mapped file", id, path, name, &st) // ghost.go
+	if err != nil {
+		return 0, err
+	}
 	e, err := regEntry(id, path, name, unix.O_RDONLY, 0)
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", t, err)
@@ -241,8 +249,6 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 	case strings.HasPrefix(name, "/dev/pts/") && strings.HasSuffix(name, " (deleted)"):
 		// the master closed: the kernel took the slave's node away
 		return nil, unsupported("the terminal is hung up (its other end was closed)")
-	case strings.HasSuffix(name, " (deleted)") && !isMemfd(name):
-		return nil, unsupported("deleted files are not supported")
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(link, &st); err != nil {
@@ -361,6 +367,10 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 			return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
 		}
 	} else {
+		// a file deleted while open is dumped with its contents (ghost.go)
+		if name, err = ft.ghostName(t, fmt.Sprintf("fd %d", fd), id, link, name, &st); err != nil {
+			return nil, err
+		}
 		if fe, err = regEntry(id, link, name, flags, fi.pos); err != nil {
 			return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
 		}

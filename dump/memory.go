@@ -195,8 +195,6 @@ func (d *dumper) vmas(t *task, maps []*mapping) ([]*vmaArea, error) {
 			return nil, unsupported("special mappings of this kind are not supported")
 		case strings.HasPrefix(m.name, "/memfd:"):
 			return nil, unsupported("private memfd mappings are not supported")
-		case strings.HasSuffix(m.name, " (deleted)"):
-			return nil, unsupported("mappings of deleted files are not supported")
 		default:
 			id, err := d.files.mappedFile(t, procPath(t.pid, "map_files", fmt.Sprintf("%x-%x", m.start, m.end)), m.name)
 			if err != nil {

@@ -76,6 +76,11 @@ func TestRoundTrip(t *testing.T) {
 		// tick; nsutsState compares them (and the segments' contents)
 		// from outside.
 		{"nsuts", map[string]check.Next{"out-nsuts.log": check.Counter}, nsutsState},
+		// In a net namespace of its own, which the restore makes again:
+		// it checks its loopback, addresses, routes, rule, iptables rule,
+		// sysctls and a TCP connection every tick; netnsState compares
+		// them from outside.
+		{"netns", map[string]check.Next{"out-netns.log": check.Counter}, netnsState},
 		// Its tick is an epoll of a timerfd, an eventfd (edge-triggered)
 		// and a pipe, which must all report on.
 		{"epoll", map[string]check.Next{"out-epoll.log": check.Counter}, nil},
@@ -118,6 +123,12 @@ func TestRoundTrip(t *testing.T) {
 		// and its child: each end checks its state, its queues, EOF
 		// after the peer's FIN and the open direction every tick.
 		{"tcphalf", map[string]check.Next{"out-init.log": check.Counter, "out-child.log": check.Counter}, nil},
+		// Files deleted while open or mapped, dumped as ghost files: a
+		// /dev/shm page the init and its child share (a semaphore and
+		// counters), a private mapping, a file with holes and an
+		// O_TMPFILE file, each checked every tick (one inode for both
+		// tasks, the holes, the offsets, still deleted).
+		{"ghost", map[string]check.Next{"out-parent.log": check.Counter, "out-child.log": check.Counter}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := workloads.Start(t, tc.name)

@@ -85,10 +85,10 @@ func (ft *fileTable) inetSocketEntry(t *task, id uint32, c int, ino uint64, flag
 	if why := inetKindRefusal(typ, protocol); why != "" {
 		return nil, why, nil
 	}
-	if why, err := otherNetns(c); why != "" || err != nil {
+	if why, err := ft.net.check(c, otherNetns); why != "" || err != nil { // netns_sock.go
 		return nil, why, err
 	}
-	sk, err := inetDiag(family, protocol, uint32(ino))
+	sk, err := inetDiagWith(ft.net.diagSocket, family, protocol, uint32(ino))
 	if err != nil {
 		return nil, "", err
 	}
@@ -130,7 +130,7 @@ func (ft *fileTable) inetSocketEntry(t *task, id uint32, c int, ino uint64, flag
 		// CRIU names the net namespace of the sockets it found in the
 		// diag tables (the only ones it knows one of), where it does
 		// not look for TCP sockets in CLOSE.
-		e.NsId = proto.Uint32(ownNetNSID)
+		e.NsId = proto.Uint32(ft.net.nsID())
 	}
 	words := 1
 	if family == unix.AF_INET6 {
@@ -373,7 +373,13 @@ func unconnectedInet(fd, family, protocol int) (*inetSock, error) {
 // inetDiag finds the socket of inode ino in the socket diag tables of
 // family and protocol; nil when it is in none.
 func inetDiag(family, protocol int, ino uint32) (*inetSock, error) {
-	nl, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_INET_DIAG)
+	return inetDiagWith(ownDiagSocket, family, protocol, ino)
+}
+
+// inetDiagWith is inetDiag through a socket diag socket of socket's
+// making (one of the tree's net namespace: netns_sock.go).
+func inetDiagWith(socket func(proto int) (int, error), family, protocol int, ino uint32) (*inetSock, error) {
+	nl, err := socket(unix.NETLINK_INET_DIAG)
 	if err != nil {
 		return nil, os.NewSyscallError("socket(NETLINK_SOCK_DIAG)", err)
 	}

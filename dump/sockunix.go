@@ -74,9 +74,10 @@ type unixDiag struct {
 }
 
 // diagUnix asks NETLINK_SOCK_DIAG about the unix socket with inode ino in
-// this network namespace.
-func diagUnix(ino uint32) (*unixDiag, error) {
-	s, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+// the network namespace of the diag socket that socket makes (crest's or
+// the tree's: netns_sock.go).
+func diagUnix(socket func(proto int) (int, error), ino uint32) (*unixDiag, error) {
+	s, err := socket(unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return nil, os.NewSyscallError("socket(AF_NETLINK, NETLINK_SOCK_DIAG)", err)
 	}
@@ -193,10 +194,10 @@ var ownNetNSID = uint32(slices.Index(nsKinds, "net") + 1)
 // queues its receive queue for sk-queues.img; why says why it can not be
 // dumped.
 func (ft *fileTable) unixSocketEntry(t *task, id uint32, c int, ino uint64, flags uint32) (*fdinfo.FileEntry, string, error) {
-	if why, err := sameNetNS(c); why != "" || err != nil {
+	if why, err := ft.net.check(c, sameNetNS); why != "" || err != nil { // netns_sock.go
 		return nil, why, err
 	}
-	d, err := diagUnix(uint32(ino))
+	d, err := diagUnix(ft.net.diagSocket, uint32(ino))
 	if err != nil {
 		return nil, "", err
 	}
@@ -228,7 +229,7 @@ func (ft *fileTable) unixSocketEntry(t *task, id uint32, c int, ino uint64, flag
 	ue := &sk_unix.UnixSkEntry{Id: proto.Uint32(id), Ino: proto.Uint32(d.ino), Type: proto.Uint32(uint32(d.typ)),
 		State: proto.Uint32(uint32(d.state)), Flags: proto.Uint32(flags), Uflags: proto.Uint32(0),
 		Backlog: proto.Uint32(d.wqueue), Peer: proto.Uint32(d.peer), Fown: zeroFown(), Name: d.name,
-		NsId: proto.Uint32(ownNetNSID)}
+		NsId: proto.Uint32(ft.net.nsID())}
 	if ue.Name == nil {
 		ue.Name = []byte{} // required, even empty
 	}
@@ -344,7 +345,7 @@ func (ft *fileTable) peerInTree(t *task, d *unixDiag) (string, error) {
 			return fmt.Sprintf("its peer socket:[%d] is not open in the dumped tree (external unix sockets are not supported)", d.peer), nil
 		}
 	}
-	p, err := diagUnix(d.peer)
+	p, err := diagUnix(ft.net.diagSocket, d.peer)
 	if err != nil {
 		return "", err
 	}

@@ -14,18 +14,19 @@ import (
 	"github.com/crest-restore/crest/images"
 )
 
-// UTS and IPC namespaces, as CRIU (criu/namespaces.c) takes them: a tree
-// whose root is in crest's own shares them with the host and has no image
-// of them; a root in one of its own makes it the tree's, dumped into
-// utsns-ID.img and ipcns-*-ID.img (ID its id in ids-*.img), and every
-// other task must be in it too (CRIU dumps no nested ones, and a task
-// back in crest's could not be restored).
+// UTS, IPC and net namespaces, as CRIU (criu/namespaces.c) takes them: a
+// tree whose root is in crest's own shares them with the host and has no
+// image of them; a root in one of its own makes it the tree's, dumped
+// into utsns-ID.img, ipcns-*-ID.img and the net images (netns.go; ID its
+// id in ids-*.img), and every other task must be in it too (CRIU dumps no
+// nested UTS or IPC ones, crest no other net ones, and a task back in
+// crest's could not be restored).
 
-// checkUTSIPC decides whether the tree has UTS and IPC namespaces of its
-// own and refuses tasks that are in others than the root's.
+// checkUTSIPC decides whether the tree has UTS, IPC and net namespaces of
+// its own and refuses tasks that are in others than the root's.
 func (d *dumper) checkUTSIPC() error {
 	root := d.tree.root
-	for _, kind := range []string{"uts", "ipc"} {
+	for _, kind := range []string{"uts", "ipc", "net"} {
 		rootIno, err := nsInode(root.pid, kind)
 		if err != nil {
 			return fmt.Errorf("%s: %w", root, err)
@@ -41,6 +42,9 @@ func (d *dumper) checkUTSIPC() error {
 			}
 			if ino != rootIno {
 				why := "a task in a " + kind + " namespace other than the root's is not supported (nor by CRIU)"
+				if kind == "net" {
+					why = "a task in a net namespace other than the root's is not supported (CRIU dumps it; crest restores only the root's own)"
+				}
 				if !own {
 					why = "a nested " + kind + " namespace is not supported: only the root's own"
 				}
@@ -52,6 +56,8 @@ func (d *dumper) checkUTSIPC() error {
 			d.ownUTS = own
 		case "ipc":
 			d.ownIPC = own
+		case "net":
+			d.setNet(own, rootIno) // netns.go
 		}
 	}
 	return nil
@@ -60,7 +66,7 @@ func (d *dumper) checkUTSIPC() error {
 // writeNamespaces writes the images of the tree's own UTS and IPC
 // namespaces, read from inside them.
 func (d *dumper) writeNamespaces() error {
-	if !d.ownUTS && !d.ownIPC {
+	if !d.ownUTS && !d.ownIPC && !d.ownNet {
 		return nil
 	}
 	root := d.tree.root
@@ -70,6 +76,9 @@ func (d *dumper) writeNamespaces() error {
 	}
 	if d.ownIPC {
 		flags |= unix.CLONE_NEWIPC
+	}
+	if d.ownNet {
+		flags |= unix.CLONE_NEWNET
 	}
 	return inNamespaces(root.pid, flags, func() error {
 		if d.ownUTS {
@@ -81,6 +90,9 @@ func (d *dumper) writeNamespaces() error {
 			if err := d.writeIPC(); err != nil {
 				return err
 			}
+		}
+		if d.ownNet {
+			return d.writeNet() // netns.go
 		}
 		return nil
 	})
@@ -109,7 +121,7 @@ func (d *dumper) writeUTS() error {
 // ends with its goroutine. It checks it is in the task's namespaces, not
 // crest's, before fn runs.
 func inNamespaces(pid, flags int, fn func() error) error {
-	kinds := map[int]string{unix.CLONE_NEWUTS: "uts", unix.CLONE_NEWIPC: "ipc"}
+	kinds := map[int]string{unix.CLONE_NEWUTS: "uts", unix.CLONE_NEWIPC: "ipc", unix.CLONE_NEWNET: "net"}
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()

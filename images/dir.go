@@ -20,6 +20,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
 	pipe_data "github.com/checkpoint-restore/go-criu/v8/crit/images/pipe-data"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
+	remap_file_path "github.com/checkpoint-restore/go-criu/v8/crit/images/remap-file-path"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/seccomp"
 	sk_packet "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-packet"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/stats"
@@ -50,6 +51,9 @@ type Dir struct {
 	parent    *Dir
 	parentErr error
 	parentSet bool
+	// deleted: the files remap-fpath.img gives a ghost or a link, read on
+	// first use (Deleted)
+	deleted map[uint32]bool
 }
 
 // Open opens the image directory at path and reads its inventory and
@@ -387,6 +391,32 @@ func (d *Dir) GhostFile(id uint32) (*Ghost, error) {
 		g.Chunks = append(g.Chunks, GhostChunk{Off: c.GetOff(), Data: e.Payload})
 	}
 	return g, nil
+}
+
+// RemapFpath returns remap-fpath.img: how the files of files.img that had
+// no name at the dump are found again (ghost files, CRIU's links, dead
+// processes' /proc directories), in the order CRIU wrote them.
+func (d *Dir) RemapFpath() ([]*remap_file_path.RemapFilePathEntry, error) {
+	return loadAll[*remap_file_path.RemapFilePathEntry](d, KindRemapFpath, "remap-fpath.img", false, "")
+}
+
+// Deleted reports whether the file with files.img id had no name at the
+// dump, so that /proc showed its path with " (deleted)": remap-fpath.img
+// gives it a ghost file or a link CRIU made. A remap-fpath.img that can
+// not be read counts as none (RemapFpath tells why).
+func (d *Dir) Deleted(id uint32) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.deleted == nil {
+		d.deleted = map[uint32]bool{}
+		ents, _ := d.RemapFpath()
+		for _, e := range ents {
+			if e.GetRemapType() != remap_file_path.RemapType_PROCFS {
+				d.deleted[e.GetOrigId()] = true
+			}
+		}
+	}
+	return d.deleted[id]
 }
 
 // TTYInfo returns the terminals of the image set (tty-info.img).

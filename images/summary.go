@@ -684,6 +684,9 @@ func describeFD(d *Dir, f *fdinfo.FileEntry, inodes map[uint64]*memfd.MemfdInode
 	switch f.GetType() {
 	case fdinfo.FdTypes_REG:
 		fd.Name = f.GetReg().GetName()
+		if d.Deleted(f.GetId()) {
+			fd.Name += " (deleted)" // a ghost file, or a link CRIU made
+		}
 	case fdinfo.FdTypes_PIPE:
 		fd.PipeID = f.GetPipe().GetPipeId()
 		fd.Name = fmt.Sprintf("pipe:[%d]", fd.PipeID)

@@ -203,8 +203,12 @@ func (r *Restore) run(ctx context.Context) error {
 		return &StageError{Stage: StageRootTask, Step: "prepare files", Err: err}
 	}
 	// half-closed connections get their FINs once every socket exists
-	if err := p.tcpFinish(r.files); err != nil { // tcphalf.go
-		return &StageError{Stage: StageRootTask, Step: "tcp half-closed", Err: err}
+	// (in PREPARE_NAMESPACES when they are made in the tree's net
+	// namespace: netns_fill.go)
+	if r.files.net == nil {
+		if err := p.tcpFinish(r.files); err != nil { // tcphalf.go
+			return &StageError{Stage: StageRootTask, Step: "tcp half-closed", Err: err}
+		}
 	}
 	if err := r.takeTerminal(); err != nil { // tty.go
 		return &StageError{Stage: StageRootTask, Step: "terminal", Err: err}
@@ -388,6 +392,9 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 		}
 		r.publish(st)
 		if st == until || st == StageComplete {
+			if st == StageComplete {
+				r.removeLinkRemaps() // ghost.go
+			}
 			if st >= StageRestore {
 				// Every task has taken its files (in RESTORE): the
 				// engine's copies go, out of the stages' way.

@@ -152,6 +152,11 @@ func nftablesTable(runID *string, rootPID int) string {
 // unlockNetwork removes CRIU's lock of the restored connections, as
 // criu restore does (see above), and records the step for the root.
 func (r *Restore) unlockNetwork(ctx context.Context) {
+	if r.plan.Net != nil {
+		// CRIU locked the tree's own net namespace as a whole
+		r.unlockNetNS() // netns_fill.go
+		return
+	}
 	inv := r.plan.Dir.Inventory
 	conns := r.plan.lockedConns()
 	if inv == nil || len(conns) == 0 {

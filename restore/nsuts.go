@@ -30,12 +30,14 @@ type UTSNamespace struct {
 // born in new ones, which PREPARE_NAMESPACES fills from their images. A
 // tree in the dumper's namespaces keeps the restoring engine's. Every
 // other task must be in the root's: CRIU dumps no nested UTS or IPC
-// namespaces and restores none.
+// namespaces and restores none. The net namespace is decided the same
+// way (netns.go); CRIU restores tasks in other net namespaces than the
+// root's, crest refuses them.
 func (p *Plan) loadNamespaces() error {
 	root := p.Root()
 	rootIDs := p.Dir.Inventory.GetRootIds()
 	if root.IDs == nil || rootIDs == nil {
-		return nil
+		return p.checkNetImages()
 	}
 	for _, t := range p.Tasks[1:] {
 		if t.IDs == nil {
@@ -44,7 +46,8 @@ func (p *Plan) loadNamespaces() error {
 		for _, k := range []struct {
 			kind        string
 			task, owner uint32
-		}{{"UTS", t.IDs.GetUtsNsId(), root.IDs.GetUtsNsId()}, {"IPC", t.IDs.GetIpcNsId(), root.IDs.GetIpcNsId()}} {
+		}{{"UTS", t.IDs.GetUtsNsId(), root.IDs.GetUtsNsId()}, {"IPC", t.IDs.GetIpcNsId(), root.IDs.GetIpcNsId()},
+			{"net", t.IDs.GetNetNsId(), root.IDs.GetNetNsId()}} {
 			if k.task != k.owner {
 				return &PlanError{PID: t.PID, File: fmt.Sprintf("ids-%d.img", t.PID),
 					Msg: fmt.Sprintf("%s namespace %d, not the root's %d: tasks in %s namespaces of their own are not restored (nor dumped by CRIU)", k.kind, k.task, k.owner, k.kind)}
@@ -72,7 +75,14 @@ func (p *Plan) loadNamespaces() error {
 		}
 		p.IPC = ipc
 	}
-	return nil
+	if root.IDs.GetNetNsId() != rootIDs.GetNetNsId() { // netns.go
+		net, err := p.loadNet(id(root.IDs.GetNetNsId()))
+		if err != nil {
+			return err
+		}
+		p.Net = net
+	}
+	return p.checkNetImages()
 }
 
 func (p *Plan) loadUTS(id uint32) (*UTSNamespace, error) {
@@ -108,6 +118,9 @@ func (p *Plan) namespaceFlags() uint32 {
 	if p.IPC != nil {
 		f |= agent.PlanNewIPC
 	}
+	if p.Net != nil {
+		f |= agent.PlanNewNet
+	}
 	return f
 }
 
@@ -123,7 +136,7 @@ func (p *Plan) namespaceFlags() uint32 {
 // root in the timeline.
 func (r *Restore) prepareNamespaces() error {
 	p := r.plan
-	if p.UTS == nil && p.IPC == nil {
+	if p.UTS == nil && p.IPC == nil && p.Net == nil {
 		return nil
 	}
 	done := make(chan error, 1)
@@ -147,11 +160,11 @@ func (r *Restore) prepareNamespaces() error {
 	return <-done
 }
 
-// engineNamespaces opens the calling thread's UTS and IPC namespaces and
-// returns what moves it back into them (and closes them).
+// engineNamespaces opens the calling thread's UTS, IPC and net
+// namespaces and returns what moves it back into them (and closes them).
 func engineNamespaces() (back func() error, err error) {
 	var fds []int
-	for _, kind := range []string{"uts", "ipc"} {
+	for _, kind := range []string{"uts", "ipc", "net"} {
 		fd, err := unix.Open("/proc/thread-self/ns/"+kind, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			for _, fd := range fds {
@@ -163,7 +176,7 @@ func engineNamespaces() (back func() error, err error) {
 	}
 	return func() error {
 		var errs []error
-		for i, flag := range []int{unix.CLONE_NEWUTS, unix.CLONE_NEWIPC} {
+		for i, flag := range []int{unix.CLONE_NEWUTS, unix.CLONE_NEWIPC, unix.CLONE_NEWNET} {
 			if err := unix.Setns(fds[i], flag); err != nil {
 				errs = append(errs, fmt.Errorf("back to the engine's namespace: %w", os.NewSyscallError("setns", err)))
 			}
@@ -182,6 +195,9 @@ func (r *Restore) fillNamespaces() error {
 	}
 	if p.IPC != nil {
 		flags |= unix.CLONE_NEWIPC
+	}
+	if p.Net != nil {
+		flags |= unix.CLONE_NEWNET
 	}
 	step := func(name string, begin uint64, err error) error {
 		e := StepEvent{PID: root.PID, TID: root.PID, Step: name, Stage: StagePrepareNamespaces, Begin: begin, Engine: true}
@@ -203,9 +219,11 @@ func (r *Restore) fillNamespaces() error {
 		join = joinDecoyNamespaces // faults.go
 	}
 	if err := join(r.rootPidfd, r.rootPID, flags); err != nil {
-		name := "ipc namespace"
+		name := "net namespace"
 		if p.UTS != nil {
 			name = "uts namespace"
+		} else if p.IPC != nil {
+			name = "ipc namespace"
 		}
 		return step(name, begin, err)
 	}
@@ -227,6 +245,9 @@ func (r *Restore) fillNamespaces() error {
 			return err
 		}
 	}
+	if p.Net != nil {
+		return r.fillNet(step) // netns_fill.go
+	}
 	return nil
 }
 
@@ -235,7 +256,7 @@ func (r *Restore) fillNamespaces() error {
 // new ones: nothing the restore writes may reach the engine's (the
 // host's) namespaces.
 func joinTreeNamespaces(pidfd, pid, flags int) error {
-	kinds := map[int]string{unix.CLONE_NEWUTS: "uts", unix.CLONE_NEWIPC: "ipc"}
+	kinds := map[int]string{unix.CLONE_NEWUTS: "uts", unix.CLONE_NEWIPC: "ipc", unix.CLONE_NEWNET: "net"}
 	engine := map[string]uint64{}
 	for flag, kind := range kinds {
 		if flags&flag == 0 {

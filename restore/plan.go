@@ -45,6 +45,14 @@ type Plan struct {
 	// (nsuts.go, ipcns.go). nil: the tree shares the engine's.
 	UTS *UTSNamespace
 	IPC *IPCNamespace
+	// Net, when set, is the net namespace the tree had of its own: the
+	// root is born in a new one, which the engine fills in
+	// PREPARE_NAMESPACES, and the tree's sockets are made in it
+	// (netns.go, netns_fill.go). nil: the tree shares the engine's.
+	Net *NetNamespace
+	// netImages are the netns-*.img of the image set, which only the
+	// tree's own net namespace may have (checkNetImages).
+	netImages []string
 
 	seccomp *seccomp.SeccompEntry // seccomp.img, once a thread needed it (seccompFilters)
 	// NrThreads counts the threads of the tasks of the images, one for
@@ -88,6 +96,9 @@ type Plan struct {
 	// tcpEstablished: Options.TCPEstablished, restore established TCP
 	// connections (tcpest.go)
 	tcpEstablished bool
+	// remaps are remap-fpath.img and the ghost files, read on first use
+	// (ghost.go)
+	remaps *remapTable
 }
 
 // Task is one process of the tree.
@@ -316,6 +327,9 @@ type File struct {
 	Inet     *InetSocket // FileInetSocket
 	Inotify  *Inotify    // FileInotify
 	TTY      *TTY        // FileTTY
+	// Remap: a regular file that had no name at the dump (deleted, or
+	// O_TMPFILE), found again through remap-fpath.img (ghost.go).
+	Remap *Remap
 }
 
 // Memory is a task's address space as dumped.
@@ -813,9 +827,10 @@ func (p *Plan) loadTask(t *Task) error {
 }
 
 // checkNamespaces refuses image sets with namespaces of their own other
-// than the pid, time, UTS and IPC namespaces: CRIU writes an image for
-// each namespace it dumped (those that were the dumping host's have
-// none). One read of the directory, not a glob per pattern.
+// than the pid, time, UTS, IPC and net namespaces: CRIU writes an image
+// for each namespace it dumped (those that were the dumping host's have
+// none). One read of the directory, not a glob per pattern. The net
+// namespace images are noted for checkNetImages.
 func (p *Plan) checkNamespaces() error {
 	f, err := os.Open(p.Dir.Path)
 	if err != nil {
@@ -827,12 +842,33 @@ func (p *Plan) checkNamespaces() error {
 		return fmt.Errorf("images directory %s: %w", p.Dir.Path, err)
 	}
 	slices.Sort(names) // the first in name order is named, as a glob would
-	for _, pat := range []string{"netns-*.img", "mountpoints-*.img", "userns-*.img", "cgroup.img"} {
+	for _, pat := range []string{"mountpoints-*.img", "userns-*.img", "cgroup.img"} {
 		for _, name := range names {
 			if ok, _ := filepath.Match(pat, name); ok {
-				return &PlanError{File: name, Msg: "net, mount and user namespaces and cgroups are not restored yet (pid, time, UTS and IPC namespaces are)"}
+				return &PlanError{File: name, Msg: notRestoredNS}
 			}
 		}
+	}
+	for _, name := range names {
+		if ok, _ := filepath.Match("netns-*.img", name); ok {
+			p.netImages = append(p.netImages, name)
+		}
+	}
+	return nil
+}
+
+const notRestoredNS = "net, mount and user namespaces and cgroups are not restored yet (pid, time, UTS and IPC namespaces are, and the root's own net namespace)"
+
+// checkNetImages refuses a net namespace image that is not of the tree's
+// own (loadNamespaces has read that one): one of the dumping host's, or
+// of a task's other than the root's, which CRIU restores and crest does
+// not.
+func (p *Plan) checkNetImages() error {
+	for _, name := range p.netImages {
+		if p.Net != nil && name == netImage("netns", p.Net.ID) {
+			continue
+		}
+		return &PlanError{File: name, Msg: notRestoredNS + ": not the image of the root's net namespace"}
 	}
 	return nil
 }
@@ -867,6 +903,9 @@ func (p *Plan) file(t *Task, id uint32, from string) (*File, error) {
 			return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d: REG without reg entry", id)}
 		}
 		f := &File{ID: id, Kind: FileRegular, Path: reg.GetName(), Flags: reg.GetFlags(), Pos: reg.GetPos(), Size: reg.GetSize(), Mode: reg.GetMode()}
+		if err := p.planRemap(t, f); err != nil { // ghost.go
+			return nil, err
+		}
 		p.Files[id] = f
 		return f, nil
 	case fdinfo.FdTypes_PIPE:

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Prepared holds what the engine opened for the tasks (CRIU's
@@ -26,9 +28,16 @@ type prepared struct {
 	fdBase int
 
 	pipes map[uint32]*pipeEnds // pipes.go
+	// net: the tree has a net namespace of its own, where its sockets
+	// are made later, in PREPARE_NAMESPACES (netns_fill.go)
+	net *netSockets
 	// steps are what the engine did for each task, published into its
 	// timeline with ROOT_TASK.
 	steps []StepEvent
+	// ghosts are the ghost files made, by path, removed once every file
+	// is open; ghostPaths where each was made (ghost.go)
+	ghosts     []string
+	ghostPaths map[*Ghost]string
 }
 
 func (pr *prepared) localFD(k int) int32 { return int32(pr.fdBase + 1 + k) }
@@ -60,8 +69,11 @@ const reopenMask = syscall.O_CREAT | syscall.O_EXCL | syscall.O_TRUNC | syscall.
 // prepareFiles opens the files of p, creates its pipes and memfds.
 // Regular files are checked as CRIU checks them: the size and mode recorded
 // at the dump, except for files open O_WRONLY|O_APPEND (logs keep growing).
-func prepareFiles(p *Plan) (*prepared, error) {
+func prepareFiles(p *Plan) (res *prepared, err error) {
 	pr := &prepared{index: map[string]int{}, fdBase: 16, pipes: map[uint32]*pipeEnds{}}
+	if p.Net != nil {
+		pr.net = &netSockets{}
+	}
 	for _, t := range p.Tasks {
 		for _, fd := range t.FDs {
 			if fd.FD+1 > pr.fdBase {
@@ -81,6 +93,16 @@ func prepareFiles(p *Plan) (*prepared, error) {
 		return nil, err
 	}
 	if err := pr.preparePipes(p); err != nil {
+		return nil, err
+	}
+	// deleted files made again, opened below, then removed (ghost.go):
+	// one that stays is a failure
+	defer func() {
+		if rerr := pr.removeGhosts(); rerr != nil && err == nil {
+			res, err, ok = nil, rerr, false
+		}
+	}()
+	if err := pr.makeGhosts(p); err != nil {
 		return nil, err
 	}
 	for _, t := range p.Tasks {
@@ -162,7 +184,7 @@ func (pr *prepared) openMapped(t *Task, v *VMA) (int, error) {
 		if _, ok := pr.index[key]; ok {
 			return 0, nil
 		}
-		fd, err := openRegularAs(f, v.mapAccess())
+		fd, err := pr.openPath(f, v.mapAccess())
 		if err != nil {
 			var fc *FileChangedError
 			if errors.As(err, &fc) {
@@ -187,7 +209,7 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 	var err error
 	switch f.Kind {
 	case FileRegular:
-		fd, err = openRegular(f)
+		fd, err = pr.openPath(f, int(f.Flags))
 	case FilePipe:
 		fd, err = pr.openPipeEnd(f)
 	case FileMemfd:
@@ -196,10 +218,15 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 		fd, err = openFifoFile(f)
 	case FileEventfd, FileSignalfd, FileTimerfd, FileEpoll:
 		fd, err = openAnon(f)
-	case FileUnixSocket:
-		fd, err = pr.openUnixSocket(f)
-	case FileInetSocket:
-		fd, err = openInetSocket(f)
+	case FileUnixSocket, FileInetSocket:
+		switch {
+		case pr.net != nil:
+			fd, err = pr.net.reserve(f) // netns_fill.go
+		case f.Kind == FileUnixSocket:
+			fd, err = pr.openUnixSocket(f)
+		default:
+			fd, err = openInetSocket(f)
+		}
 	case FileInotify: // inotify.go
 		fd, err = openInotify(t, f)
 	case FileTTY: // tty.go, pty.go
@@ -222,18 +249,23 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 	return 1, nil
 }
 
-// openRegular opens a path as the image says, checks it and puts it at
-// its offset.
-func openRegular(f *File) (int, error) {
-	return openRegularAs(f, int(f.Flags))
+// openRegularAs opens a path as the image says with flags, checks it
+// and puts it at its offset.
+func openRegularAs(f *File, flags int) (int, error) {
+	return openRegularPath(f, f.Path, flags)
 }
 
-// openRegularAs is openRegular with open flags of its own.
-func openRegularAs(f *File, flags int) (int, error) {
+// openRegularPath is openRegularAs through another name of the file (a
+// remap's link, ghost.go). An O_TMPFILE file is opened without
+// O_TMPFILE, as CRIU does: its ghost is the file.
+func openRegularPath(f *File, path string, flags int) (int, error) {
+	if flags&unix.O_TMPFILE == unix.O_TMPFILE {
+		flags &^= unix.O_TMPFILE
+	}
 	flags = flags&^reopenMask | syscall.O_CLOEXEC
-	fd, err := syscall.Open(f.Path, flags, 0)
+	fd, err := syscall.Open(path, flags, 0)
 	if err != nil {
-		return -1, &os.PathError{Op: "open", Path: f.Path, Err: err}
+		return -1, &os.PathError{Op: "open", Path: path, Err: err}
 	}
 	if err := checkFile(fd, f); err != nil {
 		syscall.Close(fd)

@@ -535,7 +535,7 @@ func TestRestoreFileSharedMapping(t *testing.T) {
 			prot |= syscall.PROT_WRITE
 		}
 		v := VMA{Start: base + uint64(i)*0x10000, End: base + uint64(i)*0x10000 + 0x2000, Prot: prot, Flags: syscall.MAP_SHARED,
-			Status: vmaAreaRegular | vmaFileShared, Pgoff: 0, Kind: VMAFileShared, File: f}
+			Status: vmaAreaRegular | vmaFileShared, Pgoff: 0, Kind: VMAFileShared, File: f, FDFlags: fl}
 		// keep the VMAs sorted: these go before the stack and vdso
 		k := 0
 		for k < len(task.Mem.VMAs) && task.Mem.VMAs[k].Start < v.Start {

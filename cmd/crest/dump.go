@@ -2,6 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/pflag"
 
@@ -11,7 +15,7 @@ import (
 func init() {
 	register(&verb{
 		name:  "dump",
-		usage: "-t PID -D DIR [--leave-running | -s] [--tcp-established] [--shell-job] [--trace TARGET]",
+		usage: "-t PID -D DIR [--leave-running | -s] [--tcp-established] [--shell-job] [--ghost-limit SIZE] [--trace TARGET]",
 		short: "checkpoint a process tree into a CRIU image directory",
 		long: `
 dump checkpoints the process tree rooted at PID (all its descendants and
@@ -60,12 +64,14 @@ terminals other than ptys (consoles, /dev/tty
 ...), inotify watches on files that cannot be found again (deleted, or
 mounted over), fanotify and other anonymous-inode files (semaphore
 eventfds too, and epolls watching fds closed since), named FIFOs,
-deleted files, file locks, SysV segments attached in the host's IPC
+deleted files larger on disk than --ghost-limit, deleted files that are
+not regular files, file locks, SysV segments attached in the host's IPC
 namespace (as CRIU), private mappings of memfds, seccomp filters
 that notify a user-space listener, POSIX timers, session or group
-leaders outside the tree (but the shell's, with --shell-job), net,
-mount, user and cgroup namespaces, and tasks in pid, time, UTS or IPC
-namespaces other than the root's. Regular files, /dev/null, directories,
+leaders outside the tree (but the shell's, with --shell-job), net
+namespaces with devices other than the loopback, mount, user and cgroup
+namespaces, and tasks in pid, time, UTS, IPC or net namespaces other
+than the root's. Regular files, /dev/null, directories,
 pipes (with their data), memfds, eventfds, signalfds, timerfds, epolls,
 inotify watches (not their queued events, as CRIU), unix sockets (with
 their queued data), TCP listeners and UDP sockets, shared anonymous
@@ -75,7 +81,18 @@ and IPC namespaces as CRIU 4.2 writes them: utsns-ID.img (hostname,
 domain name), ipcns-var-ID.img (IPC sysctls) and the SysV segments
 (contents in pagemap-shmem-SHMID.img, not in the pages of the tasks
 that have them attached), semaphore sets and message queues, read
-without changing them.
+without changing them, and the root's own net namespace with only its
+loopback (sysctls, addresses, routes, rules, iptables and nftables rules).
+Regular files deleted while open or mapped (a POSIX semaphore in
+/dev/shm, Python's multiprocessing, O_TMPFILE) are dumped with their
+contents as CRIU's ghost files (remap-fpath.img, ghost-file-ID.img), up
+to --ghost-limit bytes on disk each (1M, CRIU's default).
+
+A call that the freeze interrupts is dumped to run again after a
+restore, as CRIU does for most; unlike CRIU, crest also lets a poll, a
+futex wait or a sleep without a remainder pointer run again instead of
+failing with EINTR (which ends tail -f); it waits at most its whole
+timeout again.
 
 --trace sends the dump's spans where restore's go: a stage span each for
 freeze, collect, dump tasks, memfds, write images and release, with a span
@@ -87,6 +104,7 @@ per task and its steps inside.`,
 			stopped := fs.BoolP("leave-stopped", "s", false, "leave the tree stopped (SIGSTOP) after the dump")
 			shellJob := fs.Bool("shell-job", false, "dump a job of an interactive shell: its session, group and terminal are the shell's")
 			tcpEst := fs.Bool("tcp-established", false, "checkpoint established TCP connections (TCP_REPAIR)")
+			ghostLimit := fs.String("ghost-limit", "1M", "the most a deleted file may have on disk to be dumped with its contents (`SIZE`, with K, M or G)")
 			tf := addTraceFlags(fs)
 			return func(ctx context.Context, env *env, args []string) error {
 				if *pid <= 0 {
@@ -101,12 +119,16 @@ per task and its steps inside.`,
 				if *leave && *stopped {
 					return usagef("--leave-running and --leave-stopped: give one")
 				}
+				limit, err := parseSize(*ghostLimit)
+				if err != nil || limit <= 0 {
+					return usagef("--ghost-limit %q: want a size in bytes above 0, with K, M or G", *ghostLimit)
+				}
 				targets, err := tf.parse()
 				if err != nil {
 					return err
 				}
 				opts := dump.Options{Pid: *pid, Dir: *dir, LeaveRunning: *leave, LeaveStopped: *stopped, ShellJob: *shellJob,
-					TCPEstablished: *tcpEst, Log: env.log}
+					TCPEstablished: *tcpEst, GhostLimit: limit, Log: env.log}
 				var rec *dumpRecorder
 				if len(targets) > 0 {
 					rec = newDumpRecorder(*dir)
@@ -125,4 +147,26 @@ per task and its steps inside.`,
 			}
 		},
 	})
+}
+
+// parseSize reads a size as CRIU's options take it: bytes, or a number
+// with K, M or G (powers of 1024).
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(s, "K"):
+		mult, s = 1<<10, strings.TrimSuffix(s, "K")
+	case strings.HasSuffix(s, "M"):
+		mult, s = 1<<20, strings.TrimSuffix(s, "M")
+	case strings.HasSuffix(s, "G"):
+		mult, s = 1<<30, strings.TrimSuffix(s, "G")
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, err
+	}
+	if n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("%s: too large", s)
+	}
+	return n * mult, nil
 }

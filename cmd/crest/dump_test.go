@@ -28,6 +28,9 @@ func TestDumpUsage(t *testing.T) {
 		{[]string{"-t", "1"}, "no image directory: give -D DIR"},
 		{[]string{"-t", "1", "-D", "x", "extra"}, "unexpected arguments"},
 		{[]string{"-t", "1", "-D", "x", "--leave-running", "-s"}, "--leave-running and --leave-stopped: give one"},
+		{[]string{"-t", "1", "-D", "x", "--ghost-limit", "lots"}, `--ghost-limit "lots": want a size`},
+		{[]string{"-t", "1", "-D", "x", "--ghost-limit", "0"}, `--ghost-limit "0": want a size`},
+		{[]string{"-t", "1", "-D", "x", "--ghost-limit", "2T"}, `--ghost-limit "2T": want a size`},
 		{[]string{"--bogus"}, "unknown flag"},
 	} {
 		code, _, errOut := runDump(t, tc.args...)
@@ -39,6 +42,32 @@ func TestDumpUsage(t *testing.T) {
 	if code := run([]string{"help", "dump"}, &out, &out); code != 0 || !strings.Contains(out.String(), "--leave-running") ||
 		!strings.Contains(out.String(), "-s, --leave-stopped") {
 		t.Errorf("crest help dump: exit %d\n%s", code, out.String())
+	}
+}
+
+// TestDumpGhostLimit: --ghost-limit reaches the dump. The ghost workload
+// holds a deleted scratch.bin with 8 KiB on disk (two 4 KiB runs of
+// records between holes): refused under 4K, dumped under 8K, with the
+// tree let go untouched and running on after the refusal.
+func TestDumpGhostLimit(t *testing.T) {
+	p := workloads.Start(t, "ghost")
+	p.WaitFile(t, "out-parent.log")
+	for _, tc := range []struct {
+		limit string
+		code  int
+		want  string
+	}{
+		{"4K", 1, "above the ghost limit of 4096 bytes"},
+		{"8K", 0, ""},
+	} {
+		dir := filepath.Join(t.TempDir(), "images")
+		code, _, errOut := runDump(t, "-t", strconv.Itoa(p.Pid), "-D", dir, "--leave-running", "--ghost-limit", tc.limit)
+		if code != tc.code || !strings.Contains(errOut, tc.want) {
+			t.Errorf("--ghost-limit %s: exit %d, %q; want exit %d and %q", tc.limit, code, errOut, tc.code, tc.want)
+		}
+		if !workloads.Alive(p.Pid) {
+			t.Fatalf("--ghost-limit %s: the workload is gone", tc.limit)
+		}
 	}
 }
 

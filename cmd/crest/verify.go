@@ -225,6 +225,7 @@ var rootNamespaces = []struct {
 	{unix.CLONE_NEWTIME, func(p *restore.Plan) bool { return p.Clocks != nil && haveTimeNS() }, false},
 	{unix.CLONE_NEWUTS, func(p *restore.Plan) bool { return p.UTS != nil }, true},
 	{unix.CLONE_NEWIPC, func(p *restore.Plan) bool { return p.IPC != nil }, true},
+	{unix.CLONE_NEWNET, func(p *restore.Plan) bool { return p.Net != nil }, true},
 }
 
 func haveTimeNS() bool {

@@ -23,6 +23,9 @@ const (
 	// the engine fills in PREPARE_NAMESPACES
 	PlanNewUTS = 0x10
 	PlanNewIPC = 0x20
+	// Plan.Flags: the root is born in a new net namespace, which the
+	// engine fills in PREPARE_NAMESPACES
+	PlanNewNet = 0x40
 
 	XSaveComponents = 10 // Plan.XSaveOff and XSaveLen: x87 up to PKRU
 

@@ -317,6 +317,10 @@ func FDs(t testing.TB, s *images.Summary, pid uint32, host int) {
 				t.Errorf("task %d fd %d: %q, the images have %q", pid, n, link, fd.Name)
 			}
 			flags := fd.Flags
+			if flags&0o20000000 != 0 {
+				// O_TMPFILE: reopened by name, as CRIU does
+				flags &^= 0o20200000
+			}
 			if fd.CloseOnExec {
 				flags |= 0o2000000 // O_CLOEXEC
 			}

@@ -60,6 +60,8 @@ type Program struct {
 	// UTSIPC starts it in UTS and IPC namespaces of its own too
 	// (launch -n).
 	UTSIPC bool
+	// NetNS starts it in a net namespace of its own too (launch -N).
+	NetNS bool
 	// Go: the source is src/NAME.go.txt, a Go program built with the go
 	// command (static, CGO_ENABLED=0); Flags are not used.
 	Go bool
@@ -88,6 +90,11 @@ var Programs = map[string]Program{
 	// IPC sysctls and SysV shared memory, semaphores and messages that
 	// it checks every tick (the segments' contents when asked).
 	"nsuts": {Name: "nsuts", Flags: []string{"-static", "-O2"}, UTSIPC: true},
+	// netns runs in a net namespace of its own: lo up with another mtu,
+	// an address, routes, a rule, an iptables rule, sysctls, TCP, UDP
+	// and unix sockets, checked every tick (a new connection and the
+	// unix queue's length when asked).
+	"netns": {Name: "netns", Flags: []string{"-static", "-O2"}, NetNS: true},
 	// stopped has two children stopped by SIGSTOP and SIGTSTP.
 	"stopped": {Name: "stopped", Flags: []string{"-static", "-O2", "-pthread"}},
 	// zombie has two zombie children (exit status 7, killed by SIGTERM)
@@ -142,6 +149,11 @@ var Programs = map[string]Program{
 	// the child's controlling terminal, a foreground group, packet mode,
 	// a locked pty, data queued both ways, all checked every tick.
 	"ptypair": {Name: "ptypair", Flags: []string{"-static", "-O2"}},
+	// ghost has files deleted while open or mapped (CRIU's ghost
+	// files): a /dev/shm page its init and child share (a semaphore
+	// and counters), a private mapping, a file with holes and an
+	// O_TMPFILE file, checked every tick.
+	"ghost": {Name: "ghost", Flags: []string{"-static", "-O2", "-pthread"}},
 }
 
 // Build compiles the workload name (or the C file src with flags, see
@@ -247,6 +259,9 @@ func Start(t testing.TB, name string) *Process {
 	}
 	if Programs[name].UTSIPC {
 		opts = append(opts, "-n")
+	}
+	if Programs[name].NetNS {
+		opts = append(opts, "-N")
 	}
 	return startIn(t, Build(t, name), t.TempDir(), opts...)
 }

@@ -181,14 +181,17 @@ static __attribute__((noreturn, used)) void agent_main(const uint64_t *sp)
 	if (agent.plan->flags & CREST_PLAN_NEWPID)
 		args.flags |= CLONE_NEWPID;
 	/*
-	 * The root is born in the tree's own UTS and IPC namespaces, which
-	 * its children inherit; the engine fills them (hostname, sysctls,
-	 * SysV objects) in PREPARE_NAMESPACES, before any task forks.
+	 * The root is born in the tree's own UTS, IPC and net namespaces,
+	 * which its children inherit; the engine fills them (hostname,
+	 * sysctls, SysV objects; the loopback, addresses, routes, rules and
+	 * netfilter) in PREPARE_NAMESPACES, before any task forks.
 	 */
 	if (agent.plan->flags & CREST_PLAN_NEWUTS)
 		args.flags |= CLONE_NEWUTS;
 	if (agent.plan->flags & CREST_PLAN_NEWIPC)
 		args.flags |= CLONE_NEWIPC;
+	if (agent.plan->flags & CREST_PLAN_NEWNET)
+		args.flags |= CLONE_NEWNET;
 	/* with CLONE_PARENT the exit signal is the launcher's own (SIGCHLD) */
 	args.exit_signal = 0;
 	set_tid[0] = plan_task(0)->pid;

@@ -1,11 +1,13 @@
 /*
  * launch - start a workload as the init (pid 1) of a new pid namespace.
  *
- *   usage: launch [-t] [-n] DIR PROG [ARGS...]
+ *   usage: launch [-t] [-n] [-N] DIR PROG [ARGS...]
  *
  * With -t the workload also gets a time namespace of its own, its clocks
  * ahead of the host's: CLOCK_MONOTONIC by 100000 s, CLOCK_BOOTTIME by
- * 200000 s. With -n it gets UTS and IPC namespaces of its own.
+ * 200000 s. With -n it gets UTS and IPC namespaces of its own. With -N it
+ * gets a net namespace of its own (only lo in it, down, as the kernel
+ * makes it).
  *
  * The launcher unshares the pid namespace and forks; the child (pid 1 of
  * the new namespace) becomes a session leader, enters DIR, sets umask 022,
@@ -32,21 +34,24 @@ static char *const env[] = {
 
 int main(int argc, char **argv)
 {
-	int newtime = 0, newutsipc = 0;
+	int newtime = 0, newutsipc = 0, newnet = 0;
 
 	for (; argc > 1; argv++, argc--) {
 		if (strcmp(argv[1], "-t") == 0)
 			newtime = 1;
 		else if (strcmp(argv[1], "-n") == 0)
 			newutsipc = 1;
+		else if (strcmp(argv[1], "-N") == 0)
+			newnet = 1;
 		else
 			break;
 	}
 	if (argc < 3) {
-		fprintf(stderr, "usage: launch [-t] [-n] DIR PROG [ARGS...]\n");
+		fprintf(stderr, "usage: launch [-t] [-n] [-N] DIR PROG [ARGS...]\n");
 		return 2;
 	}
-	if (unshare(CLONE_NEWPID | (newtime ? CLONE_NEWTIME : 0) | (newutsipc ? CLONE_NEWUTS | CLONE_NEWIPC : 0))) {
+	if (unshare(CLONE_NEWPID | (newtime ? CLONE_NEWTIME : 0) | (newutsipc ? CLONE_NEWUTS | CLONE_NEWIPC : 0) |
+		    (newnet ? CLONE_NEWNET : 0))) {
 		perror("launch: unshare");
 		return 1;
 	}
