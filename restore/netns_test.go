@@ -637,14 +637,32 @@ func TestNetNSChecks(t *testing.T) {
 	join := func(pid int) error {
 		done := make(chan error, 1)
 		go func() {
-			runtime.LockOSThread() // not unlocked: the thread ends, wherever it is
+			// A locked goroutine that ends takes its thread along, but
+			// for the main thread, which the runtime keeps: then
+			// /proc/self/ns/net (what crest dump takes for its own) would
+			// stay the other namespace. So it goes back.
+			runtime.LockOSThread()
+			back, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				runtime.UnlockOSThread()
+				done <- err
+				return
+			}
+			defer unix.Close(back)
 			pidfd, err := unix.PidfdOpen(pid, 0)
 			if err != nil {
+				runtime.UnlockOSThread()
 				done <- err
 				return
 			}
 			defer unix.Close(pidfd)
-			done <- joinTreeNamespaces(pidfd, pid, unix.CLONE_NEWNET)
+			err = joinTreeNamespaces(pidfd, pid, unix.CLONE_NEWNET)
+			if berr := unix.Setns(back, unix.CLONE_NEWNET); berr != nil {
+				done <- errors.Join(err, berr) // stays locked: the thread ends
+				return
+			}
+			runtime.UnlockOSThread()
+			done <- err
 		}()
 		return <-done
 	}

@@ -210,8 +210,10 @@ func TestInetSockOptsUnprivileged(t *testing.T) {
 	type result struct{ within, above error }
 	done := make(chan result)
 	go func() {
-		// the thread ends with this goroutine (no UnlockOSThread), its
-		// capabilities with it
+		// CAP_NET_ADMIN leaves this thread's effective set for the
+		// test and comes back after; only then is the thread let go
+		// (were it the main thread, which the runtime keeps when a
+		// locked goroutine ends, every later test would lack it)
 		runtime.LockOSThread()
 		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 		var data [2]unix.CapUserData
@@ -219,6 +221,12 @@ func TestInetSockOptsUnprivileged(t *testing.T) {
 			done <- result{err, err}
 			return
 		}
+		orig := data
+		defer func() {
+			if unix.Capset(&hdr, &orig[0]) == nil {
+				runtime.UnlockOSThread()
+			}
+		}()
 		data[0].Effective &^= 1 << unix.CAP_NET_ADMIN
 		if err := unix.Capset(&hdr, &data[0]); err != nil {
 			done <- result{err, err}
