@@ -19,6 +19,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/sysctl"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/internal/nlattr"
 )
 
 // The tree's own net namespace, dumped as CRIU 4.2 dumps it (criu/net.c
@@ -152,12 +153,12 @@ func (d *dumper) netDevices(file string, id uint32) (*netdev.NetDeviceEntry, err
 		typ := binary.NativeEndian.Uint16(m[2:])
 		index := binary.NativeEndian.Uint32(m[4:])
 		flags := binary.NativeEndian.Uint32(m[8:])
-		a := attrs(m[unix.SizeofIfInfomsg:])
+		a := nlattr.Parse(m[unix.SizeofIfInfomsg:])
 		devName := strings.TrimRight(string(a[unix.IFLA_IFNAME]), "\x00")
 		if typ != unix.ARPHRD_LOOPBACK {
 			kind := fmt.Sprintf("type %d", typ)
 			if li, ok := a[unix.IFLA_LINKINFO]; ok {
-				if k, ok := attrs(li)[unix.IFLA_INFO_KIND]; ok {
+				if k, ok := nlattr.Parse(li)[unix.IFLA_INFO_KIND]; ok {
 					kind = strings.TrimRight(string(k), "\x00")
 				}
 			}
@@ -364,28 +365,6 @@ func rtnlDump(family int, typ uint16, body []byte) ([][]byte, error) {
 			out = append(out, bytes.Clone(m.Data))
 		}
 	}
-}
-
-// attrs returns the netlink attributes of b by type (flags masked off);
-// the first of a type wins.
-func attrs(b []byte) map[uint16][]byte {
-	out := map[uint16][]byte{}
-	for len(b) >= unix.SizeofRtAttr {
-		l := int(binary.NativeEndian.Uint16(b[0:]))
-		typ := binary.NativeEndian.Uint16(b[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
-		if l < unix.SizeofRtAttr || l > len(b) {
-			break
-		}
-		if _, ok := out[typ]; !ok {
-			out[typ] = b[unix.SizeofRtAttr:l]
-		}
-		next := (l + 3) &^ 3
-		if next > len(b) {
-			break
-		}
-		b = b[next:]
-	}
-	return out
 }
 
 var legacyIptables struct {

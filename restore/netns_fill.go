@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/internal/nlattr"
 )
 
 // Filling the tree's net namespace (netns.go), on the engine's thread that
@@ -178,7 +179,7 @@ func routePass(m images.NetlinkMessage) int {
 	if len(m.Raw) < unix.SizeofNlMsghdr+unix.SizeofRtMsg {
 		return -1
 	}
-	a := rtAttrs(m.Raw[unix.SizeofNlMsghdr+unix.SizeofRtMsg:])
+	a := nlattr.Parse(m.Raw[unix.SizeofNlMsghdr+unix.SizeofRtMsg:])
 	_, hasGW := a[unix.RTA_GATEWAY]
 	src, hasSrc := a[unix.RTA_PREFSRC]
 	dst, hasDst := a[unix.RTA_DST]

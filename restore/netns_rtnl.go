@@ -143,25 +143,3 @@ func addAttr(m []byte, typ uint16, data []byte) []byte {
 	binary.NativeEndian.PutUint32(m[0:], uint32(len(m)))
 	return m
 }
-
-// rtAttrs returns the route attributes of b (past a message's fixed
-// header), by type; the first of a type wins.
-func rtAttrs(b []byte) map[uint16][]byte {
-	out := map[uint16][]byte{}
-	for len(b) >= unix.SizeofRtAttr {
-		l := int(binary.NativeEndian.Uint16(b[0:]))
-		typ := binary.NativeEndian.Uint16(b[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
-		if l < unix.SizeofRtAttr || l > len(b) {
-			break
-		}
-		if _, ok := out[typ]; !ok {
-			out[typ] = b[unix.SizeofRtAttr:l]
-		}
-		next := (l + 3) &^ 3
-		if next > len(b) {
-			break
-		}
-		b = b[next:]
-	}
-	return out
-}

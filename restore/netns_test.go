@@ -25,6 +25,7 @@ import (
 
 	"github.com/crest-restore/crest/dump"
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/internal/nlattr"
 	"github.com/crest-restore/crest/test/check"
 	"github.com/crest-restore/crest/test/fixture"
 )
@@ -74,7 +75,7 @@ func editIPDump(t *testing.T, dir, file string, magic uint32, keep func(i int, m
 // hasAttr says whether the route or rule message m (header, 12-byte
 // rtmsg or fib_rule_hdr) has attribute typ equal to val.
 func hasAttr(m []byte, typ uint16, val []byte) bool {
-	a := rtAttrs(m[unix.SizeofNlMsghdr+12:])
+	a := nlattr.Parse(m[unix.SizeofNlMsghdr+12:])
 	v, ok := a[typ]
 	return ok && bytes.Equal(v, val)
 }
@@ -470,7 +471,7 @@ func TestRestoreNetNSBroken(t *testing.T) {
 		{"rule", drop("rule", images.IPDumpRuleMagic, unix.FRA_DST, ip4("10.55.0.0")), "CORRUPT 10.55.0.7 not prohibited"},
 		{"address", func(t *testing.T, dir string) {
 			editIPDump(t, dir, netImage("ifaddr", netnsID), images.IPDumpAddrMagic, func(i int, m []byte) bool {
-				a := rtAttrs(m[unix.SizeofNlMsghdr+unix.SizeofIfAddrmsg:])
+				a := nlattr.Parse(m[unix.SizeofNlMsghdr+unix.SizeofIfAddrmsg:])
 				return !bytes.Equal(a[unix.IFA_LOCAL], ip4("10.53.0.1"))
 			})
 		}, "10.53.0.1:9979"},
