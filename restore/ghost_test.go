@@ -480,17 +480,7 @@ func TestRestoreLinkRemap(t *testing.T) {
 		return append(es, &remap_file_path.RemapFilePathEntry{OrigId: proto.Uint32(logID), RemapId: proto.Uint32(99),
 			RemapType: remap_file_path.RemapType_LINKED.Enum()})
 	})
-	plan := func() *Plan {
-		d, err := images.Open(imgs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := NewPlan(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	plan := func() *Plan { return planDir(t, imgs) }
 	t.Run("failed", func(t *testing.T) {
 		p := plan()
 		p.Task(2).FS.CwdFile.Path = filepath.Join(dir, "gone")

@@ -31,19 +31,6 @@ func ptypairImages(t *testing.T) (*workloads.Process, string) {
 	return dumpedWorkload(t, "ptypair", ptypairLogs, 5, dump.Options{})
 }
 
-func ptypairPlan(t *testing.T, imgs string) *Plan {
-	t.Helper()
-	d, err := images.Open(imgs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := NewPlan(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // TestRestorePTYPair restores ptypair from crest's images: the plan has
 // one pair, the master held by the init, the slave the controlling
 // terminal of the child, the grandchild's group in the foreground, data
@@ -55,7 +42,7 @@ func ptypairPlan(t *testing.T, imgs string) *Plan {
 func TestRestorePTYPair(t *testing.T) {
 	p, imgs := ptypairImages(t)
 	before := check.Snapshot(t, p.Dir, ptypairLogs)
-	plan := ptypairPlan(t, imgs)
+	plan := planDir(t, imgs)
 	if len(plan.PTYs) != 1 {
 		t.Fatalf("%d pty pairs planned, want 1", len(plan.PTYs))
 	}
@@ -136,7 +123,7 @@ func ptyFdinfoField(t *testing.T, pid, fd int, key string) string {
 // index, and leaves no process, no fd and no pty behind.
 func TestRestorePTYIndexTaken(t *testing.T) {
 	p, imgs := ptypairImages(t)
-	plan := ptypairPlan(t, imgs)
+	plan := planDir(t, imgs)
 	var pp *PTYPair
 	for _, v := range plan.PTYs {
 		pp = v
@@ -233,7 +220,7 @@ func commPIDs(t *testing.T, comm, dir string) []int {
 // and the task.
 func TestPlanPTYRefusals(t *testing.T) {
 	_, imgs := ptypairImages(t)
-	plan := ptypairPlan(t, imgs)
+	plan := planDir(t, imgs)
 	var pp *PTYPair
 	for _, v := range plan.PTYs {
 		pp = v
@@ -324,7 +311,7 @@ func TestRestorePTYPacketData(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p, imgs := ptypairImages(t)
 			dir := fixture.CopyDir(t, imgs)
-			plan := ptypairPlan(t, dir)
+			plan := planDir(t, dir)
 			var pp *PTYPair
 			for _, v := range plan.PTYs {
 				pp = v
@@ -339,7 +326,7 @@ func TestRestorePTYPacketData(t *testing.T) {
 			if !tc.packet {
 				editTTYInfo(t, dir, master, func(e *tty.TtyInfoEntry) { e.PacketMode = proto.Bool(false) })
 			}
-			plan = ptypairPlan(t, dir)
+			plan = planDir(t, dir)
 			for _, v := range plan.PTYs {
 				pp = v
 			}
