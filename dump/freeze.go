@@ -309,6 +309,7 @@ func (tr *tree) thaw() {
 // are still traced, which stops it as soon as they are let go, before it
 // runs any code of its own.
 func (tr *tree) stop() {
+	var tids []int
 	for _, t := range tr.tasks {
 		if t.dead != nil {
 			continue
@@ -317,7 +318,20 @@ func (tr *tree) stop() {
 		unix.Kill(t.pid, unix.SIGSTOP)
 		for _, th := range t.threads {
 			unix.PtraceDetach(th.tid)
+			tids = append(tids, th.tid)
 		}
+	}
+	// A detached thread runs until it takes the SIGSTOP: the tree is
+	// left stopped only once every thread is in the group stop, so that
+	// whoever looks after crest dump -s finds it stopped. Bounded: a
+	// thread killed meanwhile never stops.
+	for deadline := time.Now().Add(2 * time.Second); len(tids) > 0 && time.Now().Before(deadline); {
+		st, err := procfs.ReadStat(procPath(tids[0], "stat"))
+		if err != nil || st.State == 'T' || st.State == 'Z' || st.State == 'X' {
+			tids = tids[1:]
+			continue
+		}
+		time.Sleep(100 * time.Microsecond)
 	}
 }
 
