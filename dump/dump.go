@@ -92,6 +92,9 @@ type dumper struct {
 	// ownUTS, ownIPC, ownNet: the tree has UTS, IPC, net namespaces of
 	// its own (the root's, every task in it: uts.go, netns.go)
 	ownUTS, ownIPC, ownNet bool
+	// ownMnt: the tree has a mount namespace of its own (the root's,
+	// every task in it: mntns.go)
+	ownMnt bool
 }
 
 func (d *dumper) path(name string) string { return filepath.Join(d.tmp, name) }
@@ -325,7 +328,7 @@ func (d *dumper) pidsAndNamespaces() error {
 				d.ownTime = true
 				continue
 			}
-			if kind == "uts" || kind == "ipc" || kind == "net" {
+			if kind == "uts" || kind == "ipc" || kind == "net" || kind == "mnt" {
 				continue // checkUTSIPC
 			}
 			if ino != d.ns.own[kind] {
@@ -452,6 +455,9 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 	if err := d.write("pstree.img", images.KindPstree, ps...); err != nil {
 		return err
 	}
+	if err := d.mntFileMounts(); err != nil { // mntns.go
+		return err
+	}
 	var files []images.Entry
 	for _, f := range d.files.entries {
 		files = append(files, images.Entry{Message: f})
@@ -496,6 +502,9 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 		return err
 	}
 	if err := d.writeNamespaces(); err != nil {
+		return err
+	}
+	if err := d.writeMnt(); err != nil { // mntns.go
 		return err
 	}
 	inv := &inventory.InventoryEntry{

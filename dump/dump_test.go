@@ -330,7 +330,6 @@ func TestDumpUnsupported(t *testing.T) {
 		workload string
 		want     []string
 	}{
-		{"sock", []string{"task 1", "fd 3", "socket:[", "netlink sockets are not supported"}},
 		{"lock", []string{"task 1", "fd 3", "/lock", "file locks are not supported"}},
 	} {
 		t.Run(tc.workload, func(t *testing.T) {

@@ -283,7 +283,7 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 		var why string
 		c, err := fc.get()
 		if err == nil {
-			typ, why, err = socketType(c)
+			typ, why, err = socketType(c) // sockets.go
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
@@ -336,13 +336,17 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 		if why != "" {
 			return nil, unsupported(why)
 		}
-	} else if typ == fdinfo.FdTypes_UNIXSK || typ == fdinfo.FdTypes_INETSK {
+	} else if typ == fdinfo.FdTypes_UNIXSK || typ == fdinfo.FdTypes_INETSK || typ == fdinfo.FdTypes_NETLINKSK {
 		var why string
 		c, err := fc.get()
-		if err == nil && typ == fdinfo.FdTypes_UNIXSK {
+		switch {
+		case err != nil:
+		case typ == fdinfo.FdTypes_UNIXSK:
 			fe, why, err = ft.unixSocketEntry(t, id, c, st.Ino, flags)
-		} else if err == nil {
+		case typ == fdinfo.FdTypes_INETSK:
 			fe, why, err = ft.inetSocketEntry(t, id, c, st.Ino, flags)
+		default:
+			fe, why, err = ft.netlinkSocketEntry(t, id, c, st.Ino, flags) // socknetlink.go
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: fd %d: %s: %w", t, fd, name, err)

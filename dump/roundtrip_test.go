@@ -81,6 +81,18 @@ func TestRoundTrip(t *testing.T) {
 		// sysctls and a TCP connection every tick; netnsState compares
 		// them from outside.
 		{"netns", map[string]check.Next{"out-netns.log": check.Counter}, netnsState},
+		// In a mount namespace of its own, which the restore makes
+		// again: its proc, tmpfs (their files from their tarballs),
+		// bind mounts and files open on them, which it checks every
+		// tick with the shape of its mountinfo.
+		{"mntns", map[string]check.Next{"out-mntns.log": check.Counter}, nil},
+		// Netlink sockets in a net namespace of its own (route, generic,
+		// uevent, sock_diag; bound by the kernel or by itself, listening
+		// to groups, connected, never bound): it checks their ports,
+		// groups and options every tick and uses them every 25th, when
+		// its route listener must hear of the address it adds to lo and
+		// removes, and the socket diag shows their states.
+		{"netlink", map[string]check.Next{"out-netlink.log": check.Counter}, nil},
 		// Its tick is an epoll of a timerfd, an eventfd (edge-triggered)
 		// and a pipe, which must all report on.
 		{"epoll", map[string]check.Next{"out-epoll.log": check.Counter}, nil},

@@ -65,7 +65,7 @@ func socketType(c int) (typ fdinfo.FdTypes, why string, err error) {
 	case unix.AF_INET, unix.AF_INET6:
 		return fdinfo.FdTypes_INETSK, "", nil
 	case unix.AF_NETLINK:
-		return 0, "netlink sockets are not supported", nil
+		return fdinfo.FdTypes_NETLINKSK, "", nil
 	case unix.AF_PACKET:
 		return 0, "packet sockets are not supported", nil
 	}

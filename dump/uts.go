@@ -26,7 +26,7 @@ import (
 // its own and refuses tasks that are in others than the root's.
 func (d *dumper) checkUTSIPC() error {
 	root := d.tree.root
-	for _, kind := range []string{"uts", "ipc", "net"} {
+	for _, kind := range []string{"uts", "ipc", "net", "mnt"} {
 		rootIno, err := nsInode(root.pid, kind)
 		if err != nil {
 			return fmt.Errorf("%s: %w", root, err)
@@ -58,6 +58,8 @@ func (d *dumper) checkUTSIPC() error {
 			d.ownIPC = own
 		case "net":
 			d.setNet(own, rootIno) // netns.go
+		case "mnt":
+			d.ownMnt = own // mntns.go
 		}
 	}
 	return nil

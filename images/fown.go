@@ -32,6 +32,8 @@ func FileFown(fe *fdinfo.FileEntry) (o **fown.FownEntry, flags uint32) {
 		return &fe.Ify.Fown, fe.Ify.GetFlags()
 	case fe.Tty != nil:
 		return &fe.Tty.Fown, fe.Tty.GetFlags()
+	case fe.Nlsk != nil:
+		return &fe.Nlsk.Fown, fe.Nlsk.GetFlags()
 	}
 	return nil, 0
 }

@@ -388,6 +388,17 @@ func (r *Restore) makeNetSockets() error {
 			if err := put(k, fd); err != nil {
 				return err
 			}
+		case FileNetlinkSocket: // socknetlink.go
+			fd, moved, err := openNetlinkSocket(f)
+			if err != nil {
+				return fmt.Errorf("%s: file %d: %w", p.holder(f), f.ID, err)
+			}
+			if moved {
+				r.log.Warn("netlink socket bound to another port: its port was taken", "file", f.ID, "socket", f.Netlink.String())
+			}
+			if err := put(k, fd); err != nil {
+				return err
+			}
 		case FileUnixSocket:
 			if unixMade {
 				continue

@@ -37,7 +37,7 @@ func (p *Plan) loadNamespaces() error {
 	root := p.Root()
 	rootIDs := p.Dir.Inventory.GetRootIds()
 	if root.IDs == nil || rootIDs == nil {
-		return p.checkNetImages()
+		return p.checkNSImages()
 	}
 	for _, t := range p.Tasks[1:] {
 		if t.IDs == nil {
@@ -47,7 +47,7 @@ func (p *Plan) loadNamespaces() error {
 			kind        string
 			task, owner uint32
 		}{{"UTS", t.IDs.GetUtsNsId(), root.IDs.GetUtsNsId()}, {"IPC", t.IDs.GetIpcNsId(), root.IDs.GetIpcNsId()},
-			{"net", t.IDs.GetNetNsId(), root.IDs.GetNetNsId()}} {
+			{"net", t.IDs.GetNetNsId(), root.IDs.GetNetNsId()}, {"mount", t.IDs.GetMntNsId(), root.IDs.GetMntNsId()}} {
 			if k.task != k.owner {
 				return &PlanError{PID: t.PID, File: fmt.Sprintf("ids-%d.img", t.PID),
 					Msg: fmt.Sprintf("%s namespace %d, not the root's %d: tasks in %s namespaces of their own are not restored (nor dumped by CRIU)", k.kind, k.task, k.owner, k.kind)}
@@ -82,7 +82,23 @@ func (p *Plan) loadNamespaces() error {
 		}
 		p.Net = net
 	}
-	return p.checkNetImages()
+	if root.IDs.GetMntNsId() != rootIDs.GetMntNsId() { // mntns.go
+		mnt, err := p.loadMnt(id(root.IDs.GetMntNsId()))
+		if err != nil {
+			return err
+		}
+		p.Mnt = mnt
+	}
+	return p.checkNSImages()
+}
+
+// checkNSImages refuses images of namespaces not the tree's own
+// (checkNetImages, checkMntImages).
+func (p *Plan) checkNSImages() error {
+	if err := p.checkNetImages(); err != nil {
+		return err
+	}
+	return p.checkMntImages()
 }
 
 func (p *Plan) loadUTS(id uint32) (*UTSNamespace, error) {
@@ -121,6 +137,9 @@ func (p *Plan) namespaceFlags() uint32 {
 	if p.Net != nil {
 		f |= agent.PlanNewNet
 	}
+	if p.Mnt != nil {
+		f |= agent.PlanNewNS
+	}
 	return f
 }
 
@@ -137,7 +156,7 @@ func (p *Plan) namespaceFlags() uint32 {
 func (r *Restore) prepareNamespaces() error {
 	p := r.plan
 	if p.UTS == nil && p.IPC == nil && p.Net == nil {
-		return nil
+		return r.prepareMounts() // mntns_mount.go
 	}
 	done := make(chan error, 1)
 	go func() {
@@ -157,7 +176,11 @@ func (r *Restore) prepareNamespaces() error {
 		runtime.UnlockOSThread()
 		done <- err
 	}()
-	return <-done
+	if err := <-done; err != nil {
+		return err
+	}
+	// after the net namespace, as CRIU's prepare_namespace
+	return r.prepareMounts()
 }
 
 // engineNamespaces opens the calling thread's UTS, IPC and net
@@ -256,7 +279,7 @@ func (r *Restore) fillNamespaces() error {
 // new ones: nothing the restore writes may reach the engine's (the
 // host's) namespaces.
 func joinTreeNamespaces(pidfd, pid, flags int) error {
-	kinds := map[int]string{unix.CLONE_NEWUTS: "uts", unix.CLONE_NEWIPC: "ipc", unix.CLONE_NEWNET: "net"}
+	kinds := map[int]string{unix.CLONE_NEWUTS: "uts", unix.CLONE_NEWIPC: "ipc", unix.CLONE_NEWNET: "net", unix.CLONE_NEWNS: "mnt"}
 	engine := map[string]uint64{}
 	for flag, kind := range kinds {
 		if flags&flag == 0 {

@@ -53,6 +53,14 @@ type Plan struct {
 	// netImages are the netns-*.img of the image set, which only the
 	// tree's own net namespace may have (checkNetImages).
 	netImages []string
+	// Mnt, when set, is the mount namespace the tree had of its own:
+	// the root is born in a new one, whose mounts the engine makes in
+	// PREPARE_NAMESPACES, and the tree's files are opened in it
+	// (mntns.go, mntns_mount.go). nil: the tree shares the engine's.
+	Mnt *MntNamespace
+	// mntImages are the mountpoints-*.img of the image set, which only
+	// the tree's own mount namespace may have (checkMntImages).
+	mntImages []string
 
 	seccomp *seccomp.SeccompEntry // seccomp.img, once a thread needed it (seccompFilters)
 	// NrThreads counts the threads of the tasks of the images, one for
@@ -298,11 +306,15 @@ const (
 	FileInotify
 	// FileTTY is an open file of a pty end (File.TTY; tty.go).
 	FileTTY
+	// FileNetlinkSocket is an AF_NETLINK socket (File.Netlink;
+	// socknetlink.go).
+	FileNetlinkSocket
 )
 
 var fileKindNames = map[FileKind]string{FileRegular: "regular", FilePipe: "pipe", FileMemfd: "memfd", FileFifo: "FIFO",
 	FileEventfd: "eventfd", FileSignalfd: "signalfd", FileTimerfd: "timerfd", FileEpoll: "eventpoll",
-	FileUnixSocket: "unix socket", FileInetSocket: "inet socket", FileInotify: "inotify", FileTTY: "tty"}
+	FileUnixSocket: "unix socket", FileInetSocket: "inet socket", FileInotify: "inotify", FileTTY: "tty",
+	FileNetlinkSocket: "netlink socket"}
 
 func (k FileKind) String() string { return fileKindNames[k] }
 
@@ -323,10 +335,11 @@ type File struct {
 	Signalfd *Signalfd
 	Timerfd  *Timerfd
 	Epoll    *Epoll
-	Unix     *UnixSocket // FileUnixSocket
-	Inet     *InetSocket // FileInetSocket
-	Inotify  *Inotify    // FileInotify
-	TTY      *TTY        // FileTTY
+	Unix     *UnixSocket    // FileUnixSocket
+	Inet     *InetSocket    // FileInetSocket
+	Inotify  *Inotify       // FileInotify
+	TTY      *TTY           // FileTTY
+	Netlink  *NetlinkSocket // FileNetlinkSocket
 	// Remap: a regular file that had no name at the dump (deleted, or
 	// O_TMPFILE), found again through remap-fpath.img (ghost.go).
 	Remap *Remap
@@ -842,7 +855,7 @@ func (p *Plan) checkNamespaces() error {
 		return fmt.Errorf("images directory %s: %w", p.Dir.Path, err)
 	}
 	slices.Sort(names) // the first in name order is named, as a glob would
-	for _, pat := range []string{"mountpoints-*.img", "userns-*.img", "cgroup.img"} {
+	for _, pat := range []string{"userns-*.img", "cgroup.img"} {
 		for _, name := range names {
 			if ok, _ := filepath.Match(pat, name); ok {
 				return &PlanError{File: name, Msg: notRestoredNS}
@@ -853,11 +866,14 @@ func (p *Plan) checkNamespaces() error {
 		if ok, _ := filepath.Match("netns-*.img", name); ok {
 			p.netImages = append(p.netImages, name)
 		}
+		if ok, _ := filepath.Match("mountpoints-*.img", name); ok {
+			p.mntImages = append(p.mntImages, name)
+		}
 	}
 	return nil
 }
 
-const notRestoredNS = "net, mount and user namespaces and cgroups are not restored yet (pid, time, UTS and IPC namespaces are, and the root's own net namespace)"
+const notRestoredNS = "net, mount and user namespaces and cgroups are not restored yet (pid, time, UTS and IPC namespaces are, and the root's own net and mount namespaces)"
 
 // checkNetImages refuses a net namespace image that is not of the tree's
 // own (loadNamespaces has read that one): one of the dumping host's, or
@@ -938,6 +954,8 @@ func (p *Plan) file(t *Task, id uint32, from string) (*File, error) {
 		return p.inotifyFile(t, id, fe.GetIfy())
 	case fdinfo.FdTypes_TTY: // tty.go
 		return p.ttyFile(t, id, fe)
+	case fdinfo.FdTypes_NETLINKSK: // socknetlink.go
+		return p.netlinkSocketFile(t, id, fe)
 	default:
 		return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d (from %s): %s files are not supported yet", id, from, fe.GetType())}
 	}
@@ -1001,6 +1019,8 @@ func fileKindOf(ty fdinfo.FdTypes) FileKind {
 		return FileInotify
 	case fdinfo.FdTypes_TTY:
 		return FileTTY
+	case fdinfo.FdTypes_NETLINKSK:
+		return FileNetlinkSocket
 	}
 	return 0
 }

@@ -31,6 +31,9 @@ type prepared struct {
 	// net: the tree has a net namespace of its own, where its sockets
 	// are made later, in PREPARE_NAMESPACES (netns_fill.go)
 	net *netSockets
+	// mnt: the tree has a mount namespace of its own, where its regular
+	// files are opened later, in PREPARE_NAMESPACES (mntns_files.go)
+	mnt *mntFiles
 	// steps are what the engine did for each task, published into its
 	// timeline with ROOT_TASK.
 	steps []StepEvent
@@ -73,6 +76,9 @@ func prepareFiles(p *Plan) (res *prepared, err error) {
 	pr := &prepared{index: map[string]int{}, fdBase: 16, pipes: map[uint32]*pipeEnds{}}
 	if p.Net != nil {
 		pr.net = &netSockets{}
+	}
+	if p.Mnt != nil {
+		pr.mnt = &mntFiles{}
 	}
 	for _, t := range p.Tasks {
 		for _, fd := range t.FDs {
@@ -184,7 +190,13 @@ func (pr *prepared) openMapped(t *Task, v *VMA) (int, error) {
 		if _, ok := pr.index[key]; ok {
 			return 0, nil
 		}
-		fd, err := pr.openPath(f, v.mapAccess())
+		var fd int
+		var err error
+		if pr.mnt != nil {
+			fd, err = pr.mnt.reserve(f, key, v.mapAccess()) // mntns_files.go
+		} else {
+			fd, err = pr.openPath(f, v.mapAccess())
+		}
 		if err != nil {
 			var fc *FileChangedError
 			if errors.As(err, &fc) {
@@ -209,7 +221,11 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 	var err error
 	switch f.Kind {
 	case FileRegular:
-		fd, err = pr.openPath(f, int(f.Flags))
+		if pr.mnt != nil {
+			fd, err = pr.mnt.reserve(f, key, int(f.Flags)) // mntns_files.go
+		} else {
+			fd, err = pr.openPath(f, int(f.Flags))
+		}
 	case FilePipe:
 		fd, err = pr.openPipeEnd(f)
 	case FileMemfd:
@@ -226,6 +242,13 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 			fd, err = pr.openUnixSocket(f)
 		default:
 			fd, err = openInetSocket(f)
+		}
+	case FileNetlinkSocket: // socknetlink.go
+		if pr.net != nil {
+			fd, err = pr.net.reserve(f) // netns_fill.go
+		} else {
+			// a port taken now is changed silently: no logger here
+			fd, _, err = openNetlinkSocket(f)
 		}
 	case FileInotify: // inotify.go
 		fd, err = openInotify(t, f)

@@ -58,9 +58,11 @@ queued in each end (tty-data.img), which the tree keeps.
 State crest cannot restore fails the dump with a message naming the task
 and the resource: established TCP connections without --tcp-established,
 connects in progress (SYN_SENT), unix sockets connected
-outside the tree, connections not accepted yet, netlink and packet
-sockets, pty masters whose slave's session leader is outside the tree,
-terminals other than ptys (consoles, /dev/tty
+outside the tree, connections not accepted yet, packet sockets, netlink
+sockets with messages queued (as CRIU), groups above 32 (as CRIU) or
+netlink options the images have no field for (NETLINK_PKTINFO,
+NETLINK_EXT_ACK ...), pty masters whose slave's session leader is
+outside the tree, terminals other than ptys (consoles, /dev/tty
 ...), inotify watches on files that cannot be found again (deleted, or
 mounted over), fanotify and other anonymous-inode files (semaphore
 eventfds too, and epolls watching fds closed since), named FIFOs,
@@ -74,8 +76,9 @@ namespaces, and tasks in pid, time, UTS, IPC or net namespaces other
 than the root's. Regular files, /dev/null, directories,
 pipes (with their data), memfds, eventfds, signalfds, timerfds, epolls,
 inotify watches (not their queued events, as CRIU), unix sockets (with
-their queued data), TCP listeners and UDP sockets, shared anonymous
-memory, seccomp (strict mode, filters), stopped tasks and zombies
+their queued data), TCP listeners and UDP sockets, netlink sockets
+(protocol, port, groups 1-32, connected destination, as CRIU), shared
+anonymous memory, seccomp (strict mode, filters), stopped tasks and zombies
 (children not waited for yet) are dumped, and so are the root's own UTS
 and IPC namespaces as CRIU 4.2 writes them: utsns-ID.img (hostname,
 domain name), ipcns-var-ID.img (IPC sysctls) and the SysV segments

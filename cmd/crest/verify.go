@@ -226,6 +226,7 @@ var rootNamespaces = []struct {
 	{unix.CLONE_NEWUTS, func(p *restore.Plan) bool { return p.UTS != nil }, true},
 	{unix.CLONE_NEWIPC, func(p *restore.Plan) bool { return p.IPC != nil }, true},
 	{unix.CLONE_NEWNET, func(p *restore.Plan) bool { return p.Net != nil }, true},
+	{unix.CLONE_NEWNS, func(p *restore.Plan) bool { return p.Mnt != nil }, true},
 }
 
 func haveTimeNS() bool {

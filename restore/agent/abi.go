@@ -26,6 +26,9 @@ const (
 	// Plan.Flags: the root is born in a new net namespace, which the
 	// engine fills in PREPARE_NAMESPACES
 	PlanNewNet = 0x40
+	// Plan.Flags: the root is born in a new mount namespace, whose
+	// mounts the engine makes in PREPARE_NAMESPACES
+	PlanNewNS = 0x80
 
 	XSaveComponents = 10 // Plan.XSaveOff and XSaveLen: x87 up to PKRU
 

@@ -62,6 +62,9 @@ type Program struct {
 	UTSIPC bool
 	// NetNS starts it in a net namespace of its own too (launch -N).
 	NetNS bool
+	// MntNS starts it in a mount namespace of its own too, every mount
+	// private (launch -m).
+	MntNS bool
 	// Go: the source is src/NAME.go.txt, a Go program built with the go
 	// command (static, CGO_ENABLED=0); Flags are not used.
 	Go bool
@@ -95,6 +98,19 @@ var Programs = map[string]Program{
 	// and unix sockets, checked every tick (a new connection and the
 	// unix queue's length when asked).
 	"netns": {Name: "netns", Flags: []string{"-static", "-O2"}, NetNS: true},
+	// netlink runs in a net namespace of its own with netlink sockets
+	// (route, generic, uevent, sock_diag): bound by the kernel and by
+	// itself, listening to groups, connected, never bound; each is
+	// checked (port, groups, options) every tick, and used every 25th,
+	// when the route listener must hear of the address the tick adds to
+	// lo and removes (socket diag checks the states then).
+	"netlink": {Name: "netlink", Flags: []string{"-static", "-O2"}, NetNS: true},
+	// mntns runs in a mount namespace of its own: its own proc, a
+	// tmpfs with files and a tmpfs in it, a read-only bind mount of a
+	// directory beside it, a bind mount of the tmpfs, files open on
+	// them; it checks their shape in mountinfo and their files every
+	// tick.
+	"mntns": {Name: "mntns", Flags: []string{"-static", "-O2"}, MntNS: true},
 	// stopped has two children stopped by SIGSTOP and SIGTSTP.
 	"stopped": {Name: "stopped", Flags: []string{"-static", "-O2", "-pthread"}},
 	// zombie has two zombie children (exit status 7, killed by SIGTERM)
@@ -134,7 +150,8 @@ var Programs = map[string]Program{
 	"spin": {Name: "spin", Flags: []string{"-static", "-O2"}},
 	// big holds 1 GiB of memory, for dump benchmarks.
 	"big": {Name: "big", Flags: []string{"-static", "-O2"}},
-	// sock holds a netlink socket: crest dump must refuse it.
+	// sock holds a netlink socket never bound, in crest's net namespace
+	// (dump/socknetlink_test.go compares its images with CRIU's).
 	"sock": {Name: "sock", Flags: []string{"-static", "-O2"}},
 	// lock holds an flock()ed file: crest dump must refuse it.
 	"lock": {Name: "lock", Flags: []string{"-static", "-O2"}},
@@ -262,6 +279,9 @@ func Start(t testing.TB, name string) *Process {
 	}
 	if Programs[name].NetNS {
 		opts = append(opts, "-N")
+	}
+	if Programs[name].MntNS {
+		opts = append(opts, "-m")
 	}
 	return startIn(t, Build(t, name), t.TempDir(), opts...)
 }

@@ -192,6 +192,9 @@ static __attribute__((noreturn, used)) void agent_main(const uint64_t *sp)
 		args.flags |= CLONE_NEWIPC;
 	if (agent.plan->flags & CREST_PLAN_NEWNET)
 		args.flags |= CLONE_NEWNET;
+	/* the engine makes the tree's mounts in it, and opens its files there */
+	if (agent.plan->flags & CREST_PLAN_NEWNS)
+		args.flags |= CLONE_NEWNS;
 	/* with CLONE_PARENT the exit signal is the launcher's own (SIGCHLD) */
 	args.exit_signal = 0;
 	set_tid[0] = plan_task(0)->pid;

@@ -1,13 +1,15 @@
 /*
  * launch - start a workload as the init (pid 1) of a new pid namespace.
  *
- *   usage: launch [-t] [-n] [-N] DIR PROG [ARGS...]
+ *   usage: launch [-t] [-n] [-N] [-m] DIR PROG [ARGS...]
  *
  * With -t the workload also gets a time namespace of its own, its clocks
  * ahead of the host's: CLOCK_MONOTONIC by 100000 s, CLOCK_BOOTTIME by
  * 200000 s. With -n it gets UTS and IPC namespaces of its own. With -N it
  * gets a net namespace of its own (only lo in it, down, as the kernel
- * makes it).
+ * makes it). With -m it gets a mount namespace of its own, a copy of the
+ * caller's with every mount made private (unshare -m --propagation
+ * private).
  *
  * The launcher unshares the pid namespace and forks; the child (pid 1 of
  * the new namespace) becomes a session leader, enters DIR, sets umask 022,
@@ -24,6 +26,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -34,7 +37,7 @@ static char *const env[] = {
 
 int main(int argc, char **argv)
 {
-	int newtime = 0, newutsipc = 0, newnet = 0;
+	int newtime = 0, newutsipc = 0, newnet = 0, newmnt = 0;
 
 	for (; argc > 1; argv++, argc--) {
 		if (strcmp(argv[1], "-t") == 0)
@@ -43,16 +46,22 @@ int main(int argc, char **argv)
 			newutsipc = 1;
 		else if (strcmp(argv[1], "-N") == 0)
 			newnet = 1;
+		else if (strcmp(argv[1], "-m") == 0)
+			newmnt = 1;
 		else
 			break;
 	}
 	if (argc < 3) {
-		fprintf(stderr, "usage: launch [-t] [-n] [-N] DIR PROG [ARGS...]\n");
+		fprintf(stderr, "usage: launch [-t] [-n] [-N] [-m] DIR PROG [ARGS...]\n");
 		return 2;
 	}
 	if (unshare(CLONE_NEWPID | (newtime ? CLONE_NEWTIME : 0) | (newutsipc ? CLONE_NEWUTS | CLONE_NEWIPC : 0) |
-		    (newnet ? CLONE_NEWNET : 0))) {
+		    (newnet ? CLONE_NEWNET : 0) | (newmnt ? CLONE_NEWNS : 0))) {
 		perror("launch: unshare");
+		return 1;
+	}
+	if (newmnt && mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) {
+		perror("launch: make / private");
 		return 1;
 	}
 	if (newtime) {

@@ -1,6 +1,7 @@
 /*
- * sock - a process holding a netlink socket at fd 3, which crest dump
- * does not support; it appends "<tick>\n" to out.log every 10 ms.
+ * sock - a process holding a netlink socket at fd 3, never bound (its
+ * image has only its protocol, as CRIU writes it); it appends "<tick>\n"
+ * to out.log every 10 ms.
  *
  * build: gcc -static -O2 -o sock sock.c
  */

@@ -1,0 +1,542 @@
+package restore
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/mnt"
+	"golang.org/x/sys/unix"
+
+	"github.com/crest-restore/crest/images"
+)
+
+// Making the tree's mounts (mntns.go) in PREPARE_NAMESPACES, after the
+// UTS, IPC and net namespaces (CRIU's prepare_namespace order), before
+// any task forks:
+//
+//   - an engine thread of its own leaves the engine's file system context
+//     (unshare CLONE_FS: setns into a mount namespace needs it) and joins
+//     the root's mount namespace through its pidfd, checked to be a new
+//     one (joinTreeNamespaces): nothing here reaches the engine's mounts;
+//   - every mount there is made private (the copy may share peer groups
+//     with the engine's) and every one but the root mount is detached;
+//   - the root mount, the engine's /, gets the dumped flags (CRIU's
+//     do_mount_root_v2 with --root /), and each dumped mount is made at
+//     its place, as mount-v2.c makes it (do_new_mount_v2, do_bind_mount_v2):
+//     its file system mounted anew with its source and options, a tmpfs
+//     filled by tar from its tarball, a proc of the tree's pid namespace
+//     (fsconfig pidns: the engine is not in it); or bound from the mount
+//     it shares a superblock with (open_tree, move_mount); then made
+//     private and given its flags;
+//   - the result is read back from the thread's mountinfo and compared
+//     with the image, mount by mount;
+//   - then the tree's regular files are opened there (mntns_files.go).
+//
+// The thread can not go back to the engine's file system context, so it
+// ends with its goroutine. It must not be the thread that forked the
+// launcher: the root, the launcher's sibling (CLONE_PARENT), has that
+// thread for parent, and would get its parent-death signal.
+
+// stepMntNamespace and stepMntFiles are the steps in the root's timeline.
+const (
+	stepMntNamespace = "mount namespace"
+	stepMntFiles     = "mount namespace files"
+)
+
+// prepareMounts makes the tree's mounts and opens its files there.
+func (r *Restore) prepareMounts() error {
+	ns := r.plan.Mnt
+	if ns == nil {
+		return nil
+	}
+	root := r.plan.Root()
+	step := func(name string, begin uint64, err error) error {
+		e := StepEvent{PID: root.PID, TID: root.PID, Step: name, Stage: StagePrepareNamespaces, Begin: begin, Engine: true}
+		if err != nil {
+			var errno syscall.Errno
+			if errors.As(err, &errno) {
+				e.Errno = int(errno)
+			}
+			r.obs.StepDone(e)
+			return &StageError{Stage: StagePrepareNamespaces, PID: root.PID, Step: name, Err: err}
+		}
+		e.End, e.Succeeded = boottime(), true
+		r.obs.StepDone(e)
+		return nil
+	}
+	return onOwnThread(r.rootPidfd, 3, func() error {
+		begin := boottime()
+		mounted, err := r.makeMounts(ns)
+		if err := step(stepMntNamespace, begin, err); err != nil {
+			return err
+		}
+		defer mounted.close()
+		begin = boottime()
+		return step(stepMntFiles, begin, r.openMntFiles(ns, mounted))
+	})
+}
+
+// onOwnThread runs fn on a locked OS thread that ends with it, one that
+// is not the parent of the process pidfd (the root) nor the main thread:
+// such a thread is held while another is tried.
+func onOwnThread(pidfd, tries int, fn func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// waitid for the calling thread's own children only: the root is
+		// one of them when this thread forked the launcher
+		err := unix.Waitid(unix.P_PIDFD, pidfd, nil, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WNOTHREAD, nil)
+		// the main thread does not end with a locked goroutine: Go parks
+		// it for good, which would leave the process's /proc/self in the
+		// tree's mount namespace
+		if err == nil || unix.Gettid() == unix.Getpid() {
+			defer runtime.UnlockOSThread()
+			if tries <= 1 {
+				done <- errors.New("no engine thread but the root's parent or the main thread to make its mounts on")
+				return
+			}
+			done <- onOwnThread(pidfd, tries-1, fn)
+			return
+		}
+		if !errors.Is(err, unix.ECHILD) {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("is the root this thread's child: %w", os.NewSyscallError("waitid", err))
+			return
+		}
+		// not unlocked: the thread ends with the goroutine
+		done <- fn()
+	}()
+	return <-done
+}
+
+// mounted is what makeMounts leaves open for the files: the /proc of
+// the engine and the new mount id of every mount of the image.
+type mounted struct {
+	procfd int
+	ids    map[uint32]uint64 // image mnt_id -> the made mount's id
+}
+
+func (m *mounted) close() {
+	if m != nil && m.procfd >= 0 {
+		unix.Close(m.procfd)
+	}
+}
+
+// makeMounts joins the root's mount namespace on the calling thread
+// (locked, ending with its goroutine) and makes ns there.
+func (r *Restore) makeMounts(ns *MntNamespace) (res *mounted, err error) {
+	// What the thread needs from the engine's mounts, opened before it
+	// leaves them: /proc (the tree may have none where it is going), the
+	// root's pid namespace for its procs, tar and the tarballs.
+	procfd, err := unix.Open("/proc", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: "/proc", Err: err}
+	}
+	res = &mounted{procfd: procfd, ids: map[uint32]uint64{}}
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		if err != nil {
+			res.close()
+			res = nil
+		}
+	}()
+	keep := func(fd int) int { fds = append(fds, fd); return fd }
+	pidns, err := unix.Openat(procfd, fmt.Sprintf("%d/ns/pid", r.rootPID), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return res, &os.PathError{Op: "open", Path: fmt.Sprintf("/proc/%d/ns/pid", r.rootPID), Err: err}
+	}
+	keep(pidns)
+	tarballs := map[*Mount]*os.File{}
+	defer func() {
+		for _, f := range tarballs {
+			f.Close()
+		}
+	}()
+	var tar string
+	for _, m := range ns.Mounts {
+		if m.Tarball == "" {
+			continue
+		}
+		if tar == "" {
+			if tar, err = exec.LookPath("tar"); err != nil {
+				return res, fmt.Errorf("%s: %w", m, err)
+			}
+		}
+		f, err := os.Open(r.plan.Dir.FilePath(m.Tarball))
+		if err != nil {
+			return res, err
+		}
+		tarballs[m] = f
+	}
+
+	if err := unix.Unshare(unix.CLONE_FS); err != nil {
+		return res, fmt.Errorf("leave the engine's file system context: %w", os.NewSyscallError("unshare", err))
+	}
+	if err := joinTreeNamespaces(r.rootPidfd, r.rootPID, unix.CLONE_NEWNS); err != nil {
+		return res, err
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return res, fmt.Errorf("make the copied mounts private: %w", os.NewSyscallError("mount", err))
+	}
+	if err := detachCopies(procfd); err != nil {
+		return res, err
+	}
+	// The root mount: the engine's / with the dumped flags.
+	rm := ns.Root
+	if fl := rm.Flags &^ images.MntPropagation; fl != 0 {
+		if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_BIND|uintptr(fl), ""); err != nil {
+			return res, fmt.Errorf("%s: %s entry %d: flags %#x: %w", rm, ns.File, rm.Entry, fl, os.NewSyscallError("mount", err))
+		}
+	}
+	rootfd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return res, &os.PathError{Op: "open", Path: "/", Err: err}
+	}
+	at := map[*Mount]int{rm: keep(rootfd)}
+	for _, m := range ns.Mounts {
+		if err := r.makeMount(m, at, pidns, tar, tarballs[m]); err != nil {
+			return res, fmt.Errorf("%s entry %d: %s: %w", ns.File, m.Entry, m, err)
+		}
+		fd, err := unix.Open(m.Mountpoint, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return res, fmt.Errorf("%s: %w", m, &os.PathError{Op: "open", Path: m.Mountpoint, Err: err})
+		}
+		at[m] = keep(fd)
+	}
+	if err := checkMounts(ns, procfd, res.ids); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// detachCopies detaches every mount of the calling thread's namespace
+// but its root, deepest first: the namespace is born a copy of the
+// engine's, and the dumped one has only the mounts of its image.
+func detachCopies(procfd int) error {
+	for pass := 0; pass < 16; pass++ {
+		lines, err := readMountinfo(procfd)
+		if err != nil {
+			return err
+		}
+		var mps []string
+		for _, l := range lines {
+			if l.mountpoint != "/" {
+				mps = append(mps, l.mountpoint)
+			}
+		}
+		if len(mps) == 0 {
+			return nil
+		}
+		slices.SortStableFunc(mps, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+		for _, mp := range mps {
+			// one above may have taken it with it
+			if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("detach the copy of the engine's mount at %s: %w", mp, os.NewSyscallError("umount2", err))
+			}
+		}
+	}
+	return errors.New("the copies of the engine's mounts are still there after 16 rounds of detaching them")
+}
+
+// makeMount makes m at its mount point, its parent made; at holds an
+// O_PATH fd of the root of every mount made before.
+func (r *Restore) makeMount(m *Mount, at map[*Mount]int, pidns int, tar string, tarball *os.File) error {
+	if m.BindOf != nil {
+		return bindMount(m, at[m.BindOf])
+	}
+	sflags, mflags := uintptr(m.SBFlags), uintptr(m.Flags&^images.MntPropagation)
+	// one mount(2) when the flags allow it, as do_new_mount_v2
+	if mflags&^uintptr(images.MntKnownFlags) == 0 && (sflags^mflags)&unix.MS_RDONLY == 0 {
+		sflags |= mflags
+		mflags = 0
+	}
+	// a read-only tmpfs is filled first
+	remountRO := m.Code == mnt.Fstype_TMPFS && sflags&unix.MS_RDONLY != 0
+	if remountRO {
+		sflags &^= unix.MS_RDONLY
+	}
+	if m.Code == mnt.Fstype_PROC {
+		if err := mountProc(m, sflags, pidns); err != nil {
+			return err
+		}
+	} else if err := unix.Mount(m.Source, m.Mountpoint, m.FSType, sflags, m.Options); err != nil {
+		return fmt.Errorf("mount %s %s -t %s -o %q (flags %#x): %w", m.Source, m.Mountpoint, m.FSType, m.Options, sflags, os.NewSyscallError("mount", err))
+	}
+	if err := unix.Mount("", m.Mountpoint, "", unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make it private: %w", os.NewSyscallError("mount", err))
+	}
+	if tarball != nil {
+		if err := untar(tar, m, tarball); err != nil {
+			return err
+		}
+	}
+	if remountRO {
+		if err := unix.Mount("", m.Mountpoint, "", unix.MS_REMOUNT|sflags|unix.MS_RDONLY, ""); err != nil {
+			return fmt.Errorf("remount it read-only: %w", os.NewSyscallError("mount", err))
+		}
+	}
+	if mflags != 0 {
+		if err := unix.Mount("", m.Mountpoint, "", unix.MS_REMOUNT|unix.MS_BIND|mflags, ""); err != nil {
+			return fmt.Errorf("flags %#x: %w", mflags, os.NewSyscallError("mount", err))
+		}
+	}
+	return nil
+}
+
+// mountProc mounts a proc of the root's pid namespace (pidns), where
+// CRIU's root task mounts it from: the engine is not in that namespace,
+// so it is named (fsconfig pidns, Linux 6.18).
+func mountProc(m *Mount, sflags uintptr, pidns int) error {
+	fsfd, err := unix.Fsopen("proc", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return os.NewSyscallError("fsopen", err)
+	}
+	defer unix.Close(fsfd)
+	if err := unix.FsconfigSetFd(fsfd, "pidns", pidns); err != nil {
+		return fmt.Errorf("proc of the root's pid namespace: %w (a kernel before 6.18 has no pidns option)", os.NewSyscallError("fsconfig pidns", err))
+	}
+	if m.Source != "" {
+		if err := unix.FsconfigSetString(fsfd, "source", m.Source); err != nil {
+			return fmt.Errorf("source %q: %w", m.Source, os.NewSyscallError("fsconfig", err))
+		}
+	}
+	for _, o := range strings.Split(m.Options, ",") {
+		if o == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(o, "=")
+		if ok {
+			err = unix.FsconfigSetString(fsfd, k, v)
+		} else {
+			err = unix.FsconfigSetFlag(fsfd, k)
+		}
+		if err != nil {
+			return fmt.Errorf("option %q: %w", o, os.NewSyscallError("fsconfig", err))
+		}
+	}
+	if sflags&unix.MS_RDONLY != 0 {
+		if err := unix.FsconfigSetFlag(fsfd, "ro"); err != nil {
+			return fmt.Errorf("option ro: %w", os.NewSyscallError("fsconfig", err))
+		}
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return os.NewSyscallError("fsconfig create", err)
+	}
+	attrs := 0
+	for _, a := range []struct {
+		flag uintptr
+		attr int
+	}{{unix.MS_RDONLY, unix.MOUNT_ATTR_RDONLY}, {unix.MS_NOSUID, unix.MOUNT_ATTR_NOSUID}, {unix.MS_NODEV, unix.MOUNT_ATTR_NODEV},
+		{unix.MS_NOEXEC, unix.MOUNT_ATTR_NOEXEC}, {unix.MS_NOATIME, unix.MOUNT_ATTR_NOATIME},
+		{unix.MS_STRICTATIME, unix.MOUNT_ATTR_STRICTATIME}, {unix.MS_NODIRATIME, unix.MOUNT_ATTR_NODIRATIME}} {
+		if sflags&a.flag != 0 {
+			attrs |= a.attr
+		}
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, attrs)
+	if err != nil {
+		return os.NewSyscallError("fsmount", err)
+	}
+	defer unix.Close(mfd)
+	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, m.Mountpoint, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("move_mount to %s: %w", m.Mountpoint, os.NewSyscallError("move_mount", err))
+	}
+	return nil
+}
+
+// bindMount binds m from the mount whose root is at fd, at m.BindPath
+// under it, as CRIU's __do_bind_mount_v2 (open_tree, move_mount; not
+// recursive), then makes it private with its flags.
+func bindMount(m *Mount, fd int) error {
+	src := fd
+	if m.BindPath != "." {
+		// the path the kernel gave the mount's root: no symlink in it,
+		// nothing above the source's root
+		s, err := unix.Openat2(fd, m.BindPath, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC | unix.O_NOFOLLOW,
+			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_XDEV})
+		if err != nil {
+			return fmt.Errorf("the source %s under %s: %w", m.BindPath, m.BindOf, os.NewSyscallError("openat2", err))
+		}
+		defer unix.Close(s)
+		src = s
+	}
+	tree, err := unix.OpenTree(src, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	if err != nil {
+		return fmt.Errorf("bind %s of %s: %w", m.BindPath, m.BindOf, os.NewSyscallError("open_tree", err))
+	}
+	defer unix.Close(tree)
+	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, m.Mountpoint, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("move_mount to %s: %w", m.Mountpoint, os.NewSyscallError("move_mount", err))
+	}
+	if err := unix.Mount("", m.Mountpoint, "", unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make it private: %w", os.NewSyscallError("mount", err))
+	}
+	if fl := m.Flags &^ images.MntPropagation; fl != m.BindOf.Flags&^images.MntPropagation {
+		if err := unix.Mount("", m.Mountpoint, "", unix.MS_REMOUNT|unix.MS_BIND|uintptr(fl), ""); err != nil {
+			return fmt.Errorf("flags %#x: %w", fl, os.NewSyscallError("mount", err))
+		}
+	}
+	return nil
+}
+
+// untar fills tmpfs m from its tarball as CRIU's tmpfs_restore does: tar
+// --extract --gzip, forked from this thread, so in the tree's mounts.
+func untar(tar string, m *Mount, tarball *os.File) error {
+	var out bytes.Buffer
+	cmd := &exec.Cmd{
+		Path:   tar,
+		Args:   []string{"tar", "--extract", "--gzip", "--no-unquote", "--no-wildcards", "--directory", m.Mountpoint},
+		Env:    []string{"PATH=/usr/bin:/bin", "LC_ALL=C"},
+		Stdin:  tarball,
+		Stdout: &out,
+		Stderr: &out,
+	}
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: tar --extract into %s: %w: %s", m.Tarball, m.Mountpoint, err, bytes.TrimSpace(out.Bytes()))
+	}
+	return nil
+}
+
+// mountLine is one line of mountinfo.
+type mountLine struct {
+	id, parent uint64
+	root       string
+	mountpoint string
+	opts       string // per mount
+	optional   []string
+	fstype     string
+	source     string
+	super      string
+}
+
+// readMountinfo reads the calling thread's mountinfo through procfd.
+func readMountinfo(procfd int) ([]mountLine, error) {
+	fd, err := unix.Openat(procfd, "thread-self/mountinfo", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: "/proc/thread-self/mountinfo", Err: err}
+	}
+	f := os.NewFile(uintptr(fd), "/proc/thread-self/mountinfo")
+	defer f.Close()
+	return parseMountinfo(f.Name(), f)
+}
+
+// parseMountinfo parses mountinfo lines (proc(5)), their paths unescaped.
+func parseMountinfo(name string, f interface{ Read([]byte) (int, error) }) ([]mountLine, error) {
+	var out []mountLine
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		w := strings.Fields(sc.Text())
+		sep := slices.Index(w, "-")
+		if len(w) < 10 || sep < 6 || len(w) < sep+3 {
+			return nil, fmt.Errorf("%s line %d: %q is not a mountinfo line", name, n, sc.Text())
+		}
+		var l mountLine
+		var err1, err2 error
+		l.id, err1 = strconv.ParseUint(w[0], 10, 64)
+		l.parent, err2 = strconv.ParseUint(w[1], 10, 64)
+		if err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("%s line %d: ids %q %q", name, n, w[0], w[1])
+		}
+		l.root, l.mountpoint, l.opts = unescapeMount(w[3]), unescapeMount(w[4]), w[5]
+		l.optional = w[6:sep]
+		l.fstype, l.source = w[sep+1], unescapeMount(w[sep+2])
+		if len(w) > sep+3 {
+			l.super = w[sep+3]
+		}
+		out = append(out, l)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return out, nil
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 \011 \012 \134).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// checkMounts reads the namespace back and compares it with ns: the root
+// mount and each of ns.Mounts, under its parent at its mount point, of
+// its type, root and flags, private, and nothing else; ids gets the id
+// of each.
+func checkMounts(ns *MntNamespace, procfd int, ids map[uint32]uint64) error {
+	lines, err := readMountinfo(procfd)
+	if err != nil {
+		return err
+	}
+	taken := map[int]bool{}
+	find := func(m *Mount) (int, error) {
+		for i, l := range lines {
+			if taken[i] || l.mountpoint != m.Mountpoint {
+				continue
+			}
+			if m.Parent != nil && l.parent != ids[m.Parent.ID] {
+				continue
+			}
+			return i, nil
+		}
+		return -1, fmt.Errorf("%s: %s entry %d: not in the restored namespace's mountinfo", m, ns.File, m.Entry)
+	}
+	for _, m := range append([]*Mount{ns.Root}, ns.Mounts...) {
+		i, err := find(m)
+		if err != nil {
+			return err
+		}
+		taken[i] = true
+		l := lines[i]
+		ids[m.ID] = l.id
+		var fl uint32
+		for _, w := range strings.Split(l.opts, ",") {
+			for _, f := range images.MntFlagWords {
+				if w == f.Word {
+					fl |= f.Flag
+				}
+			}
+		}
+		want := m.Flags &^ (images.MntPropagation | unix.MS_STRICTATIME)
+		switch {
+		case m.FSType != "" && l.fstype != m.FSType && !strings.HasPrefix(l.fstype, m.FSType+"."):
+			return fmt.Errorf("%s: %s entry %d: restored as %s", m, ns.File, m.Entry, l.fstype)
+		case l.root != m.Root:
+			return fmt.Errorf("%s: %s entry %d: restored with root %s, not %s", m, ns.File, m.Entry, l.root, m.Root)
+		case fl != want:
+			return fmt.Errorf("%s: %s entry %d: restored with flags %#x (%s), not %#x", m, ns.File, m.Entry, fl, l.opts, want)
+		case len(l.optional) > 0:
+			return fmt.Errorf("%s: %s entry %d: restored %s, not private", m, ns.File, m.Entry, strings.Join(l.optional, " "))
+		}
+	}
+	for i, l := range lines {
+		if !taken[i] {
+			return fmt.Errorf("a mount the image does not have: %d %s at %s (root %s)", l.id, l.fstype, l.mountpoint, l.root)
+		}
+	}
+	return nil
+}
