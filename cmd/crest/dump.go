@@ -71,9 +71,11 @@ not regular files, file locks, SysV segments attached in the host's IPC
 namespace (as CRIU), private mappings of memfds, seccomp filters
 that notify a user-space listener, POSIX timers, session or group
 leaders outside the tree (but the shell's, with --shell-job), net
-namespaces with devices other than the loopback, mount, user and cgroup
-namespaces, and tasks in pid, time, UTS, IPC or net namespaces other
-than the root's. Regular files, /dev/null, directories,
+namespaces with devices other than the loopback, mount namespaces with
+shared or slave mounts, external mounts, file systems other than proc,
+sysfs, devtmpfs, tmpfs, devpts, mqueue, cgroup, debugfs and tracefs, or
+a tmpfs mounted over, user and cgroup namespaces, and tasks in pid,
+time, UTS, IPC, net or mount namespaces other than the root's. Regular files, /dev/null, directories,
 pipes (with their data), memfds, eventfds, signalfds, timerfds, epolls,
 inotify watches (not their queued events, as CRIU), unix sockets (with
 their queued data), TCP listeners and UDP sockets, netlink sockets
@@ -85,7 +87,9 @@ domain name), ipcns-var-ID.img (IPC sysctls) and the SysV segments
 (contents in pagemap-shmem-SHMID.img, not in the pages of the tasks
 that have them attached), semaphore sets and message queues, read
 without changing them, and the root's own net namespace with only its
-loopback (sysctls, addresses, routes, rules, iptables and nftables rules).
+loopback (sysctls, addresses, routes, rules, iptables and nftables rules)
+and its own mount namespace (mountpoints-ID.img, the contents of its
+tmpfs mounts in tmpfs-dev-N.tar.gz.img).
 Regular files deleted while open or mapped (a POSIX semaphore in
 /dev/shm, Python's multiprocessing, O_TMPFILE) are dumped with their
 contents as CRIU's ghost files (remap-fpath.img, ghost-file-ID.img), up
