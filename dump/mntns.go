@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/internal/procfs"
 )
 
 // The tree's own mount namespace, as CRIU 4.2 dumps it (criu/mount.c
@@ -78,7 +79,7 @@ func readMountinfo(pid int) ([]*mountInfo, error) {
 			return nil, fmt.Errorf("%s line %d: %q is not a mountinfo line", path, n, line)
 		}
 		m := &mountInfo{id: uint32(id), parent: uint32(parent), dev: images.Kdev(uint32(ma), uint32(mi)),
-			root: unescapeMount(w[3]), point: unescapeMount(w[4])}
+			root: procfs.UnescapeMountPath(w[3]), point: procfs.UnescapeMountPath(w[4])}
 		m.fstype, _, _ = strings.Cut(w[sep+1], ".")
 		e := &mnt.MntEntry{MntId: proto.Uint32(m.id), ParentMntId: proto.Uint32(m.parent), RootDev: proto.Uint32(m.dev),
 			Root: proto.String(m.root), Mountpoint: proto.String(m.point), SharedId: proto.Uint32(0), MasterId: proto.Uint32(0)}
@@ -113,7 +114,7 @@ func readMountinfo(pid int) ([]*mountInfo, error) {
 		e.Flags = proto.Uint32(flags)
 		source, super := "", ""
 		if len(w) > sep+3 {
-			source, super = unescapeMount(w[sep+2]), w[sep+3]
+			source, super = procfs.UnescapeMountPath(w[sep+2]), w[sep+3]
 		} else {
 			super = w[sep+2] // no source
 		}
@@ -135,25 +136,6 @@ func readMountinfo(pid int) ([]*mountInfo, error) {
 		out = append(out, m)
 	}
 	return out, sc.Err()
-}
-
-// unescapeMount undoes mountinfo's octal escapes (CRIU's cure_path).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // writeMnt writes the images of the tree's own mount namespace.

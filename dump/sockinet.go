@@ -386,43 +386,56 @@ func inetDiagWith(socket func(proto int) (int, error), family, protocol int, ino
 	defer unix.Close(nl)
 	// nlmsghdr, then inet_diag_req_v2: family, protocol, ext, pad,
 	// states, and a zero inet_diag_sockid (48 bytes): all sockets.
-	const reqLen = unix.SizeofNlMsghdr + 56
-	req := make([]byte, reqLen)
-	binary.NativeEndian.PutUint32(req[0:], reqLen)
+	req := make([]byte, unix.SizeofNlMsghdr+56)
+	req[16], req[17] = byte(family), byte(protocol)
+	binary.NativeEndian.PutUint32(req[20:], 0xffffffff) // every state
+	var found *inetSock
+	err = sockDiag(nl, req, fmt.Sprintf("family %d protocol %d", family, protocol), func(msg []byte) {
+		if sk, ok := parseInetDiag(msg, ino); ok {
+			found = sk
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return found, nil
+}
+
+// sockDiag sends req, a sock_diag request whose nlmsghdr it fills in (a
+// dump of every socket the request's family and protocol match), on nl
+// and hands the payload of each answer to each; what names the request
+// in errors.
+func sockDiag(nl int, req []byte, what string, each func(msg []byte)) error {
+	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
 	binary.NativeEndian.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
 	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
 	binary.NativeEndian.PutUint32(req[8:], 1) // seq
-	req[16], req[17] = byte(family), byte(protocol)
-	binary.NativeEndian.PutUint32(req[20:], 0xffffffff) // every state
 	if err := unix.Sendto(nl, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, os.NewSyscallError("sendto(NETLINK_SOCK_DIAG)", err)
+		return os.NewSyscallError("sendto(NETLINK_SOCK_DIAG)", err)
 	}
-	var found *inetSock
 	buf := make([]byte, 1<<16)
 	for {
 		n, _, err := unix.Recvfrom(nl, buf, 0)
 		if err != nil {
-			return nil, os.NewSyscallError("recvfrom(NETLINK_SOCK_DIAG)", err)
+			return os.NewSyscallError("recvfrom(NETLINK_SOCK_DIAG)", err)
 		}
 		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
-			return nil, fmt.Errorf("sock_diag: %w", err)
+			return fmt.Errorf("sock_diag %s: %w", what, err)
 		}
 		for _, m := range msgs {
 			switch m.Header.Type {
 			case unix.NLMSG_DONE:
-				return found, nil
+				return nil
 			case unix.NLMSG_ERROR:
 				if len(m.Data) >= 4 {
 					if errno := -int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
-						return nil, fmt.Errorf("sock_diag family %d protocol %d: %w", family, protocol, syscall.Errno(errno))
+						return fmt.Errorf("sock_diag %s: %w", what, syscall.Errno(errno))
 					}
 				}
-				return found, nil
+				return nil
 			case unix.SOCK_DIAG_BY_FAMILY:
-				if sk, ok := parseInetDiag(m.Data, ino); ok {
-					found = sk
-				}
+				each(m.Data)
 			}
 		}
 	}

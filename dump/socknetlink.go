@@ -189,46 +189,19 @@ func netlinkDiag(socket func(proto int) (int, error), ino uint32) (*netlinkSock,
 	defer unix.Close(nl)
 	// nlmsghdr, then netlink_diag_req: family, protocol, pad, ino, show,
 	// cookie[2]
-	const reqLen = unix.SizeofNlMsghdr + 20
-	req := make([]byte, reqLen)
-	binary.NativeEndian.PutUint32(req[0:], reqLen)
-	binary.NativeEndian.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
-	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
-	binary.NativeEndian.PutUint32(req[8:], 1) // seq
+	req := make([]byte, unix.SizeofNlMsghdr+20)
 	req[16], req[17] = unix.AF_NETLINK, ndiagProtoAll
 	binary.NativeEndian.PutUint32(req[24:], ndiagShowGroups)
-	if err := unix.Sendto(nl, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, os.NewSyscallError("sendto(NETLINK_SOCK_DIAG)", err)
-	}
 	var found *netlinkSock
-	buf := make([]byte, 1<<16)
-	for {
-		n, _, err := unix.Recvfrom(nl, buf, 0)
-		if err != nil {
-			return nil, os.NewSyscallError("recvfrom(NETLINK_SOCK_DIAG)", err)
+	err = sockDiag(nl, req, "family AF_NETLINK", func(msg []byte) {
+		if sk, ok := parseNetlinkDiag(msg, ino); ok && found == nil {
+			found = sk
 		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-		if err != nil {
-			return nil, fmt.Errorf("netlink sock_diag: %w", err)
-		}
-		for _, m := range msgs {
-			switch m.Header.Type {
-			case unix.NLMSG_DONE:
-				return found, nil
-			case unix.NLMSG_ERROR:
-				if len(m.Data) >= 4 {
-					if errno := -int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
-						return nil, fmt.Errorf("sock_diag family AF_NETLINK: %w", syscall.Errno(errno))
-					}
-				}
-				return found, nil
-			case unix.SOCK_DIAG_BY_FAMILY:
-				if sk, ok := parseNetlinkDiag(m.Data, ino); ok && found == nil {
-					found = sk
-				}
-			}
-		}
+	})
+	if err != nil {
+		return nil, err
 	}
+	return found, nil
 }
 
 // parseNetlinkDiag reads a netlink_diag_msg and its attributes when it is

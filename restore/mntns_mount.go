@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/internal/procfs"
 )
 
 // Making the tree's mounts (mntns.go) in PREPARE_NAMESPACES, after the
@@ -450,9 +451,9 @@ func parseMountinfo(name string, f interface{ Read([]byte) (int, error) }) ([]mo
 		if err1 != nil || err2 != nil {
 			return nil, fmt.Errorf("%s line %d: ids %q %q", name, n, w[0], w[1])
 		}
-		l.root, l.mountpoint, l.opts = unescapeMount(w[3]), unescapeMount(w[4]), w[5]
+		l.root, l.mountpoint, l.opts = procfs.UnescapeMountPath(w[3]), procfs.UnescapeMountPath(w[4]), w[5]
 		l.optional = w[6:sep]
-		l.fstype, l.source = w[sep+1], unescapeMount(w[sep+2])
+		l.fstype, l.source = w[sep+1], procfs.UnescapeMountPath(w[sep+2])
 		if len(w) > sep+3 {
 			l.super = w[sep+3]
 		}
@@ -462,25 +463,6 @@ func parseMountinfo(name string, f interface{ Read([]byte) (int, error) }) ([]mo
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return out, nil
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 \011 \012 \134).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // checkMounts reads the namespace back and compares it with ns: the root
