@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/mnt"
 	"golang.org/x/sys/unix"
@@ -59,21 +58,7 @@ func (r *Restore) prepareMounts() error {
 	if ns == nil {
 		return nil
 	}
-	root := r.plan.Root()
-	step := func(name string, begin uint64, err error) error {
-		e := StepEvent{PID: root.PID, TID: root.PID, Step: name, Stage: StagePrepareNamespaces, Begin: begin, Engine: true}
-		if err != nil {
-			var errno syscall.Errno
-			if errors.As(err, &errno) {
-				e.Errno = int(errno)
-			}
-			r.obs.StepDone(e)
-			return &StageError{Stage: StagePrepareNamespaces, PID: root.PID, Step: name, Err: err}
-		}
-		e.End, e.Succeeded = boottime(), true
-		r.obs.StepDone(e)
-		return nil
-	}
+	step := r.namespaceStep
 	return onOwnThread(r.rootPidfd, 3, func() error {
 		begin := boottime()
 		mounted, err := r.makeMounts(ns)

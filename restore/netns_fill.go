@@ -52,7 +52,8 @@ const (
 	stepNetSockets = "sockets"
 )
 
-func (r *Restore) fillNet(step func(name string, begin uint64, err error) error) error {
+func (r *Restore) fillNet() error {
+	step := r.namespaceStep
 	ns := r.plan.Net
 	begin := boottime()
 	if err := step("net namespace", begin, r.setupNet(ns)); err != nil {

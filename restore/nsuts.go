@@ -211,7 +211,6 @@ func engineNamespaces() (back func() error, err error) {
 
 func (r *Restore) fillNamespaces() error {
 	p := r.plan
-	root := p.Root()
 	var flags int
 	if p.UTS != nil {
 		flags |= unix.CLONE_NEWUTS
@@ -222,20 +221,7 @@ func (r *Restore) fillNamespaces() error {
 	if p.Net != nil {
 		flags |= unix.CLONE_NEWNET
 	}
-	step := func(name string, begin uint64, err error) error {
-		e := StepEvent{PID: root.PID, TID: root.PID, Step: name, Stage: StagePrepareNamespaces, Begin: begin, Engine: true}
-		if err != nil {
-			var errno syscall.Errno
-			if errors.As(err, &errno) {
-				e.Errno = int(errno)
-			}
-			r.obs.StepDone(e)
-			return &StageError{Stage: StagePrepareNamespaces, PID: root.PID, Step: name, Err: err}
-		}
-		e.End, e.Succeeded = boottime(), true
-		r.obs.StepDone(e)
-		return nil
-	}
+	step := r.namespaceStep
 	begin := boottime()
 	join := joinTreeNamespaces
 	if r.opts.Faults&FaultWrongNS != 0 {
@@ -269,8 +255,27 @@ func (r *Restore) fillNamespaces() error {
 		}
 	}
 	if p.Net != nil {
-		return r.fillNet(step) // netns_fill.go
+		return r.fillNet() // netns_fill.go
 	}
+	return nil
+}
+
+// namespaceStep records step name of the root that the engine did in
+// PREPARE_NAMESPACES from begin on (filling a namespace of the tree),
+// ended now, or failed with err, which it returns as a StageError.
+func (r *Restore) namespaceStep(name string, begin uint64, err error) error {
+	root := r.plan.Root()
+	e := StepEvent{PID: root.PID, TID: root.PID, Step: name, Stage: StagePrepareNamespaces, Begin: begin, Engine: true}
+	if err != nil {
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			e.Errno = int(errno)
+		}
+		r.obs.StepDone(e)
+		return &StageError{Stage: StagePrepareNamespaces, PID: root.PID, Step: name, Err: err}
+	}
+	e.End, e.Succeeded = boottime(), true
+	r.obs.StepDone(e)
 	return nil
 }
 
