@@ -274,10 +274,8 @@ func writeSysctl(name, value string) error {
 // writes them first, where creating an object of the kind undoes them).
 func restoreIPC(ns *IPCNamespace) error {
 	varFile := fmt.Sprintf("ipcns-var-%d.img", ns.ID)
-	for _, s := range ipcSysctls(ns.Var) {
-		if err := writeSysctl(s.path, s.value); err != nil {
-			return fmt.Errorf("%s: %w", varFile, err)
-		}
+	if err := writeIPCSysctls(ns.Var); err != nil { // ipcinfo.go
+		return fmt.Errorf("%s: %w", varFile, err)
 	}
 	for i := range ns.Shm {
 		if err := restoreShm(&ns.Shm[i]); err != nil {
