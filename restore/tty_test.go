@@ -110,6 +110,14 @@ func TestPlanShellJobPidNS(t *testing.T) {
 				(&workloads.Process{Dir: dir}).WaitFile(t, "out.log")
 			}
 			pid := sh.Init(t)
+			// the job is ours to end if the dump does not (a pidfd: its
+			// pid may be another's by the time the test ends)
+			if pidfd, err := unix.PidfdOpen(pid, 0); err == nil {
+				t.Cleanup(func() {
+					unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
+					unix.Close(pidfd)
+				})
+			}
 			imgs := filepath.Join(t.TempDir(), "images")
 			if _, err := dump.Dump(context.Background(), dump.Options{Pid: pid, Dir: imgs, ShellJob: true}); err != nil {
 				t.Fatal(err)
