@@ -10,7 +10,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -458,19 +457,7 @@ func hostNetlinkImages(t *testing.T) (imgs, wdir string) {
 	if (socket(AF_NETLINK, SOCK_RAW, NETLINK_GENERIC) != 6 || bind(6, (struct sockaddr *)&g, sizeof g))
 		return 2;`, hostNetlinkPort, hostNetlinkPort+2)})
 	waitLogLines(t, p, "out-netlink.log", 3)
-	dir := filepath.Join(t.TempDir(), "images")
-	if _, err := dump.Dump(context.Background(), dump.Options{Pid: p.Pid, Dir: dir}); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := syscall.Wait4(p.Pid, nil, syscall.WALL, nil); err != syscall.EINTR {
-			break
-		}
-	}
-	if !workloads.WaitGone(p.Pid, 10*time.Second) {
-		t.Fatalf("the dumped tree of %d still exists", p.Pid)
-	}
-	return dir, p.Dir
+	return dumpReaped(t, p, dump.Options{}), p.Dir
 }
 
 // holdPort binds a NETLINK_USERSOCK socket of ours to port in our net

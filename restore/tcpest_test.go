@@ -51,6 +51,13 @@ func dumpedWorkload(t *testing.T, name string, logs map[string]check.Next, n int
 	for l := range logs {
 		waitLogLines(t, p, l, n)
 	}
+	return p, dumpReaped(t, p, opts)
+}
+
+// dumpReaped dumps the running workload p with opts (which kills it),
+// reaps it (the test is its subreaper) and returns the images.
+func dumpReaped(t *testing.T, p *workloads.Process, opts dump.Options) string {
+	t.Helper()
 	opts.Pid, opts.Dir = p.Pid, filepath.Join(t.TempDir(), "images")
 	if _, err := dump.Dump(context.Background(), opts); err != nil {
 		t.Fatal(err)
@@ -63,7 +70,7 @@ func dumpedWorkload(t *testing.T, name string, logs map[string]check.Next, n int
 	if !workloads.WaitGone(p.Pid, 10*time.Second) {
 		t.Fatalf("the dumped tree of %d still exists", p.Pid)
 	}
-	return p, opts.Dir
+	return opts.Dir
 }
 
 func waitLogLines(t *testing.T, p *workloads.Process, name string, n int) {

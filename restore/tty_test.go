@@ -34,23 +34,8 @@ func TestPlanShellJob(t *testing.T) {
 	sh := terminal.StartShell(t, term, dir, workloads.Build(t, "ttyjob"))
 	pid := sh.Job(t)
 	term.Expect(t, "ready\r\n")
-	imgs := filepath.Join(t.TempDir(), "images")
-	if _, err := dump.Dump(context.Background(), dump.Options{Pid: pid, Dir: imgs, ShellJob: true}); err != nil {
-		t.Fatal(err)
-	}
-	if how := sh.Ended(t); how != "signal 9" {
-		t.Fatalf("the dumped job: %s, want signal 9", how)
-	}
+	imgs := dumpShellJob(t, sh, pid, pid)
 	d, err := images.Open(imgs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = NewPlan(d)
-	var pe *PlanError
-	if !errors.As(err, &pe) || pe.PID != pid || pe.File != "pstree.img" || !strings.Contains(err.Error(), "--shell-job") {
-		t.Fatalf("planning a shell job without ShellJob: %v; want a PlanError of task %d, pstree.img, naming --shell-job", err, pid)
-	}
-	d, err = images.Open(imgs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,32 +94,9 @@ func TestPlanShellJobPidNS(t *testing.T) {
 					"exec "+workloads.Build(t, "counter")+" </dev/null >/dev/null 2>&1")
 				(&workloads.Process{Dir: dir}).WaitFile(t, "out.log")
 			}
-			pid := sh.Init(t)
-			// the job is ours to end if the dump does not (a pidfd: its
-			// pid may be another's by the time the test ends)
-			if pidfd, err := unix.PidfdOpen(pid, 0); err == nil {
-				t.Cleanup(func() {
-					unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
-					unix.Close(pidfd)
-				})
-			}
-			imgs := filepath.Join(t.TempDir(), "images")
-			if _, err := dump.Dump(context.Background(), dump.Options{Pid: pid, Dir: imgs, ShellJob: true}); err != nil {
-				t.Fatal(err)
-			}
-			if how := sh.Ended(t); how != "signal 9" {
-				t.Fatalf("the dumped job: %s, want signal 9", how)
-			}
+			imgs := dumpShellJob(t, sh, sh.Init(t), 1)
 			d, err := images.Open(imgs)
 			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = NewPlan(d)
-			var pe *PlanError
-			if !errors.As(err, &pe) || pe.PID != 1 || pe.File != "pstree.img" || !strings.Contains(err.Error(), "--shell-job") {
-				t.Fatalf("planning a shell job without ShellJob: %v; want a PlanError of task 1, pstree.img, naming --shell-job", err)
-			}
-			if d, err = images.Open(imgs); err != nil {
 				t.Fatal(err)
 			}
 			p, err := NewPlan(d, Options{ShellJob: true})
@@ -151,6 +113,39 @@ func TestPlanShellJobPidNS(t *testing.T) {
 			}
 		})
 	}
+}
+
+// dumpShellJob dumps the shell job of sh whose root is pid (host pid)
+// with ShellJob, which kills it, and checks that its images, planned
+// without ShellJob, are refused naming task root (its image pid),
+// pstree.img and the flag; it returns the images. The job is ended
+// through a pidfd if the dump does not end it (its pid may be another's
+// by the time the test ends).
+func dumpShellJob(t *testing.T, sh *terminal.Shell, pid, root int) string {
+	t.Helper()
+	if pidfd, err := unix.PidfdOpen(pid, 0); err == nil {
+		t.Cleanup(func() {
+			unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
+			unix.Close(pidfd)
+		})
+	}
+	imgs := filepath.Join(t.TempDir(), "images")
+	if _, err := dump.Dump(context.Background(), dump.Options{Pid: pid, Dir: imgs, ShellJob: true}); err != nil {
+		t.Fatal(err)
+	}
+	if how := sh.Ended(t); how != "signal 9" {
+		t.Fatalf("the dumped job: %s, want signal 9", how)
+	}
+	d, err := images.Open(imgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = NewPlan(d)
+	var pe *PlanError
+	if !errors.As(err, &pe) || pe.PID != root || pe.File != "pstree.img" || !strings.Contains(err.Error(), "--shell-job") {
+		t.Fatalf("planning a shell job without ShellJob: %v; want a PlanError of task %d, pstree.img, naming --shell-job", err, root)
+	}
+	return imgs
 }
 
 // TestTermiosOf decodes termios entries as CRIU 4.2 wrote them: c_cc
