@@ -21,52 +21,72 @@ func init() {
 		usage: "-D DIR [-d] [-s] [--tcp-established] [--shell-job] [--pidfile FILE]",
 		short: "restore a process tree from a CRIU image directory",
 		long: `
-restore brings back the process tree checkpointed in DIR (CRIU 4.2 images)
-and lets it run on: the same pids and tids (in a new pid namespace, or
-crest's own when the tree had none), sessions and process groups (with
-helper tasks for leaders that are gone), zombies, memory (shared memory
-too), registers, threads, files, pipes, FIFOs, memfds, eventfds,
-signalfds, timerfds and epolls, inotify files with their watches (each
-at its wd, on the file it watched), unix sockets, TCP listeners and UDP
-sockets, established TCP connections with --tcp-established (IPv4 and
-IPv6, as CRIU: each socket made anew in repair mode with its sequence
-numbers, queued data, window, MSS, window scales, options and timestamp
-clock, and let out of repair mode once the tree is restored, before it
-runs; without the flag an image set with one is refused), half-closed
-connections too (FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING;
-as CRIU: made ESTABLISHED in repair mode, then brought to their state
-by their own FIN, queued with shutdown(2), and the peer's FIN or ACK,
-sent from the peer's address through a raw socket; those that need the
-peer's need both ends on loopback and in the images), files' owners
-for SIGIO (F_SETOWN), signal handlers, pending signals, interval and
-POSIX timers, seccomp (strict mode and filters, each thread's in their
-order), personality, child subreaper, oom_score_adj (when it can be set:
-lowering it needs CAP_SYS_RESOURCE, a warning says when not), each
-thread's parent-death signal, nice value and scheduling policy, the
-monotonic and boot-time clocks (as CRIU, the tree gets a time namespace
-whose clocks go on from those of the dump), UTS and IPC namespaces of
-the tree's own (as CRIU: the root is born in new ones, filled before any
-task forks with the hostname and domain name, the IPC sysctls, and the
-SysV shared memory segments, semaphore sets and message queues, each
-with its id, key, mode, owner and content, then attached again by each
-task that had one attached, at its address, read-only where it was),
-and stopped tasks (stopped
-again by their own signal; a task that does not stop fails the
-restore).
+restore brings back the process tree checkpointed in DIR (CRIU 4.2 images,
+written by criu dump or crest dump) and lets it run on.
+
+What comes back:
+- tasks: the same pids and tids (in a new pid namespace, or crest's own
+  when the tree had none), parents, sessions and process groups (with
+  helper tasks for leaders that are gone), threads, zombies, and stopped
+  tasks (stopped again by their own signal; a task that does not stop
+  fails the restore);
+- memory: private and shared anonymous memory, file mappings (shared
+  ones opened with the access they were mapped with), memfds, the vdso,
+  SysV shared memory attached again at its address (read-only where it
+  was);
+- per task and thread: registers and FPU state, signal handlers and
+  masks, pending signals, interval and POSIX timers, seccomp (strict
+  mode and filters, each thread's in their order), credentials,
+  resource limits, personality, child subreaper, oom_score_adj (when it
+  can be set: lowering it needs CAP_SYS_RESOURCE, a warning says when
+  not), parent-death signal, nice value and scheduling policy;
+- files: regular files and directories, files deleted while open or
+  mapped (CRIU's ghost files, made again from their contents and
+  unlinked before the tree runs), pipes and FIFOs with their data,
+  eventfds, signalfds, timerfds, epolls, inotify files with their
+  watches (each at its wd, on the file it watched), owners for SIGIO
+  (F_SETOWN);
+- sockets: unix sockets with their queued data, TCP listeners, UDP
+  sockets, netlink sockets (bound to their port and groups, connected
+  where they were), and established TCP connections with
+  --tcp-established (see below);
+- terminals: ptys with both ends in the tree (a /dev/ptmx master and its
+  slaves) with their number (refused if it is taken), termios, window
+  size, packet mode, lock and queued data, a session leader's
+  controlling terminal and foreground group; a shell's job with
+  --shell-job (see below);
+- namespaces of the tree's own (the root's), each made again before any
+  task forks:
+  - time: the monotonic and boot-time clocks go on from those of the dump;
+  - UTS: hostname and domain name;
+  - IPC: the IPC sysctls, and the SysV shared memory segments, semaphore
+    sets and message queues with their ids, keys, modes, owners and
+    contents;
+  - net, with only its loopback: the namespace's sysctls, the loopback's
+    flags, MTU and sysctls, addresses, routes and rules (from CRIU's ip
+    dumps, over netlink), iptables and nftables rules (through
+    iptables-restore and nft, which must be installed when the images
+    have rules), and the tree's sockets made inside it;
+  - mount: proc, sysfs, devtmpfs, tmpfs (with its files), devpts,
+    mqueue, cgroup, debugfs and tracefs mounts and bind mounts, all
+    private, made as they were and checked against mountinfo.
+
 Without -d crest stays the parent of the restored root and exits with its
 status (128+N when a signal N ended it; an interrupted crest kills the
 tree); with -d it leaves the tree running and exits once the restore is
 complete. With -s (--leave-stopped) every task is left stopped by SIGSTOP,
 to be looked at before a SIGCONT lets it run on.
 
-With --shell-job a job dumped with --shell-job (by criu or crest) comes
-back as criu restore --shell-job brings it: in crest's session (and
-group, when the root did not lead its own), its files that were on the
-shell's terminal on crest's terminal (the one on crest's stdin, which
-must be one), which gets the termios, locked termios, window size and
-owner of the dump, and the job in that terminal's foreground, so that it
-reads what is typed there and gets its ^C and ^Z. Without the flag such
-an image set is refused.
+With --tcp-established, established TCP connections (IPv4 and IPv6) come
+back as CRIU brings them: each socket made anew in repair mode with its
+sequence numbers, queued data, window, MSS, window scales, options and
+timestamp clock, and let out of repair mode once the tree is restored,
+before it runs; without the flag an image set with one is refused.
+Half-closed connections (FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK,
+CLOSING) too: as CRIU, made ESTABLISHED in repair mode, then brought to
+their state by their own FIN, queued with shutdown(2), and the peer's
+FIN or ACK, sent from the peer's address through a raw socket; those
+that need the peer's need both ends on loopback and in the images.
 
 Connections that criu dump --tcp-established left behind its network
 lock (--network-lock iptables, the default, or nftables: the inventory
@@ -78,19 +98,27 @@ longer there is passed over; if the tool is missing or fails, a warning
 names each connection that may stay blocked and the command to run by
 hand, and the restore goes on. crest dump sets no lock.
 
-Ptys with both ends in the tree (a /dev/ptmx master and its slaves)
-come back with their number (refused if it is taken), termios, window
-size, packet mode, lock and queued data; a session leader gets its
-slave back as its controlling terminal, with its foreground group.
+With --shell-job a job dumped with --shell-job (by criu or crest) comes
+back as criu restore --shell-job brings it: in crest's session (and
+group, when the root did not lead its own), its files that were on the
+shell's terminal on crest's terminal (the one on crest's stdin, which
+must be one), which gets the termios, locked termios, window size and
+owner of the dump, and the job in that terminal's foreground, so that it
+reads what is typed there and gets its ^C and ^Z. Without the flag such
+an image set is refused.
 
-Not restored yet: SCHED_DEADLINE, net, mount, user and cgroup
-namespaces, tasks in UTS or IPC namespaces other than the root's,
-TCP connections in SYN_SENT (a connect in progress), other special
-files (fanotify, consoles ...), inotify
+Not restored yet: user and cgroup namespaces, cgroup membership
+(cgroup.img), tasks in namespaces other than the root's, net devices
+other than the loopback, shared, slave or external mounts, a root that
+is not a whole file system (criu restore --root), unix sockets connected
+outside the tree, packet sockets, TCP connections in SYN_SENT (a connect
+in progress), other special files (fanotify, consoles ...), inotify
 events queued at the dump (CRIU does not keep them either), SysV
-attachments with a part unmapped or moved (as CRIU), hugetlb memfds, and capabilities crest itself does not have. Image sets
-that need them are refused with an error naming the task and the image
-(at planning) or the stage and step (during the restore).`,
+attachments with a part unmapped or moved (as CRIU), hugetlb memfds,
+SCHED_DEADLINE, and capabilities crest itself does not have. Image sets
+that need them are refused with an error naming the image, entry and
+task (at planning) or the stage and step (during the restore); a failed
+restore leaves no process, file, mount or namespace behind.`,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			dir := fs.StringP("images-dir", "D", "", "restore the image directory `DIR`")
 			detach := fs.BoolP("restore-detached", "d", false, "leave the restored tree running and exit")
