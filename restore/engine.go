@@ -189,6 +189,7 @@ func (r *Restore) Detach() { r.release() }
 
 func (r *Restore) run(ctx context.Context) error {
 	p := r.plan
+	r.awaitReaped(ctx) // pidinuse.go
 	if err := checkVDSO(p); err != nil {
 		return &StageError{Stage: StageRootTask, Step: "check vdso", Err: err}
 	}

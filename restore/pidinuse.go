@@ -1,10 +1,15 @@
 package restore
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/crest-restore/crest/internal/procfs"
 )
@@ -78,4 +83,81 @@ func procTgid(id int) int {
 		}
 	}
 	return 0
+}
+
+// reapWait is how long a restore into crest's own pid namespace waits for
+// zombies that still hold a pid it needs: a tree that crest dump or criu
+// dump has just killed leaves zombies until their parents (often pid 1)
+// reap them, and a restore right after the dump would fail with EEXIST.
+const reapWait = 5 * time.Second
+
+// awaitReaped waits, up to reapWait, until no zombie holds a pid the
+// tree's tasks need as their own, as a process group or as a session. It
+// does not wait for a live holder, which will not go away: the fork then
+// fails and names it (PIDInUseError). A tree in a pid namespace of its own
+// needs none of these pids. The free case costs two kill(2) probes a task.
+func (r *Restore) awaitReaped(ctx context.Context) {
+	p := r.plan
+	if p.NewPIDNS {
+		return
+	}
+	var held []int
+	for _, t := range p.Tasks {
+		if pidTaken(t.PID) {
+			held = append(held, t.PID)
+		}
+	}
+	if len(held) == 0 || !onlyZombies(held) {
+		return
+	}
+	r.log.Warn("waiting for zombies to be reaped: they hold pids the tree needs", "pids", held, "holders", pidHolders(held[0]), "at_most", reapWait)
+	deadline := time.Now().Add(reapWait)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+		held = slices.DeleteFunc(held, func(pid int) bool { return !pidTaken(pid) })
+		if len(held) == 0 || !onlyZombies(held) {
+			return
+		}
+	}
+}
+
+// pidTaken: a process with pid, or a process group with that id, exists
+// (zombies included). A session whose members all lead groups of their
+// own is not seen; the fork then names it.
+func pidTaken(pid int) bool {
+	for _, id := range []int{pid, -pid} {
+		if err := unix.Kill(id, 0); err == nil || err == unix.EPERM {
+			return true
+		}
+	}
+	return false
+}
+
+// onlyZombies: every process that is, or whose group or session is, one
+// of pids is a zombie. One read of /proc.
+func onlyZombies(pids []int) bool {
+	want := map[int]bool{}
+	for _, pid := range pids {
+		want[pid] = true
+	}
+	d, err := os.Open("/proc")
+	if err != nil {
+		return false
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, name := range names {
+		p, err := strconv.Atoi(name)
+		if err != nil {
+			continue
+		}
+		st, err := procfs.ReadStat("/proc/" + name + "/stat")
+		if err != nil {
+			continue // gone since
+		}
+		if (want[p] || want[int(st.Field(5))] || want[int(st.Field(6))]) && st.State != 'Z' {
+			return false
+		}
+	}
+	return true
 }

@@ -77,6 +77,13 @@ tree); with -d it leaves the tree running and exits once the restore is
 complete. With -s (--leave-stopped) every task is left stopped by SIGSTOP,
 to be looked at before a SIGCONT lets it run on.
 
+A tree that had no pid namespace of its own comes back into crest's,
+with the pids it had, which must be free. A tree that a dump has just
+killed leaves zombies until their parents reap them (pid 1 may take a
+while), and they keep its pids taken: the restore waits up to 5 s for
+pids that only zombies hold, with a warning, and fails naming whatever
+still holds one.
+
 With --tcp-established, established TCP connections (IPv4 and IPv6) come
 back as CRIU brings them: each socket made anew in repair mode with its
 sequence numbers, queued data, window, MSS, window scales, options and
