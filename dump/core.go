@@ -437,9 +437,8 @@ func threadCore(t *task, th *thread, to *taskOnly, leader bool) (*criu_core.Core
 		SignalsP:    signalQueue(pending),
 		Creds:       cr,
 		Comm:        proto.String(strings.TrimSuffix(string(comm), "\n")),
-		// crest dumps no cgroups: every thread is in the one set the
-		// inventory's root_cg_set names, as in CRIU's images of a tree
-		// in the dumper's own cgroup.
+		// crest's own cgroup set (the inventory's root_cg_set); dumpTask
+		// puts in the thread's own (cgroup.go)
 		CgSet: proto.Uint32(1),
 	}
 	if policy := st.Field(41); policy == 1 || policy == 2 { // SCHED_FIFO, SCHED_RR

@@ -95,6 +95,8 @@ type dumper struct {
 	// ownMnt: the tree has a mount namespace of its own (the root's,
 	// every task in it: mntns.go)
 	ownMnt bool
+	// cgroups are the cgroup sets of the tree's threads (cgroup.go)
+	cgroups *cgroups
 }
 
 func (d *dumper) path(name string) string { return filepath.Join(d.tmp, name) }
@@ -220,6 +222,9 @@ func (d *dumper) run(ctx context.Context) (*Result, error) {
 	res := &Result{Tasks: len(d.tree.tasks)}
 	d.obs.stage(StageCollect)
 	if err := d.pidsAndNamespaces(); err != nil {
+		return nil, err
+	}
+	if err := d.collectCgroups(); err != nil { // cgroup.go
 		return nil, err
 	}
 	// before the cores: they hold the index of each thread's filters
@@ -355,6 +360,7 @@ func (d *dumper) dumpTask(t *task) error {
 		if err != nil {
 			return err
 		}
+		core.ThreadCore.CgSet = proto.Uint32(d.cgSetOf(th.tid)) // cgroup.go
 		if err := d.write(fmt.Sprintf("core-%d.img", th.nsTid), images.KindCore, images.Entry{Message: core}); err != nil {
 			return err
 		}
@@ -505,6 +511,9 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 		return err
 	}
 	if err := d.writeMnt(); err != nil { // mntns.go
+		return err
+	}
+	if err := d.writeCgroups(); err != nil { // cgroup.go
 		return err
 	}
 	inv := &inventory.InventoryEntry{

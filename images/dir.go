@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/cgroup"
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	fsimg "github.com/checkpoint-restore/go-criu/v8/crit/images/fs"
@@ -274,6 +275,13 @@ func (d *Dir) readPagemap(name string) (*Pagemap, error) {
 // Seccomp returns the seccomp filters of the image set, or nil.
 func (d *Dir) Seccomp() (*seccomp.SeccompEntry, error) {
 	return loadOptionalOne[*seccomp.SeccompEntry](d, KindSeccomp, "seccomp.img")
+}
+
+// Cgroup returns the entry of cgroup.img (the tree's cgroup sets and the
+// cgroups the dump walked), or nil when the image set has none: CRIU
+// writes it only when a task was in other cgroups than the dumping criu.
+func (d *Dir) Cgroup() (*cgroup.CgroupEntry, error) {
+	return loadOptionalOne[*cgroup.CgroupEntry](d, KindCgroup, "cgroup.img")
 }
 
 // Timens returns the clocks of timens-0.img (the dump's, for a tree in the

@@ -83,6 +83,7 @@ type Restore struct {
 	stopSteps      []StepEvent      // the "stop" step of each, for COMPLETE
 	inherited      inheritedRlimits
 	terminal       *shellTerminal // what a shell job changed on crest's terminal (tty.go)
+	cgroups        *cgroupRun     // the cgroups the restore made (cgroup.go)
 	closed         bool
 }
 
@@ -189,6 +190,8 @@ func (r *Restore) Detach() { r.release() }
 
 func (r *Restore) run(ctx context.Context) error {
 	p := r.plan
+	// the wait of the first cgroup move, begun early (cgroup.go)
+	r.warmCgroupMoves()
 	r.awaitReaped(ctx) // pidinuse.go
 	if err := checkVDSO(p); err != nil {
 		return &StageError{Stage: StageRootTask, Step: "check vdso", Err: err}
@@ -322,12 +325,18 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 			if err := r.prepareNamespaces(); err != nil {
 				return err
 			}
+			if err := r.prepareCgroups(); err != nil { // cgroup.go: made, the root in its own
+				return err
+			}
 		case StageForking:
 			// The tasks restore their memory while the engine learns
 			// their host pids: nothing in RESTORE waits for those. What
 			// FORKING did is taken before the switch and told after,
 			// with the host pids, ahead of the switch itself, so that
 			// observers see the usual order.
+			if err := r.cgroupsAfterForking(); err != nil { // cgroup.go: before their memory
+				return err
+			}
 			if st != until {
 				steps, arrivals := r.collect(st)
 				ev, err := r.switchQuietly(st + 1)
@@ -354,6 +363,11 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 				return &StageError{Stage: st, Err: err}
 			}
 		case StageRestore:
+			// threads into their cgroups, and the limits of the cgroups
+			// made, now that memory and forks are done (cgroup.go)
+			if err := r.cgroupsAfterRestore(); err != nil {
+				return err
+			}
 			// every thread exists and has its files now (fown.go)
 			if err := r.setOwners(); err != nil {
 				return &StageError{Stage: st, Step: "file owners", Err: err}

@@ -61,6 +61,9 @@ type Plan struct {
 	// mntImages are the mountpoints-*.img of the image set, which only
 	// the tree's own mount namespace may have (checkMntImages).
 	mntImages []string
+	// Cgroups, when set, are the tree's cgroups (cgroup.img): where each
+	// task and thread goes, the cgroups to make (cgroup.go).
+	Cgroups *Cgroups
 
 	seccomp *seccomp.SeccompEntry // seccomp.img, once a thread needed it (seccompFilters)
 	// NrThreads counts the threads of the tasks of the images, one for
@@ -473,6 +476,9 @@ func NewPlan(d *images.Dir, opts ...Options) (*Plan, error) {
 			return nil, err
 		}
 	}
+	if err := p.planCgroups(); err != nil { // cgroup.go
+		return nil, err
+	}
 	if err := p.planTCPConnections(); err != nil { // tcpest.go
 		return nil, err
 	}
@@ -855,7 +861,7 @@ func (p *Plan) checkNamespaces() error {
 		return fmt.Errorf("images directory %s: %w", p.Dir.Path, err)
 	}
 	slices.Sort(names) // the first in name order is named, as a glob would
-	for _, pat := range []string{"userns-*.img", "cgroup.img"} {
+	for _, pat := range []string{"userns-*.img"} {
 		for _, name := range names {
 			if ok, _ := filepath.Match(pat, name); ok {
 				return &PlanError{File: name, Msg: notRestoredNS}
@@ -868,6 +874,9 @@ func (p *Plan) checkNamespaces() error {
 		}
 		if ok, _ := filepath.Match("mountpoints-*.img", name); ok {
 			p.mntImages = append(p.mntImages, name)
+		}
+		if name == cgroupImage {
+			p.Cgroups = &Cgroups{} // planned with the cores (planCgroups)
 		}
 	}
 	return nil

@@ -13,8 +13,10 @@ import (
 // init, whose death takes every task of the namespace; in crest's pid
 // namespace every task of the tree is killed, found from the root down
 // again until no new one turns up (a task may be forking while the
-// rollback begins). The root is reaped here.
-func (r *Restore) rollback() error {
+// rollback begins). The root is reaped here. Then the cgroups the restore
+// made go (cgroup.go).
+func (r *Restore) rollback() (err error) {
+	defer func() { err = errors.Join(err, r.removeCgroups()) }()
 	if r.shared == nil {
 		return nil
 	}

@@ -55,6 +55,16 @@ its own terminal. Ptys with both ends in the tree (a /dev/ptmx
 master and its slaves) are dumped as CRIU dumps them, with the data
 queued in each end (tty-data.img), which the tree keeps.
 
+Cgroups are dumped as CRIU 4.2 dumps them: when a thread of the tree is
+in other cgroups than crest itself, cgroup.img holds each thread's set
+of cgroups and every cgroup below them with its mode, owner and the
+properties CRIU dumps (pids.max, memory.limit_in_bytes and the other
+memory limits, cpu.shares and the CFS and RT settings, cpuset.*,
+blkio.weight, devices.list, net_cls and net_prio,
+cgroup.subtree_control, cgroup.type ...), and each core names its
+thread's set; a tree in crest's own cgroups gets none. Every hierarchy
+the tree is in must be mounted.
+
 State crest cannot restore fails the dump with a message naming the task
 and the resource: established TCP connections without --tcp-established,
 connects in progress (SYN_SENT), unix sockets connected

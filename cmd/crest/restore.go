@@ -69,7 +69,19 @@ What comes back:
     have rules), and the tree's sockets made inside it;
   - mount: proc, sysfs, devtmpfs, tmpfs (with its files), devpts,
     mqueue, cgroup, debugfs and tracefs mounts and bind mounts, all
-    private, made as they were and checked against mountinfo.
+    private, made as they were and checked against mountinfo;
+- cgroups (cgroup.img, which criu dump and crest dump write when the
+  tree was in other cgroups than the dumper): every task and thread goes
+  back into its cgroups (v1 hierarchies and cgroup v2, threaded ones
+  too) before it restores its memory, as criu restore's default
+  --manage-cgroups=soft does: a cgroup that exists is used as it is (its
+  limits, mode and owner untouched), one that does not is made with the
+  mode, owner and properties of the dump (cpuset.cpus and the like at
+  once; pids.max, memory and cpu limits once the tree is restored). A
+  task that was in the dumper's own cgroups goes into crest's. The
+  hierarchies must be mounted (anywhere); cgroup namespace prefixes and
+  freezer.state (criu dump --freeze-cgroup) are refused. A failed
+  restore removes the cgroups it made.
 
 Without -d crest stays the parent of the restored root and exits with its
 status (128+N when a signal N ended it; an interrupted crest kills the
@@ -114,8 +126,8 @@ owner of the dump, and the job in that terminal's foreground, so that it
 reads what is typed there and gets its ^C and ^Z. Without the flag such
 an image set is refused.
 
-Not restored yet: user and cgroup namespaces, cgroup membership
-(cgroup.img), tasks in namespaces other than the root's, net devices
+Not restored yet: user and cgroup namespaces, tasks in namespaces
+other than the root's, net devices
 other than the loopback, shared, slave or external mounts, a root that
 is not a whole file system (criu restore --root), unix sockets connected
 outside the tree, packet sockets, TCP connections in SYN_SENT (a connect

@@ -162,6 +162,7 @@ var Programs = map[string]Program{
 	// job control does (dump/tty_test.go).
 	"ttyjob":   {Name: "ttyjob", Flags: []string{"-static", "-O2"}},
 	"ttyshell": {Name: "ttyshell", Flags: []string{"-static", "-O2"}},
+	"cgroups":  {Name: "cgroups", Flags: []string{"-static", "-O2", "-pthread"}}, // tasks holding memory, one with 2 threads, for the cgroup tests
 	// ptypair runs a child on a pty whose both ends are in the tree:
 	// the child's controlling terminal, a foreground group, packet mode,
 	// a locked pty, data queued both ways, all checked every tick.
