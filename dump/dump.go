@@ -45,6 +45,11 @@ type Options struct {
 	// TCPEstablished dumps established TCP connections, as criu dump
 	// --tcp-established (tcpest.go); without it they are refused.
 	TCPEstablished bool
+	// ExtUnixSk dumps unix sockets connected to a socket outside the
+	// tree, as criu dump --ext-unix-sk does (sockunix_ext.go): datagram
+	// sockets whose peer has a name, which a restore connects to that
+	// name again; without it they are refused.
+	ExtUnixSk bool
 	// GhostLimit is the most a file deleted while open or mapped may
 	// have on disk for its contents to be dumped (ghost.go), as criu
 	// dump --ghost-limit; 0 is CRIU's default, DefaultGhostLimit.
@@ -462,6 +467,9 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 		return err
 	}
 	if err := d.mntFileMounts(); err != nil { // mntns.go
+		return err
+	}
+	if err := d.externalUnixSockets(); err != nil { // sockunix_ext.go
 		return err
 	}
 	var files []images.Entry

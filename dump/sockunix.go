@@ -28,8 +28,8 @@ import (
 // SO_PEEK_OFF 0, the offset put back afterwards).
 //
 // What a restore could not bring back is refused here, as CRIU does or
-// stricter: a peer outside the dumped tree (an external socket, CRIU's
-// --ext-unix-sk), connections a listener has not accepted yet, a
+// stricter: a peer outside the dumped tree but as Options.ExtUnixSk
+// allows (sockunix_ext.go), connections a listener has not accepted yet, a
 // connection whose peer is gone without a shutdown, file descriptors or
 // credentials in a queue, a bound file removed since the bind (CRIU's
 // ghost sockets), sockets of another network namespace.
@@ -328,10 +328,9 @@ func boundFile(c int, d *unixDiag, ue *sk_unix.UnixSkEntry) (string, error) {
 	return "", nil
 }
 
-// peerInTree says why socket d can not be dumped when its peer is not
-// open in a task of t's tree (an external socket: restoring one end of a
-// connection alone is not possible), or, for a datagram socket whose peer
-// is connected elsewhere, when the peer has no name to connect to again.
+// peerInTree says why socket d can not be dumped when its peer, open in
+// a task of t's tree, is connected elsewhere and has no name to connect
+// to again. A peer outside the tree is left to externalUnixSockets.
 func (ft *fileTable) peerInTree(t *task, d *unixDiag) (string, error) {
 	if d.peer != d.ino {
 		if ft.held == nil {
@@ -342,7 +341,7 @@ func (ft *fileTable) peerInTree(t *task, d *unixDiag) (string, error) {
 			ft.held = held
 		}
 		if !ft.held[d.peer] {
-			return fmt.Sprintf("its peer socket:[%d] is not open in the dumped tree (external unix sockets are not supported)", d.peer), nil
+			return "", nil // an external socket: decided once the tree is dumped (sockunix_ext.go)
 		}
 	}
 	p, err := diagUnix(ft.net.diagSocket, d.peer)

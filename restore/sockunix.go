@@ -61,7 +61,8 @@ import (
 // directory the image names, from a thread whose working directory is its
 // own (unshare CLONE_FS), so that the socket gets the relative name.
 //
-// Refused at planning: a peer not in the image set (external sockets),
+// Refused at planning: a peer not in the image set (but for CRIU's
+// external sockets, sockunix_ext.go),
 // connections a listener had not accepted yet, file descriptors in a
 // queue (SCM_RIGHTS), an owner for SIGIO outside the tree, a name whose file was removed
 // since the bind (ghost sockets), CRIU's special sockets (uflags), and
@@ -87,6 +88,9 @@ type UnixSocket struct {
 	Queue [][]byte
 	// Peer is the socket it is connected to, nil when none (or gone).
 	Peer *File
+	// External is the peer outside the image set it is connected to
+	// instead (sockunix_ext.go).
+	External *UnixExternal
 	// Make is how the engine makes it: with Partner the other end of a
 	// pair or accepted connection, Listener the listener it comes from.
 	Make     UnixMake
@@ -297,6 +301,9 @@ func (p *Plan) unixSocketFile(t *Task, id uint32, e *sk_unix.UnixSkEntry) (*File
 	pe := set.byIno[e.GetPeer()]
 	if pe == nil {
 		return nil, bad("its peer socket:[%d] is not in the image set (external unix sockets are not supported)", e.GetPeer())
+	}
+	if pe.GetUflags()&uskExtern != 0 {
+		return p.externalUnixPeer(f, pe, bad) // sockunix_ext.go
 	}
 	if !set.held[pe.GetId()] {
 		return nil, bad("its peer socket:[%d] (file %d) is not open in any task of the image set (external unix sockets are not supported)", e.GetPeer(), pe.GetId())
@@ -607,7 +614,7 @@ func (b *unixBuild) connect(s *unixSockets, f *File, done map[*File]bool) error 
 		}
 		b.own(u.Partner, fd)
 	case UnixAlone, UnixFilled:
-		if u.Peer == nil {
+		if u.Peer == nil && u.External == nil {
 			return nil
 		}
 		for _, g := range s.order {
@@ -616,6 +623,9 @@ func (b *unixBuild) connect(s *unixSockets, f *File, done map[*File]bool) error 
 					return err
 				}
 			}
+		}
+		if u.External != nil {
+			return b.connectExternal(f) // sockunix_ext.go
 		}
 		if err := connectUnix(b.fds[f], u.Peer.Unix); err != nil {
 			return sockErr(f, fmt.Errorf("to %d (socket:[%d]): %w", u.Peer.ID, u.Peer.Unix.Ino, err))

@@ -15,7 +15,7 @@ import (
 func init() {
 	register(&verb{
 		name:  "dump",
-		usage: "-t PID -D DIR [--leave-running | -s] [--tcp-established] [--shell-job] [--ghost-limit SIZE] [--trace TARGET]",
+		usage: "-t PID -D DIR [--leave-running | -s] [--tcp-established] [--ext-unix-sk] [--shell-job] [--ghost-limit SIZE] [--trace TARGET]",
 		short: "checkpoint a process tree into a CRIU image directory",
 		long: `
 dump checkpoints the process tree rooted at PID (all its descendants and
@@ -46,6 +46,11 @@ connection's peer must be in the tree too. Half-closed connections
 same way, with their state, their shutdown bits and their FINs counted
 in the sequence numbers (not in the queues), as CRIU counts them.
 
+With --ext-unix-sk, a unix datagram socket connected to a socket outside
+the tree that has a name (syslog(3)'s, to /dev/log) is dumped as criu dump
+--ext-unix-sk dumps it: the peer is written as an external socket with
+its name, and a restore connects the socket to that name again.
+
 With --shell-job, a job started from an interactive shell is dumped as
 criu dump --shell-job does: its root's session (and group) may be the
 shell's, and its fds may be on the shell's terminal (a pty slave whose
@@ -68,7 +73,8 @@ the tree is in must be mounted.
 State crest cannot restore fails the dump with a message naming the task
 and the resource: established TCP connections without --tcp-established,
 connects in progress (SYN_SENT), unix sockets connected
-outside the tree, connections not accepted yet, packet sockets, netlink
+outside the tree (but datagram ones with --ext-unix-sk), connections
+not accepted yet, packet sockets, netlink
 sockets with messages queued (as CRIU), groups above 32 (as CRIU) or
 netlink options the images have no field for (NETLINK_PKTINFO,
 NETLINK_EXT_ACK ...), pty masters whose slave's session leader is
@@ -121,6 +127,7 @@ per task and its steps inside.`,
 			stopped := fs.BoolP("leave-stopped", "s", false, "leave the tree stopped (SIGSTOP) after the dump")
 			shellJob := fs.Bool("shell-job", false, "dump a job of an interactive shell: its session, group and terminal are the shell's")
 			tcpEst := fs.Bool("tcp-established", false, "checkpoint established TCP connections (TCP_REPAIR)")
+			extUnix := fs.Bool("ext-unix-sk", false, "dump unix datagram sockets connected to a named socket outside the tree, to connect to that name again at restore")
 			ghostLimit := fs.String("ghost-limit", "1M", "the most a deleted file may have on disk to be dumped with its contents (`SIZE`, with K, M or G)")
 			tf := addTraceFlags(fs)
 			return func(ctx context.Context, env *env, args []string) error {
@@ -145,7 +152,7 @@ per task and its steps inside.`,
 					return err
 				}
 				opts := dump.Options{Pid: *pid, Dir: *dir, LeaveRunning: *leave, LeaveStopped: *stopped, ShellJob: *shellJob,
-					TCPEstablished: *tcpEst, GhostLimit: limit, Log: env.log}
+					TCPEstablished: *tcpEst, ExtUnixSk: *extUnix, GhostLimit: limit, Log: env.log}
 				var rec *dumpRecorder
 				if len(targets) > 0 {
 					rec = newDumpRecorder(*dir)

@@ -46,10 +46,12 @@ What comes back:
   eventfds, signalfds, timerfds, epolls, inotify files with their
   watches (each at its wd, on the file it watched), owners for SIGIO
   (F_SETOWN);
-- sockets: unix sockets with their queued data, TCP listeners, UDP
-  sockets, netlink sockets (bound to their port and groups, connected
-  where they were), and established TCP connections with
-  --tcp-established (see below);
+- sockets: unix sockets with their queued data (datagram sockets
+  connected to a named socket outside the tree, which crest dump and
+  criu dump write with --ext-unix-sk, are connected to that name again),
+  TCP listeners, UDP sockets, netlink sockets (bound to their port and
+  groups, connected where they were), and established TCP connections
+  with --tcp-established (see below);
 - terminals: ptys with both ends in the tree (a /dev/ptmx master and its
   slaves) with their number (refused if it is taken), termios, window
   size, packet mode, lock and queued data, a session leader's
@@ -129,8 +131,8 @@ an image set is refused.
 Not restored yet: user and cgroup namespaces, tasks in namespaces
 other than the root's, net devices
 other than the loopback, shared, slave or external mounts, a root that
-is not a whole file system (criu restore --root), unix sockets connected
-outside the tree, packet sockets, TCP connections in SYN_SENT (a connect
+is not a whole file system (criu restore --root), unix stream sockets
+connected outside the tree (criu dump --ext-unix-sk=INO), packet sockets, TCP connections in SYN_SENT (a connect
 in progress), other special files (fanotify, consoles ...), inotify
 events queued at the dump (CRIU does not keep them either), SysV
 attachments with a part unmapped or moved (as CRIU), hugetlb memfds,

@@ -138,6 +138,8 @@ var Programs = map[string]Program{
 	// listening, accepted, bound to paths and abstract names, with data
 	// queued in each.
 	"unixsk": {Name: "unixsk", Flags: []string{"-static", "-O2"}},
+	// extunix sends to a listener outside its tree, as syslog(3) does (freestanding: a few pages).
+	"extunix": {Name: "extunix", Flags: []string{"-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector", "-fno-pie", "-no-pie", "-O2"}},
 	// memfd has a memfd whose size is not a page multiple.
 	"memfd": {Name: "memfd", Flags: []string{"-static", "-O2"}},
 	// dynamic is counter linked dynamically (libc.so.6 and ld-linux mapped).
