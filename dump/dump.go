@@ -100,6 +100,9 @@ type dumper struct {
 	// ownMnt: the tree has a mount namespace of its own (the root's,
 	// every task in it: mntns.go)
 	ownMnt bool
+	// userNS is the tree's own user namespace (the root's, every task in
+	// it: userns.go), nil when it is crest's
+	userNS *userNS
 	// cgroups are the cgroup sets of the tree's threads (cgroup.go)
 	cgroups *cgroups
 }
@@ -341,6 +344,9 @@ func (d *dumper) pidsAndNamespaces() error {
 			if kind == "uts" || kind == "ipc" || kind == "net" || kind == "mnt" {
 				continue // checkUTSIPC
 			}
+			if kind == "user" {
+				continue // checkUserNS
+			}
 			if ino != d.ns.own[kind] {
 				return &UnsupportedError{Task: t.pid, Resource: kind + " namespace",
 					Why: "namespaces other than the root's pid namespace are not supported"}
@@ -349,6 +355,9 @@ func (d *dumper) pidsAndNamespaces() error {
 		// the leader's tid in the root's namespace, read at the freeze
 		// (suspendSeccomp)
 		t.nsPid = t.threads[0].nsTid
+	}
+	if err := d.checkUserNS(); err != nil { // userns.go
+		return err
 	}
 	return d.checkUTSIPC()
 }
@@ -365,6 +374,8 @@ func (d *dumper) dumpTask(t *task) error {
 		if err != nil {
 			return err
 		}
+		// the ids as the tree's user namespace sees them (userns.go)
+		d.userCreds(core)
 		core.ThreadCore.CgSet = proto.Uint32(d.cgSetOf(th.tid)) // cgroup.go
 		if err := d.write(fmt.Sprintf("core-%d.img", th.nsTid), images.KindCore, images.Entry{Message: core}); err != nil {
 			return err

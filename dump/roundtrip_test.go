@@ -141,6 +141,7 @@ func TestRoundTrip(t *testing.T) {
 		// O_TMPFILE file, each checked every tick (one inode for both
 		// tasks, the holes, the offsets, still deleted).
 		{"ghost", map[string]check.Next{"out-parent.log": check.Counter, "out-child.log": check.Counter}, nil},
+		{"userns", usernsLogs, usernsState}, // userns_test.go
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := workloads.Start(t, tc.name)

@@ -83,6 +83,8 @@ type Restore struct {
 	stopSteps      []StepEvent      // the "stop" step of each, for COMPLETE
 	inherited      inheritedRlimits
 	terminal       *shellTerminal // what a shell job changed on crest's terminal (tty.go)
+	holder         *fileHolder    // shares the engine's files with a tree in a user namespace (userns.go)
+	sight          *procSight     // a proc in sight for each proc the tree's mount namespace needs (userns.go)
 	cgroups        *cgroupRun     // the cgroups the restore made (cgroup.go)
 	closed         bool
 }
@@ -318,6 +320,10 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 			}
 			if r.rootPidfd < 0 {
 				return &StageError{Stage: st, Err: errors.New("the root arrived, but task_entries has no pid of it")}
+			}
+			// the root waits in its new user namespace for its maps
+			if err := r.prepareUserNS(); err != nil { // userns.go
+				return err
 			}
 		case StagePrepareNamespaces:
 			// the root waits at the barrier in its new UTS and IPC

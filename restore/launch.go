@@ -41,7 +41,7 @@ func (r *Restore) launch(planBytes []byte) error {
 	}
 	keep(planFile)
 	// The tasks take the engine's files through this pidfd.
-	selfPidfd, err := pidfdOpen(os.Getpid())
+	selfPidfd, err := r.filesPidfd() // userns.go
 	if err != nil {
 		return fail(err)
 	}

@@ -206,7 +206,10 @@ func (p *Plan) loadMnt(id uint32) (*MntNamespace, error) {
 		pending = next
 	}
 	for _, m := range ns.Mounts {
-		if !strings.HasPrefix(m.Mountpoint, strings.TrimSuffix(m.Parent.Mountpoint, "/")+"/") {
+		// on its parent's mount point itself: mounted over it (a proc
+		// of its own over the one a user namespace must see to mount it)
+		over := m.Mountpoint == m.Parent.Mountpoint && m.Parent != ns.Root
+		if !over && !strings.HasPrefix(m.Mountpoint, strings.TrimSuffix(m.Parent.Mountpoint, "/")+"/") {
 			return nil, bad(m, "not under its parent's mount point %s", m.Parent.Mountpoint)
 		}
 	}

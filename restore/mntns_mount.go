@@ -167,6 +167,20 @@ func (r *Restore) makeMounts(ns *MntNamespace) (res *mounted, err error) {
 		tarballs[m] = f
 	}
 
+	// In a user namespace of its own the copies of the engine's mounts
+	// are locked to the root mount: the tree gets a copy of the engine's
+	// root mount alone instead (userns.go).
+	clone := -1
+	if r.plan.User != nil {
+		if clone, err = cloneEngineRoot(); err != nil {
+			return res, err
+		}
+		keep(clone)
+		if r.sight, err = newProcSight(ns); err != nil {
+			return res, err
+		}
+		defer r.sight.close()
+	}
 	if err := unix.Unshare(unix.CLONE_FS); err != nil {
 		return res, fmt.Errorf("leave the engine's file system context: %w", os.NewSyscallError("unshare", err))
 	}
@@ -176,7 +190,12 @@ func (r *Restore) makeMounts(ns *MntNamespace) (res *mounted, err error) {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return res, fmt.Errorf("make the copied mounts private: %w", os.NewSyscallError("mount", err))
 	}
-	if err := detachCopies(procfd); err != nil {
+	if clone >= 0 {
+		err = pivotToClone(clone)
+	} else {
+		err = detachCopies(procfd)
+	}
+	if err != nil {
 		return res, err
 	}
 	// The root mount: the engine's / with the dumped flags.
@@ -254,7 +273,7 @@ func (r *Restore) makeMount(m *Mount, at map[*Mount]int, pidns int, tar string, 
 		sflags &^= unix.MS_RDONLY
 	}
 	if m.Code == mnt.Fstype_PROC {
-		if err := mountProc(m, sflags, pidns); err != nil {
+		if err := mountProc(m, sflags, pidns, r.sight); err != nil {
 			return err
 		}
 	} else if err := unix.Mount(m.Source, m.Mountpoint, m.FSType, sflags, m.Options); err != nil {
@@ -265,6 +284,9 @@ func (r *Restore) makeMount(m *Mount, at map[*Mount]int, pidns int, tar string, 
 	}
 	if tarball != nil {
 		if err := untar(tar, m, tarball); err != nil {
+			return err
+		}
+		if err := shiftOwners(m.Mountpoint, r.plan.User); err != nil { // userns.go
 			return err
 		}
 	}
@@ -284,7 +306,7 @@ func (r *Restore) makeMount(m *Mount, at map[*Mount]int, pidns int, tar string, 
 // mountProc mounts a proc of the root's pid namespace (pidns), where
 // CRIU's root task mounts it from: the engine is not in that namespace,
 // so it is named (fsconfig pidns, Linux 6.18).
-func mountProc(m *Mount, sflags uintptr, pidns int) error {
+func mountProc(m *Mount, sflags uintptr, pidns int, sight *procSight) error {
 	fsfd, err := unix.Fsopen("proc", unix.FSOPEN_CLOEXEC)
 	if err != nil {
 		return os.NewSyscallError("fsopen", err)
@@ -331,9 +353,9 @@ func mountProc(m *Mount, sflags uintptr, pidns int) error {
 			attrs |= a.attr
 		}
 	}
-	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, attrs)
+	mfd, err := sight.fsmount(fsfd, attrs, m.Mountpoint) // userns.go
 	if err != nil {
-		return os.NewSyscallError("fsmount", err)
+		return err
 	}
 	defer unix.Close(mfd)
 	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, m.Mountpoint, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {

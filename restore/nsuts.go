@@ -93,12 +93,16 @@ func (p *Plan) loadNamespaces() error {
 }
 
 // checkNSImages refuses images of namespaces not the tree's own
-// (checkNetImages, checkMntImages).
+// (checkNetImages, checkMntImages), and plans the tree's own user
+// namespace last, which owns the others (planUserNS, userns.go).
 func (p *Plan) checkNSImages() error {
 	if err := p.checkNetImages(); err != nil {
 		return err
 	}
-	return p.checkMntImages()
+	if err := p.checkMntImages(); err != nil {
+		return err
+	}
+	return p.planUserNS()
 }
 
 func (p *Plan) loadUTS(id uint32) (*UTSNamespace, error) {
@@ -139,6 +143,9 @@ func (p *Plan) namespaceFlags() uint32 {
 	}
 	if p.Mnt != nil {
 		f |= agent.PlanNewNS
+	}
+	if p.User != nil {
+		f |= agent.PlanNewUser
 	}
 	return f
 }

@@ -263,7 +263,7 @@ func TestPlanNamespaces(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "netns-2.img"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	wantPlanError(t, dir, "netns-2.img: net, mount and user namespaces and cgroups are not restored yet")
+	wantPlanError(t, dir, "netns-2.img: namespaces other than the root's are not restored yet")
 }
 
 // logAfter returns what log (in dir) holds past offset from.

@@ -61,6 +61,14 @@ type Plan struct {
 	// mntImages are the mountpoints-*.img of the image set, which only
 	// the tree's own mount namespace may have (checkMntImages).
 	mntImages []string
+	// User, when set, is the user namespace the tree had of its own: the
+	// root is born in a new one, which owns its other new namespaces, and
+	// whose maps the engine writes at ROOT_TASK (userns.go). nil: the tree
+	// shares the engine's.
+	User *UserNamespace
+	// userImages are the userns-*.img of the image set, which only the
+	// tree's own user namespace may have (planUserNS).
+	userImages []string
 	// Cgroups, when set, are the tree's cgroups (cgroup.img): where each
 	// task and thread goes, the cgroups to make (cgroup.go).
 	Cgroups *Cgroups
@@ -861,14 +869,10 @@ func (p *Plan) checkNamespaces() error {
 		return fmt.Errorf("images directory %s: %w", p.Dir.Path, err)
 	}
 	slices.Sort(names) // the first in name order is named, as a glob would
-	for _, pat := range []string{"userns-*.img"} {
-		for _, name := range names {
-			if ok, _ := filepath.Match(pat, name); ok {
-				return &PlanError{File: name, Msg: notRestoredNS}
-			}
-		}
-	}
 	for _, name := range names {
+		if ok, _ := filepath.Match("userns-*.img", name); ok {
+			p.userImages = append(p.userImages, name) // planUserNS
+		}
 		if ok, _ := filepath.Match("netns-*.img", name); ok {
 			p.netImages = append(p.netImages, name)
 		}
@@ -882,7 +886,7 @@ func (p *Plan) checkNamespaces() error {
 	return nil
 }
 
-const notRestoredNS = "net, mount and user namespaces and cgroups are not restored yet (pid, time, UTS and IPC namespaces are, and the root's own net and mount namespaces)"
+const notRestoredNS = "namespaces other than the root's are not restored yet (the root's own pid, time, UTS, IPC, net, mount and user namespaces are)"
 
 // checkNetImages refuses a net namespace image that is not of the tree's
 // own (loadNamespaces has read that one): one of the dumping host's, or

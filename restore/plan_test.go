@@ -348,12 +348,12 @@ func TestPlanRefuses(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, "netns-12.img"), nil, 0o644); err != nil {
 				t.Fatal(err)
 			}
-		}, "netns-12.img: net, mount and user namespaces and cgroups are not restored yet"},
+		}, "netns-12.img: namespaces other than the root's are not restored yet"},
 		{"mount namespace", "tree", func(t *testing.T, dir string) {
 			if err := os.WriteFile(filepath.Join(dir, "mountpoints-9.img"), nil, 0o644); err != nil {
 				t.Fatal(err)
 			}
-		}, "mountpoints-9.img: net, mount and user namespaces and cgroups are not restored yet"},
+		}, "mountpoints-9.img: namespaces other than the root's are not restored yet"},
 		{"nested time namespace", "tree", func(t *testing.T, dir string) {
 			editImage(t, dir, "ids-3.img", func(img *images.Image) {
 				img.Entries[0].Message.(*criu_core.TaskKobjIdsEntry).TimeNsId = proto.Uint32(77)

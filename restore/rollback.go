@@ -127,6 +127,8 @@ func (r *Restore) killAll(known map[int]bool) []error {
 // release frees the engine's side of a restore.
 func (r *Restore) release() {
 	r.reapLauncher()
+	r.holder.close() // userns.go
+	r.holder = nil
 	if r.rootPidfd >= 0 {
 		syscall.Close(r.rootPidfd)
 		r.rootPidfd = -1

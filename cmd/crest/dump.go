@@ -90,8 +90,12 @@ leaders outside the tree (but the shell's, with --shell-job), net
 namespaces with devices other than the loopback, mount namespaces with
 shared or slave mounts, external mounts, file systems other than proc,
 sysfs, devtmpfs, tmpfs, devpts, mqueue, cgroup, debugfs and tracefs, or
-a tmpfs mounted over, user and cgroup namespaces, and tasks in pid,
-time, UTS, IPC, net or mount namespaces other than the root's. Regular files, /dev/null, directories,
+a tmpfs mounted over, cgroup namespaces, nested user namespaces or a
+user namespace whose maps were never written or that does not own the
+tree's other namespaces, and tasks in user, pid, time, UTS, IPC, net or
+mount namespaces other than the root's.
+
+Regular files, /dev/null, directories,
 pipes (with their data), memfds, eventfds, signalfds, timerfds, epolls,
 inotify watches (not their queued events, as CRIU), unix sockets (with
 their queued data), TCP listeners and UDP sockets, netlink sockets
@@ -105,7 +109,10 @@ that have them attached), semaphore sets and message queues, read
 without changing them, and the root's own net namespace with only its
 loopback (sysctls, addresses, routes, rules, iptables and nftables rules)
 and its own mount namespace (mountpoints-ID.img, the contents of its
-tmpfs mounts in tmpfs-dev-N.tar.gz.img).
+tmpfs mounts in tmpfs-dev-N.tar.gz.img), and its own user namespace
+(userns-ID.img: uid_map and gid_map; the cores' credentials as the
+namespace sees them).
+
 Regular files deleted while open or mapped (a POSIX semaphore in
 /dev/shm, Python's multiprocessing, O_TMPFILE) are dumped with their
 contents as CRIU's ghost files (remap-fpath.img, ghost-file-ID.img), up

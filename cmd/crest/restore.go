@@ -72,6 +72,11 @@ What comes back:
   - mount: proc, sysfs, devtmpfs, tmpfs (with its files), devpts,
     mqueue, cgroup, debugfs and tracefs mounts and bind mounts, all
     private, made as they were and checked against mountinfo;
+  - user: the root is born in it with the others, which it owns; its
+    uid_map and gid_map (several extents) are written from outside while
+    the root waits at ROOT_TASK, and checked; the tasks' credentials are
+    those inside it; a mount namespace with it gets the host's / alone
+    and its own procs;
 - cgroups (cgroup.img, which criu dump and crest dump write when the
   tree was in other cgroups than the dumper): every task and thread goes
   back into its cgroups (v1 hierarchies and cgroup v2, threaded ones
@@ -128,8 +133,9 @@ owner of the dump, and the job in that terminal's foreground, so that it
 reads what is typed there and gets its ^C and ^Z. Without the flag such
 an image set is refused.
 
-Not restored yet: user and cgroup namespaces, tasks in namespaces
-other than the root's, net devices
+Not restored yet: cgroup namespaces, tasks in namespaces other than
+the root's (user namespaces too, nested or not), a tree of several tasks
+in a user namespace without a pid namespace of its own, net devices
 other than the loopback, shared, slave or external mounts, a root that
 is not a whole file system (criu restore --root), unix stream sockets
 connected outside the tree (criu dump --ext-unix-sk=INO), packet sockets, TCP connections in SYN_SENT (a connect

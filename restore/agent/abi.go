@@ -29,6 +29,9 @@ const (
 	// Plan.Flags: the root is born in a new mount namespace, whose
 	// mounts the engine makes in PREPARE_NAMESPACES
 	PlanNewNS = 0x80
+	// Plan.Flags: the root is born in a new user namespace, which owns
+	// the others; the engine writes its maps at ROOT_TASK
+	PlanNewUser = 0x100
 
 	XSaveComponents = 10 // Plan.XSaveOff and XSaveLen: x87 up to PKRU
 

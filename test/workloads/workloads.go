@@ -65,6 +65,9 @@ type Program struct {
 	// MntNS starts it in a mount namespace of its own too, every mount
 	// private (launch -m).
 	MntNS bool
+	// UserNS starts it in a user namespace of its own too, which owns the
+	// others, with maps of several extents (launch -U).
+	UserNS bool
 	// Go: the source is src/NAME.go.txt, a Go program built with the go
 	// command (static, CGO_ENABLED=0); Flags are not used.
 	Go bool
@@ -174,6 +177,11 @@ var Programs = map[string]Program{
 	// and counters), a private mapping, a file with holes and an
 	// O_TMPFILE file, checked every tick.
 	"ghost": {Name: "ghost", Flags: []string{"-static", "-O2", "-pthread"}},
+	// userns runs in user, UTS, IPC, net and mount namespaces of its own
+	// (/, /proc and a proc of its own over it), its init and child with
+	// ids of their own, checking the maps, ids, groups and capabilities
+	// every tick.
+	"userns": {Name: "userns", Flags: []string{"-static", "-O2"}, UserNS: true, UTSIPC: true, NetNS: true, MntNS: true},
 }
 
 // Build compiles the workload name (or the C file src with flags, see
@@ -285,6 +293,9 @@ func Start(t testing.TB, name string) *Process {
 	}
 	if Programs[name].MntNS {
 		opts = append(opts, "-m")
+	}
+	if Programs[name].UserNS {
+		opts = append(opts, "-U")
 	}
 	return startIn(t, Build(t, name), t.TempDir(), opts...)
 }

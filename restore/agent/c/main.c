@@ -155,8 +155,13 @@ static __attribute__((noreturn, used)) void agent_main(const uint64_t *sp)
 	ret = reset_sigactions(agent.plan->sig_ignored);
 	if (ret < 0)
 		launch_fail(ret);
-	/* what every task inherits, for the creds step to skip what is equal */
-	snapshot_creds();
+	/*
+	 * what every task inherits, for the creds step to skip what is equal;
+	 * in a user namespace of its own the root has other credentials than
+	 * the launcher's, and every thread takes all of its own
+	 */
+	if (!(agent.plan->flags & CREST_PLAN_NEWUSER))
+		snapshot_creds();
 	/*
 	 * A new time namespace for the children: the root, so the whole
 	 * tree. The engine sets its offsets (the dumped clocks) once this
@@ -195,6 +200,12 @@ static __attribute__((noreturn, used)) void agent_main(const uint64_t *sp)
 	/* the engine makes the tree's mounts in it, and opens its files there */
 	if (agent.plan->flags & CREST_PLAN_NEWNS)
 		args.flags |= CLONE_NEWNS;
+	/*
+	 * A user namespace of its own, which owns the others made with it;
+	 * the engine writes its maps while the root waits at ROOT_TASK.
+	 */
+	if (agent.plan->flags & CREST_PLAN_NEWUSER)
+		args.flags |= CLONE_NEWUSER;
 	/* with CLONE_PARENT the exit signal is the launcher's own (SIGCHLD) */
 	args.exit_signal = 0;
 	set_tid[0] = plan_task(0)->pid;

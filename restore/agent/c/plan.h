@@ -83,6 +83,7 @@
 #define CREST_PLAN_NEWIPC 0x20u	/* the root is born in a new IPC namespace, which the engine fills */
 #define CREST_PLAN_NEWNET 0x40u	/* the root is born in a new net namespace, which the engine fills */
 #define CREST_PLAN_NEWNS 0x80u	/* the root is born in a new mount namespace, which the engine fills */
+#define CREST_PLAN_NEWUSER 0x100u	/* the root is born in a new user namespace, whose maps the engine writes */
 
 /*
  * Faults injected on purpose (crest_plan.faults), so that the kernel-side

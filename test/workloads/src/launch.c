@@ -1,7 +1,7 @@
 /*
  * launch - start a workload as the init (pid 1) of a new pid namespace.
  *
- *   usage: launch [-t] [-n] [-N] [-m] DIR PROG [ARGS...]
+ *   usage: launch [-t] [-n] [-N] [-m [-P]] [-U] DIR PROG [ARGS...]
  *
  * With -t the workload also gets a time namespace of its own, its clocks
  * ahead of the host's: CLOCK_MONOTONIC by 100000 s, CLOCK_BOOTTIME by
@@ -9,7 +9,20 @@
  * gets a net namespace of its own (only lo in it, down, as the kernel
  * makes it). With -m it gets a mount namespace of its own, a copy of the
  * caller's with every mount made private (unshare -m --propagation
- * private).
+ * private); with -P too, a proc of its pid namespace is mounted on /proc
+ * there (unshare --mount-proc). With -U it gets a user namespace of its own, which owns the
+ * others: the launcher forks, the child unshares the user namespace, and
+ * the parent writes its maps, several extents each (USERNS_UID_MAP,
+ * USERNS_GID_MAP: host root stays root inside, so that the workload can
+ * open its directory), before the child becomes root in it and goes on as
+ * the launcher. With -U and -m the mount namespace holds / and /proc
+ * alone, and a proc of its own over that one (-P is implied; a user
+ * namespace may mount a proc only where one is in sight): the child
+ * detaches every other mount of a mount
+ * namespace of its own before it leaves the caller's user namespace,
+ * since those a user namespace copies are locked to / for good (a
+ * container's tree is made so), and fds 0-2 are on DIR/.null, an empty
+ * file, for want of a /dev.
  *
  * The launcher unshares the pid namespace and forks; the child (pid 1 of
  * the new namespace) becomes a session leader, enters DIR, sets umask 022,
@@ -29,7 +42,109 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#define USERNS_UID_MAP "0 0 1\n1 100001 999\n1000 301000 10\n2000 402000 5\n"
+#define USERNS_GID_MAP "0 0 1\n1 200001 499\n500 250500 100\n"
+
+/* writes map into /proc/PID/FILE, in one write as the kernel wants it */
+static int write_map(pid_t pid, const char *file, const char *map)
+{
+	char path[64];
+	int fd, ok;
+
+	snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, file);
+	fd = open(path, O_WRONLY);
+	if (fd < 0)
+		return -1;
+	ok = write(fd, map, strlen(map)) == (ssize_t)strlen(map);
+	close(fd);
+	return ok ? 0 : -1;
+}
+
+/*
+ * Forks; the child unshares a user namespace, waits until the parent has
+ * written its maps and returns as root in it. The parent waits for the
+ * child and exits with its status.
+ */
+/*
+ * detaches every mount but / and /proc (deepest first: one may hold
+ * others); a user namespace may mount a proc only where one is in sight
+ */
+static void detach_all_but_root(void)
+{
+	char line[4096], mp[4096], mps[512][256];
+	int n, i, pass;
+	FILE *f;
+
+	for (pass = 0; pass < 16; pass++) {
+		f = fopen("/proc/self/mountinfo", "r");
+		if (!f)
+			return; /* proc went with the others */
+		for (n = 0; n < 512 && fgets(line, sizeof line, f);) {
+			if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) == 1 && strcmp(mp, "/") && strcmp(mp, "/proc") &&
+			    strlen(mp) < 256)
+				strcpy(mps[n++], mp);
+		}
+		fclose(f);
+		if (n == 0)
+			return;
+		for (i = n - 1; i >= 0; i--)
+			umount2(mps[i], MNT_DETACH);
+	}
+}
+
+static void enter_userns(int clean_mounts)
+{
+	int up[2], down[2], st;
+	char c = 0;
+	pid_t pid;
+
+	if (pipe(up) || pipe(down)) {
+		perror("launch: pipe");
+		_exit(1);
+	}
+	pid = fork();
+	if (pid < 0) {
+		perror("launch: fork");
+		_exit(1);
+	}
+	if (pid == 0) {
+		if (clean_mounts) {
+			if (unshare(CLONE_NEWNS) || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) {
+				perror("launch: a mount namespace of /");
+				_exit(1);
+			}
+			detach_all_but_root();
+		}
+		if (unshare(CLONE_NEWUSER)) {
+			perror("launch: unshare user");
+			_exit(1);
+		}
+		if (write(up[1], &c, 1) != 1 || read(down[0], &c, 1) != 1 || c != 1)
+			_exit(1);
+		if (setresgid(0, 0, 0) || setresuid(0, 0, 0)) {
+			perror("launch: root in the user namespace");
+			_exit(1);
+		}
+		close(up[0]), close(up[1]), close(down[0]), close(down[1]);
+		return;
+	}
+	if (read(up[0], &c, 1) != 1)
+		_exit(1);
+	if (write_map(pid, "uid_map", USERNS_UID_MAP) || write_map(pid, "gid_map", USERNS_GID_MAP)) {
+		perror("launch: user namespace maps");
+		kill(pid, SIGKILL);
+		_exit(1);
+	}
+	c = 1;
+	if (write(down[1], &c, 1) != 1)
+		_exit(1);
+	if (waitpid(pid, &st, 0) != pid)
+		_exit(1);
+	_exit(WIFEXITED(st) ? WEXITSTATUS(st) : 1);
+}
 
 static char *const env[] = {
 	"PATH=/usr/bin:/bin", "HOME=/", "LC_ALL=C", "TZ=UTC", NULL,
@@ -37,7 +152,7 @@ static char *const env[] = {
 
 int main(int argc, char **argv)
 {
-	int newtime = 0, newutsipc = 0, newnet = 0, newmnt = 0;
+	int newtime = 0, newutsipc = 0, newnet = 0, newmnt = 0, newuser = 0, newproc = 0;
 
 	for (; argc > 1; argv++, argc--) {
 		if (strcmp(argv[1], "-t") == 0)
@@ -48,13 +163,24 @@ int main(int argc, char **argv)
 			newnet = 1;
 		else if (strcmp(argv[1], "-m") == 0)
 			newmnt = 1;
+		else if (strcmp(argv[1], "-U") == 0)
+			newuser = 1;
+		else if (strcmp(argv[1], "-P") == 0)
+			newproc = 1;
 		else
 			break;
 	}
 	if (argc < 3) {
-		fprintf(stderr, "usage: launch [-t] [-n] [-N] [-m] DIR PROG [ARGS...]\n");
+		fprintf(stderr, "usage: launch [-t] [-n] [-N] [-m [-P]] [-U] DIR PROG [ARGS...]\n");
 		return 2;
 	}
+	newproc = newproc || (newuser && newmnt);
+	if (newproc && !newmnt) {
+		fprintf(stderr, "launch: -P needs -m\n");
+		return 2;
+	}
+	if (newuser)
+		enter_userns(newmnt);
 	if (unshare(CLONE_NEWPID | (newtime ? CLONE_NEWTIME : 0) | (newutsipc ? CLONE_NEWUTS | CLONE_NEWIPC : 0) |
 		    (newnet ? CLONE_NEWNET : 0) | (newmnt ? CLONE_NEWNS : 0))) {
 		perror("launch: unshare");
@@ -85,10 +211,12 @@ int main(int argc, char **argv)
 	}
 	if (setsid() < 0)
 		_exit(120);
+	if (newproc && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
+		_exit(125);
 	if (chdir(argv[1]))
 		_exit(121);
 	umask(022);
-	int nul = open("/dev/null", O_RDWR);
+	int nul = newuser && newmnt ? open(".null", O_RDWR | O_CREAT, 0644) : open("/dev/null", O_RDWR);
 	if (nul < 0)
 		_exit(122);
 	if (dup2(nul, 0) < 0 || dup2(nul, 1) < 0 || dup2(nul, 2) < 0)

@@ -1,0 +1,298 @@
+package dump_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/userns"
+
+	"github.com/crest-restore/crest/dump"
+	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/test/check"
+	"github.com/crest-restore/crest/test/workloads"
+)
+
+// usernsLogs are the userns workload's logs (test/workloads/src/userns.c).
+var usernsLogs = map[string]check.Next{"out-userns.log": check.Counter, "out-child.log": check.Counter}
+
+// usernsState is what the round trip keeps of the userns workload, read
+// from outside: the maps of its root's user namespace, whether every task
+// is in it (and it is not ours), and each task's ids, groups and
+// capabilities as /proc shows them to us (host ids: the maps' lower side).
+func usernsState(t *testing.T, tree map[int]*check.Task) []string {
+	t.Helper()
+	ours, err := os.Readlink("/proc/self/ns/user")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := tree[1].Host
+	rootNS, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range []string{"uid_map", "gid_map", "setgroups"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", root, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, f+": "+strings.Join(strings.Fields(string(b)), " "))
+	}
+	out = append(out, fmt.Sprintf("the root's user namespace is ours: %v", rootNS == ours))
+	pids := make([]int, 0, len(tree))
+	for pid := range tree {
+		pids = append(pids, pid)
+	}
+	slices.Sort(pids)
+	for _, pid := range pids {
+		lt := tree[pid]
+		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", lt.Host))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, fmt.Sprintf("task %d in the root's user namespace: %v", pid, ns == rootNS))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", lt.Host))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			for _, k := range []string{"Uid:", "Gid:", "Groups:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"} {
+				if strings.HasPrefix(l, k) {
+					out = append(out, fmt.Sprintf("task %d %s", pid, strings.Join(strings.Fields(l), " ")))
+				}
+			}
+		}
+	}
+	return out
+}
+
+// TestDumpUserNS dumps the userns workload (left running) and checks what
+// CRIU 4.2 writes for such a tree: userns-ID.img with the root's maps as
+// we read them, ID the user_ns_id of every task's ids-N.img and not the
+// inventory's, and the cores' credentials as the namespace sees them.
+func TestDumpUserNS(t *testing.T) {
+	p := workloads.Start(t, "userns")
+	waitLines(t, p, "out-userns.log", 3)
+	waitLines(t, p, "out-child.log", 3)
+	imgs := filepath.Join(t.TempDir(), "images")
+	if _, err := dump.Dump(context.Background(), dump.Options{Pid: p.Pid, Dir: imgs, LeaveRunning: true}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := images.Open(imgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootIDs, err := d.IDs(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := rootIDs.GetUserNsId()
+	if id == d.Inventory.GetRootIds().GetUserNsId() {
+		t.Fatalf("ids-1.img: user_ns_id %d, the inventory's own", id)
+	}
+	img, err := images.ReadKindFile(filepath.Join(imgs, fmt.Sprintf("userns-%d.img", id)), images.KindUserNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(img.Entries) != 1 {
+		t.Fatalf("userns-%d.img: %d entries", id, len(img.Entries))
+	}
+	e := img.Entries[0].Message.(*userns.UsernsEntry)
+	for _, m := range []struct {
+		file string
+		got  []*userns.UidGidExtent
+	}{{"uid_map", e.GetUidMap()}, {"gid_map", e.GetGidMap()}} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", p.Pid, m.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, x := range m.got {
+			got = append(got, fmt.Sprintf("%d %d %d", x.GetFirst(), x.GetLowerFirst(), x.GetCount()))
+		}
+		var want []string
+		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			want = append(want, strings.Join(strings.Fields(l), " "))
+		}
+		if !slices.Equal(got, want) || len(want) < 3 {
+			t.Errorf("userns-%d.img %s: %q, /proc/%d/%s: %q (several extents)", id, m.file, got, p.Pid, m.file, want)
+		}
+	}
+	matches, _ := filepath.Glob(filepath.Join(imgs, "userns-*.img"))
+	if len(matches) != 1 {
+		t.Errorf("user namespace images %v, want only the root's", matches)
+	}
+	// The ids the workload gives itself (userns.c), inside.
+	want := map[uint32]string{1: "uid 1000 0 1001 0 gid 500 501 502 501 groups [3 501 550]",
+		2: "uid 2000 2001 2002 2001 gid 510 511 512 511 groups [2]"}
+	for _, pe := range d.Pstree {
+		pid := pe.GetPid()
+		ids, err := d.IDs(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ids.GetUserNsId() != id {
+			t.Errorf("ids-%d.img: user_ns_id %d, want %d", pid, ids.GetUserNsId(), id)
+		}
+		core, err := d.Core(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := core.GetThreadCore().GetCreds()
+		got := fmt.Sprintf("uid %d %d %d %d gid %d %d %d %d groups %v", c.GetUid(), c.GetEuid(), c.GetSuid(), c.GetFsuid(),
+			c.GetGid(), c.GetEgid(), c.GetSgid(), c.GetFsgid(), c.GetGroups())
+		if got != want[pid] {
+			t.Errorf("core-%d.img credentials: %s, want %s", pid, got, want[pid])
+		}
+	}
+}
+
+// TestDumpUserNSRefused: trees crest can not restore are refused, naming
+// the task and why, and run on: a task in a user namespace nested in the
+// root's own, or in crest's, or further down; a root whose own pid namespace its user
+// namespace does not own (made before it); a user namespace whose maps
+// were never written.
+func TestDumpUserNSRefused(t *testing.T) {
+	// ROLE: "nested" forks a child that unshares a user namespace (in
+	// the root's), "nested2" one nested in that one; "late" unshares one itself, after its pid namespace
+	// was made, and waits for a file "mapped" before it ticks (the test
+	// writes the maps, or not: "unmapped").
+	src := []byte(`#define _GNU_SOURCE
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include "workload.h"
+static int write_file(const char *path, const char *s)
+{
+	int fd = open(path, O_WRONLY);
+	int ok = fd >= 0 && write(fd, s, strlen(s)) == (ssize_t)strlen(s);
+
+	close(fd);
+	return ok ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+	int fd = open_log("parent");
+	const char *role = argc > 1 ? argv[1] : "nested";
+	if (strncmp(role, "nested", 6) == 0) {
+		if (fork() == 0) {
+			if (unshare(CLONE_NEWUSER))
+				_exit(5);
+			/* mapped (its own ids only, as it may) to nest another */
+			if (strcmp(role, "nested2") == 0 &&
+			    (write_file("/proc/self/setgroups", "deny") || write_file("/proc/self/uid_map", "0 0 1") ||
+			     write_file("/proc/self/gid_map", "0 0 1") || unshare(CLONE_NEWUSER)))
+				_exit(5);
+			say(fd, "nested\n");
+			for (;;)
+				pause();
+		}
+	} else {
+		struct stat st;
+		if (unshare(CLONE_NEWUSER))
+			_exit(5);
+		say(fd, "unshared\n");
+		if (strcmp(role, "late") == 0)
+			while (stat("mapped", &st))
+				usleep(1000);
+	}
+	for (unsigned long n = 1;; n++) {
+		char line[32];
+		snprintf(line, sizeof line, "tick %lu\n", n);
+		say(fd, line);
+		usleep(10000);
+	}
+}
+`)
+	bin, err := workloads.BuildSource("usernsrefused", "usernsrefused.c", src, []string{"-static", "-O2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, role string
+		launch     []string // launch's options
+		want       func(root, child int) string
+	}{
+		{"nested in the root's own", "nested", []string{"-U"}, func(_, child int) string {
+			return fmt.Sprintf("task %d: user namespace: a nested user namespace is not supported", child)
+		}},
+		{"nested in crest's", "nested", nil, func(_, child int) string {
+			return fmt.Sprintf("task %d: user namespace: a nested user namespace is not supported", child)
+		}},
+		{"two levels down", "nested2", nil, func(_, child int) string {
+			return fmt.Sprintf("task %d: user namespace: a task in a user namespace other than the root's is not supported", child)
+		}},
+		{"pid namespace not its", "late", nil, func(root, _ int) string {
+			return fmt.Sprintf("task %d: pid namespace: of the tree's own but not owned by its user namespace", root)
+		}},
+		{"maps never written", "unmapped", []string{"-U"}, func(root, _ int) string {
+			return fmt.Sprintf("task %d: user namespace: its uid_map or gid_map was never written", root)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			p := startLaunched(t, dir, append(tc.launch, dir, bin, tc.role)...)
+			if !strings.HasPrefix(tc.role, "nested") {
+				waitLines(t, p, "out-parent.log", 1)
+			}
+			if tc.role == "late" {
+				for _, f := range []string{"uid_map", "gid_map"} {
+					if err := os.WriteFile(fmt.Sprintf("/proc/%d/%s", p.Pid, f), []byte("0 0 1\n"), 0); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := os.WriteFile(filepath.Join(dir, "mapped"), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for strings.HasPrefix(tc.role, "nested") && !slices.Contains(waitLines(t, p, "out-parent.log", 1), "nested") {
+				time.Sleep(time.Millisecond) // the child is in its namespace
+			}
+			waitLines(t, p, "out-parent.log", 3)
+			live, err := check.Live(p.Pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			child := 0
+			for _, lt := range live {
+				if lt.PID != 1 {
+					child = lt.Host
+				}
+			}
+			parent := t.TempDir()
+			_, err = dump.Dump(context.Background(), dump.Options{Pid: p.Pid, Dir: filepath.Join(parent, "images")})
+			refusedCleanly(t, err, p, parent, "out-parent.log", tc.want(p.Pid, child))
+		})
+	}
+}
+
+// startLaunched runs test/workloads/src/launch.c with args (its options,
+// the directory, the program and its arguments) and kills the tree when
+// the test ends, as workloads.Start does for the registered workloads.
+func startLaunched(t *testing.T, dir string, args ...string) *workloads.Process {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(workloads.Build(t, "launch"), args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("launch %v: %v\n%s", args, err, stderr.Bytes())
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(stdout.String()))
+	if err != nil {
+		t.Fatalf("launch %v: bad pid %q", args, stdout.String())
+	}
+	p := &workloads.Process{Pid: pid, Dir: dir}
+	t.Cleanup(func() { p.Kill(t) })
+	return p
+}
