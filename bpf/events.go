@@ -82,16 +82,17 @@ type Namespaces struct {
 	Net    uint64 `json:"net"`
 	Time   uint64 `json:"time"` // the one its clocks read
 	Cgroup uint64 `json:"cgroup"`
+	User   uint64 `json:"user"` // its credentials' (what setns and /proc see)
 }
 
 // NSTypes are the CLONE_NEW* flags of the namespace types Namespaces
 // holds, in the order of its fields.
 var NSTypes = []int{unix.CLONE_NEWUTS, unix.CLONE_NEWIPC, unix.CLONE_NEWNS, unix.CLONE_NEWPID,
-	unix.CLONE_NEWNET, unix.CLONE_NEWTIME, unix.CLONE_NEWCGROUP}
+	unix.CLONE_NEWNET, unix.CLONE_NEWTIME, unix.CLONE_NEWCGROUP, unix.CLONE_NEWUSER}
 
 // nsFiles are the /proc/PID/ns/ links of NSTypes.
 var nsFiles = map[int]string{unix.CLONE_NEWUTS: "uts", unix.CLONE_NEWIPC: "ipc", unix.CLONE_NEWNS: "mnt",
-	unix.CLONE_NEWPID: "pid_for_children", unix.CLONE_NEWNET: "net", unix.CLONE_NEWTIME: "time", unix.CLONE_NEWCGROUP: "cgroup"}
+	unix.CLONE_NEWPID: "pid_for_children", unix.CLONE_NEWNET: "net", unix.CLONE_NEWTIME: "time", unix.CLONE_NEWCGROUP: "cgroup", unix.CLONE_NEWUSER: "user"}
 
 func (n *Namespaces) field(nstype int) *uint64 {
 	switch nstype {
@@ -109,6 +110,8 @@ func (n *Namespaces) field(nstype int) *uint64 {
 		return &n.Time
 	case unix.CLONE_NEWCGROUP:
 		return &n.Cgroup
+	case unix.CLONE_NEWUSER:
+		return &n.User
 	}
 	return nil
 }
@@ -299,7 +302,7 @@ type sysExit struct {
 
 func namespaces(r monitorCrestNs) Namespaces {
 	return Namespaces{UTS: uint64(r.Uts), IPC: uint64(r.Ipc), Mnt: uint64(r.Mnt), PID: uint64(r.PidForChildren),
-		Net: uint64(r.Net), Time: uint64(r.Time), Cgroup: uint64(r.Cgroup)}
+		Net: uint64(r.Net), Time: uint64(r.Time), Cgroup: uint64(r.Cgroup), User: uint64(r.User)}
 }
 
 // decodeRecord turns one ring-buffer record into an event, or, for a

@@ -610,7 +610,7 @@ func TestNamespacesSeen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range []uint64{own.UTS, own.IPC, own.Mnt, own.PID, own.Net, own.Time, own.Cgroup} {
+	for _, n := range []uint64{own.UTS, own.IPC, own.Mnt, own.PID, own.Net, own.Time, own.Cgroup, own.User} {
 		if n == 0 {
 			t.Fatalf("our namespaces %+v: one unknown", own)
 		}

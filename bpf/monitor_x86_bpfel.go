@@ -122,7 +122,7 @@ type monitorCrestNs struct {
 	Net            uint32
 	Time           uint32
 	Cgroup         uint32
-	Pad            uint32
+	User           uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -255,7 +255,7 @@ type nsRestore struct {
 
 func newNSRestore() *nsRestore {
 	r := &nsRestore{
-		engine: Namespaces{UTS: 11, IPC: 12, Mnt: 13, PID: 14, Net: 15, Time: 16, Cgroup: 17},
+		engine: Namespaces{UTS: 11, IPC: 12, Mnt: 13, PID: 14, Net: 15, Time: 16, Cgroup: 17, User: 18},
 		decoy:  Namespaces{UTS: 31, IPC: 32},
 	}
 	r.root = r.engine
@@ -355,6 +355,17 @@ func TestVerifyTreeNamespaces(t *testing.T) {
 		{name: "root in a new namespace the plan has not", break_: func(r *nsRestore) {
 			r.rootFork.ChildNS.Net, r.taskFork.ChildNS.Net, r.thFork.ChildNS.Net = 45, 45, 45
 		}, want: []string{"1 : task 1 was born in a new net namespace 45, not in the engine's 15: the plan has none [fork]"},
+			verdict: "namespaces 2/3"},
+		// user namespaces: the fork event reads the child's credentials'
+		{name: "root in a new user namespace the plan has not", break_: func(r *nsRestore) {
+			r.rootFork.ChildNS.User, r.taskFork.ChildNS.User, r.thFork.ChildNS.User = 48, 48, 48
+		}, want: []string{"1 : task 1 was born in a new user namespace 48, not in the engine's 18: the plan has none [fork]"},
+			verdict: "namespaces 2/3"},
+		{name: "root not in a new user namespace", break_: func(r *nsRestore) { r.exp.TreeNS.New |= unix.CLONE_NEWUSER },
+			want:    []string{"1 : task 1 was born in the engine's user namespace 18, not in a new one [fork]"},
+			verdict: "namespaces 2/3"},
+		{name: "task in another user namespace", break_: func(r *nsRestore) { r.taskFork.ChildNS.User = 58 },
+			want:    []string{"2 : task 2 is not in the root's namespaces: user 58, the root's 18 [fork fork]"},
 			verdict: "namespaces 2/3"},
 		{name: "task elsewhere", break_: func(r *nsRestore) { r.taskFork.ChildNS.IPC = r.engine.IPC },
 			want:    []string{"2 : task 2 is not in the root's namespaces: ipc 12, the root's 22 [fork fork]"},

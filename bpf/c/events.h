@@ -50,7 +50,7 @@ struct crest_ns {
 	__u32 net;
 	__u32 time;		/* the one its clocks read */
 	__u32 cgroup;
-	__u32 pad;
+	__u32 user;		/* its credentials' */
 };
 
 struct crest_hdr {

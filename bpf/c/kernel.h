@@ -92,6 +92,15 @@ struct cgroup_namespace {
 	struct ns_common ns;
 };
 
+struct user_namespace {
+	struct ns_common ns;
+};
+
+/* the task's credentials (the subjective ones, as setns and /proc see) */
+struct cred {
+	struct user_namespace *user_ns;
+};
+
 struct nsproxy {
 	struct uts_namespace *uts_ns;
 	struct ipc_namespace *ipc_ns;
@@ -111,6 +120,7 @@ struct task_struct {
 	struct task_struct *real_parent;
 	struct files_struct *files;
 	struct nsproxy *nsproxy;
+	const struct cred *cred;
 };
 
 #pragma clang attribute pop

@@ -281,7 +281,8 @@ static __always_inline void on_setns(struct pt_regs *regs, __u64 pid_tgid)
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 #define untrusted(p, type) ((type *)bpf_rdonly_cast((void *)(p), bpf_core_type_id_kernel(type)))
 
-/* t's namespaces (t untrusted): seven chains of two loads each */
+/* t's namespaces (t untrusted): eight chains of two loads each (the user
+ * namespace is its credentials', not the nsproxy's) */
 static __always_inline void read_ns(struct task_struct *t, struct crest_ns *out)
 {
 	struct nsproxy *ns = t->nsproxy;
@@ -293,7 +294,7 @@ static __always_inline void read_ns(struct task_struct *t, struct crest_ns *out)
 	out->net = ns->net_ns->ns.inum;
 	out->time = ns->time_ns->ns.inum;
 	out->cgroup = ns->cgroup_ns->ns.inum;
-	out->pad = 0;
+	out->user = t->cred->user_ns->ns.inum;
 }
 
 /*

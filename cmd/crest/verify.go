@@ -227,6 +227,9 @@ var rootNamespaces = []struct {
 	{unix.CLONE_NEWIPC, func(p *restore.Plan) bool { return p.IPC != nil }, true},
 	{unix.CLONE_NEWNET, func(p *restore.Plan) bool { return p.Net != nil }, true},
 	{unix.CLONE_NEWNS, func(p *restore.Plan) bool { return p.Mnt != nil }, true},
+	// restore/userns.go: its maps are written from outside, and the
+	// tasks take their files from a holder process, not the engine
+	{unix.CLONE_NEWUSER, func(p *restore.Plan) bool { return p.User != nil }, false},
 }
 
 func haveTimeNS() bool {
