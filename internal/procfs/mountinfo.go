@@ -16,6 +16,9 @@ type Mount struct {
 	Root         string
 	Point        string
 	FSType       string
+	// SuperOptions are the file system's options (the last field),
+	// split at the commas: a cgroup v1 mount's controllers are there.
+	SuperOptions []string
 }
 
 // ReadMountinfo reads a mountinfo file, e.g. /proc/self/mountinfo:
@@ -61,8 +64,12 @@ func parseMountinfoLine(line string) (Mount, error) {
 	if !ok || err1 != nil || err2 != nil {
 		return Mount{}, fmt.Errorf("%q: bad device %q", line, fields[2])
 	}
-	return Mount{Major: uint32(ma), Minor: uint32(mi), Root: UnescapeMountPath(fields[3]),
-		Point: UnescapeMountPath(fields[4]), FSType: fields[sep+1]}, nil
+	m := Mount{Major: uint32(ma), Minor: uint32(mi), Root: UnescapeMountPath(fields[3]),
+		Point: UnescapeMountPath(fields[4]), FSType: fields[sep+1]}
+	if sep+3 < len(fields) {
+		m.SuperOptions = strings.Split(fields[sep+3], ",")
+	}
+	return m, nil
 }
 
 // UnescapeMountPath undoes the octal escapes (\040 for a space ...) the

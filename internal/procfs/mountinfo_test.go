@@ -3,6 +3,7 @@ package procfs
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -12,7 +13,8 @@ func TestReadMountinfo(t *testing.T) {
 	good := filepath.Join(dir, "good")
 	text := "22 1 0:21 / /proc rw,nosuid shared:5 - proc proc rw\n" +
 		"30 22 8:1 /sub\\040dir /mnt/my\\040disk rw - ext4 /dev/sda1 rw\n" +
-		"31 22 0:12 / /sys/kernel/tracing rw shared:1 master:2 - tracefs nodev rw\n"
+		"31 22 0:12 / /sys/kernel/tracing rw shared:1 master:2 - tracefs nodev rw\n" +
+		"32 22 0:30 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
 	if err := os.WriteFile(good, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -21,15 +23,16 @@ func TestReadMountinfo(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []Mount{
-		{Major: 0, Minor: 21, Root: "/", Point: "/proc", FSType: "proc"},
-		{Major: 8, Minor: 1, Root: "/sub dir", Point: "/mnt/my disk", FSType: "ext4"},
-		{Major: 0, Minor: 12, Root: "/", Point: "/sys/kernel/tracing", FSType: "tracefs"},
+		{Major: 0, Minor: 21, Root: "/", Point: "/proc", FSType: "proc", SuperOptions: []string{"rw"}},
+		{Major: 8, Minor: 1, Root: "/sub dir", Point: "/mnt/my disk", FSType: "ext4", SuperOptions: []string{"rw"}},
+		{Major: 0, Minor: 12, Root: "/", Point: "/sys/kernel/tracing", FSType: "tracefs", SuperOptions: []string{"rw"}},
+		{Major: 0, Minor: 30, Root: "/", Point: "/sys/fs/cgroup/cpu,cpuacct", FSType: "cgroup", SuperOptions: []string{"rw", "cpu", "cpuacct"}},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %d mounts %+v, want %d", len(got), got, len(want))
 	}
 	for i := range want {
-		if got[i] != want[i] {
+		if !reflect.DeepEqual(got[i], want[i]) {
 			t.Errorf("mount %d: %+v, want %+v", i, got[i], want[i])
 		}
 	}
