@@ -42,21 +42,26 @@ import (
 // removed again when the restore fails (rollback), and an existing cgroup's
 // mode and owner are left alone (CRIU sets them to the dumped ones).
 //
-// Where the tasks go in, in the engine:
+// Where the tasks go in: each before it forks its children, as CRIU's
+// restore_task_cgroup, so that every child is born, and its fork charged
+// (pids, the kernel memory of a fork), in its parent's cgroups; and
+// before its memory is filled, which is charged where it was:
 //
-//   - PREPARE_NAMESPACES: the cgroups are made and the root is moved into
-//     its set, before it forks anything, as CRIU moves each task before it
-//     forks (restore_task_cgroup);
-//   - end of FORKING: the agent forks every task in its parent's cgroups,
-//     so all are in the root's; the engine moves each task whose set
-//     differs into it before RESTORE, where the tasks fill their memory:
-//     memory is charged where it was, and the pids controller moves its
-//     charge with the task. Unlike CRIU, a task forks its children before
-//     it is moved: moving a task between its birth and its forks needs
-//     the task itself (the agent), which does not do it yet;
+//   - PREPARE_NAMESPACES: the engine makes the cgroups, opens the
+//     cgroup.procs files the tasks enter through onto the fd numbers the
+//     plan gave them (reserveCgroupFiles), and moves the root into its
+//     set while it waits, before it forks anything;
+//   - FORKING: every other task, born in its parent's cgroups, enters
+//     its own itself right after its pid check, before it forks (the
+//     agent's "cgroups" step, fork.c): it takes the cgroup.procs files of
+//     the controllers where its set differs from its parent's from the
+//     engine and writes "0" into each. A task in its parent's set does
+//     nothing, as in CRIU;
 //   - end of RESTORE: threads whose set differs from their task's (v1
-//     controllers, v2 threaded ones) are moved, as CRIU's cgroupd does for
-//     each thread, and the properties of the cgroups made are written.
+//     controllers, v2 threaded ones) are moved by the engine while they
+//     wait at the barrier, before they run their own code, as CRIU's
+//     threads have cgroupd move them in RESTORE; a thread forks nothing.
+//     Then the properties of the cgroups made are written.
 //
 // A tree without cgroup.img pays nothing: Plan.Cgroups is nil and each
 // hook returns at once.
@@ -75,12 +80,15 @@ type Cgroups struct {
 	// want is the set each task is restored into: an alive task's own,
 	// a helper's or zombie's its parent's (CRIU dumps none for them).
 	want map[*Task]*CgroupSet
-	// rootMove moves the root (PREPARE_NAMESPACES), forkMoves the tasks
-	// forked into the root's cgroups but wanted elsewhere (end of
-	// FORKING), threadMoves the threads in other cgroups than their
-	// task (end of RESTORE).
+	// rootMove moves the root (the engine, PREPARE_NAMESPACES); enter
+	// are the other tasks born in their parent's cgroups but wanted
+	// elsewhere, which enter their own before they fork (the agent,
+	// FORKING), enterFiles the cgroup.procs files of all those moves,
+	// each once; threadMoves the threads in other cgroups than their
+	// task (the engine, end of RESTORE).
 	rootMove    cgroupMove
-	forkMoves   []cgroupMove
+	enter       map[*Task]cgroupMove
+	enterFiles  []string
 	threadMoves []cgroupMove
 }
 
@@ -375,20 +383,29 @@ func (p *Plan) placeCgroups() error {
 		}
 		return nil
 	}
-	// the root moves from crest's cgroups, the others from the root's
+	// the root moves from crest's cgroups, the others from their
+	// parent's, which they are born in
 	cg.rootMove = cgroupMove{task: root, tid: root.PID, set: rootSet, files: procsFiles(rootSet, cg.own)}
 	if len(cg.rootMove.files) > 0 {
 		if err := check(root, root.PID, rootSet); err != nil {
 			return err
 		}
 	}
+	cg.enter = map[*Task]cgroupMove{}
 	for _, t := range p.forkOrder()[1:] {
 		s := cg.want[t]
-		if files := procsFiles(s, rootSet); len(files) > 0 {
-			if err := check(t, t.PID, s); err != nil {
-				return err
+		files := procsFiles(s, cg.want[t.Parent])
+		if len(files) == 0 {
+			continue
+		}
+		if err := check(t, t.PID, s); err != nil {
+			return err
+		}
+		cg.enter[t] = cgroupMove{task: t, tid: t.PID, set: s, files: files}
+		for _, f := range files {
+			if !slices.Contains(cg.enterFiles, f) {
+				cg.enterFiles = append(cg.enterFiles, f)
 			}
-			cg.forkMoves = append(cg.forkMoves, cgroupMove{task: t, tid: t.PID, set: s, files: files})
 		}
 	}
 	moves := cg.threadMoves[:0]
@@ -418,7 +435,7 @@ func (p *Plan) placeCgroups() error {
 
 // procsFiles are the cgroup.procs files a process in set from writes
 // itself into to be in set to: those of the controllers where the two
-// differ.
+// differ, in the order of to's members.
 func procsFiles(to, from *CgroupSet) []string {
 	var files []string
 	for _, m := range to.Members {
@@ -553,8 +570,9 @@ const (
 )
 
 // prepareCgroups, in PREPARE_NAMESPACES: makes the cgroups of the image
-// that do not exist, with their special properties, and moves the root,
-// which has not forked yet, into its set.
+// that do not exist, with their special properties, opens the
+// cgroup.procs files the tasks enter through onto their fd numbers, and
+// moves the root, which has not forked yet, into its set.
 func (r *Restore) prepareCgroups() error {
 	cg := r.plan.Cgroups
 	if cg == nil {
@@ -564,6 +582,9 @@ func (r *Restore) prepareCgroups() error {
 	root := r.plan.Root()
 	begin := boottime()
 	err := r.cgroups.makeDirs(cg)
+	if err == nil {
+		err = r.files.openCgroupFiles(cg)
+	}
 	if err := r.cgroupStep(StagePrepareNamespaces, root.PID, root.PID, stepCgroupDirs, begin, err); err != nil {
 		return err
 	}
@@ -583,7 +604,7 @@ func (r *Restore) prepareCgroups() error {
 // launches, before the root's move needs it. Its failure costs time only.
 func (r *Restore) warmCgroupMoves() {
 	cg := r.plan.Cgroups
-	if cg == nil || len(cg.rootMove.files)+len(cg.forkMoves)+len(cg.threadMoves) == 0 {
+	if cg == nil || len(cg.rootMove.files)+len(cg.enter)+len(cg.threadMoves) == 0 {
 		return
 	}
 	for _, m := range cg.own.Members {
@@ -606,26 +627,92 @@ func (r *Restore) warmCgroupMoves() {
 	}
 }
 
-// cgroupsAfterForking moves the tasks the agent forked into the root's
-// cgroups but whose sets differ, while they wait at the end of FORKING:
-// before they restore their memory.
-func (r *Restore) cgroupsAfterForking() error {
-	cg := r.plan.Cgroups
-	if cg == nil || len(cg.forkMoves) == 0 {
+// cgroupKey is the key in prepared.index of a cgroup.procs file the
+// tasks enter their cgroups through.
+func cgroupKey(file string) string { return "cgroup:" + file }
+
+// reserveCgroupFiles, with the files the tasks take (before the plan is
+// written): an fd number, held by a placeholder (/dev/null), for each
+// cgroup.procs file a task enters its cgroups through. The cgroups may
+// not exist before PREPARE_NAMESPACES makes them, when openCgroupFiles
+// puts each file onto its number, before any task takes one.
+func (pr *prepared) reserveCgroupFiles(p *Plan) error {
+	cg := p.Cgroups
+	if cg == nil {
 		return nil
 	}
-	if err := r.learnTree(); err != nil {
-		return &StageError{Stage: StageForking, Step: stepCgroups, Err: err}
+	for _, f := range cg.enterFiles {
+		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return &os.PathError{Op: "open", Path: "/dev/null", Err: err}
+		}
+		pr.add(cgroupKey(f), fd)
 	}
-	for _, m := range cg.forkMoves {
-		begin := boottime()
-		err := moveIntoCgroups(m, r.hostPIDs[m.task.PID])
-		if err := r.cgroupStep(StageForking, m.task.PID, m.tid, stepCgroups, begin, err); err != nil {
-			return err
+	return nil
+}
+
+// openCgroupFiles opens the cgroup.procs files of reserveCgroupFiles,
+// write-only, onto their placeholders. The kernel checks a write into
+// one against the credentials it was opened with: the engine's.
+func (pr *prepared) openCgroupFiles(cg *Cgroups) error {
+	for _, f := range cg.enterFiles {
+		fd, err := unix.Open(f, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return &os.PathError{Op: "open", Path: f, Err: err}
+		}
+		err = unix.Dup3(fd, pr.fds[pr.index[cgroupKey(f)]], unix.O_CLOEXEC)
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f, os.NewSyscallError("dup3", err))
 		}
 	}
 	return nil
 }
+
+// enterFDs are the engine's fds of the cgroup.procs files task t writes
+// itself into before it forks (the plan's cgroup_fds), none without
+// cgroup.img.
+func (cg *Cgroups) enterFDs(t *Task, pr *prepared) []int32 {
+	if cg == nil {
+		return nil
+	}
+	var fds []int32
+	for _, f := range cg.enter[t].files {
+		fds = append(fds, int32(pr.fds[pr.index[cgroupKey(f)]]))
+	}
+	return fds
+}
+
+// explainEnter names, in the failure of a task's cgroups step (the
+// agent's), the set and the files it was writing itself into.
+func (cg *Cgroups) explainEnter(e *StageError) {
+	if cg == nil {
+		return
+	}
+	for t, m := range cg.enter {
+		if t.PID == e.PID {
+			e.Err = &cgroupEnterError{set: m.set.ID, files: m.files, errno: e.Errno}
+			return
+		}
+	}
+}
+
+// cgroupEnterError is a task's failure to enter its cgroups: what it
+// wrote "0" into, with the errno of the agent's pidfd_getfd or write.
+type cgroupEnterError struct {
+	set   uint32
+	files []string
+	errno syscall.Errno
+}
+
+func (e *cgroupEnterError) Error() string {
+	if len(e.files) == 1 {
+		return fmt.Sprintf("entering set %d: writing 0 into %s", e.set, e.files[0])
+	}
+	return fmt.Sprintf("entering set %d: writing 0 into one of %s", e.set, strings.Join(e.files, ", "))
+}
+
+func (e *cgroupEnterError) Unwrap() error { return e.errno }
 
 // cgroupsAfterRestore, once every thread exists and waits at the end of
 // RESTORE: moves the threads whose sets differ from their task's, then

@@ -16,6 +16,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/cgroup"
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/inventory"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/pstree"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/crest-restore/crest/dump"
@@ -332,13 +333,18 @@ func resetLogs(t *testing.T, dir string, before map[string][]byte) {
 }
 
 // cgroupSteps returns the cgroup steps of the restore's timeline:
-// "stage step pid/tid".
+// "stage step pid/tid", the agent's marked "(agent)".
 func cgroupSteps(r *Restore) []string {
 	var out []string
 	for _, e := range r.Timeline().Steps {
-		if strings.HasPrefix(e.Step, "cgroup") && e.Engine && e.Succeeded {
-			out = append(out, fmt.Sprintf("%v %s %d/%d", e.Stage, e.Step, e.PID, e.TID))
+		if !strings.HasPrefix(e.Step, "cgroup") || !e.Succeeded {
+			continue
 		}
+		s := fmt.Sprintf("%v %s %d/%d", e.Stage, e.Step, e.PID, e.TID)
+		if !e.Engine {
+			s += " (agent)"
+		}
+		out = append(out, s)
 	}
 	slices.Sort(out)
 	return out
@@ -373,8 +379,10 @@ func TestCgroupRestore(t *testing.T) {
 		if n := tc.read("pids", "b", "pids.current"); n != "1" {
 			t.Errorf("pids cgroup b: %s tasks, want 1 (child1)", n)
 		}
+		// child1 enters its cgroups itself, child2 is in its
+		// parent's, the root's
 		want := []string{
-			"FORKING cgroups 2/2",
+			"FORKING cgroups 2/2 (agent)",
 			"PREPARE_NAMESPACES cgroup dirs 1/1",
 			"PREPARE_NAMESPACES cgroups 1/1",
 			"RESTORE cgroups 3/4",
@@ -500,6 +508,118 @@ func TestCgroupThreadedV2(t *testing.T) {
 	if tc.exists("", "") {
 		t.Errorf("the cgroup %s the restore made is still there after the abort", tc.base[""])
 	}
+}
+
+// cgroupForkPlaces is where TestCgroupEntersBeforeFork puts the tasks
+// of the cgroups workload, in every hierarchy: each in a cgroup of its
+// own, child2's thread with child2.
+var cgroupForkPlaces = map[int]string{cgInit: "a", cgChild1: "b", cgChild2: "c"}
+
+// TestCgroupEntersBeforeFork: every task enters its cgroups before it
+// forks its children, as CRIU's restore_task_cgroup, so that each child is
+// born, and its fork charged (pids, the kernel memory a fork takes), in
+// its parent's cgroups, never in the root's. The cgroups workload with
+// each task in a cgroup of its own (cgroupForkPlaces) and child2 made
+// child1's child (pstree.img edited), restored into fresh cgroups: the
+// init's, a, allows 2 tasks (pids.max), itself and a child being born.
+// A task that forked in the init's cgroups (child1 forking child2 there)
+// would fail its fork with EAGAIN. Each cgroup's pids.peak then says
+// where each fork was charged: 2 in every one, its task and the child
+// it forked (c: child2 and its thread). The timeline shows each task's
+// cgroups step done before its fork.
+func TestCgroupEntersBeforeFork(t *testing.T) {
+	needRoot(t)
+	cli.Subreaper(t)
+	tc := newTestCgroups(t, "crest-cgfork")
+	mkdirs := func() {
+		for _, h := range testHierarchies {
+			for _, sub := range []string{"a", "b", "c"} {
+				tc.mkdir(h, sub)
+			}
+		}
+	}
+	p := startCgroupsWorkload(t)
+	live, err := check.Live(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mkdirs()
+	for pid, sub := range cgroupForkPlaces {
+		for _, h := range testHierarchies {
+			tc.write(h, sub, "cgroup.procs", strconv.Itoa(live[pid].Host))
+		}
+	}
+	imgs := dumpReaped(t, p, dump.Options{})
+	before := check.Snapshot(t, p.Dir, cgroupsLogs)
+	editImage(t, imgs, "pstree.img", func(img *images.Image) {
+		for _, e := range img.Entries {
+			if pe := e.Message.(*pstree.PstreeEntry); pe.GetPid() == cgChild2 {
+				pe.Ppid = proto.Uint32(cgChild1)
+			}
+		}
+	})
+	// fresh cgroups: their pids.peak counts the restore's tasks alone
+	tc.removeAll()
+	mkdirs()
+	tc.write("pids", "a", "pids.max", "2")
+
+	r := restoreCgroups(t, imgs)
+	if live, err = check.Live(r.RootPID()); err != nil {
+		t.Fatal(err)
+	}
+	if got := live[cgChild2].PPID; got != cgChild1 {
+		t.Fatalf("task %d: parent %d, want %d (pstree.img edited)", cgChild2, got, cgChild1)
+	}
+	for pid, sub := range cgroupForkPlaces {
+		for tid, host := range live[pid].Threads {
+			got, err := readProcCgroup(live[pid].Host, host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, h := range testHierarchies {
+				if want := tc.path(h, sub); got[h] != want {
+					t.Errorf("task %d thread %d: cgroup %s in hierarchy %q, want %s", pid, tid, got[h], h, want)
+				}
+			}
+		}
+	}
+	for _, sub := range []string{"a", "b", "c"} {
+		if n := tc.read("pids", sub, "pids.peak"); n != "2" {
+			t.Errorf("pids cgroup %s: pids.peak %s, want 2 (its task and the one it forked)", sub, n)
+		}
+	}
+	if ev := tc.read("pids", "a", "pids.events"); !slices.Contains(strings.Split(ev, "\n"), "max 0") {
+		t.Errorf("pids cgroup a: pids.events %q: a fork was refused", ev)
+	}
+
+	// In the timeline: the root is moved by the engine while it waits
+	// in PREPARE_NAMESPACES, the others move themselves in FORKING; each
+	// before it forks.
+	moved, forked := map[int]StepEvent{}, map[int]StepEvent{}
+	for _, e := range r.Timeline().Steps {
+		switch {
+		case e.Step == stepCgroups && e.PID == e.TID:
+			moved[e.PID] = e
+		case e.Step == "fork children":
+			forked[e.PID] = e
+		}
+	}
+	for pid := range cgroupForkPlaces {
+		m, f := moved[pid], forked[pid]
+		wantStage, wantEngine := StageForking, false
+		if pid == cgInit {
+			wantStage, wantEngine = StagePrepareNamespaces, true
+		}
+		switch {
+		case !m.Succeeded || m.Stage != wantStage || m.Engine != wantEngine:
+			t.Errorf("task %d: cgroups step %+v, want one in %v (by the engine: %v)", pid, m, wantStage, wantEngine)
+		case !f.Succeeded:
+			t.Errorf("task %d: no fork children step", pid)
+		case m.End > f.Begin:
+			t.Errorf("task %d: cgroups step ended at %d, after its fork children step began at %d", pid, m.End, f.Begin)
+		}
+	}
+	check.Logs(t, p.Dir, before, cgroupsLogs, 200*time.Millisecond)
 }
 
 // nothingLeftIn fails the test for every process running from dir or in
@@ -692,22 +812,48 @@ func testCgroupPlanRefusals(t *testing.T, imgs string) {
 
 // testCgroupRollback: restores that fail on purpose after they made
 // cgroups (a property the kernel refuses, when made or once the tasks are
-// restored) remove every cgroup they made, and only those, and leave no
-// process behind.
+// restored; a cgroup a task can not enter) remove every cgroup they made,
+// and only those, and leave no process behind.
 func testCgroupRollback(t *testing.T, tc *testCgroups, imgs, wdir string) {
+	// child1 in a cpuset cgroup the restore makes without cpus (no
+	// cpuset.cpus in the image), which no task can enter: its own write
+	// into cgroup.procs fails (ENOSPC), in the agent
+	own, err := readProcCgroup(os.Getpid(), os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounts, err := readCgroupMounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpusetTop := cgJoin(own["cpuset"], filepath.Base(tc.base["pids"]))
+	cpusetHost := mounts.find(&CgroupController{Names: []string{"cpuset"}}) + cpusetTop
+	t.Cleanup(func() { os.Remove(cpusetHost + "/x"); os.Remove(cpusetHost) })
 	for _, c := range []struct {
 		name  string
 		edit  func(e *cgroup.CgroupEntry)
 		stage Stage
 		step  string
 		want  string
+		errno syscall.Errno // the failure's, when not 0
+		made  string        // a cgroup the restore made outside tc, gone after it
 	}{
 		{"property made", func(e *cgroup.CgroupEntry) {
 			cgProp(t, cgController(t, e, "memory"), "b", "memory.use_hierarchy").Value = proto.String("0")
-		}, StagePrepareNamespaces, stepCgroupDirs, "memory.use_hierarchy"},
+		}, StagePrepareNamespaces, stepCgroupDirs, "memory.use_hierarchy", 0, ""},
 		{"property restored", func(e *cgroup.CgroupEntry) {
 			cgProp(t, cgController(t, e, "memory"), "a", "memory.limit_in_bytes").Value = proto.String("junk")
-		}, StageRestore, stepCgroupProps, `memory.limit_in_bytes = "junk"`},
+		}, StageRestore, stepCgroupProps, `memory.limit_in_bytes = "junk"`, 0, ""},
+		{"entering a cpuset without cpus", func(e *cgroup.CgroupEntry) {
+			c := cgController(t, e, "cpuset")
+			c.Dirs = append(c.Dirs, &cgroup.CgroupDirEntry{DirName: proto.String(strings.TrimPrefix(cpusetTop, "/") + "/x")})
+			for _, m := range e.Sets[1].Ctls { // child1's
+				if m.GetName() == "cpuset" {
+					m.Path = proto.String(cpusetTop + "/x")
+				}
+			}
+		}, StageForking, stepCgroups, "task 2: cgroups: no space left on device (errno 28): entering set 3: writing 0 into one of ",
+			syscall.ENOSPC, cpusetHost},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			tc.removeAll()
@@ -725,12 +871,21 @@ func testCgroupRollback(t *testing.T, tc *testCgroups, imgs, wdir string) {
 			if !errors.As(err, &se) || se.Stage != c.stage || se.Step != c.step || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("error %v, want a StageError in %v, step %q, naming %q", err, c.stage, c.step, c.want)
 			}
+			if c.made != "" && !strings.Contains(err.Error(), c.made+"/x/cgroup.procs") {
+				t.Errorf("error %v: the cgroup.procs file of %s/x not named", err, c.made)
+			}
+			if c.errno != 0 && !errors.Is(err, c.errno) {
+				t.Errorf("error %v, want one that is %v", err, c.errno)
+			}
 			t.Log(err)
 			nothingLeftIn(t, wdir)
 			for _, h := range testHierarchies {
 				if h != "pids" && tc.exists(h, "") {
 					t.Errorf("hierarchy %q: the cgroup %s the failed restore made is still there", h, tc.base[h])
 				}
+			}
+			if _, err := os.Stat(c.made); c.made != "" && err == nil {
+				t.Errorf("the cgroup %s the failed restore made is still there", c.made)
 			}
 			if !tc.exists("pids", "a") || !tc.exists("pids", "b") {
 				t.Error("the rollback removed pids cgroups that existed before the restore")
@@ -865,8 +1020,8 @@ func TestCgroupCRIUImages(t *testing.T) {
 // its images without cgroup.img (every core in crest's set), with the
 // cgroups in place, and with them made by each restore. Timed as
 // BenchmarkRestore: images.Open, NewPlan, Start to COMPLETE, Detach;
-// cgroup-us is the time of the engine's cgroup steps in one restore (-v
-// logs each step's).
+// cgroup-us is the time of the cgroup steps in one restore, the engine's
+// and the agent's (-v logs each step's).
 //
 //	go test -p 1 -run '^$' -bench '^BenchmarkCgroupRestore' -benchtime 50x ./restore
 func BenchmarkCgroupRestore(b *testing.B) {
@@ -928,9 +1083,13 @@ func BenchmarkCgroupRestore(b *testing.B) {
 				times = append(times, time.Since(start))
 				b.StopTimer()
 				for _, e := range r.Timeline().Steps {
-					if e.Engine && strings.HasPrefix(e.Step, "cgroup") {
+					if strings.HasPrefix(e.Step, "cgroup") {
+						name := e.Stage.String() + "/" + e.Step
+						if !e.Engine {
+							name += " (agent)"
+						}
 						cg += time.Duration(e.End - e.Begin)
-						steps[e.Stage.String()+"/"+e.Step] += time.Duration(e.End - e.Begin)
+						steps[name] += time.Duration(e.End - e.Begin)
 					}
 				}
 				killTree(b, root)

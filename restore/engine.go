@@ -205,6 +205,9 @@ func (r *Restore) run(ctx context.Context) error {
 	r.shared = shared
 	// root_prepare_shared: the files every task will take.
 	r.files, err = prepareFiles(p)
+	if err == nil {
+		err = r.files.reserveCgroupFiles(p) // cgroup.go: opened in PREPARE_NAMESPACES
+	}
 	if err != nil {
 		return &StageError{Stage: StageRootTask, Step: "prepare files", Err: err}
 	}
@@ -340,9 +343,6 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 			// FORKING did is taken before the switch and told after,
 			// with the host pids, ahead of the switch itself, so that
 			// observers see the usual order.
-			if err := r.cgroupsAfterForking(); err != nil { // cgroup.go: before their memory
-				return err
-			}
 			if st != until {
 				steps, arrivals := r.collect(st)
 				ev, err := r.switchQuietly(st + 1)
@@ -562,6 +562,9 @@ func (r *Restore) failure() error {
 	e := &StageError{Stage: Stage(f.Stage), PID: int(f.PID), Step: StepName(int(f.Step))}
 	if f.Err < 0 {
 		e.Errno = syscall.Errno(-f.Err)
+	}
+	if f.Step == agent.StepCgroups {
+		r.plan.Cgroups.explainEnter(e) // cgroup.go
 	}
 	if e.Stage == StageRootTask && f.Step == agent.StepFork && e.Errno == syscall.EEXIST {
 		// The launcher's fork of the root found the root's pid taken in

@@ -93,6 +93,9 @@ func layoutPlan(p *Plan, pr *prepared) planLayout {
 		at.EpollAddsOff = take(len(t.EpollAdds), binary.Size(agent.EpollAdd{}))
 		l.filters = append(l.filters, take(nfilters, binary.Size(agent.SeccompFilter{})))
 		l.progs = append(l.progs, take(progBytes, 1))
+		// the cgroups it enters before it forks (cgroup.go)
+		at.NrCgroupFDs = uint32(len(p.Cgroups.enterFDs(t, pr)))
+		at.CgroupFDsOff = take(int(at.NrCgroupFDs), 4)
 		for i, it := range t.Itimers {
 			at.Itimers[i] = agent.Itimer{IntervalSec: it.IntervalSec, IntervalUsec: it.IntervalUsec, ValueSec: it.ValueSec, ValueUsec: it.ValueUsec}
 		}
@@ -359,6 +362,8 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 				b.Write(f.Prog)
 			}
 		}
+		pad(at.CgroupFDsOff)
+		put(p.Cgroups.enterFDs(t, pr))
 	}
 	pad(l.size)
 	if uint64(b.Len()) > a.PlanSize {

@@ -80,7 +80,8 @@ What comes back:
 - cgroups (cgroup.img, which criu dump and crest dump write when the
   tree was in other cgroups than the dumper): every task and thread goes
   back into its cgroups (v1 hierarchies and cgroup v2, threaded ones
-  too) before it restores its memory, as criu restore's default
+  too), each task before it forks its children and restores its memory,
+  so that they are born and charged there, as criu restore's default
   --manage-cgroups=soft does: a cgroup that exists is used as it is (its
   limits, mode and owner untouched), one that does not is made with the
   mode, owner and properties of the dump (cpuset.cpus and the like at

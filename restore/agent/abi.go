@@ -7,7 +7,7 @@ package agent
 // Plan file constants.
 const (
 	PlanMagic   = 0x4e414c5054534552 // "RESTPLAN"
-	PlanVersion = 13
+	PlanVersion = 14
 
 	PlanFD        = 3 // the launcher's fd of the plan memfd
 	SharedFD      = 4 // the launcher's fd of the shared area memfd
@@ -76,7 +76,8 @@ const (
 	StepExit         = 18
 	StepSeccomp      = 19
 	StepSched        = 20
-	NrSteps          = 21
+	StepCgroups      = 21
+	NrSteps          = 22
 )
 
 // Plan.Faults bits: faults injected on purpose for the monitor's tests.
@@ -202,6 +203,10 @@ type Task struct {
 	CTTYEngineFD int32  `c:"ctty_engine_fd"`
 	CTTYPgrp     int32  `c:"ctty_pgrp"`
 	CTTYPad      uint32 `c:"ctty_pad"`
+	// the engine's fds of the cgroup.procs files the task writes itself
+	// into before it forks (fork.c): int32s at CgroupFDsOff
+	NrCgroupFDs  uint32 `c:"nr_cgroup_fds"`
+	CgroupFDsOff uint32 `c:"cgroup_fds_off"`
 }
 
 // EpollAdd is struct crest_epoll_add.
@@ -463,5 +468,5 @@ var StepNames = [NrSteps]string{
 	StepFiles: "files", StepMemory: "memory", StepThreads: "threads", StepCreds: "creds", StepSigreturn: "sigreturn",
 	StepFS: "fs", StepSigacts: "sigactions", StepSignals: "pending signals", StepTimers: "timers",
 	StepWaitChildren: "wait helpers and zombies", StepExit: "exit", StepSeccomp: "seccomp",
-	StepSched: "sched",
+	StepSched: "sched", StepCgroups: "cgroups",
 }

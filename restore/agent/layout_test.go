@@ -57,7 +57,7 @@ var cConsts = map[string]int64{
 	"CREST_STEP_BARRIER": StepBarrier, "CREST_STEP_JOIN_PGID": StepJoinPgid, "CREST_STEP_FILES": StepFiles,
 	"CREST_STEP_MEMORY": StepMemory, "CREST_STEP_THREADS": StepThreads, "CREST_STEP_CREDS": StepCreds,
 	"CREST_STEP_SIGRETURN": StepSigreturn, "CREST_STEP_FS": StepFS, "CREST_STEP_SIGACTIONS": StepSigacts,
-	"CREST_STEP_SIGNALS": StepSignals, "CREST_STEP_TIMERS": StepTimers, "CREST_STEP_SECCOMP": StepSeccomp, "CREST_STEP_SCHED": StepSched,
+	"CREST_STEP_SIGNALS": StepSignals, "CREST_STEP_TIMERS": StepTimers, "CREST_STEP_SECCOMP": StepSeccomp, "CREST_STEP_SCHED": StepSched, "CREST_STEP_CGROUPS": StepCgroups,
 	"CREST_SECCOMP_DISABLED": SeccompModeDisabled, "CREST_SECCOMP_STRICT": SeccompModeStrict, "CREST_SECCOMP_FILTER": SeccompModeFilter,
 	"CREST_NR_STEPS": NrSteps, "CREST_NR_SIGNALS": NrSignals, "CREST_XSTATE_KNOWN": XStateKnown,
 	"CREST_FAULT_NO_SET_TID": FaultNoSetTID, "CREST_FAULT_NO_WAIT": FaultNoWait,

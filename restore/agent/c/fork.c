@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 /*
  * fork.c - one task's life until its memory is restored: check its pid,
- * set up its session and group, fork its children with their pids.
+ * enter its cgroups, set up its session and group, fork its children with
+ * their pids.
  *
  * CRIU's order (restore_task_with_children): a task is born in FORKING,
- * takes its session and group, forks its children, and leaves FORKING.
+ * enters its cgroups, takes its session and group, forks its children,
+ * and leaves FORKING.
  * Tasks that join a group led by another task do so in RESTORE, when every
  * leader exists.
  */
@@ -53,6 +55,39 @@ int join_group(const struct crest_task *t)
 	if (ret < 0)
 		return (int)ret;
 	step_end(CREST_STEP_JOIN_PGID);
+	return 0;
+}
+
+/*
+ * Enter the task's cgroups before it forks its children, as CRIU's
+ * restore_task_cgroup: the children are then born, and their forks
+ * charged (pids, the kernel memory of a fork), in their parent's
+ * cgroups. The engine opened the cgroup.procs file of every cgroup where
+ * the task's set differs from its parent's; "0" moves the writer. The
+ * kernel checks the credentials of the file's opener (the engine), not
+ * the writer's, so this works in a user namespace too.
+ */
+static int enter_cgroups(const struct crest_task *t)
+{
+	const int32_t *fds = plan_ints(t->cgroup_fds_off);
+	const char self = '0';
+	uint32_t i;
+
+	if (!t->nr_cgroup_fds)
+		return 0;
+	step_begin(CREST_STEP_CGROUPS);
+	for (i = 0; i < t->nr_cgroup_fds; i++) {
+		long fd = sys_pidfd_getfd(agent.plan->engine_pidfd, fds[i], 0);
+		long ret;
+
+		if (fd < 0)
+			return (int)fd;
+		ret = sys_write((int)fd, &self, 1);
+		sys_close((int)fd);
+		if (ret < 0)
+			return (int)ret;
+	}
+	step_end(CREST_STEP_CGROUPS);
 	return 0;
 }
 
@@ -150,6 +185,10 @@ __attribute__((noreturn)) void task_main(const struct crest_task *t)
 		finish_stage(CREST_STAGE_PREPARE_NAMESPACES);
 	}
 
+	/* the root has none: the engine moved it in PREPARE_NAMESPACES */
+	ret = enter_cgroups(t);
+	if (ret < 0)
+		task_fail(CREST_STEP_CGROUPS, ret);
 	ret = restore_session(t);
 	if (ret < 0)
 		task_fail(agent.slot->step, ret);

@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #define CREST_PLAN_MAGIC 0x4e414c5054534552ULL /* "RESTPLAN" */
-#define CREST_PLAN_VERSION 13
+#define CREST_PLAN_VERSION 14
 
 /* fds of the launcher as the engine starts it */
 #define CREST_PLAN_FD 3
@@ -68,7 +68,8 @@
 #define CREST_STEP_EXIT 18	/* a zombie or helper ends itself */
 #define CREST_STEP_SECCOMP 19	/* the thread's seccomp mode and filters, last */
 #define CREST_STEP_SCHED 20	/* the thread's nice value and scheduling policy */
-#define CREST_NR_STEPS 21
+#define CREST_STEP_CGROUPS 21	/* enter the task's cgroups, before forking */
+#define CREST_NR_STEPS 22
 
 /* XSAVE components crest_xstate carries */
 #define CREST_XSTATE_KNOWN 0x2ffull
@@ -266,6 +267,15 @@ struct crest_task {
 	int32_t ctty_engine_fd;
 	int32_t ctty_pgrp;
 	uint32_t ctty_pad;
+	/*
+	 * The cgroups the task enters before it forks its children, as
+	 * CRIU's restore_task_cgroup (fork.c): the engine's fds of the
+	 * cgroup.procs files of those where its cgroup set differs from
+	 * its parent's, each taken with pidfd_getfd and written "0" (the
+	 * writer). 0: none, as in every tree without cgroup.img.
+	 */
+	uint32_t nr_cgroup_fds;
+	uint32_t cgroup_fds_off;	/* int32_t engine fds */
 };
 
 /* One item of an epoll, added by the task that holds the epoll and its target. */
