@@ -469,23 +469,16 @@ type cgroupMountPoint struct {
 // mounts of a hierarchy's root ("/" as seen from crest's cgroup
 // namespace): where crest finds the cgroups the image names.
 func readCgroupMounts() (cgroupMounts, error) {
-	const mountinfo = "/proc/self/mountinfo"
-	b, err := os.ReadFile(mountinfo)
+	mounts, err := procfs.ReadMountinfo("/proc/self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
 	var out cgroupMounts
-	for line := range strings.Lines(string(b)) {
-		f := strings.Fields(line)
-		sep := slices.Index(f, "-")
-		if sep < 6 || sep+3 >= len(f) {
-			return nil, fmt.Errorf("%s: %q: too few fields", mountinfo, line)
-		}
-		fstype := f[sep+1]
-		if (fstype != "cgroup" && fstype != "cgroup2") || f[3] != "/" {
+	for _, m := range mounts {
+		if (m.FSType != "cgroup" && m.FSType != "cgroup2") || m.Root != "/" {
 			continue
 		}
-		out = append(out, cgroupMountPoint{point: procfs.UnescapeMountPath(f[4]), v2: fstype == "cgroup2", opts: strings.Split(f[sep+3], ",")})
+		out = append(out, cgroupMountPoint{point: m.Point, v2: m.FSType == "cgroup2", opts: m.SuperOptions})
 	}
 	return out, nil
 }
