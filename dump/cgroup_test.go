@@ -18,6 +18,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/cgroup"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/test/cgroupdir"
 	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/workloads"
 )
@@ -77,25 +78,7 @@ func (ct *cgTest) write(h, sub, file string, v int) {
 
 func (ct *cgTest) remove() {
 	for _, h := range cgTestHierarchies {
-		for _, sub := range []string{"a", "b", "c", ""} {
-			dir := ct.mount[h] + ct.base[h] + "/" + sub
-			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-				b, _ := os.ReadFile(dir + "/cgroup.procs")
-				for _, f := range strings.Fields(string(b)) {
-					if pid, err := strconv.Atoi(f); err == nil {
-						syscall.Kill(pid, syscall.SIGKILL)
-					}
-				}
-				err := syscall.Rmdir(dir)
-				if err == nil || errors.Is(err, syscall.ENOENT) {
-					break
-				}
-				if time.Now().After(deadline) {
-					ct.t.Errorf("removing test cgroup %s: %v", dir, err)
-					break
-				}
-			}
-		}
+		cgroupdir.Remove(ct.t, ct.mount[h]+ct.base[h])
 	}
 }
 

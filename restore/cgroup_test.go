@@ -21,6 +21,7 @@ import (
 
 	"github.com/crest-restore/crest/dump"
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/test/cgroupdir"
 	"github.com/crest-restore/crest/test/check"
 	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/procscan"
@@ -141,34 +142,7 @@ func (tc *testCgroups) exists(h, sub string) bool {
 // children first.
 func (tc *testCgroups) removeAll() {
 	for _, h := range testHierarchies {
-		var dirs []string
-		filepath.WalkDir(tc.host(h, ""), func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
-			}
-			return nil
-		})
-		slices.Reverse(dirs)
-		for _, dir := range dirs {
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				b, _ := os.ReadFile(dir + "/cgroup.procs")
-				for _, f := range strings.Fields(string(b)) {
-					if pid, err := strconv.Atoi(f); err == nil {
-						syscall.Kill(pid, syscall.SIGKILL)
-					}
-				}
-				err := syscall.Rmdir(dir)
-				if err == nil || errors.Is(err, syscall.ENOENT) {
-					break
-				}
-				if time.Now().After(deadline) {
-					tc.t.Errorf("removing test cgroup %s: %v", dir, err)
-					break
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
-		}
+		cgroupdir.Remove(tc.t, tc.host(h, ""))
 	}
 }
 
