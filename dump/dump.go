@@ -256,6 +256,7 @@ func (d *dumper) run(ctx context.Context) (*Result, error) {
 		}
 		res.Threads += len(t.threads)
 	}
+	d.userOwners() // userns.go: before memfd.img is written
 	d.obs.stage(StageMemfds)
 	if err := d.dumpMemfds(); err != nil {
 		return nil, err
@@ -263,6 +264,9 @@ func (d *dumper) run(ctx context.Context) (*Result, error) {
 	memdump := time.Since(tm)
 	d.obs.stage(StageWriteImages)
 	if err := d.writeShared(memdump); err != nil {
+		return nil, err
+	}
+	if err := d.userReadable(); err != nil { // userns.go
 		return nil, err
 	}
 	if err := d.moveIntoPlace(); err != nil {

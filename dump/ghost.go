@@ -45,6 +45,7 @@ type ghostTable struct {
 	last    uint32
 	byInode map[devIno]uint32
 	remaps  []images.Entry // remap-fpath.img
+	user    *userNS        // the tree's own, nil for none: the owners as it sees them (userns.go)
 }
 
 // ghostName returns the name files.img keeps for the regular file about
@@ -105,7 +106,7 @@ func (ft *fileTable) ghostName(t *task, what string, id uint32, link, name strin
 // before reading: the times are those of the dump).
 func (gt *ghostTable) write(id uint32, link string, st *unix.Stat_t) error {
 	e := &ghost_file.GhostFileEntry{
-		Uid: proto.Uint32(st.Uid), Gid: proto.Uint32(st.Gid), Mode: proto.Uint32(st.Mode),
+		Uid: proto.Uint32(gt.user.ownerUID(st.Uid)), Gid: proto.Uint32(gt.user.ownerGID(st.Gid)), Mode: proto.Uint32(st.Mode),
 		// CRIU's kernel encoding of the device (MKKDEV)
 		Dev: proto.Uint32(unix.Major(st.Dev)<<20 | unix.Minor(st.Dev)), Ino: proto.Uint64(st.Ino),
 		Atim: &criu_time.Timeval{TvSec: proto.Uint64(uint64(st.Atim.Sec)), TvUsec: proto.Uint64(uint64(st.Atim.Nsec / 1000))},

@@ -59,6 +59,7 @@ func (d *dumper) writeIPC() error {
 		if err := part.dump(&entries); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
+		d.userIPC(entries) // userns.go
 		if err := d.write(name, part.kind, entries...); err != nil {
 			return err
 		}

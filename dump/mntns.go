@@ -183,6 +183,7 @@ func (d *dumper) writeMnt() error {
 	var entries []images.Entry
 	for _, m := range mounts {
 		e := m.entry
+		d.userMountOptions(e) // userns.go
 		switch {
 		case e.GetSharedId() != 0 || e.GetMasterId() != 0 || e.GetFlags()&unix.MS_UNBINDABLE != 0:
 			return unsupported(m, "propagation other than private (shared, slave, unbindable) is not supported")
@@ -315,11 +316,16 @@ func (d *dumper) tarTmpfs(pid int, m *mountInfo) error {
 		return err
 	}
 	defer out.Close()
+	owners, done, err := d.tarOwnerMaps(dir.Name()) // userns.go
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	defer done()
 	var msg bytes.Buffer
 	cmd := &exec.Cmd{
 		Path: tar,
-		Args: []string{"tar", "--create", "--gzip", "--no-unquote", "--no-wildcards", "--one-file-system", "--check-links",
-			"--preserve-permissions", "--sparse", "--numeric-owner", "--directory", "/proc/self/fd/0", "."},
+		Args: append(append([]string{"tar", "--create", "--gzip", "--no-unquote", "--no-wildcards", "--one-file-system", "--check-links",
+			"--preserve-permissions", "--sparse", "--numeric-owner"}, owners...), "--directory", "/proc/self/fd/0", "."),
 		Env:    []string{"PATH=/usr/bin:/bin", "LC_ALL=C"},
 		Stdin:  dir,
 		Stdout: out,

@@ -77,6 +77,7 @@ func (d *dumper) writeNet() error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", name("netns"), err)
 	}
+	d.userPingGroups(conf) // userns.go
 	if err := d.write(name("netns"), images.KindNetNS, images.Entry{Message: conf}); err != nil {
 		return err
 	}

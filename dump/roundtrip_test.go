@@ -141,7 +141,14 @@ func TestRoundTrip(t *testing.T) {
 		// O_TMPFILE file, each checked every tick (one inode for both
 		// tasks, the holes, the offsets, still deleted).
 		{"ghost", map[string]check.Next{"out-parent.log": check.Counter, "out-child.log": check.Counter}, nil},
-		{"userns", usernsLogs, usernsState}, // userns_test.go
+		// In a user namespace of its own (root inside not host root)
+		// that owns its other namespaces: the maps, ids, groups and
+		// capabilities, and objects owned by ids inside (a tmpfs's
+		// files, SysV objects, ping_group_range, owners for SIGIO, a
+		// memfd; in userns2 ghost files), checked every tick
+		// (userns_test.go).
+		{"userns", usernsLogs, usernsState},
+		{"userns2", userns2Logs, usernsState},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := workloads.Start(t, tc.name)

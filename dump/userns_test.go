@@ -1,9 +1,12 @@
 package dump_test
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,16 +16,30 @@ import (
 	"testing"
 	"time"
 
+	ghost_file "github.com/checkpoint-restore/go-criu/v8/crit/images/ghost-file"
+	ipc_desc "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-desc"
+	ipc_msg "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-msg"
+	ipc_sem "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-sem"
+	ipc_shm "github.com/checkpoint-restore/go-criu/v8/crit/images/ipc-shm"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/memfd"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/mnt"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/netdev"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/tty"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/userns"
 
 	"github.com/crest-restore/crest/dump"
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/test/check"
+	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/workloads"
 )
 
-// usernsLogs are the userns workload's logs (test/workloads/src/userns.c).
-var usernsLogs = map[string]check.Next{"out-userns.log": check.Counter, "out-child.log": check.Counter}
+// usernsLogs and userns2Logs are the logs of the userns and userns2
+// workloads (test/workloads/src/userns.c, userns2.c).
+var (
+	usernsLogs  = map[string]check.Next{"out-userns.log": check.Counter, "out-child.log": check.Counter}
+	userns2Logs = map[string]check.Next{"out-userns2.log": check.Counter, "out-child.log": check.Counter}
+)
 
 // usernsState is what the round trip keeps of the userns workload, read
 // from outside: the maps of its root's user namespace, whether every task
@@ -295,4 +312,191 @@ func startLaunched(t *testing.T, dir string, args ...string) *workloads.Process 
 	p := &workloads.Process{Pid: pid, Dir: dir}
 	t.Cleanup(func() { p.Kill(t) })
 	return p
+}
+
+// TestDumpUserNSOwners dumps the userns and userns2 workloads and checks
+// that the images hold the owners of the tree's objects as its user
+// namespace sees them, the values CRIU 4.2 writes for the same trees
+// (criu dump of them, by hand): the uid and euid of the owners for SIGIO,
+// the owners of a memfd, of SysV IPC objects (and their creators), of a
+// bound unix socket's file, of a pty's ends, of ghost files, of a tmpfs's
+// files (in its tarball) and the uid= and gid= options of its mount, and
+// net/ipv4/ping_group_range; an owner the namespace does not map as -1
+// (a file the test made, which userns2's init holds deleted); and every
+// image readable by all (CRIU's restore reads them inside the namespace,
+// whose root is not the dumper). Then userns2 is restored and runs on:
+// the ghost of the unmapped file is left to the engine, whom the
+// namespace does not map either.
+func TestDumpUserNSOwners(t *testing.T) {
+	bin := cli.Binary(t)
+	cli.Subreaper(t)
+	for _, tc := range []struct {
+		name string
+		logs map[string]check.Next
+		want []string
+	}{
+		{"userns", usernsLogs, []string{
+			"fown pid 1 uid 1000 euid 0", "fown pid 2 uid 2000 euid 2001",
+			"ipc msg uid 5 gid 599 cuid 0 cgid 501", "ipc sem uid 2001 gid 511 cuid 2001 cgid 511",
+			"ipc shm uid 1000 gid 500 cuid 0 cgid 501", "memfd owned 2001:511",
+			"mount tmpfs size=1024k,mode=751,uid=1000,gid=500", `ping_group_range "500\t510\n"`,
+			"tar ./ 1000:500", "tar ./a 1000:500", "tar ./b 5:1", "tar ./link 1001:501", "tar ./root 0:0",
+			"tar ./sub/ 2000:502", "tar ./sub/c 2004:550",
+		}},
+		{"userns2", userns2Logs, []string{
+			"fown pid 1 uid 1000 euid 0", "fown pid 2 uid 2000 euid 2001",
+			"ghost 0:501 mode 100640", "ghost 2001:511 mode 100604", "ghost 4294967295:4294967295 mode 100644",
+			// the master is /dev/ptmx, host root's
+			"tty master 4294967295:4294967295", "tty slave 2001:511", "unix g/sock 2001:511",
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			// a file of ours: its owner is not mapped in the namespace
+			if err := os.WriteFile(filepath.Join(dir, "unmapped"), []byte("x"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			opts := []string{"-U"}
+			if tc.name == "userns" {
+				opts = append(opts, "-n", "-N", "-m")
+			}
+			p := startLaunched(t, dir, append(opts, dir, workloads.Build(t, tc.name))...)
+			for l := range tc.logs {
+				waitLines(t, p, l, 3)
+			}
+			live, err := check.Live(p.Pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			imgs := dumpKilled(t, bin, p, live)
+			before := check.Snapshot(t, p.Dir, tc.logs)
+			got := imageOwners(t, imgs)
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("owners in the images:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+			ents, err := os.ReadDir(imgs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range ents {
+				if fi, err := e.Info(); err != nil || fi.Mode().Perm() != 0o644 {
+					t.Errorf("%s: mode %v (%v), want 0644 as CRIU's", e.Name(), fi.Mode(), err)
+				}
+			}
+			if tc.name != "userns2" {
+				return
+			}
+			d, err := images.Open(imgs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			restoreTree(t, bin, imgs, d, p.Dir)
+			check.Logs(t, p.Dir, before, tc.logs, time.Second)
+		})
+	}
+}
+
+// imageOwners lists the owners the images in dir hold, sorted.
+func imageOwners(t *testing.T, dir string) []string {
+	t.Helper()
+	d, err := images.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	files, err := d.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fe := range files {
+		if p, _ := images.FileFown(fe); p != nil && (*p).GetPid() != 0 {
+			out = append(out, fmt.Sprintf("fown pid %d uid %d euid %d", (*p).GetPid(), (*p).GetUid(), (*p).GetEuid()))
+		}
+		if fp := fe.GetUsk().GetFilePerms(); fp != nil {
+			out = append(out, fmt.Sprintf("unix %s %d:%d", strings.TrimRight(string(fe.GetUsk().GetName()), "\x00"), fp.GetUid(), fp.GetGid()))
+		}
+	}
+	names, err := filepath.Glob(filepath.Join(dir, "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		b := filepath.Base(n)
+		kinds := map[string]*images.Kind{"ghost-file-": images.KindGhostFile, "ipcns-shm-": images.KindIPCNSShm,
+			"ipcns-msg-": images.KindIPCNSMsg, "ipcns-sem-": images.KindIPCNSSem, "memfd.img": images.KindMemfdInode,
+			"mountpoints-": images.KindMnts, "netns-": images.KindNetNS, "tty-info.img": images.KindTTYInfo}
+		var k *images.Kind
+		for prefix, kind := range kinds {
+			if strings.HasPrefix(b, prefix) && !strings.HasPrefix(b, "netns-ct") {
+				k = kind
+			}
+		}
+		if strings.HasPrefix(b, "tmpfs-dev-") {
+			out = append(out, tarOwners(t, n)...)
+			continue
+		}
+		if k == nil {
+			continue
+		}
+		img, err := images.ReadKindFile(n, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range img.Entries {
+			ipc := func(what string, x *ipc_desc.IpcDescEntry) {
+				out = append(out, fmt.Sprintf("ipc %s uid %d gid %d cuid %d cgid %d", what, x.GetUid(), x.GetGid(), x.GetCuid(), x.GetCgid()))
+			}
+			switch m := e.Message.(type) {
+			case *ghost_file.GhostFileEntry:
+				out = append(out, fmt.Sprintf("ghost %d:%d mode %o", m.GetUid(), m.GetGid(), m.GetMode()))
+			case *ipc_shm.IpcShmEntry:
+				ipc("shm", m.GetDesc())
+			case *ipc_msg.IpcMsgEntry:
+				ipc("msg", m.GetDesc())
+			case *ipc_sem.IpcSemEntry:
+				ipc("sem", m.GetDesc())
+			case *memfd.MemfdInodeEntry:
+				out = append(out, fmt.Sprintf("memfd %s %d:%d", m.GetName(), m.GetUid(), m.GetGid()))
+			case *mnt.MntEntry:
+				if m.GetFstype() == uint32(mnt.Fstype_TMPFS) {
+					out = append(out, "mount tmpfs "+m.GetOptions())
+				}
+			case *netdev.NetnsEntry:
+				for _, s := range m.GetIpv4Sysctl() {
+					out = append(out, fmt.Sprintf("ping_group_range %q", s.GetSarg()))
+				}
+			case *tty.TtyInfoEntry:
+				end := map[bool]string{true: "master", false: "slave"}[m.GetId()&1 == 1]
+				out = append(out, fmt.Sprintf("tty %s %d:%d", end, m.GetUid(), m.GetGid()))
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// tarOwners lists the owners of the files of a tmpfs tarball.
+func tarOwners(t *testing.T, path string) []string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	z, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	r := tar.NewReader(z)
+	for {
+		h, err := r.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		out = append(out, fmt.Sprintf("tar %s %d:%d", h.Name, h.Uid, h.Gid))
+	}
 }

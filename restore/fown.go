@@ -147,7 +147,11 @@ func (r *Restore) setOwners() error {
 			return err
 		}
 		o, flags := ownerOf(fe)
-		j := ownerJob{id: id, sig: int(o.GetSignum()), uid: o.GetUid(), euid: o.GetEuid(), async: flags&syscall.O_ASYNC != 0}
+		uid, euid, err := r.plan.ownerUIDs(o) // userns.go: through the maps
+		if err != nil {
+			return fmt.Errorf("files.img: file %d: %w", id, err)
+		}
+		j := ownerJob{id: id, sig: int(o.GetSignum()), uid: uid, euid: euid, async: flags&syscall.O_ASYNC != 0}
 		f := r.plan.Files[id]
 		k, ok := r.files.index[fileKey(f)]
 		if !ok {

@@ -4,18 +4,23 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 	"unsafe"
 
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/mnt"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/tty"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/userns"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/crest-restore/crest/images"
 )
@@ -201,6 +206,23 @@ func hostID(m []IDExtent, id uint32) (uint32, bool) {
 	return 0, false
 }
 
+// invalidID is CRIU's INVALID_ID, (uid_t)-1: an owner its dump found
+// not mapped (userns_uid), which it restores by changing nothing (a chown
+// to -1), leaving the object to whoever made it.
+const invalidID = ^uint32(0)
+
+// hostOwner is id, the owner of an object inside the namespace, as the
+// engine sets it from outside: through the map; invalidID stays, which a
+// chown takes for "leave it", as CRIU's (the engine makes the object: with
+// the namespace's root not the engine's, its ids are not mapped either,
+// as at the dump). False when the map does not map id.
+func hostOwner(m []IDExtent, id uint32) (uint32, bool) {
+	if id == invalidID {
+		return id, true
+	}
+	return hostID(m, id)
+}
+
 // mapText is a map as written to /proc/PID/uid_map and read back (the
 // kernel prints each field right-aligned in 10 columns).
 func mapText(m []IDExtent) string {
@@ -244,16 +266,21 @@ func (p *Plan) checkMapped(u *UserNamespace) error {
 // hostIDs takes the ids of the images that the engine uses from outside
 // the namespace through the maps: the owners of the SysV IPC objects it
 // makes (ipcns.go), of the ghost files and memfds it makes (ghost.go,
-// memfd.go), the range of net/ipv4/ping_group_range it writes
-// (netns_fill.go), and the uid= and gid= options of the mounts it makes
-// (mntns_mount.go). After it these hold the engine's ids.
+// memfd.go), of the files of the unix sockets it binds (sockunix.go), of
+// the ptys it opens (pty.go, tty.go), the range of
+// net/ipv4/ping_group_range it writes (netns_fill.go), and the uid= and
+// gid= options of the mounts it makes (mntns_mount.go). After it these
+// hold the engine's ids. The owners for SIGIO are taken through the maps
+// when they are set (fown.go, ownerUIDs), and checked here. An owner
+// CRIU found not mapped (invalidID) is left to the engine, which makes
+// the object (hostOwner; an IPC_SET takes no -1: the engine's ids).
 func (p *Plan) hostIDs(u *UserNamespace) error {
 	ids := func(file, what string, uid, gid *uint32) error {
-		h, ok := hostID(u.UIDMap, *uid)
+		h, ok := hostOwner(u.UIDMap, *uid)
 		if !ok {
 			return &PlanError{File: file, Msg: fmt.Sprintf("%s: owner uid %d is not in the uid_map of %s", what, *uid, u.File)}
 		}
-		g, ok := hostID(u.GIDMap, *gid)
+		g, ok := hostOwner(u.GIDMap, *gid)
 		if !ok {
 			return &PlanError{File: file, Msg: fmt.Sprintf("%s: owner gid %d is not in the gid_map of %s", what, *gid, u.File)}
 		}
@@ -275,6 +302,12 @@ func (p *Plan) hostIDs(u *UserNamespace) error {
 			if err := ids(o.File, fmt.Sprintf("entry %d (id %d)", o.Entry, o.ID), &o.UID, &o.GID); err != nil {
 				return err
 			}
+			if o.UID == invalidID {
+				o.UID = uint32(os.Geteuid())
+			}
+			if o.GID == invalidID {
+				o.GID = uint32(os.Getegid())
+			}
 		}
 	}
 	for _, m := range p.Memfds {
@@ -292,20 +325,24 @@ func (p *Plan) hostIDs(u *UserNamespace) error {
 			}
 		}
 	}
+	if err := p.hostFileOwners(u, ids); err != nil {
+		return err
+	}
 	if p.Net != nil {
 		for i, s := range p.Net.Sysctls {
 			if s.Path != "net/ipv4/ping_group_range" {
 				continue
 			}
 			// the groups that may open ICMP echo sockets, a range of
-			// gids inside (CRIU's dump takes them through the maps)
-			var lo, hi uint32
+			// gids inside (CRIU's dump takes them through the maps,
+			// an unmapped one -1, which no gid_map maps)
+			var lo, hi int64
 			if n, _ := fmt.Sscanf(s.Value, "%d %d", &lo, &hi); n != 2 {
 				return &PlanError{File: s.From, Msg: fmt.Sprintf("%s: %q is not a range of gids", s.Path, s.Value)}
 			}
-			hlo, ok1 := hostID(u.GIDMap, lo)
-			hhi, ok2 := hostID(u.GIDMap, hi)
-			if !ok1 || !ok2 {
+			hlo, ok1 := hostID(u.GIDMap, uint32(lo))
+			hhi, ok2 := hostID(u.GIDMap, uint32(hi))
+			if !ok1 || !ok2 || lo < 0 || hi < 0 || lo > 1<<32-1 || hi > 1<<32-1 {
 				return &PlanError{File: s.From, Msg: fmt.Sprintf("%s: %d %d is not in the gid_map of %s", s.Path, lo, hi, u.File)}
 			}
 			p.Net.Sysctls[i].Value = fmt.Sprintf("%d\t%d\n", hlo, hhi)
@@ -323,16 +360,106 @@ func (p *Plan) hostIDs(u *UserNamespace) error {
 	return nil
 }
 
+// hostFileOwners takes through the maps (ids) the owners of the files
+// of the unix sockets the engine binds and of the ptys it opens (their
+// tty-info entries, copied: the image set's stay as read), and checks
+// that every owner for SIGIO maps (ownerUIDs).
+func (p *Plan) hostFileOwners(u *UserNamespace, ids func(file, what string, uid, gid *uint32) error) error {
+	fileIDs := slices.Sorted(maps.Keys(p.Files))
+	for _, id := range fileIDs {
+		if f := p.Files[id]; f.Unix != nil && f.Unix.Perms != nil {
+			fp := f.Unix.Perms
+			if err := ids("files.img", fmt.Sprintf("file %d (unix socket %d)", id, f.Unix.Ino), &fp.UID, &fp.GID); err != nil {
+				return err
+			}
+		}
+	}
+	host := map[*tty.TtyInfoEntry]*tty.TtyInfoEntry{}
+	var err error
+	hostInfo := func(e *tty.TtyInfoEntry) *tty.TtyInfoEntry {
+		if e == nil || e.Uid == nil || e.Gid == nil || err != nil {
+			return e
+		}
+		if h := host[e]; h != nil {
+			return h
+		}
+		h := proto.Clone(e).(*tty.TtyInfoEntry)
+		err = ids("tty-info.img", fmt.Sprintf("entry %d", e.GetId()), h.Uid, h.Gid)
+		host[e] = h
+		return h
+	}
+	for _, id := range slices.Sorted(maps.Keys(p.ttys)) {
+		p.ttys[id] = hostInfo(p.ttys[id])
+	}
+	for _, id := range fileIDs {
+		if f := p.Files[id]; f.TTY != nil {
+			f.TTY.Info = hostInfo(f.TTY.Info)
+		}
+	}
+	for _, i := range slices.Sorted(maps.Keys(p.PTYs)) {
+		pp := p.PTYs[i]
+		pp.MasterInfo, pp.SlaveInfo = hostInfo(pp.MasterInfo), hostInfo(pp.SlaveInfo)
+	}
+	if err != nil {
+		return err
+	}
+	for _, id := range slices.Sorted(maps.Keys(p.sigio)) {
+		fe, err := p.Dir.File(id)
+		if err != nil {
+			return &PlanError{File: "files.img", Err: err}
+		}
+		if o, _ := ownerOf(fe); o.GetPid() != 0 {
+			if _, _, err := p.ownerUIDs(o); err != nil {
+				return &PlanError{File: "files.img", Msg: fmt.Sprintf("file %d: %v", id, err)}
+			}
+		}
+	}
+	return nil
+}
+
+// ownerUIDs are the uid and euid of the owner for SIGIO o as the engine
+// sets them (fown.go setOwners): the image's, which are ids inside the
+// tree's user namespace when it has one (CRIU's dump reads them in the
+// task, and its restore sets them there), through the uid_map; as they
+// are without an owner, which has none.
+func (p *Plan) ownerUIDs(o *fown.FownEntry) (uid, euid uint32, err error) {
+	uid, euid = o.GetUid(), o.GetEuid()
+	u := p.User
+	if u == nil || o.GetPid() == 0 { // no owner: they are not set
+		return uid, euid, nil
+	}
+	h, ok1 := hostOwner(u.UIDMap, uid)
+	he, ok2 := hostOwner(u.UIDMap, euid)
+	if !ok1 || !ok2 {
+		return 0, 0, fmt.Errorf("the owner for SIGIO was set by uid %d euid %d, not both in the uid_map of %s", uid, euid, u.File)
+	}
+	// CRIU's setresuid(-1) keeps its own: so the engine's
+	if h == invalidID {
+		h = uint32(os.Getuid())
+	}
+	if he == invalidID {
+		he = uint32(os.Geteuid())
+	}
+	return h, he, nil
+}
+
 // hostMountOptions takes the uid= and gid= options of a mount (tmpfs,
-// devpts ...) through the maps.
+// devpts ...) through the maps; CRIU writes one it found not mapped as
+// -1, which is left out: the file system's owner is then the engine,
+// which mounts it, as a chown to -1 leaves a file to its maker
+// (hostOwner).
 func hostMountOptions(u *UserNamespace, options string) (string, error) {
 	if options == "" {
 		return "", nil
 	}
-	parts := strings.Split(options, ",")
-	for i, o := range parts {
+	var out []string
+	for _, o := range strings.Split(options, ",") {
 		k, v, ok := strings.Cut(o, "=")
 		if !ok || (k != "uid" && k != "gid") {
+			out = append(out, o)
+			continue
+		}
+		if v == "-1" {
 			continue
 		}
 		id, err := strconv.ParseUint(v, 10, 32)
@@ -347,9 +474,9 @@ func hostMountOptions(u *UserNamespace, options string) (string, error) {
 		if !ok {
 			return "", fmt.Errorf("option %q: %d is not in the %s", o, id, what)
 		}
-		parts[i] = fmt.Sprintf("%s=%d", k, h)
+		out = append(out, fmt.Sprintf("%s=%d", k, h))
 	}
-	return strings.Join(parts, ","), nil
+	return strings.Join(out, ","), nil
 }
 
 // cloneEngineRoot is a detached copy of the engine's root mount alone

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	criu_core "github.com/checkpoint-restore/go-criu/v8/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/fown"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/tty"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/userns"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -27,12 +29,16 @@ import (
 	"github.com/crest-restore/crest/test/workloads"
 )
 
-// The userns workload (test/workloads/src/userns.c) in user, UTS, IPC and
-// net namespaces of its own, as launch -U writes its maps.
+// The userns workload (test/workloads/src/userns.c) in user, UTS, IPC,
+// net and mount namespaces of its own, as launch -U writes its maps (root
+// inside not host root); the maps of CRIU's image set of a tree that an
+// older launch started (host root root inside).
 var (
 	usernsLogs = map[string]check.Next{"out-userns.log": check.Counter, "out-child.log": check.Counter}
-	launchUIDs = []IDExtent{{0, 0, 1}, {1, 100001, 999}, {1000, 301000, 10}, {2000, 402000, 5}}
-	launchGIDs = []IDExtent{{0, 0, 1}, {1, 200001, 499}, {500, 250500, 100}}
+	launchUIDs = []IDExtent{{0, 100000, 1}, {1, 100001, 999}, {1000, 301000, 10}, {2000, 402000, 5}}
+	launchGIDs = []IDExtent{{0, 200000, 1}, {1, 200001, 499}, {500, 250500, 100}}
+	criuUIDs   = []IDExtent{{0, 0, 1}, {1, 100001, 999}, {1000, 301000, 10}, {2000, 402000, 5}}
+	criuGIDs   = []IDExtent{{0, 0, 1}, {1, 200001, 499}, {500, 250500, 100}}
 )
 
 // usernsImages starts the userns workload, dumps it with crest's dump
@@ -170,19 +176,32 @@ func TestPlanUserNSRefused(t *testing.T) {
 }
 
 // TestHostIDs: what the engine makes from outside the namespace takes the
-// images' ids through the maps (SysV objects, memfds, ghost files, mount
-// options), and an id the maps do not have is refused, naming where it is.
+// images' ids through the maps (SysV objects, memfds, ghost files, the
+// files of unix sockets, ptys, mount options, ping_group_range), an
+// owner CRIU found not mapped ((uid_t)-1) is left to the engine, and an
+// id the maps do not have is refused, naming where it is.
 func TestHostIDs(t *testing.T) {
 	u := &UserNamespace{ID: 13, File: "userns-13.img", UIDMap: launchUIDs, GIDMap: launchGIDs}
+	info := &tty.TtyInfoEntry{Id: proto.Uint32(3), Uid: proto.Uint32(2001), Gid: proto.Uint32(5)}
 	plan := func() *Plan {
 		p := &Plan{IPC: &IPCNamespace{}, Memfds: map[uint32]*Memfd{}}
-		p.IPC.Shm = []SysVShm{{SysVObject: SysVObject{File: "ipcns-shm-11.img", Entry: 0, ID: 7, UID: 1000, GID: 501}}}
+		p.IPC.Shm = []SysVShm{{SysVObject: SysVObject{File: "ipcns-shm-11.img", Entry: 0, ID: 7, UID: 1000, GID: 501}},
+			{SysVObject: SysVObject{File: "ipcns-shm-11.img", Entry: 1, ID: 8, UID: invalidID, GID: invalidID}}}
 		p.IPC.Sem = []SysVSem{{SysVObject: SysVObject{File: "ipcns-sem-11.img", Entry: 0, ID: 3, UID: 2002, GID: 0}}}
 		p.IPC.Msg = []SysVMsgQueue{{SysVObject: SysVObject{File: "ipcns-msg-11.img", Entry: 1, ID: 5, UID: 5, GID: 599}}}
 		p.Memfds[4] = &Memfd{InodeID: 4, Name: "m", UID: 1009, GID: 1}
+		p.Memfds[5] = &Memfd{InodeID: 5, Name: "n", UID: invalidID, GID: 550}
 		p.remaps = &remapTable{order: []*Ghost{{ID: 0x20, UID: 0, GID: 550}}}
+		tf := &File{ID: 10, Kind: FileTTY, TTY: &TTY{Index: 1, Info: info}}
+		p.Files = map[uint32]*File{
+			9:  {ID: 9, Kind: FileUnixSocket, Unix: &UnixSocket{Ino: 77, Perms: &FilePerms{Mode: 0o140755, UID: 2001, GID: 511}}},
+			10: tf,
+		}
+		p.ttys = map[uint32]*tty.TtyInfoEntry{3: info}
+		p.PTYs = map[int]*PTYPair{1: {Index: 1, Slaves: []*File{tf}, SlaveInfo: info}}
 		p.Mnt = &MntNamespace{File: "mountpoints-12.img", Mounts: []*Mount{{ID: 50, Entry: 3, Mountpoint: "/scratch", FSType: "tmpfs",
-			Options: "size=64k,uid=1001,gid=500,mode=750"}}}
+			Options: "size=64k,uid=1001,gid=500,mode=750"}, {ID: 51, Entry: 4, Mountpoint: "/other", FSType: "tmpfs",
+			Options: "uid=-1,gid=500"}}}
 		p.Net = &NetNamespace{Sysctls: []NetSysctl{{Path: "net/ipv4/conf/all/forwarding", Value: "1\n"},
 			{Path: "net/ipv4/ping_group_range", Value: "100\t510\n", From: "netns-10.img entry 0 ipv4_sysctl[0]"}}}
 		return p
@@ -191,13 +210,25 @@ func TestHostIDs(t *testing.T) {
 	if err := p.hostIDs(u); err != nil {
 		t.Fatal(err)
 	}
-	got := fmt.Sprintf("shm %d:%d sem %d:%d msg %d:%d memfd %d:%d ghost %d:%d mount %s sysctls %q",
-		p.IPC.Shm[0].UID, p.IPC.Shm[0].GID, p.IPC.Sem[0].UID, p.IPC.Sem[0].GID, p.IPC.Msg[0].UID, p.IPC.Msg[0].GID,
-		p.Memfds[4].UID, p.Memfds[4].GID, p.remaps.order[0].UID, p.remaps.order[0].GID, p.Mnt.Mounts[0].Options,
-		[]string{p.Net.Sysctls[0].Value, p.Net.Sysctls[1].Value})
-	want := `shm 301000:250501 sem 402002:0 msg 100005:250599 memfd 301009:200001 ghost 0:250550 mount size=64k,uid=301001,gid=250500,mode=750 sysctls ["1\n" "200100\t250510\n"]`
+	got := fmt.Sprintf("shm %d:%d %d:%d sem %d:%d msg %d:%d memfd %d:%d %d:%d ghost %d:%d unix %d:%d mounts %q %q sysctls %q",
+		p.IPC.Shm[0].UID, p.IPC.Shm[0].GID, p.IPC.Shm[1].UID, p.IPC.Shm[1].GID, p.IPC.Sem[0].UID, p.IPC.Sem[0].GID,
+		p.IPC.Msg[0].UID, p.IPC.Msg[0].GID, p.Memfds[4].UID, p.Memfds[4].GID, p.Memfds[5].UID, p.Memfds[5].GID,
+		p.remaps.order[0].UID, p.remaps.order[0].GID, p.Files[9].Unix.Perms.UID, p.Files[9].Unix.Perms.GID,
+		p.Mnt.Mounts[0].Options, p.Mnt.Mounts[1].Options, []string{p.Net.Sysctls[0].Value, p.Net.Sysctls[1].Value})
+	// the engine's ids for a SysV object CRIU found unmapped (an
+	// IPC_SET takes no -1), -1 (a chown's "leave it") for the others
+	want := fmt.Sprintf(`shm 301000:250501 %d:%d sem 402002:200000 msg 100005:250599 memfd 301009:200001 4294967295:250550 `+
+		`ghost 100000:250550 unix 402001:250511 mounts "size=64k,uid=301001,gid=250500,mode=750" "gid=250500" sysctls ["1\n" "200100\t250510\n"]`,
+		os.Geteuid(), os.Getegid())
 	if got != want {
 		t.Errorf("host ids:\n%s\nwant\n%s", got, want)
+	}
+	// The pty's tty-info entry: one copy with the host ids wherever the
+	// plan has it; the image set's entry unchanged.
+	h := p.ttys[3]
+	if h == info || h.GetUid() != 402001 || h.GetGid() != 200005 || p.Files[10].TTY.Info != h || p.PTYs[1].SlaveInfo != h ||
+		info.GetUid() != 2001 || info.GetGid() != 5 {
+		t.Errorf("tty-info 3: plan's %v (file %p, pair %p, ttys %p), image's %v", h, p.Files[10].TTY.Info, p.PTYs[1].SlaveInfo, h, info)
 	}
 	for _, tc := range []struct {
 		name   string
@@ -208,8 +239,16 @@ func TestHostIDs(t *testing.T) {
 		{"msg", func(p *Plan) { p.IPC.Msg[0].GID = 600 }, "plan: ipcns-msg-11.img: entry 1 (id 5): owner gid 600 is not in the gid_map of userns-13.img"},
 		{"memfd", func(p *Plan) { p.Memfds[4].UID = 1010 }, "plan: memfd.img: inode 4 (m): owner uid 1010 is not in the uid_map of userns-13.img"},
 		{"ghost", func(p *Plan) { p.remaps.order[0].GID = 1000 }, "plan: ghost-file-20.img: ghost file: owner gid 1000 is not in the gid_map of userns-13.img"},
+		{"unix socket", func(p *Plan) { p.Files[9].Unix.Perms.UID = 402001 },
+			"plan: files.img: file 9 (unix socket 77): owner uid 402001 is not in the uid_map of userns-13.img"},
+		{"tty", func(p *Plan) {
+			p.ttys[3] = &tty.TtyInfoEntry{Id: proto.Uint32(3), Uid: proto.Uint32(0), Gid: proto.Uint32(600)}
+		},
+			"plan: tty-info.img: entry 3: owner gid 600 is not in the gid_map of userns-13.img"},
 		{"ping_group_range", func(p *Plan) { p.Net.Sysctls[1].Value = "100\t1000\n" },
 			"plan: netns-10.img entry 0 ipv4_sysctl[0]: net/ipv4/ping_group_range: 100 1000 is not in the gid_map of userns-13.img"},
+		{"ping_group_range unmapped", func(p *Plan) { p.Net.Sysctls[1].Value = "-1\t510\n" },
+			"plan: netns-10.img entry 0 ipv4_sysctl[0]: net/ipv4/ping_group_range: -1 510 is not in the gid_map of userns-13.img"},
 		{"ping_group_range not a range", func(p *Plan) { p.Net.Sysctls[1].Value = "all\n" },
 			`plan: netns-10.img entry 0 ipv4_sysctl[0]: net/ipv4/ping_group_range: "all\n" is not a range of gids`},
 		{"mount option not a number", func(p *Plan) { p.Mnt.Mounts[0].Options = "gid=x" },
@@ -229,10 +268,50 @@ func TestHostIDs(t *testing.T) {
 	}
 }
 
+// TestOwnerUIDs: the uid and euid of an owner for SIGIO are ids inside
+// the tree's user namespace, which the engine sets through the uid_map
+// (CRIU's restore sets them in the task); -1 (CRIU's unmapped) keeps the
+// engine's own, as CRIU's setresuid(-1) keeps the task's; no owner, no
+// change; an unmapped one is refused; without a user namespace they are
+// the images'.
+func TestOwnerUIDs(t *testing.T) {
+	u := &UserNamespace{ID: 13, File: "userns-13.img", UIDMap: launchUIDs, GIDMap: launchGIDs}
+	fo := func(pid, uid, euid uint32) *fown.FownEntry {
+		return &fown.FownEntry{Pid: proto.Uint32(pid), PidType: proto.Uint32(fOwnerPID), Uid: proto.Uint32(uid), Euid: proto.Uint32(euid)}
+	}
+	for _, tc := range []struct {
+		name      string
+		user      *UserNamespace
+		o         *fown.FownEntry
+		uid, euid uint32
+		err       string
+	}{
+		{"mapped", u, fo(1, 1000, 0), 301000, 100000, ""},
+		{"unmapped at the dump", u, fo(1, invalidID, 2001), uint32(os.Getuid()), 402001, ""},
+		{"no owner", u, fo(0, 0, 0), 0, 0, ""},
+		{"not in the map", u, fo(2, 2000, 3000), 0, 0, "the owner for SIGIO was set by uid 2000 euid 3000, not both in the uid_map of userns-13.img"},
+		{"no user namespace", nil, fo(1, 1000, 0), 1000, 0, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &Plan{User: tc.user}
+			uid, euid, err := p.ownerUIDs(tc.o)
+			if tc.err != "" {
+				if err == nil || err.Error() != tc.err {
+					t.Errorf("error %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || uid != tc.uid || euid != tc.euid {
+				t.Errorf("uid %d euid %d (%v), want %d %d", uid, euid, err, tc.uid, tc.euid)
+			}
+		})
+	}
+}
+
 // TestRestoreUserNS restores the workload through the engine: the root is
 // born in a user namespace of its own, not ours, that owns its pid, UTS,
 // IPC, net and mount namespaces, with the images' maps; every task is in
-// it; its mounts are the images' (/, /proc and a proc over it); the
+// it; its mounts are the images' (/, /proc, a proc over it, a tmpfs); the
 // maps were written as a step of the root at ROOT_TASK; the file holder
 // is gone once the engine lets the tree go; and the tree runs on (the
 // workload checks its maps, ids and capabilities itself).
@@ -285,7 +364,8 @@ func TestRestoreUserNS(t *testing.T) {
 		f := strings.Fields(l)
 		mounts = append(mounts, f[4]+" "+f[len(f)-3])
 	}
-	if want := []string{"/ ext4", "/proc proc", "/proc proc"}; !slices.Equal(mounts, want) && !slices.Equal(mounts, []string{"/ " + mounts[0][2:], "/proc proc", "/proc proc"}) {
+	tmpfs := filepath.Join(wl.Dir, "tmpfs") + " tmpfs" // userns.c's
+	if want := []string{"/ ext4", "/proc proc", "/proc proc", tmpfs}; !slices.Equal(mounts, want) && !slices.Equal(mounts, []string{"/ " + mounts[0][2:], "/proc proc", "/proc proc", tmpfs}) {
 		t.Errorf("the root's mounts %q, want %q", mounts, want)
 	}
 	found, err := walkTree(root)
@@ -495,8 +575,8 @@ func TestRestoreCRIUUserNS(t *testing.T) {
 	logs := map[string]check.Next{"out.log": check.Counter}
 	before := check.Snapshot(t, w, logs)
 	p := planDir(t, filepath.Join(criuUserNS, "images"))
-	if p.User == nil || p.User.ID != 13 || !slices.Equal(p.User.UIDMap, launchUIDs) || !slices.Equal(p.User.GIDMap, launchGIDs) {
-		t.Fatalf("planned user namespace %+v, want 13 with launch's maps", p.User)
+	if p.User == nil || p.User.ID != 13 || !slices.Equal(p.User.UIDMap, criuUIDs) || !slices.Equal(p.User.GIDMap, criuGIDs) {
+		t.Fatalf("planned user namespace %+v, want 13 with the maps of its launch", p.User)
 	}
 	r, err := Start(context.Background(), p, Options{})
 	if err != nil {
@@ -508,7 +588,7 @@ func TestRestoreCRIUUserNS(t *testing.T) {
 	for _, f := range []struct {
 		file string
 		m    []IDExtent
-	}{{"uid_map", launchUIDs}, {"gid_map", launchGIDs}} {
+	}{{"uid_map", criuUIDs}, {"gid_map", criuGIDs}} {
 		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", root, f.file)); err != nil || string(b) != mapText(f.m) {
 			t.Errorf("the root's %s:\n%s (%v)\nwant\n%s", f.file, b, err, mapText(f.m))
 		}
@@ -681,9 +761,13 @@ func TestShiftOwners(t *testing.T) {
 		}
 		got = append(got, fmt.Sprintf("%s %d:%d %o", name, st.Uid, st.Gid, st.Mode&07777))
 	}
-	want := []string{" 0:0 700", "sub 301000:250500 750", "sub/tool 402001:250510 6755", "data 100005:200001 640", "link 301001:250501 777"}
+	want := []string{" 100000:200000 700", "sub 301000:250500 750", "sub/tool 402001:250510 6755", "data 100005:200001 640", "link 301001:250501 777"}
 	if !slices.Equal(got, want) {
 		t.Errorf("owners and modes %q, want %q", got, want)
+	}
+	// inside ids again, for a second pass
+	if err := os.Lchown(dir, 0, 0); err != nil {
+		t.Fatal(err)
 	}
 	if err := os.Lchown(filepath.Join(dir, "data"), 7777, 0); err != nil {
 		t.Fatal(err)

@@ -180,8 +180,12 @@ var Programs = map[string]Program{
 	// userns runs in user, UTS, IPC, net and mount namespaces of its own
 	// (/, /proc and a proc of its own over it), its init and child with
 	// ids of their own, checking the maps, ids, groups and capabilities
-	// every tick.
+	// every tick, and objects owned by ids inside (a tmpfs's files, SysV
+	// objects, ping_group_range, owners for SIGIO, a memfd).
 	"userns": {Name: "userns", Flags: []string{"-static", "-O2"}, UserNS: true, UTSIPC: true, NetNS: true, MntNS: true},
+	// userns2: ghost files made by ids inside a user namespace, in
+	// crest's mount namespace.
+	"userns2": {Name: "userns2", Flags: []string{"-static", "-O2"}, UserNS: true},
 }
 
 // Build compiles the workload name (or the C file src with flags, see

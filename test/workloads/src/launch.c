@@ -13,9 +13,12 @@
  * there (unshare --mount-proc). With -U it gets a user namespace of its own, which owns the
  * others: the launcher forks, the child unshares the user namespace, and
  * the parent writes its maps, several extents each (USERNS_UID_MAP,
- * USERNS_GID_MAP: host root stays root inside, so that the workload can
- * open its directory), before the child becomes root in it and goes on as
- * the launcher. With -U and -m the mount namespace holds / and /proc
+ * USERNS_GID_MAP: root inside is not host root, whom the namespace does
+ * not map, as in a container), before the child becomes root in it and
+ * goes on as the launcher; DIR is given to root inside first, and entered
+ * before, and PROG copied into it, from where it runs (their parents may
+ * be closed to others: the working directory goes along into the new
+ * namespaces). With -U and -m the mount namespace holds / and /proc
  * alone, and a proc of its own over that one (-P is implied; a user
  * namespace may mount a proc only where one is in sight): the child
  * detaches every other mount of a mount
@@ -35,18 +38,22 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <limits.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define USERNS_UID_MAP "0 0 1\n1 100001 999\n1000 301000 10\n2000 402000 5\n"
-#define USERNS_GID_MAP "0 0 1\n1 200001 499\n500 250500 100\n"
+#define USERNS_UID_MAP "0 100000 1\n1 100001 999\n1000 301000 10\n2000 402000 5\n"
+#define USERNS_GID_MAP "0 200000 1\n1 200001 499\n500 250500 100\n"
+#define USERNS_ROOT_UID 100000 /* root inside, as the maps say */
+#define USERNS_ROOT_GID 200000
 
 /* writes map into /proc/PID/FILE, in one write as the kernel wants it */
 static int write_map(pid_t pid, const char *file, const char *map)
@@ -124,7 +131,11 @@ static void enter_userns(int clean_mounts)
 		}
 		if (write(up[1], &c, 1) != 1 || read(down[0], &c, 1) != 1 || c != 1)
 			_exit(1);
-		if (setresgid(0, 0, 0) || setresuid(0, 0, 0)) {
+		/*
+		 * the change of ids made it not dumpable: its /proc/self would
+		 * be host root's, whom the namespace does not map
+		 */
+		if (setresgid(0, 0, 0) || setresuid(0, 0, 0) || prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)) {
 			perror("launch: root in the user namespace");
 			_exit(1);
 		}
@@ -144,6 +155,31 @@ static void enter_userns(int clean_mounts)
 	if (waitpid(pid, &st, 0) != pid)
 		_exit(1);
 	_exit(WIFEXITED(st) ? WEXITSTATUS(st) : 1);
+}
+
+/*
+ * copies the program *prog into the working directory (mode 0755) and
+ * points *prog at the copy, by a path from there
+ */
+static int copy_prog(char **prog)
+{
+	static char path[PATH_MAX];
+	const char *base = strrchr(*prog, '/') ? strrchr(*prog, '/') + 1 : *prog;
+	int in = open(*prog, O_RDONLY | O_CLOEXEC), out;
+	struct stat st;
+	ssize_t n;
+
+	if (in < 0 || fstat(in, &st) || snprintf(path, sizeof path, "./%s", base) >= (int)sizeof path)
+		return -1;
+	out = open(base, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0755);
+	if (out < 0)
+		return -1;
+	for (off_t left = st.st_size; left > 0; left -= n)
+		if ((n = copy_file_range(in, NULL, out, NULL, left, 0)) <= 0)
+			return -1;
+	close(in);
+	*prog = path;
+	return close(out);
 }
 
 static char *const env[] = {
@@ -179,8 +215,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "launch: -P needs -m\n");
 		return 2;
 	}
-	if (newuser)
+	if (newuser) {
+		if (chown(argv[1], USERNS_ROOT_UID, USERNS_ROOT_GID) || chdir(argv[1]) || copy_prog(&argv[2])) {
+			perror("launch: DIR for root inside");
+			return 1;
+		}
 		enter_userns(newmnt);
+	}
 	if (unshare(CLONE_NEWPID | (newtime ? CLONE_NEWTIME : 0) | (newutsipc ? CLONE_NEWUTS | CLONE_NEWIPC : 0) |
 		    (newnet ? CLONE_NEWNET : 0) | (newmnt ? CLONE_NEWNS : 0))) {
 		perror("launch: unshare");
@@ -213,7 +254,7 @@ int main(int argc, char **argv)
 		_exit(120);
 	if (newproc && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
 		_exit(125);
-	if (chdir(argv[1]))
+	if (!newuser && chdir(argv[1]))
 		_exit(121);
 	umask(022);
 	int nul = newuser && newmnt ? open(".null", O_RDWR | O_CREAT, 0644) : open("/dev/null", O_RDWR);

@@ -1,9 +1,10 @@
 /*
  * userns - a pid namespace init in a user namespace of its own (launch -U,
- * with -n: UTS and IPC namespaces it owns too), whose maps and ids a
- * checkpoint must carry:
+ * with -n -N -m: UTS, IPC, net and mount namespaces it owns too), whose
+ * maps and ids a checkpoint must carry, and objects owned by ids inside:
  *
- *   the maps launch -U writes, several extents each (read at the start);
+ *   the maps launch -U writes, several extents each, root inside not host
+ *   root (read at the start);
  *   the init: groups 3 501 550, gids 500 501 502 (real, effective, saved),
  *   uids 1000 0 1001: root in the namespace by its effective uid only, so
  *   with its capabilities (CRIU's dump needs them in a pid namespace's
@@ -11,12 +12,23 @@
  *   its child: groups 2, gids 510 511 512, uids 2000 2001 2002 and no
  *   capabilities at all.
  *
- * Each opens its log while it is root in the namespace (host root is root
- * there: launch.c), then takes its ids. Every 10 ms each checks its
+ * The init, once its ids are set, mounts a tmpfs at tmpfs (uid=1000,
+ * gid=500) and fills it with files, a directory and a link owned by
+ * several ids (tmpfs_files), makes a SysV segment owned by 1000:500 and
+ * a message queue owned by 5:599 (IPC_SET) with a message, sets
+ * net/ipv4/ping_group_range to 500 510, and becomes the owner for SIGIO
+ * of a pipe (F_SETOWN: as uid 1000 euid 0). The child makes a semaphore
+ * set (its own: 2001:511) and a memfd (2001:511), whose owner for SIGIO it
+ * becomes (as uid 2000 euid 2001).
+ *
+ * Each opens its log while it is root in the namespace (launch.c gives it
+ * the directory), then takes its ids. Every 10 ms each checks its
  * /proc/self/uid_map and gid_map against what it read at the start, its
  * ids and groups against the ones above, its capability sets (capget,
- * prctl) against what it had once its ids were set, and that
- * / (host root's) is root's in the namespace, and appends "N" to
+ * prctl) against what it had once its ids were set, that / (host root's,
+ * which the namespace does not map) shows the overflow id, and the
+ * owners, modes and contents of its objects (IPC_STAT, lstat, fstat,
+ * F_GETOWN, F_GETOWNER_UIDS: ids inside), and appends "N" to
  * out-userns.log (the init) or out-child.log, or a CORRUPT line saying
  * what differs, and exits 3.
  *
@@ -27,11 +39,22 @@
 #include <grp.h>
 #include <linux/capability.h>
 #include <stdlib.h>
+#include <sys/ipc.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/msg.h>
 #include <sys/prctl.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
 #include <time.h>
 #include "workload.h"
+
+#ifndef F_GETOWNER_UIDS
+#define F_GETOWNER_UIDS 17
+#endif
+#define OVERFLOW_ID 65534 /* what an unmapped id reads as */
 
 struct ids {
 	gid_t groups[3];
@@ -44,6 +67,117 @@ static const struct ids init_ids = { { 3, 501, 550 }, 3, { 500, 501, 502 }, { 10
 static const struct ids child_ids = { { 2 }, 1, { 510, 511, 512 }, { 2000, 2001, 2002 } };
 
 static char uid_map[1024], gid_map[1024], caps[512];
+
+static int read_file(const char *path, char *buf, size_t size);
+
+/* the tmpfs's files, its root first, as the init makes them */
+static const struct owned {
+	const char *name;
+	char type; /* d f l */
+	uid_t uid;
+	gid_t gid;
+	mode_t mode;
+} tmpfs_files[] = {
+	{ "tmpfs", 'd', 1000, 500, 0751 }, /* the mount's options */
+	{ "tmpfs/root", 'f', 0, 0, 0600 },
+	{ "tmpfs/a", 'f', 1000, 500, 0640 },
+	{ "tmpfs/b", 'f', 5, 1, 0644 },
+	{ "tmpfs/sub", 'd', 2000, 502, 0750 },
+	{ "tmpfs/sub/c", 'f', 2004, 550, 06755 }, /* set-id bits: a chown clears them */
+	{ "tmpfs/link", 'l', 1001, 501, 0777 },
+};
+
+/* the objects of a task, ids of 0 for none */
+static struct objects {
+	int shm, msg, sem;	     /* SysV ids */
+	int sigio;		     /* an fd of which it is the owner for SIGIO */
+	uid_t sigio_uid, sigio_euid; /* its ids when it became the owner */
+	int memfd;
+	mode_t memfd_mode;
+} objs = { -1, -1, -1, -1, 0, 0, -1, 0 };
+
+/* an IPC object's owner and mode */
+static int ipc_check(const char *what, int id, const struct ipc_perm *p, int ok, uid_t uid, gid_t gid, mode_t mode,
+		     char *why, size_t size)
+{
+	if (!ok) {
+		snprintf(why, size, "%s %d: IPC_STAT: %s", what, id, strerror(errno));
+		return -1;
+	}
+	if (p->uid != uid || p->gid != gid || (p->mode & 0777) != mode) {
+		snprintf(why, size, "%s %d: owner %u:%u mode %o, want %u:%u %o", what, id, p->uid, p->gid, p->mode & 0777,
+			 uid, gid, mode);
+		return -1;
+	}
+	return 0;
+}
+
+/* what differs in the task's objects, "" when nothing */
+static void check_objects(const struct ids *want, char *why, size_t size)
+{
+	char buf[64];
+	uid_t uids[2];
+	struct stat st;
+	size_t i;
+
+	if (objs.shm >= 0) {
+		struct shmid_ds ds;
+		int ok = shmctl(objs.shm, IPC_STAT, &ds) == 0;
+
+		if (ipc_check("shm", objs.shm, &ds.shm_perm, ok, 1000, 500, 0640, why, size) ||
+		    (ok && ds.shm_segsz != 8192 && snprintf(why, size, "shm %d: %zu bytes", objs.shm, ds.shm_segsz)))
+			return;
+	}
+	if (objs.msg >= 0) {
+		struct msqid_ds ds;
+		int ok = msgctl(objs.msg, IPC_STAT, &ds) == 0;
+
+		if (ipc_check("msg", objs.msg, &ds.msg_perm, ok, 5, 599, 0620, why, size) ||
+		    (ok && ds.msg_qnum != 1 && snprintf(why, size, "msg %d: %lu messages", objs.msg, ds.msg_qnum)))
+			return;
+	}
+	if (objs.sem >= 0) {
+		struct semid_ds ds;
+		int ok = semctl(objs.sem, 0, IPC_STAT, &ds) == 0;
+
+		if (ipc_check("sem", objs.sem, &ds.sem_perm, ok, want->uid[1], want->gid[1], 0600, why, size))
+			return;
+	}
+	if (objs.sigio >= 0) {
+		int owner = fcntl(objs.sigio, F_GETOWN);
+
+		if (owner != getpid() || fcntl(objs.sigio, F_GETOWNER_UIDS, uids) ||
+		    uids[0] != objs.sigio_uid || uids[1] != objs.sigio_euid) {
+			snprintf(why, size, "fd %d: owner for SIGIO %d uids %u %u, want %d uids %u %u", objs.sigio, owner,
+				 uids[0], uids[1], getpid(), objs.sigio_uid, objs.sigio_euid);
+			return;
+		}
+	}
+	if (objs.memfd >= 0) {
+		if (fstat(objs.memfd, &st) || st.st_uid != want->uid[1] || st.st_gid != want->gid[1] ||
+		    st.st_mode != objs.memfd_mode || pread(objs.memfd, buf, 5, 0) != 5 || memcmp(buf, "owned", 5)) {
+			snprintf(why, size, "memfd: owner %u:%u mode %o, want %u:%u %o (or its data)", st.st_uid, st.st_gid,
+				 st.st_mode, want->uid[1], want->gid[1], objs.memfd_mode);
+			return;
+		}
+	}
+	if (objs.shm < 0)
+		return; /* the init's from here */
+	for (i = 0; i < sizeof tmpfs_files / sizeof tmpfs_files[0]; i++) {
+		const struct owned *f = &tmpfs_files[i];
+
+		if (lstat(f->name, &st) || st.st_uid != f->uid || st.st_gid != f->gid ||
+		    (f->type != 'l' && (st.st_mode & 07777) != f->mode)) {
+			snprintf(why, size, "%s: owner %u:%u mode %o, want %u:%u %o", f->name, st.st_uid, st.st_gid,
+				 st.st_mode & 07777, f->uid, f->gid, f->mode);
+			return;
+		}
+	}
+	if (read_file("/proc/sys/net/ipv4/ping_group_range", buf, sizeof buf) || strcmp(buf, "500\t510\n")) {
+		snprintf(why, size, "ping_group_range [%s], want [500\t510]", buf);
+		return;
+	}
+}
 
 static int read_file(const char *path, char *buf, size_t size)
 {
@@ -92,6 +226,75 @@ static void set_ids(const struct ids *want)
 		_exit(5);
 }
 
+/* makes an fd of the task's its own for SIGIO, as its ids are now */
+static void own_sigio(int fd)
+{
+	uid_t s;
+
+	if (fcntl(fd, F_SETOWN, getpid()))
+		_exit(8);
+	getresuid(&objs.sigio_uid, &objs.sigio_euid, &s);
+	objs.sigio = fd;
+}
+
+/* the init's objects, made with its ids (and its capabilities) */
+static void init_objects(void)
+{
+	struct shmid_ds sds;
+	struct msqid_ds mds;
+	struct {
+		long type;
+		char text[8];
+	} m = { 1, "message" };
+	int p[2], fd;
+	size_t i;
+
+	if (mkdir("tmpfs", 0755) || mount("tmpfs", "tmpfs", "tmpfs", 0, "size=1m,mode=751,uid=1000,gid=500"))
+		_exit(9);
+	for (i = 1; i < sizeof tmpfs_files / sizeof tmpfs_files[0]; i++) {
+		const struct owned *f = &tmpfs_files[i];
+
+		if (f->type == 'd')
+			fd = mkdir(f->name, 0700);
+		else if (f->type == 'l')
+			fd = symlink("a", f->name);
+		else if ((fd = open(f->name, O_WRONLY | O_CREAT | O_EXCL, 0600)) >= 0)
+			fd = write(fd, f->name, strlen(f->name)) == (ssize_t)strlen(f->name) && close(fd) == 0 ? 0 : -1;
+		if (fd || lchown(f->name, f->uid, f->gid) || (f->type != 'l' && chmod(f->name, f->mode)))
+			_exit(9);
+	}
+	objs.shm = shmget(IPC_PRIVATE, 8192, IPC_CREAT | 0600);
+	objs.msg = msgget(IPC_PRIVATE, IPC_CREAT | 0600);
+	if (objs.shm < 0 || objs.msg < 0 || shmctl(objs.shm, IPC_STAT, &sds) || msgctl(objs.msg, IPC_STAT, &mds) ||
+	    msgsnd(objs.msg, &m, sizeof m.text, 0))
+		_exit(10);
+	sds.shm_perm.uid = 1000, sds.shm_perm.gid = 500, sds.shm_perm.mode = 0640;
+	mds.msg_perm.uid = 5, mds.msg_perm.gid = 599, mds.msg_perm.mode = 0620;
+	if (shmctl(objs.shm, IPC_SET, &sds) || msgctl(objs.msg, IPC_SET, &mds))
+		_exit(10);
+	fd = open("/proc/sys/net/ipv4/ping_group_range", O_WRONLY);
+	if (fd < 0 || write(fd, "500 510", 7) != 7 || close(fd))
+		_exit(11);
+	if (pipe(p))
+		_exit(8);
+	own_sigio(p[0]);
+}
+
+/* the child's objects, made with its ids */
+static void child_objects(void)
+{
+	struct stat st;
+
+	objs.sem = semget(IPC_PRIVATE, 2, IPC_CREAT | 0600);
+	if (objs.sem < 0)
+		_exit(10);
+	objs.memfd = memfd_create("owned", 0);
+	if (objs.memfd < 0 || write(objs.memfd, "owned", 5) != 5 || fstat(objs.memfd, &st))
+		_exit(12);
+	objs.memfd_mode = st.st_mode;
+	own_sigio(objs.memfd);
+}
+
 /* what differs from the start, "" when nothing */
 static void check(const struct ids *want, char *why, size_t size)
 {
@@ -133,8 +336,11 @@ static void check(const struct ids *want, char *why, size_t size)
 		snprintf(why, size, "capabilities now [%s], were [%s]", buf, caps);
 		return;
 	}
-	if (stat("/", &st) == 0 && st.st_uid != 0)
-		snprintf(why, size, "/ owned by %u, want 0 (host root is root here)", st.st_uid);
+	if (stat("/", &st) || st.st_uid != OVERFLOW_ID) {
+		snprintf(why, size, "/ owned by %u, want %u (host root is not mapped here)", st.st_uid, OVERFLOW_ID);
+		return;
+	}
+	check_objects(want, why, size);
 }
 
 static void tick_loop(const char *role, int log, const struct ids *want)
@@ -172,12 +378,14 @@ int main(void)
 		set_ids(&child_ids);
 		if (read_caps(caps, sizeof caps))
 			_exit(6);
+		child_objects();
 		tick_loop("child", log, &child_ids);
 	}
 	log = open_log("userns");
 	set_ids(&init_ids);
 	if (read_caps(caps, sizeof caps))
 		return 6;
+	init_objects();
 	tick_loop("userns", log, &init_ids);
 	return 0;
 }
