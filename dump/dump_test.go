@@ -15,6 +15,7 @@ import (
 
 	"github.com/crest-restore/crest/dump"
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/test/check"
 	"github.com/crest-restore/crest/test/workloads"
 )
 
@@ -130,6 +131,28 @@ func imageMaps(s *images.Summary, pid uint32) []string {
 		}
 	}
 	return out
+}
+
+// dumpRefusedWithChild waits for three lines of log, dumps p into a
+// temporary directory, and checks with refusedCleanly that the dump was
+// refused saying want(child), child being the host pid of p's task other
+// than its init (0 if none).
+func dumpRefusedWithChild(t *testing.T, p *workloads.Process, log string, want func(child int) string) {
+	t.Helper()
+	waitLines(t, p, log, 3)
+	live, err := check.Live(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := 0
+	for _, lt := range live {
+		if lt.PID != 1 {
+			child = lt.Host
+		}
+	}
+	parent := t.TempDir()
+	_, err = dump.Dump(context.Background(), dump.Options{Pid: p.Pid, Dir: filepath.Join(parent, "images")})
+	refusedCleanly(t, err, p, parent, log, want(child))
 }
 
 // refusedCleanly checks a dump of p that had to be refused: err is an

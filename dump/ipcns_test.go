@@ -155,20 +155,9 @@ int main(void)
 		t.Fatal(err)
 	}
 	p := workloads.StartIn(t, bin, t.TempDir())
-	waitLines(t, p, "out-parent.log", 3)
-	live, err := check.Live(p.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	child := 0
-	for _, lt := range live {
-		if lt.PID != 1 {
-			child = lt.Host
-		}
-	}
-	parent := t.TempDir()
-	_, err = dump.Dump(context.Background(), dump.Options{Pid: p.Pid, Dir: filepath.Join(parent, "images")})
-	refusedCleanly(t, err, p, parent, "out-parent.log", fmt.Sprintf("task %d: uts namespace: a nested uts namespace is not supported", child))
+	dumpRefusedWithChild(t, p, "out-parent.log", func(child int) string {
+		return fmt.Sprintf("task %d: uts namespace: a nested uts namespace is not supported", child)
+	})
 }
 
 // nsutsState is what the roundtrip keeps of nsuts: the names, IPC

@@ -276,20 +276,7 @@ int main(int argc, char **argv)
 			for strings.HasPrefix(tc.role, "nested") && !slices.Contains(waitLines(t, p, "out-parent.log", 1), "nested") {
 				time.Sleep(time.Millisecond) // the child is in its namespace
 			}
-			waitLines(t, p, "out-parent.log", 3)
-			live, err := check.Live(p.Pid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			child := 0
-			for _, lt := range live {
-				if lt.PID != 1 {
-					child = lt.Host
-				}
-			}
-			parent := t.TempDir()
-			_, err = dump.Dump(context.Background(), dump.Options{Pid: p.Pid, Dir: filepath.Join(parent, "images")})
-			refusedCleanly(t, err, p, parent, "out-parent.log", tc.want(p.Pid, child))
+			dumpRefusedWithChild(t, p, "out-parent.log", func(child int) string { return tc.want(p.Pid, child) })
 		})
 	}
 }
