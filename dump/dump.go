@@ -487,6 +487,9 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 	if err := d.externalUnixSockets(); err != nil { // sockunix_ext.go
 		return err
 	}
+	if err := d.orderUnixSockets(); err != nil { // sockunix_order.go
+		return err
+	}
 	var files []images.Entry
 	for _, f := range d.files.entries {
 		files = append(files, images.Entry{Message: f})

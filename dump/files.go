@@ -371,6 +371,11 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 			return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
 		}
 	} else {
+		if why, err := procFileRefusal(t, link, name); err != nil { // procfiles.go
+			return nil, fmt.Errorf("%s: fd %d: %w", t, fd, err)
+		} else if why != "" {
+			return nil, unsupported(why)
+		}
 		// a file deleted while open is dumped with its contents (ghost.go)
 		if name, err = ft.ghostName(t, fmt.Sprintf("fd %d", fd), id, link, name, &st); err != nil {
 			return nil, err

@@ -141,6 +141,7 @@ func TestRoundTrip(t *testing.T) {
 		// O_TMPFILE file, each checked every tick (one inode for both
 		// tasks, the holes, the offsets, still deleted).
 		{"ghost", map[string]check.Next{"out-parent.log": check.Counter, "out-child.log": check.Counter}, nil},
+		{"procfds", map[string]check.Next{"out-parent.log": check.Counter, "out-child.log": check.Counter}, nil}, // files of its own /proc, checked every tick
 		// In a user namespace of its own (root inside not host root)
 		// that owns its other namespaces: the maps, ids, groups and
 		// capabilities, and objects owned by ids inside (a tmpfs's

@@ -82,19 +82,10 @@ func (d *dumper) externalUnixSockets() error {
 				SoSndTmoUsec: proto.Uint64(0), SoRcvTmoSec: proto.Uint64(0), SoRcvTmoUsec: proto.Uint64(0)},
 			Name: name}})
 	}
-	// CRIU's restore finds a socket's peer among the entries read before
-	// it only (collect_one_unixsk): the sockets connected outside go
-	// after the external entries, as fix_external_unix_sockets writes
-	// them.
-	var rest, connected []*fdinfo.FileEntry
-	for _, fe := range ft.entries {
-		if made[fe.GetUsk().GetPeer()] {
-			connected = append(connected, fe)
-		} else {
-			rest = append(rest, fe)
-		}
-	}
-	ft.entries = append(append(rest, peers...), connected...)
+	// The external peers go last; orderUnixSockets (sockunix_order.go)
+	// then puts the sockets connected to each right after it, as
+	// fix_external_unix_sockets writes them.
+	ft.entries = append(ft.entries, peers...)
 	return nil
 }
 

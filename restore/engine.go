@@ -338,6 +338,10 @@ func (r *Restore) runStages(ctx context.Context, from, until Stage) error {
 				return err
 			}
 		case StageForking:
+			// every task exists, none has taken its files yet
+			if err := r.openProcFiles(); err != nil { // procfiles.go
+				return &StageError{Stage: st, Step: "proc files", Err: err}
+			}
 			// The tasks restore their memory while the engine learns
 			// their host pids: nothing in RESTORE waits for those. What
 			// FORKING did is taken before the switch and told after,

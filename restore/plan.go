@@ -354,6 +354,9 @@ type File struct {
 	// Remap: a regular file that had no name at the dump (deleted, or
 	// O_TMPFILE), found again through remap-fpath.img (ghost.go).
 	Remap *Remap
+	// Proc: a regular file in /proc/PID of a task of the tree, opened
+	// once that task exists (procfiles.go).
+	Proc *ProcFile
 }
 
 // Memory is a task's address space as dumped.
@@ -500,6 +503,9 @@ func NewPlan(d *images.Dir, opts ...Options) (*Plan, error) {
 		return nil, err
 	}
 	if err := p.loadNamespaces(); err != nil {
+		return nil, err
+	}
+	if err := p.planProcFiles(); err != nil { // procfiles.go
 		return nil, err
 	}
 	if err := p.planSysVShm(); err != nil { // sysvshm.go

@@ -34,6 +34,9 @@ type prepared struct {
 	// mnt: the tree has a mount namespace of its own, where its regular
 	// files are opened later, in PREPARE_NAMESPACES (mntns_files.go)
 	mnt *mntFiles
+	// procs: files of the tasks' /proc/PID, opened after FORKING
+	// (procfiles.go)
+	procs []procFile
 	// steps are what the engine did for each task, published into its
 	// timeline with ROOT_TASK.
 	steps []StepEvent
@@ -221,7 +224,9 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 	var err error
 	switch f.Kind {
 	case FileRegular:
-		if pr.mnt != nil {
+		if f.Proc != nil {
+			fd, err = pr.reserveProc(f, key, int(f.Flags)) // procfiles.go
+		} else if pr.mnt != nil {
 			fd, err = pr.mnt.reserve(f, key, int(f.Flags)) // mntns_files.go
 		} else {
 			fd, err = pr.openPath(f, int(f.Flags))

@@ -186,6 +186,9 @@ var Programs = map[string]Program{
 	// userns2: ghost files made by ids inside a user namespace, in
 	// crest's mount namespace.
 	"userns2": {Name: "userns2", Flags: []string{"-static", "-O2"}, UserNS: true},
+	// procfds: an init and its child holding files of the tree's own
+	// /proc (it mounts one), checked every tick.
+	"procfds": {Name: "procfds", Flags: []string{"-static", "-O2"}},
 }
 
 // Build compiles the workload name (or the C file src with flags, see
