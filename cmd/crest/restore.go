@@ -40,7 +40,9 @@ What comes back:
   resource limits, personality, child subreaper, oom_score_adj (when it
   can be set: lowering it needs CAP_SYS_RESOURCE, a warning says when
   not), parent-death signal, nice value and scheduling policy;
-- files: regular files and directories, files deleted while open or
+- files: regular files and directories, files of the tree's own
+  /proc/PID (opened once that task exists, through the tree's proc, as
+  CRIU opens them in the task), files deleted while open or
   mapped (CRIU's ghost files, made again from their contents and
   unlinked before the tree runs), pipes and FIFOs with their data,
   eventfds, signalfds, timerfds, epolls, inotify files with their
