@@ -9,8 +9,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/sk-opts"
+	sk_opts "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-opts"
 	sk_unix "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-unix"
+	"github.com/crest-restore/crest/images"
 )
 
 // External unix sockets, as criu dump --ext-unix-sk writes them
@@ -121,7 +122,7 @@ func (d *dumper) externalPeer(u *sk_unix.UnixSkEntry) (name []byte, why string, 
 	switch {
 	case u.GetType() != unix.SOCK_DGRAM:
 		return nil, fmt.Sprintf("%s: one end of a %s connection can not be restored, even with --ext-unix-sk (as CRIU: only datagram sockets)",
-			outside, sockTypeName(u.GetType())), nil
+			outside, images.SockTypeName(u.GetType())), nil
 	case len(p.name) == 0:
 		return nil, outside + " and has no name to connect to again (as CRIU, --ext-unix-sk takes only peers with a name)", nil
 	case !abstract(p.name) && !strings.HasPrefix(pathName(p.name), "/"):
@@ -155,16 +156,4 @@ func unixName(name []byte) string {
 		return "@" + string(name[1:])
 	}
 	return pathName(name)
-}
-
-func sockTypeName(typ uint32) string {
-	switch typ {
-	case unix.SOCK_STREAM:
-		return "stream"
-	case unix.SOCK_SEQPACKET:
-		return "seqpacket"
-	case unix.SOCK_DGRAM:
-		return "datagram"
-	}
-	return fmt.Sprintf("type %d", typ)
 }

@@ -5,7 +5,8 @@ import (
 	"fmt"
 	"path/filepath"
 
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/sk-unix"
+	sk_unix "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-unix"
+	"github.com/crest-restore/crest/images"
 	"golang.org/x/sys/unix"
 )
 
@@ -62,7 +63,7 @@ func (p *Plan) externalUnixPeer(f *File, pe *sk_unix.UnixSkEntry, bad func(strin
 		return nil, bad("%s is external (USK_EXTERN) but a task of the image set holds it", peer)
 	}
 	if u.Type != unix.SOCK_DGRAM {
-		return nil, bad("%s is external: one end of a %s connection can not be restored (CRIU dumps only datagram sockets so)", peer, unixTypeName(u.Type))
+		return nil, bad("%s is external: one end of a %s connection can not be restored (CRIU dumps only datagram sockets so)", peer, images.SockTypeName(uint32(u.Type)))
 	}
 	name := pe.GetName()
 	if len(name) == 0 {
@@ -115,16 +116,4 @@ func (b *unixBuild) connectExternal(f *File) error {
 	}
 	return sockErr(f, fmt.Errorf("%s: connect to its peer outside the tree, socket:[%d] at %s: %w%s",
 		x.plan.holder(f), x.Ino, unixNameString(x.Name), err, why))
-}
-
-func unixTypeName(typ int) string {
-	switch typ {
-	case unix.SOCK_STREAM:
-		return "stream"
-	case unix.SOCK_SEQPACKET:
-		return "seqpacket"
-	case unix.SOCK_DGRAM:
-		return "datagram"
-	}
-	return fmt.Sprintf("type %d", typ)
 }
