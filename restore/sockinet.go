@@ -72,6 +72,8 @@ type InetSocket struct {
 	// Conn is the state of an established connection (tcpest.go),
 	// planned with Options.TCPEstablished; nil for other sockets.
 	Conn *TCPConn
+	// owner is who the engine makes it as (userns_sock.go)
+	owner *sockOwner
 }
 
 func (s *InetSocket) protoName() string {
@@ -216,9 +218,13 @@ func openInetSocket(f *File) (int, error) {
 	if s.Conn != nil {
 		return openTCPConnection(f) // tcpest.go
 	}
-	fd, err := unix.Socket(s.Family, s.Type|unix.SOCK_CLOEXEC, s.Proto)
+	var fd int
+	err := s.owner.makeSocket(func() (err error) {
+		fd, err = unix.Socket(s.Family, s.Type|unix.SOCK_CLOEXEC, s.Proto)
+		return os.NewSyscallError("socket", err)
+	})
 	if err != nil {
-		return -1, fmt.Errorf("inet socket %s: %w", s, os.NewSyscallError("socket", err))
+		return -1, fmt.Errorf("inet socket %s: %w", s, err)
 	}
 	if err := setupInetSocket(fd, f); err != nil {
 		unix.Close(fd)

@@ -94,6 +94,7 @@ type NetlinkSocket struct {
 	Connected         bool
 	DstPort, DstGroup uint32
 	Opts              *sk_opts.SkOptsEntry
+	owner             *sockOwner // who the engine makes it as (userns_sock.go)
 }
 
 // groupList is the numbers of the groups s listens to.
@@ -185,9 +186,12 @@ func (p *Plan) netlinkSocketFile(t *Task, id uint32, fe *fdinfo.FileEntry) (*Fil
 // another (CRIU's rule).
 func openNetlinkSocket(f *File) (fd int, moved bool, err error) {
 	s := f.Netlink
-	fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, s.Protocol)
+	err = s.owner.makeSocket(func() (err error) {
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, s.Protocol)
+		return os.NewSyscallError("socket", err)
+	})
 	if err != nil {
-		return -1, false, fmt.Errorf("netlink socket %s: %w", s, os.NewSyscallError("socket", err))
+		return -1, false, fmt.Errorf("netlink socket %s: %w", s, err)
 	}
 	if moved, err = setupNetlinkSocket(fd, f); err != nil {
 		unix.Close(fd)

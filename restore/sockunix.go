@@ -153,6 +153,7 @@ type unixSockets struct {
 	// listeners the held listening sockets by listenerKey.
 	connectors map[uint32][]uint32
 	listeners  map[string]*sk_unix.UnixSkEntry
+	owner      *sockOwner // who the engine makes them as (userns_sock.go)
 }
 
 func listenerKey(typ int, name []byte, dir string) string {
@@ -559,24 +560,31 @@ const sockFlags = unix.SOCK_NONBLOCK | unix.SOCK_CLOEXEC
 // one (connect makes it).
 func (b *unixBuild) create(f *File) error {
 	u := f.Unix
+	var fd int
+	var fds [2]int
+	socket := func() (err error) {
+		fd, err = unix.Socket(unix.AF_UNIX, u.Type|sockFlags, 0)
+		return os.NewSyscallError("socket", err)
+	}
+	socketpair := func() (err error) {
+		fds, err = unix.Socketpair(unix.AF_UNIX, u.Type|sockFlags, 0)
+		return os.NewSyscallError("socketpair", err)
+	}
 	switch u.Make {
 	case UnixAlone, UnixConnects:
-		fd, err := unix.Socket(unix.AF_UNIX, u.Type|sockFlags, 0)
-		if err != nil {
-			return os.NewSyscallError("socket", err)
+		if err := u.set.owner.makeSocket(socket); err != nil {
+			return err
 		}
 		b.own(f, fd)
 	case UnixPair:
-		fds, err := unix.Socketpair(unix.AF_UNIX, u.Type|sockFlags, 0)
-		if err != nil {
-			return os.NewSyscallError("socketpair", err)
+		if err := u.set.owner.makeSocket(socketpair); err != nil {
+			return err
 		}
 		b.own(f, fds[0])
 		b.own(u.Partner, fds[1])
 	case UnixWidowed, UnixFilled:
-		fds, err := unix.Socketpair(unix.AF_UNIX, u.Type|sockFlags, 0)
-		if err != nil {
-			return os.NewSyscallError("socketpair", err)
+		if err := u.set.owner.makeSocket(socketpair); err != nil {
+			return err
 		}
 		b.own(f, fds[0])
 		defer unix.Close(fds[1])
@@ -608,9 +616,13 @@ func (b *unixBuild) connect(s *unixSockets, f *File, done map[*File]bool) error 
 		if err := connectUnix(b.fds[f], l.Unix); err != nil {
 			return sockErr(f, fmt.Errorf("to its listener %d (socket:[%d]): %w", l.ID, l.Unix.Ino, err))
 		}
-		fd, _, err := unix.Accept4(b.fds[l], sockFlags)
+		var fd int
+		err := s.owner.makeSocket(func() (err error) { // the accepted end's inode is made by accept
+			fd, _, err = unix.Accept4(b.fds[l], sockFlags)
+			return os.NewSyscallError("accept4", err)
+		})
 		if err != nil {
-			return sockErr(u.Partner, fmt.Errorf("accept on %d (socket:[%d]): %w", l.ID, l.Unix.Ino, os.NewSyscallError("accept4", err)))
+			return sockErr(u.Partner, fmt.Errorf("accept on %d (socket:[%d]): %w", l.ID, l.Unix.Ino, err))
 		}
 		b.own(u.Partner, fd)
 	case UnixAlone, UnixFilled:

@@ -177,9 +177,13 @@ func (p *Plan) tcpConn(s *InetSocket) (*TCPConn, error) {
 // above), with its status flags and options.
 func openTCPConnection(f *File) (int, error) {
 	s := f.Inet
-	fd, err := unix.Socket(s.Family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	var fd int
+	err := s.owner.makeSocket(func() (err error) { // userns_sock.go
+		fd, err = unix.Socket(s.Family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		return os.NewSyscallError("socket", err)
+	})
 	if err != nil {
-		return -1, fmt.Errorf("inet socket %s: %w", s, os.NewSyscallError("socket", err))
+		return -1, fmt.Errorf("inet socket %s: %w", s, err)
 	}
 	if err := setupTCPConnection(fd, f); err != nil {
 		unix.Close(fd) // in repair mode: nothing reaches the peer

@@ -41,7 +41,9 @@ import (
 // (SysV IPC owners, the owners of ghost files and memfds, the range of
 // ping_group_range, uid= and gid= options of mounts, the owners of the
 // files of a tmpfs's tarball) takes them through the maps first
-// (hostIDs, shiftOwners), as the kernel would inside.
+// (hostIDs, shiftOwners), as the kernel would inside. The sockets it
+// makes it makes as the namespace's root, as CRIU's tasks do
+// (userns_sock.go).
 //
 // A mount namespace born with the user namespace holds copies of the
 // engine's mounts locked to its root: the engine puts a copy of its root
@@ -119,6 +121,9 @@ func (p *Plan) planUserNS() error {
 			return err
 		}
 		if err := p.hostIDs(u); err != nil {
+			return err
+		}
+		if err := p.planSockOwner(u); err != nil { // userns_sock.go
 			return err
 		}
 	}

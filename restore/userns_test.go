@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -134,6 +135,8 @@ func TestPlanUserNSRefused(t *testing.T) {
 		}), fmt.Sprintf("plan: %s: entry 0: uid_map: 341 extents, the kernel takes at most 340", uimg)},
 		{"uid not mapped", editCreds(2, func(c *criu_core.CoreEntry) { c.ThreadCore.Creds.Suid = proto.Uint32(7777) }),
 			fmt.Sprintf("plan: task 2: core-2.img: suid 7777 is not in the uid_map of %s", uimg)},
+		{"root not mapped, with sockets", editMaps(func(e *userns.UsernsEntry) { e.GidMap[0].First = proto.Uint32(700) }),
+			fmt.Sprintf("plan: %s: the namespace's root (uid 0, gid 0) is not in its maps, and the tree's sockets", uimg)},
 		{"group not mapped", editCreds(1, func(c *criu_core.CoreEntry) { c.ThreadCore.Creds.Groups = []uint32{3, 600} }),
 			fmt.Sprintf("plan: task 1: core-1.img: group 600 is not in the gid_map of %s", uimg)},
 		{"task in another", func(t *testing.T, dir string) {
@@ -313,8 +316,12 @@ func TestOwnerUIDs(t *testing.T) {
 // IPC, net and mount namespaces, with the images' maps; every task is in
 // it; its mounts are the images' (/, /proc, a proc over it, a tmpfs); the
 // maps were written as a step of the root at ROOT_TASK; the file holder
-// is gone once the engine lets the tree go; and the tree runs on (the
-// workload checks its maps, ids and capabilities itself).
+// is gone once the engine lets the tree go; every socket of the tree (the
+// child's unix pair, TCP listener, UDP and netlink sockets) belongs to the
+// namespace's root, as CRIU's restore makes them (0:0 inside, its maps'
+// 100000:200000 to us: the engine's own 0:0 would read as the overflow id
+// inside); and the tree runs on (the workload checks its maps, ids,
+// capabilities and its sockets' owners itself).
 func TestRestoreUserNS(t *testing.T) {
 	imgs, wl, _ := usernsImages(t)
 	before := check.Snapshot(t, wl.Dir, usernsLogs)
@@ -377,11 +384,151 @@ func TestRestoreUserNS(t *testing.T) {
 			t.Errorf("task %d in user namespace %d, not the root's %d", h, ns, userNS)
 		}
 	}
+	uid, _ := hostID(launchUIDs, 0)
+	gid, _ := hostID(launchGIDs, 0)
+	socks := checkSocketOwners(t, found, uid, gid)
+	if want := []string{"netlink", "tcp", "udp", "unix", "unix"}; !slices.Equal(socks, want) {
+		t.Errorf("the tree's sockets: %q, want %q (userns.c's child's)", socks, want)
+	}
+	// the uid column (the sockets' sk_uid, taken from the inode when it
+	// is made), through the eyes of us, the reader
+	for _, table := range []string{"tcp", "udp"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", root, table))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")[1:]
+		if len(lines) != 1 {
+			t.Errorf("/proc/%d/net/%s: %d sockets, want userns.c's one:\n%s", root, table, len(lines), b)
+			continue
+		}
+		if f := strings.Fields(lines[0]); len(f) < 8 || f[7] != fmt.Sprint(uid) {
+			t.Errorf("/proc/%d/net/%s: %q, want uid %d (the namespace's root)", root, table, lines[0], uid)
+		}
+	}
+	if d, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0); err != nil || d != suidDumpUser {
+		t.Errorf("the engine's dumpable %d (%v) after making sockets as another fsuid, want 1", d, err)
+	}
 	r.Detach()
 	if kids := ourChildren(t); !slices.Equal(kids, []int{root}) {
 		t.Errorf("our children after the restore: %v, want only the root %d (no file holder)", kids, root)
 	}
 	check.Logs(t, wl.Dir, before, usernsLogs, time.Second)
+}
+
+// checkSocketOwners checks that every socket the tasks (host pids) hold
+// belongs to uid:gid (host ids), and returns their kinds, sorted.
+func checkSocketOwners(t *testing.T, tasks map[int]int, uid, gid uint32) []string {
+	t.Helper()
+	var kinds []string
+	for h := range tasks {
+		fds, err := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", h))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fd := range fds {
+			var st unix.Stat_t
+			if err := unix.Stat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+				continue
+			}
+			kind := socketKind(t, fd)
+			kinds = append(kinds, kind)
+			if st.Uid != uid || st.Gid != gid {
+				t.Errorf("%s (%s socket): owner %d:%d, want the namespace's root %d:%d", fd, kind, st.Uid, st.Gid, uid, gid)
+			}
+		}
+	}
+	slices.Sort(kinds)
+	return kinds
+}
+
+// socketKind is the family of the socket at path (/proc/PID/fd/N), as
+// its fdinfo does not say it: SO_DOMAIN and SO_PROTOCOL of a copy taken
+// with pidfd_getfd (a socket is not opened through /proc).
+func socketKind(t *testing.T, path string) string {
+	t.Helper()
+	var pid, n int
+	if _, err := fmt.Sscanf(path, "/proc/%d/fd/%d", &pid, &n); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatalf("%s: pidfd_open: %v", path, err)
+	}
+	defer unix.Close(pidfd)
+	fd, err := unix.PidfdGetfd(pidfd, n, 0)
+	if err != nil {
+		t.Fatalf("%s: pidfd_getfd: %v", path, err)
+	}
+	defer unix.Close(fd)
+	domain, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	proto, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+	switch {
+	case domain == unix.AF_UNIX:
+		return "unix"
+	case domain == unix.AF_NETLINK:
+		return "netlink"
+	case proto == unix.IPPROTO_TCP:
+		return "tcp"
+	case proto == unix.IPPROTO_UDP:
+		return "udp"
+	}
+	return fmt.Sprintf("family %d protocol %d", domain, proto)
+}
+
+// TestMakeSocketAs: a socket pair made as an owner belongs to its ids (a
+// nil owner: ours), and after it the thread has its fsuid and fsgid and
+// the file system capabilities back (it makes a file in a directory only
+// root may write to), and the process is still dumpable.
+func TestMakeSocketAs(t *testing.T) {
+	needRoot(t)
+	dir := filepath.Join(t.TempDir(), "d")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, 4242, 4242); err != nil {
+		t.Fatal(err)
+	}
+	for i, tc := range []struct {
+		owner    *sockOwner
+		uid, gid uint32
+	}{
+		{nil, uint32(os.Geteuid()), uint32(os.Getegid())},
+		{&sockOwner{uid: 100000, gid: 200000}, 100000, 200000},
+		{&sockOwner{uid: 0, gid: 0}, 0, 0},
+	} {
+		runtime.LockOSThread() // the same thread for the checks after
+		var fds [2]int
+		err := tc.owner.makeSocket(func() (err error) {
+			fds, err = unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			return err
+		})
+		uid, _ := unix.SetfsuidRetUid(-1)
+		gid, _ := unix.SetfsgidRetGid(-1)
+		f, ferr := os.Create(filepath.Join(dir, fmt.Sprint(i)))
+		runtime.UnlockOSThread()
+		if err != nil {
+			t.Fatalf("owner %+v: %v", tc.owner, err)
+		}
+		for _, fd := range fds {
+			var st unix.Stat_t
+			if err := unix.Fstat(fd, &st); err != nil || st.Uid != tc.uid || st.Gid != tc.gid {
+				t.Errorf("owner %+v: socket owned by %d:%d (%v), want %d:%d", tc.owner, st.Uid, st.Gid, err, tc.uid, tc.gid)
+			}
+			unix.Close(fd)
+		}
+		if uid != os.Geteuid() || gid != os.Getegid() {
+			t.Errorf("owner %+v: fsuid %d fsgid %d after, want %d %d", tc.owner, uid, gid, os.Geteuid(), os.Getegid())
+		}
+		if ferr != nil {
+			t.Errorf("owner %+v: no file system capabilities after: %v", tc.owner, ferr)
+		} else {
+			f.Close()
+		}
+		if d, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0); err != nil || d != suidDumpUser {
+			t.Errorf("owner %+v: dumpable %d (%v) after, want 1", tc.owner, d, err)
+		}
+	}
 }
 
 // ourChildren are the processes whose parent is this test process.

@@ -19,7 +19,12 @@
  * net/ipv4/ping_group_range to 500 510, and becomes the owner for SIGIO
  * of a pipe (F_SETOWN: as uid 1000 euid 0). The child makes a semaphore
  * set (its own: 2001:511) and a memfd (2001:511), whose owner for SIGIO it
- * becomes (as uid 2000 euid 2001).
+ * becomes (as uid 2000 euid 2001). Before it takes its ids, as root
+ * inside (0:0), it makes sockets in its net namespace: a unix socket pair,
+ * a TCP socket listening on port 7007, a UDP socket bound to port 7008 and
+ * a netlink (route) socket, each owned by the namespace's root (its
+ * inode's owner is its maker's fsuid:fsgid; CRIU's restore makes them as
+ * that root too, whoever made them).
  *
  * Each opens its log while it is root in the namespace (launch.c gives it
  * the directory), then takes its ids. Every 10 ms each checks its
@@ -28,7 +33,8 @@
  * prctl) against what it had once its ids were set, that / (host root's,
  * which the namespace does not map) shows the overflow id, and the
  * owners, modes and contents of its objects (IPC_STAT, lstat, fstat,
- * F_GETOWN, F_GETOWNER_UIDS: ids inside), and appends "N" to
+ * F_GETOWN, F_GETOWNER_UIDS: ids inside; its sockets' fstat: 0:0), and
+ * appends "N" to
  * out-userns.log (the init) or out-child.log, or a CORRUPT line saying
  * what differs, and exits 3.
  *
@@ -46,6 +52,9 @@
 #include <sys/prctl.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <linux/netlink.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -94,7 +103,10 @@ static struct objects {
 	uid_t sigio_uid, sigio_euid; /* its ids when it became the owner */
 	int memfd;
 	mode_t memfd_mode;
-} objs = { -1, -1, -1, -1, 0, 0, -1, 0 };
+	int socks[5]; /* the root's sockets (the child's): pair, TCP, UDP, netlink */
+} objs = { -1, -1, -1, -1, 0, 0, -1, 0, { -1, -1, -1, -1, -1 } };
+
+static const char *const sock_names[5] = { "unix pair 0", "unix pair 1", "TCP listener", "UDP", "netlink" };
 
 /* an IPC object's owner and mode */
 static int ipc_check(const char *what, int id, const struct ipc_perm *p, int ok, uid_t uid, gid_t gid, mode_t mode,
@@ -158,6 +170,15 @@ static void check_objects(const struct ids *want, char *why, size_t size)
 		    st.st_mode != objs.memfd_mode || pread(objs.memfd, buf, 5, 0) != 5 || memcmp(buf, "owned", 5)) {
 			snprintf(why, size, "memfd: owner %u:%u mode %o, want %u:%u %o (or its data)", st.st_uid, st.st_gid,
 				 st.st_mode, want->uid[1], want->gid[1], objs.memfd_mode);
+			return;
+		}
+	}
+	for (i = 0; i < 5; i++) {
+		if (objs.socks[i] < 0)
+			continue;
+		if (fstat(objs.socks[i], &st) || !S_ISSOCK(st.st_mode) || st.st_uid != 0 || st.st_gid != 0) {
+			snprintf(why, size, "%s socket (fd %d): owner %u:%u mode %o, want a socket of the namespace's root 0:0",
+				 sock_names[i], objs.socks[i], st.st_uid, st.st_gid, st.st_mode);
 			return;
 		}
 	}
@@ -280,6 +301,24 @@ static void init_objects(void)
 	own_sigio(p[0]);
 }
 
+/* the child's sockets, made as root inside before it takes its ids */
+static void child_sockets(void)
+{
+	struct sockaddr_in tcp = { .sin_family = AF_INET, .sin_port = htons(7007) };
+	struct sockaddr_in udp = { .sin_family = AF_INET, .sin_port = htons(7008) };
+	struct sockaddr_nl nl = { .nl_family = AF_NETLINK };
+	int *s = objs.socks;
+
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, s))
+		_exit(13);
+	s[2] = socket(AF_INET, SOCK_STREAM, 0);
+	s[3] = socket(AF_INET, SOCK_DGRAM, 0);
+	s[4] = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+	if (s[2] < 0 || s[3] < 0 || s[4] < 0 || bind(s[2], (struct sockaddr *)&tcp, sizeof tcp) || listen(s[2], 4) ||
+	    bind(s[3], (struct sockaddr *)&udp, sizeof udp) || bind(s[4], (struct sockaddr *)&nl, sizeof nl))
+		_exit(13);
+}
+
 /* the child's objects, made with its ids */
 static void child_objects(void)
 {
@@ -375,6 +414,7 @@ int main(void)
 		return 7;
 	if (pid == 0) {
 		log = open_log("child");
+		child_sockets();
 		set_ids(&child_ids);
 		if (read_caps(caps, sizeof caps))
 			_exit(6);
