@@ -40,6 +40,7 @@
 #include <sys/statfs.h>
 #include <time.h>
 
+#include "prune.h"
 #include "workload.h"
 
 #define TMPFS_MAGIC 0x01021994
@@ -141,36 +142,6 @@ static int read_shape(char *out, size_t size)
 	return 0;
 }
 
-/* detaches every mount but /, /dev, /proc and /sys (and theirs below) */
-static void prune(void)
-{
-	for (int pass = 0; pass < 16; pass++) {
-		static char raw[65536];
-		int fd = open("/proc/self/mountinfo", O_RDONLY), left = 0;
-		ssize_t n, len = 0;
-
-		must(fd >= 0, "open mountinfo");
-		while ((n = read(fd, raw + len, sizeof raw - 1 - len)) > 0)
-			len += n;
-		close(fd);
-		raw[len] = 0;
-		for (char *line = strtok(raw, "\n"); line; line = strtok(NULL, "\n")) {
-			char mp[4096];
-
-			if (sscanf(line, "%*d %*d %*s %*s %4095s", mp) != 1)
-				continue;
-			if (!strcmp(mp, "/") || !strcmp(mp, "/dev") || !strcmp(mp, "/proc") || !strcmp(mp, "/sys"))
-				continue;
-			left++;
-			umount2(mp, MNT_DETACH);
-		}
-		if (!left)
-			return;
-	}
-	errno = EBUSY;
-	must(0, "prune the mounts");
-}
-
 static void check(unsigned long tick, int datafd, int hostfd)
 {
 	static char now[sizeof shape];
@@ -232,7 +203,7 @@ int main(void)
 	static unsigned char data[DATA_SIZE];
 
 	logfd = open_log("mntns");
-	prune();
+	must(!prune_mounts(), "prune the mounts");
 	must(!umount2("/proc", MNT_DETACH), "umount /proc");
 	must(!mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL), "mount proc");
 

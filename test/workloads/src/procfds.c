@@ -38,6 +38,7 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include "prune.h"
 #include "workload.h"
 
 #define MAXFD 1024
@@ -68,36 +69,6 @@ static void must(int ok, const char *what)
 		corrupt(0, "setup: %s: %s", what, strerror(errno));
 }
 
-/* detaches every mount but /, /dev, /proc and /sys (and theirs below) */
-static void prune(void)
-{
-	for (int pass = 0; pass < 16; pass++) {
-		static char raw[65536];
-		int fd = open("/proc/self/mountinfo", O_RDONLY), left = 0;
-		ssize_t n, len = 0;
-
-		must(fd >= 0, "open mountinfo");
-		while ((n = read(fd, raw + len, sizeof raw - 1 - len)) > 0)
-			len += n;
-		close(fd);
-		raw[len] = 0;
-		for (char *line = strtok(raw, "\n"); line; line = strtok(NULL, "\n")) {
-			char mp[4096];
-
-			if (sscanf(line, "%*d %*d %*s %*s %4095s", mp) != 1)
-				continue;
-			if (!strcmp(mp, "/") || !strcmp(mp, "/dev") || !strcmp(mp, "/proc") || !strcmp(mp, "/sys"))
-				continue;
-			left++;
-			umount2(mp, MNT_DETACH);
-		}
-		if (!left)
-			return;
-	}
-	errno = EBUSY;
-	must(0, "prune the mounts");
-}
-
 /* gives the tree a proc of its own pid namespace at /proc, unless it has one */
 static void own_proc(void)
 {
@@ -108,7 +79,7 @@ static void own_proc(void)
 		return;
 	must(!unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)");
 	must(!mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), "make / private");
-	prune();
+	must(!prune_mounts(), "prune the mounts");
 	must(!umount2("/proc", MNT_DETACH), "umount /proc");
 	must(!mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL), "mount proc");
 }
