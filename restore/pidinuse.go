@@ -34,22 +34,11 @@ func pidHolders(pid int) []string {
 			out = append(out, "process "+describe(pid, st))
 		}
 	}
-	d, err := os.Open("/proc")
-	if err != nil {
-		return out
-	}
-	names, _ := d.Readdirnames(-1)
-	d.Close()
 	const most = 4
 	n := 0
-	for _, name := range names {
-		p, err := strconv.Atoi(name)
-		if err != nil || p == pid {
-			continue
-		}
-		st, err := procfs.ReadStat("/proc/" + name + "/stat")
-		if err != nil {
-			continue
+	eachProcess(func(p int, st *procfs.Stat) bool { // the holders found until /proc fails, if it does
+		if p == pid {
+			return true
 		}
 		var as []string
 		if int(st.Field(6)) == pid {
@@ -59,15 +48,43 @@ func pidHolders(pid int) []string {
 			as = append(as, "process group")
 		}
 		if len(as) == 0 {
-			continue
+			return true
 		}
 		if n++; n > most {
 			out = append(out, "and more")
-			break
+			return false
 		}
 		out = append(out, fmt.Sprintf("the %s of %s", strings.Join(as, " and "), describe(p, st)))
-	}
+		return true
+	})
 	return out
+}
+
+// eachProcess calls visit with every process of /proc and its stat, in
+// the order /proc lists them, until visit returns false. Processes that
+// end during the walk are passed over; an error says /proc could not be
+// read.
+func eachProcess(visit func(pid int, st *procfs.Stat) bool) error {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return err
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, name := range names {
+		p, err := strconv.Atoi(name)
+		if err != nil {
+			continue
+		}
+		st, err := procfs.ReadStat("/proc/" + name + "/stat")
+		if err != nil {
+			continue // gone since
+		}
+		if !visit(p, st) {
+			return nil
+		}
+	}
+	return nil
 }
 
 // procTgid is the Tgid line of /proc/ID/status, 0 if it can not be read.
@@ -140,24 +157,12 @@ func onlyZombies(pids []int) bool {
 	for _, pid := range pids {
 		want[pid] = true
 	}
-	d, err := os.Open("/proc")
-	if err != nil {
-		return false
-	}
-	names, _ := d.Readdirnames(-1)
-	d.Close()
-	for _, name := range names {
-		p, err := strconv.Atoi(name)
-		if err != nil {
-			continue
-		}
-		st, err := procfs.ReadStat("/proc/" + name + "/stat")
-		if err != nil {
-			continue // gone since
-		}
+	only := true
+	err := eachProcess(func(p int, st *procfs.Stat) bool {
 		if (want[p] || want[int(st.Field(5))] || want[int(st.Field(6))]) && st.State != 'Z' {
-			return false
+			only = false
 		}
-	}
-	return true
+		return only
+	})
+	return only && err == nil
 }
