@@ -362,7 +362,7 @@ func TestDumpInet(t *testing.T) {
 		if res.Code != 1 || !strings.Contains(res.Stderr, want) {
 			t.Errorf("restore with the ports held: exit %d: %s; want exit 1 and %q", res.Code, res.Stderr, want)
 		}
-		left, err := procscan.Find(procscan.Any(procscan.MemfdExe("crest"), procscan.ChildOf(os.Getpid())))
+		left, err := procscan.FindAgentsOf(os.Getpid(), procscan.ChildOf(os.Getpid()))
 		if err != nil {
 			t.Fatal(err)
 		}

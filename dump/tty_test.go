@@ -452,12 +452,11 @@ func shellJobImages(t *testing.T, imgs string, pid, shell int, term *terminal.PT
 }
 
 // nothingLeft fails the test for every process of a restore still
-// there: running from dir, or crest's agent as the test's child (other
-// tests' restores may run at the same time).
+// there: running from dir, or crest's agent of this process's restores
+// (other tests' restores may run at the same time).
 func nothingLeft(t *testing.T, dir string) {
 	t.Helper()
-	agent, ours := procscan.MemfdExe("crest"), procscan.ChildOf(os.Getpid())
-	left, err := procscan.Find(procscan.Any(procscan.Under(dir), func(p procscan.Process) bool { return agent(p) && ours(p) }))
+	left, err := procscan.FindAgentsOf(os.Getpid(), procscan.Under(dir))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -131,8 +131,7 @@ func removeTree(t testing.TB, root int) {
 // process (zombies included), fixture programs, crest's agent.
 func leftovers(t *testing.T) []procscan.Process {
 	t.Helper()
-	ps, err := procscan.Find(procscan.Any(procscan.ChildOf(os.Getpid()), procscan.Under(fixture.OptDir),
-		procscan.MemfdExe("crest-agent")))
+	ps, err := procscan.FindAgentsOf(os.Getpid(), procscan.Any(procscan.ChildOf(os.Getpid()), procscan.Under(fixture.OptDir)))
 	if err != nil {
 		t.Fatal(err)
 	}

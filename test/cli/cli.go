@@ -211,15 +211,17 @@ func ReapGone(t testing.TB, pids ...int) {
 }
 
 // NothingLeft fails the test for every process of an attempt still there:
-// running from dir, running crest's agent (from a memfd), or a child of
-// ours. Zombies on their way to their reaper get a second.
+// running from dir, running crest's agent (from a memfd) for this
+// process's restores (procscan.FindAgentsOf: not another test binary's
+// restore in flight), or a child of ours. Zombies on their way to their
+// reaper get a second.
 func NothingLeft(t testing.TB, dir string) {
 	t.Helper()
-	match := procscan.Any(procscan.Under(dir), procscan.MemfdExe("crest"), procscan.ChildOf(os.Getpid()))
+	match := procscan.Any(procscan.Under(dir), procscan.ChildOf(os.Getpid()))
 	var left []procscan.Process
 	for try := 0; try < 100; try++ {
 		var err error
-		if left, err = procscan.Find(match); err != nil {
+		if left, err = procscan.FindAgentsOf(os.Getpid(), match); err != nil {
 			t.Fatal(err)
 		}
 		left = slices.DeleteFunc(left, func(p procscan.Process) bool { return p.PID == os.Getpid() })

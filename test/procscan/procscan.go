@@ -83,13 +83,62 @@ func Find(match func(Process) bool) ([]Process, error) {
 	if err != nil {
 		return nil, err
 	}
+	return Select(all, match), nil
+}
+
+// Select returns the processes of ps for which match is true.
+func Select(ps []Process, match func(Process) bool) []Process {
 	var out []Process
-	for _, p := range all {
+	for _, p := range ps {
 		if match(p) {
 			out = append(out, p)
 		}
 	}
-	return out, nil
+	return out
+}
+
+// FindAgentsOf returns the processes that run crest's agent (from a
+// memfd) for the restores of process self, and those that match also.
+// An agent is self's when its line of parents, past the agents above
+// it, reaches self (a launcher, a task of a restore in flight, a task
+// of a failed one adopted by self as subreaper), or stops at pid 1: an
+// orphan whose engine is gone, a leftover of somebody's. The agents of
+// another process's restore (another test binary on the machine) are
+// left alone: their line reaches their own engine or test instead.
+func FindAgentsOf(self int, also func(Process) bool) ([]Process, error) {
+	all, err := All()
+	if err != nil {
+		return nil, err
+	}
+	byPID := make(map[int]Process, len(all))
+	for _, p := range all {
+		byPID[p.PID] = p
+	}
+	agent := MemfdExe("crest")
+	ours := func(p Process) bool {
+		if !agent(p) {
+			return false
+		}
+		orphan := true // until a parent that is not an agent is met
+		for hops := 0; hops < len(all); hops++ {
+			switch {
+			case p.PPID == self:
+				return true
+			case p.PPID <= 1:
+				return orphan
+			}
+			parent, ok := byPID[p.PPID]
+			if !ok { // it ended during the scan
+				return orphan
+			}
+			if !agent(parent) {
+				orphan = false
+			}
+			p = parent
+		}
+		return false
+	}
+	return Select(all, Any(ours, also)), nil
 }
 
 // Under matches processes whose executable or working directory is dir or

@@ -5,8 +5,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A child started from a program whose name has spaces and parentheses
@@ -83,5 +88,95 @@ func TestFindChild(t *testing.T) {
 	}
 	if _, err := Read(pid); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Read of a reaped pid: %v, want ErrNotExist", err)
+	}
+}
+
+// FindAgentsOf takes the agents of this process's restores (its child,
+// and an orphan whose engine is gone) and leaves alone one whose line
+// reaches another process that is not an agent: another engine's.
+func TestFindAgentsOf(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep(1) on this machine")
+	}
+	b, err := os.ReadFile(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.MemfdCreate("crest-agent-probe", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(os.NewSyscallError("memfd_create", err))
+	}
+	mem := os.NewFile(uintptr(fd), "memfd:crest-agent-probe")
+	defer mem.Close()
+	if _, err := mem.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	// Each shape writes the agent's pid to a file; the shells exit at
+	// once (the orphans' parents are then pid 1 or a shell of their own).
+	shapes := map[string]struct {
+		script string
+		ours   bool
+	}{
+		"child":        {`echo $$ > "$1"; exec /proc/self/fd/3 60`, true},
+		"orphan":       {`(sh -c 'echo $$ > "$1"; exec /proc/self/fd/3 60' - "$1" &)`, true},
+		"other engine": {`(sh -c '/proc/self/fd/3 60 & echo $! > "$1"; wait' - "$1" &)`, false},
+	}
+	pids := map[string]int{}
+	var kids []*exec.Cmd
+	defer func() {
+		for _, pid := range pids {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		for _, c := range kids {
+			c.Wait()
+		}
+	}()
+	for name, s := range shapes {
+		file := filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))
+		cmd := exec.Command("sh", "-c", s.script, "-", file)
+		cmd.ExtraFiles = []*os.File{mem}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		kids = append(kids, cmd)
+		for try := 0; ; try++ {
+			b, _ := os.ReadFile(file)
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+				if p, _ := Read(pid); strings.HasPrefix(p.Exe, "/memfd:crest-agent-probe") {
+					pids[name] = pid
+					break
+				}
+			}
+			if try == 2000 {
+				t.Fatalf("%s: no agent started", name)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// The orphans' shells must have exited: wait for the reparenting.
+	for try := 0; ; try++ {
+		p, _ := Read(pids["orphan"])
+		if p.PPID == 1 {
+			break
+		}
+		if try == 2000 {
+			t.Fatalf("orphan agent %v was not reparented to pid 1", p)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	found, err := FindAgentsOf(os.Getpid(), func(Process) bool { return false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[int]bool{}
+	for _, p := range found {
+		got[p.PID] = true
+	}
+	for name, s := range shapes {
+		if got[pids[name]] != s.ours {
+			t.Errorf("%s agent %d: found %v, want %v (found %v)", name, pids[name], got[pids[name]], s.ours, found)
+		}
 	}
 }
