@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"errors"
 	"os"
 	"runtime"
 	"strings"
@@ -12,10 +13,19 @@ import (
 )
 
 // inNewIPC runs fn on a locked thread in a new IPC namespace of its own,
-// which ends with the thread (never ours: the thread goes back, or stays
-// locked and ends).
+// which ends with the thread (never ours: see inIPC).
 func inNewIPC(t *testing.T, fn func()) {
 	t.Helper()
+	err := inIPC(func() error { return unix.Unshare(unix.CLONE_NEWIPC) }, func() error { fn(); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// inIPC runs fn on a locked thread that enter moved into another IPC
+// namespace, and brings the thread back to ours; a thread that cannot
+// come back stays locked and ends with its goroutine.
+func inIPC(enter, fn func() error) error {
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -26,22 +36,17 @@ func inNewIPC(t *testing.T, fn func()) {
 			return
 		}
 		defer back.Close()
-		if err := unix.Unshare(unix.CLONE_NEWIPC); err != nil {
-			runtime.UnlockOSThread()
-			done <- err
-			return
+		if err = enter(); err == nil {
+			err = fn()
 		}
-		fn()
-		if err := unix.Setns(int(back.Fd()), unix.CLONE_NEWIPC); err != nil {
-			done <- err // stays locked: the thread ends
+		if berr := unix.Setns(int(back.Fd()), unix.CLONE_NEWIPC); berr != nil {
+			done <- errors.Join(err, berr) // stays locked: the thread ends
 			return
 		}
 		runtime.UnlockOSThread()
-		done <- nil
+		done <- err
 	}()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	return <-done
 }
 
 // TestIPCInfo: IPC_INFO says what /proc/sys says of a namespace's IPC

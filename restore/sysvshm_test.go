@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -138,34 +137,12 @@ func TestPlanSysVShm(t *testing.T) {
 // inTreeIPC runs fn on a locked thread in the IPC namespace of pid, and
 // goes back to ours before the thread is let go.
 func inTreeIPC(pid int, fn func() error) error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		back, err := os.Open("/proc/thread-self/ns/ipc")
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- err
-			return
-		}
-		defer back.Close()
-		pidfd, err := unix.PidfdOpen(pid, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- err
-			return
-		}
-		defer unix.Close(pidfd)
-		if err = unix.Setns(pidfd, unix.CLONE_NEWIPC); err == nil {
-			err = fn()
-		}
-		if berr := unix.Setns(int(back.Fd()), unix.CLONE_NEWIPC); berr != nil {
-			done <- errors.Join(err, berr) // stays locked: the thread ends
-			return
-		}
-		runtime.UnlockOSThread()
-		done <- err
-	}()
-	return <-done
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pidfd)
+	return inIPC(func() error { return unix.Setns(pidfd, unix.CLONE_NEWIPC) }, fn)
 }
 
 // TestRestoreSysVShm restores crest dump's images of nsuts: its segment 7
