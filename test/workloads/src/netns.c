@@ -105,22 +105,6 @@ static void put(const char *path, const char *value)
 	close(fd);
 }
 
-static int holds(const char *path, const char *value)
-{
-	char buf[128];
-	int fd = open(path, O_RDONLY);
-	ssize_t n;
-
-	if (fd < 0)
-		return 0;
-	n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (n < 0)
-		return 0;
-	buf[n] = 0;
-	return strcmp(buf, value) == 0;
-}
-
 /* --- netlink, at setup only --- */
 
 struct req {
@@ -425,7 +409,7 @@ static void check(void)
 	if (!found)
 		corrupt("10.53.0.1 not on lo");
 	for (unsigned i = 0; i < sizeof sysctls / sizeof sysctls[0]; i++)
-		if (!holds(sysctls[i].path, sysctls[i].want))
+		if (!file_holds(sysctls[i].path, sysctls[i].want, NULL, 0))
 			corrupt(sysctls[i].path);
 
 	struct sockaddr_in r4 = in4("10.54.0.7", 9), p4 = in4("10.55.0.7", 9);

@@ -112,34 +112,6 @@ static void put(const char *path, const char *value)
 	close(fd);
 }
 
-/*
- * whether the file at path holds value (whitespace as the kernel prints
- * it); if not, line says what it held, or why it could not be read
- */
-static int holds(const char *path, const char *value)
-{
-	char buf[128];
-	int fd = open(path, O_RDONLY);
-	ssize_t n;
-
-	if (fd < 0) {
-		snprintf(line, sizeof line, "%s: open: %s", path, strerror(errno));
-		return 0;
-	}
-	n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (n < 0) {
-		snprintf(line, sizeof line, "%s: read: %s", path, strerror(errno));
-		return 0;
-	}
-	buf[n] = 0;
-	if (strcmp(buf, value) == 0)
-		return 1;
-	buf[strcspn(buf, "\n")] = 0;
-	snprintf(line, sizeof line, "%s: holds \"%s\", want \"%.*s\"", path, buf, (int)strcspn(value, "\n"), value);
-	return 0;
-}
-
 static unsigned char pattern(int seg, size_t off)
 {
 	return (unsigned char)(seg * 37 + off * 7 + off / PAGE);
@@ -314,7 +286,7 @@ static void check(void)
 		corrupt(line);
 	}
 	for (unsigned i = 0; i < sizeof sysctls / sizeof sysctls[0]; i++) {
-		int ok = holds(sysctls[i].path, sysctls[i].value);
+		int ok = file_holds(sysctls[i].path, sysctls[i].value, line, sizeof line);
 
 		/*
 		 * Kernel 6.18 sometimes shows, under /proc/sys, the IPC
@@ -326,7 +298,7 @@ static void check(void)
 			const struct timespec pause = { 0, 20 * 1000 * 1000 };
 
 			nanosleep(&pause, NULL);
-			ok = holds(sysctls[i].path, sysctls[i].value);
+			ok = file_holds(sysctls[i].path, sysctls[i].value, line, sizeof line);
 		}
 		if (!ok) {
 			/*
