@@ -336,7 +336,8 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 		if why != "" {
 			return nil, unsupported(why)
 		}
-	} else if typ == fdinfo.FdTypes_UNIXSK || typ == fdinfo.FdTypes_INETSK || typ == fdinfo.FdTypes_NETLINKSK {
+	} else if typ == fdinfo.FdTypes_UNIXSK || typ == fdinfo.FdTypes_INETSK || typ == fdinfo.FdTypes_NETLINKSK ||
+		typ == fdinfo.FdTypes_PACKETSK {
 		var why string
 		c, err := fc.get()
 		switch {
@@ -345,6 +346,8 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 			fe, why, err = ft.unixSocketEntry(t, id, c, st.Ino, flags)
 		case typ == fdinfo.FdTypes_INETSK:
 			fe, why, err = ft.inetSocketEntry(t, id, c, st.Ino, flags)
+		case typ == fdinfo.FdTypes_PACKETSK:
+			fe, why, err = ft.packetSocketEntry(t, id, c, st.Ino, flags) // sockpacket.go
 		default:
 			fe, why, err = ft.netlinkSocketEntry(t, id, c, st.Ino, flags) // socknetlink.go
 		}

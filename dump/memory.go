@@ -195,6 +195,10 @@ func (d *dumper) vmas(t *task, maps []*mapping) ([]*vmaArea, error) {
 			return nil, unsupported("special mappings of this kind are not supported")
 		case strings.HasPrefix(m.name, "/memfd:"):
 			return nil, unsupported("private memfd mappings are not supported")
+		case strings.HasPrefix(m.name, "socket:["):
+			// a packet socket's ring (PACKET_RX_RING, PACKET_TX_RING):
+			// sockpacket.go
+			return nil, unsupported("packet socket ring mappings (PACKET_RX_RING, PACKET_TX_RING) are not supported")
 		default:
 			id, err := d.files.mappedFile(t, procPath(t.pid, "map_files", fmt.Sprintf("%x-%x", m.start, m.end)), m.name)
 			if err != nil {

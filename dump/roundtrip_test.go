@@ -93,6 +93,11 @@ func TestRoundTrip(t *testing.T) {
 		// its route listener must hear of the address it adds to lo and
 		// removes, and the socket diag shows their states.
 		{"netlink", map[string]check.Next{"out-netlink.log": check.Counter}, nil},
+		// Packet sockets in a net namespace of its own (raw and
+		// datagram, bound to lo or not, options, memberships, a fanout
+		// group): it checks their bindings and options every tick and
+		// sends a frame on lo that each bound one must receive.
+		{"packetsk", map[string]check.Next{"out-packetsk.log": check.Counter}, nil},
 		// Its tick is an epoll of a timerfd, an eventfd (edge-triggered)
 		// and a pipe, which must all report on.
 		{"epoll", map[string]check.Next{"out-epoll.log": check.Counter}, nil},

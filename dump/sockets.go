@@ -67,7 +67,7 @@ func socketType(c int) (typ fdinfo.FdTypes, why string, err error) {
 	case unix.AF_NETLINK:
 		return fdinfo.FdTypes_NETLINKSK, "", nil
 	case unix.AF_PACKET:
-		return 0, "packet sockets are not supported", nil
+		return fdinfo.FdTypes_PACKETSK, "", nil // sockpacket.go
 	}
 	return 0, fmt.Sprintf("sockets of address family %d are not supported", family), nil
 }

@@ -34,6 +34,8 @@ func FileFown(fe *fdinfo.FileEntry) (o **fown.FownEntry, flags uint32) {
 		return &fe.Tty.Fown, fe.Tty.GetFlags()
 	case fe.Nlsk != nil:
 		return &fe.Nlsk.Fown, fe.Nlsk.GetFlags()
+	case fe.Psk != nil:
+		return &fe.Psk.Fown, fe.Psk.GetFlags()
 	}
 	return nil, 0
 }

@@ -400,6 +400,14 @@ func (r *Restore) makeNetSockets() error {
 			if err := put(k, fd); err != nil {
 				return err
 			}
+		case FilePacketSocket: // sockpacket.go
+			fd, err := openPacketSocket(f)
+			if err != nil {
+				return fmt.Errorf("%s: file %d: %w", p.holder(f), f.ID, err)
+			}
+			if err := put(k, fd); err != nil {
+				return err
+			}
 		case FileUnixSocket:
 			if unixMade {
 				continue

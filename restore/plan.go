@@ -320,12 +320,15 @@ const (
 	// FileNetlinkSocket is an AF_NETLINK socket (File.Netlink;
 	// socknetlink.go).
 	FileNetlinkSocket
+	// FilePacketSocket is an AF_PACKET socket (File.Packet;
+	// sockpacket.go).
+	FilePacketSocket
 )
 
 var fileKindNames = map[FileKind]string{FileRegular: "regular", FilePipe: "pipe", FileMemfd: "memfd", FileFifo: "FIFO",
 	FileEventfd: "eventfd", FileSignalfd: "signalfd", FileTimerfd: "timerfd", FileEpoll: "eventpoll",
 	FileUnixSocket: "unix socket", FileInetSocket: "inet socket", FileInotify: "inotify", FileTTY: "tty",
-	FileNetlinkSocket: "netlink socket"}
+	FileNetlinkSocket: "netlink socket", FilePacketSocket: "packet socket"}
 
 func (k FileKind) String() string { return fileKindNames[k] }
 
@@ -351,6 +354,7 @@ type File struct {
 	Inotify  *Inotify       // FileInotify
 	TTY      *TTY           // FileTTY
 	Netlink  *NetlinkSocket // FileNetlinkSocket
+	Packet   *PacketSocket  // FilePacketSocket
 	// Remap: a regular file that had no name at the dump (deleted, or
 	// O_TMPFILE), found again through remap-fpath.img (ghost.go).
 	Remap *Remap
@@ -975,6 +979,8 @@ func (p *Plan) file(t *Task, id uint32, from string) (*File, error) {
 		return p.ttyFile(t, id, fe)
 	case fdinfo.FdTypes_NETLINKSK: // socknetlink.go
 		return p.netlinkSocketFile(t, id, fe)
+	case fdinfo.FdTypes_PACKETSK: // sockpacket.go
+		return p.packetSocketFile(t, id, fe)
 	default:
 		return nil, &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d (from %s): %s files are not supported yet", id, from, fe.GetType())}
 	}
@@ -1040,6 +1046,8 @@ func fileKindOf(ty fdinfo.FdTypes) FileKind {
 		return FileTTY
 	case fdinfo.FdTypes_NETLINKSK:
 		return FileNetlinkSocket
+	case fdinfo.FdTypes_PACKETSK:
+		return FilePacketSocket
 	}
 	return 0
 }

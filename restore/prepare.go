@@ -255,6 +255,12 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 			// a port taken now is changed silently: no logger here
 			fd, _, err = openNetlinkSocket(f)
 		}
+	case FilePacketSocket: // sockpacket.go
+		if pr.net != nil {
+			fd, err = pr.net.reserve(f) // netns_fill.go
+		} else {
+			fd, err = openPacketSocket(f)
+		}
 	case FileInotify: // inotify.go
 		fd, err = openInotify(t, f)
 	case FileTTY: // tty.go, pty.go

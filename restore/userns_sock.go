@@ -55,7 +55,8 @@ func (p *Plan) planSockOwner(u *UserNamespace) error {
 		switch f := p.Files[id]; {
 		case f.Kind == FileUnixSocket && f.Unix != nil && f.Unix.set != nil,
 			f.Kind == FileInetSocket && f.Inet != nil,
-			f.Kind == FileNetlinkSocket && f.Netlink != nil:
+			f.Kind == FileNetlinkSocket && f.Netlink != nil,
+			f.Kind == FilePacketSocket && f.Packet != nil:
 			socks = append(socks, f)
 		}
 	}
@@ -76,6 +77,8 @@ func (p *Plan) planSockOwner(u *UserNamespace) error {
 			f.Inet.owner = o
 		case FileNetlinkSocket:
 			f.Netlink.owner = o
+		case FilePacketSocket:
+			f.Packet.owner = o
 		}
 	}
 	return nil

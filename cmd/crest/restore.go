@@ -52,8 +52,11 @@ What comes back:
   connected to a named socket outside the tree, which crest dump and
   criu dump write with --ext-unix-sk, are connected to that name again),
   TCP listeners, UDP sockets, netlink sockets (bound to their port and
-  groups, connected where they were), and established TCP connections
-  with --tcp-established (see below);
+  groups, connected where they were), packet sockets (raw and datagram,
+  bound to their interface and protocol again, with their packet
+  options, memberships and fanout group; packets queued at the dump are
+  lost, as with CRIU; mapped rings are refused), and established TCP
+  connections with --tcp-established (see below);
 - terminals: ptys with both ends in the tree (a /dev/ptmx master and its
   slaves) with their number (refused if it is taken), termios, window
   size, packet mode, lock and queued data, a session leader's

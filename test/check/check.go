@@ -303,7 +303,7 @@ func FDs(t testing.TB, s *images.Summary, pid uint32, host int) {
 			switch fd.Type {
 			case "PIPE":
 				name = "pipe:["
-			case "UNIXSK", "INETSK", "NETLINKSK":
+			case "UNIXSK", "INETSK", "NETLINKSK", "PACKETSK":
 				// a socket made anew has an inode of its own
 				name = "socket:["
 			case "MEMFD":

@@ -108,6 +108,11 @@ var Programs = map[string]Program{
 	// when the route listener must hear of the address the tick adds to
 	// lo and removes (socket diag checks the states then).
 	"netlink": {Name: "netlink", Flags: []string{"-static", "-O2"}, NetNS: true},
+	// packetsk runs in a net namespace of its own, lo up, with packet
+	// sockets (raw and datagram, bound to lo or not, with options,
+	// memberships and a fanout group): each is checked (binding,
+	// options) every tick, and a frame sent on lo must reach them.
+	"packetsk": {Name: "packetsk", Flags: []string{"-static", "-O2"}, NetNS: true},
 	// mntns runs in a mount namespace of its own: its own proc, a
 	// tmpfs with files and a tmpfs in it, a read-only bind mount of a
 	// directory beside it, a bind mount of the tmpfs, files open on
