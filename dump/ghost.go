@@ -45,7 +45,11 @@ type ghostTable struct {
 	last    uint32
 	byInode map[devIno]uint32
 	remaps  []images.Entry // remap-fpath.img
-	user    *userNS        // the tree's own, nil for none: the owners as it sees them (userns.go)
+	// mounts are the mount ids of the remapped files, by file id: the
+	// mount each was open or mapped on, which a tree's own mount
+	// namespace names in files.img (mntFileMounts, mntns.go)
+	mounts map[uint32]uint64
+	user   *userNS // the tree's own, nil for none: the owners as it sees them (userns.go)
 }
 
 // ghostName returns the name files.img keeps for the regular file about
@@ -97,6 +101,15 @@ func (ft *fileTable) ghostName(t *task, what string, id uint32, link, name strin
 		}
 		gt.byInode[key] = gid
 	}
+	// the mount it is on, through the /proc link (CRIU: fdinfo's mnt_id)
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, link, 0, unix.STATX_MNT_ID, &stx); err != nil {
+		return "", fmt.Errorf("%s: %s (%s): %w", t, what, name, &os.PathError{Op: "statx", Path: link, Err: err})
+	}
+	if gt.mounts == nil {
+		gt.mounts = map[uint32]uint64{}
+	}
+	gt.mounts[id] = stx.Mnt_id
 	gt.remaps = append(gt.remaps, images.Entry{Message: &remap_file_path.RemapFilePathEntry{
 		OrigId: proto.Uint32(id), RemapId: proto.Uint32(gid), RemapType: remap_file_path.RemapType_GHOST.Enum()}})
 	return path, nil

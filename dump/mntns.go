@@ -34,7 +34,8 @@ import (
 // system types other than mntFSDumped, a root mount that is not a whole
 // file system, a bind mount with no mount of its file system's root in
 // the namespace, a tmpfs whose root is mounted nowhere, a devtmpfs of its
-// own, a non-empty mqueue, files not at their path there (ghosts).
+// own, a non-empty mqueue, files not at their path there. A file deleted
+// while open or mapped (a ghost) gets the id of the mount it is on.
 
 // mntFSDumped are the types whose mounts the restore makes anew.
 var mntFSDumped = map[mnt.Fstype]bool{
@@ -339,23 +340,39 @@ func (d *dumper) tarTmpfs(pid int, m *mountInfo) error {
 
 // mntFileMounts gives every regular file of the images the id of the
 // mount it is on in the tree's mount namespace, as CRIU's mnt_id: the
-// mount its path reaches there (through the root's /proc/PID/root). A
-// file not at its path (deleted, a ghost) is refused.
+// mount its path reaches there (through the root's /proc/PID/root), or
+// for a file deleted while open or mapped (a ghost, ghost.go) the mount
+// its fd or mapping is on, which must be one of the namespace's.
 func (d *dumper) mntFileMounts() error {
 	if !d.ownMnt {
 		return nil
 	}
 	root := d.tree.root
+	var mounts []*mountInfo
 	for _, fe := range d.files.entries {
 		r := fe.GetReg()
 		if r == nil || r.MntId != nil {
+			continue
+		}
+		if id, ok := d.files.ghosts.mounts[r.GetId()]; ok {
+			if mounts == nil {
+				var err error
+				if mounts, err = readMountinfo(root.pid); err != nil {
+					return err
+				}
+			}
+			if !slices.ContainsFunc(mounts, func(m *mountInfo) bool { return uint64(m.id) == id }) {
+				return &UnsupportedError{Task: int(root.nsPid), Resource: "file", What: r.GetName() + " (deleted)",
+					Why: fmt.Sprintf("deleted while open, on mount %d, which is not in the tree's mount namespace", id)}
+			}
+			r.MntId = proto.Int32(int32(id))
 			continue
 		}
 		path := procPath(root.pid, "root") + r.GetName()
 		var stx unix.Statx_t
 		if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &stx); err != nil {
 			return &UnsupportedError{Task: int(root.nsPid), Resource: "file", What: r.GetName(),
-				Why: fmt.Sprintf("not at its path in the tree's mount namespace (%v): ghost files are not supported there", err)}
+				Why: fmt.Sprintf("not at its path in the tree's mount namespace (%v)", err)}
 		}
 		r.MntId = proto.Int32(int32(stx.Mnt_id))
 	}

@@ -40,6 +40,13 @@ import (
 // names, and no later failure, not even crest killed, can leave one
 // behind. CRIU's links are kept until the restore completed, as CRIU
 // does: a failed restore needs them again.
+//
+// In a tree with a mount namespace of its own the paths are the
+// namespace's: the ghosts are made there, on the mount files.img names
+// for the file of each (its mnt_id), once PREPARE_NAMESPACES made the
+// mounts, and removed once the tree's files are open there, as CRIU's
+// create_ghost makes them (planMntGhosts, mntns_files.go); CRIU's links
+// are refused there.
 
 // Remap says how a regular file that had no name at the dump is opened.
 type Remap struct {
@@ -230,9 +237,11 @@ func (p *Plan) ghost(t *Task, rt *remapTable, id uint32, where string) (*Ghost, 
 }
 
 // makeGhosts makes every ghost of the plan, each in its owner's step.
-// The paths made are in pr.ghosts, for removeGhosts.
+// The paths made are in pr.ghosts, for removeGhosts. A tree with a mount
+// namespace of its own gets its ghosts there, on their mounts, once they
+// are made (makeMntGhosts, mntns_files.go).
 func (pr *prepared) makeGhosts(p *Plan) error {
-	if p.remaps == nil || len(p.remaps.order) == 0 {
+	if p.remaps == nil || len(p.remaps.order) == 0 || p.Mnt != nil {
 		return nil
 	}
 	pr.ghostPaths = map[*Ghost]string{}
@@ -257,15 +266,29 @@ func (pr *prepared) makeGhosts(p *Plan) error {
 	return nil
 }
 
-// makeGhost creates g as CRIU's create_ghost does: at g.Path, or with a
-// parent left out of it for each that is missing, with its mode, owner,
-// contents (holes staying holes) and times.
+// makeGhost makes g at its path, kept in pr.ghosts for removeGhosts.
 func (pr *prepared) makeGhost(g *Ghost) (string, error) {
-	path := g.Path
+	path, err := makeGhostAt(unix.AT_FDCWD, g.Path, g, 0)
+	if path != "" {
+		pr.ghosts = append(pr.ghosts, path)
+	}
+	if err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// makeGhostAt creates g as CRIU's create_ghost does: at path (under
+// dirfd, resolved with resolve, openat2's RESOLVE_* flags), or with a
+// parent left out of it for each that is missing, with its mode, owner,
+// contents (holes staying holes) and times. It returns the path it
+// created, also when it failed after creating it: the caller removes it.
+func makeGhostAt(dirfd int, path string, g *Ghost, resolve uint64) (string, error) {
 	var fd int
 	for {
 		var err error
-		fd, err = unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, g.Mode&0o7777)
+		fd, err = unix.Openat2(dirfd, path, &unix.OpenHow{Flags: unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_CLOEXEC,
+			Mode: uint64(g.Mode & 0o7777), Resolve: resolve})
 		if err == nil {
 			break
 		}
@@ -280,26 +303,29 @@ func (pr *prepared) makeGhost(g *Ghost) (string, error) {
 		}
 		return "", &os.PathError{Op: "create", Path: path, Err: err}
 	}
-	pr.ghosts = append(pr.ghosts, path)
 	err := fillGhost(fd, path, g)
+	// the mode after the owner (chown takes set-id bits), and both after
+	// the open, which the engine's umask narrowed
+	if err == nil {
+		if cerr := unix.Fchown(fd, int(g.UID), int(g.GID)); cerr != nil {
+			err = &os.PathError{Op: "chown", Path: path, Err: cerr}
+		}
+	}
+	if err == nil {
+		if cerr := unix.Fchmod(fd, g.Mode&0o7777); cerr != nil {
+			err = &os.PathError{Op: "chmod", Path: path, Err: cerr}
+		}
+	}
 	if cerr := unix.Close(fd); err == nil && cerr != nil {
 		err = &os.PathError{Op: "close", Path: path, Err: cerr}
 	}
 	if err != nil {
-		return "", err
-	}
-	// the mode after the owner (chown takes set-id bits), and both after
-	// the open, which the engine's umask narrowed
-	if err := unix.Lchown(path, int(g.UID), int(g.GID)); err != nil {
-		return "", &os.PathError{Op: "chown", Path: path, Err: err}
-	}
-	if err := unix.Chmod(path, g.Mode&0o7777); err != nil {
-		return "", &os.PathError{Op: "chmod", Path: path, Err: err}
+		return path, err
 	}
 	if g.Atime != nil {
 		ts := []unix.Timespec{unix.NsecToTimespec(unix.TimevalToNsec(*g.Atime)), unix.NsecToTimespec(unix.TimevalToNsec(*g.Mtime))}
-		if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return "", &os.PathError{Op: "utimensat", Path: path, Err: err}
+		if err := unix.UtimesNanoAt(dirfd, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return path, &os.PathError{Op: "utimensat", Path: path, Err: err}
 		}
 	}
 	return path, nil

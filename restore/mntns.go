@@ -35,8 +35,10 @@ import (
 // mntFSNew lists, a root mount that is not a whole file system (it needs
 // CRIU's --root), binds with no mount to take them from, tmpfs without
 // their tarball, a devtmpfs of its own; files that can not be opened in
-// the namespace by their path (ghost files, fifos, unix sockets bound to
-// paths, terminals).
+// the namespace by their path (fifos, unix sockets bound to paths,
+// terminals, files reopened through CRIU's link remaps). Ghost files,
+// deleted while open or mapped, are made again on the mount the image
+// names for their first file (planMntGhosts, mntns_files.go).
 
 // MntNamespace is the tree's own mount namespace as its image has it.
 type MntNamespace struct {
@@ -51,6 +53,21 @@ type MntNamespace struct {
 	// Files are the mounts of the regular files the tasks hold, by
 	// file id: opened in the namespace, on these mounts.
 	Files map[uint32]*Mount
+	// Ghosts are where the ghost files (ghost.go) are made: on the mount
+	// of the first file that names each, as CRIU's create_ghost.
+	Ghosts map[*Ghost]*MntGhost
+}
+
+// MntGhost is a ghost file made in the tree's mount namespace. Its files
+// are linked to their paths through Mount: all of them are on its file
+// system, under its root (CRIU links them through the mount the binds of
+// the file system come from).
+type MntGhost struct {
+	Mount *Mount
+	// Path is the ghost's path under Mount's root; Links the path of
+	// each of its files there, by file id.
+	Path  string
+	Links map[uint32]string
 }
 
 // Mount is one entry of mountpoints-ID.img and how it is made.
@@ -216,6 +233,9 @@ func (p *Plan) loadMnt(id uint32) (*MntNamespace, error) {
 	if err := p.planMntFiles(ns); err != nil {
 		return nil, err
 	}
+	if err := p.planMntGhosts(ns); err != nil {
+		return nil, err
+	}
 	return ns, nil
 }
 
@@ -337,8 +357,8 @@ func (p *Plan) planMntFile(ns *MntNamespace, t *Task, f *File) error {
 	}
 	switch f.Kind {
 	case FileRegular:
-		if f.Remap != nil {
-			return refuse("a file without a name (ghost or linked remap)")
+		if f.Remap != nil && f.Remap.Ghost == nil {
+			return refuse("a file deleted but linked elsewhere, reopened through the link CRIU's dump --link-remap made (a linked remap)")
 		}
 	case FileFifo:
 		return refuse("a fifo")
@@ -368,6 +388,71 @@ func (p *Plan) planMntFile(ns *MntNamespace, t *Task, f *File) error {
 		return &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d (%s): mnt_id %d is not a mount of %s", f.ID, f.Path, reg.GetMntId(), ns.File)}
 	}
 	ns.Files[f.ID] = m
+	return nil
+}
+
+// planMntGhosts places each ghost file of the tree on the mount of its
+// first file (ghost.go planned its path there, PATH.cr.ID.ghost), and
+// finds where every file of it is linked on that mount: the same file
+// system, under that mount's root. A ghost is made on a read-only mount
+// by making the mount writable for the time (CRIU's
+// try_remount_writable), never on a read-only file system.
+func (p *Plan) planMntGhosts(ns *MntNamespace) error {
+	if p.remaps == nil {
+		return nil
+	}
+	for _, g := range p.remaps.order {
+		// the file whose path the ghost's was made from (remapsOf)
+		first := g.Files[0]
+		for _, f := range g.Files {
+			if p.remaps.byFile[f.ID].index < p.remaps.byFile[first.ID].index {
+				first = f
+			}
+		}
+		m := ns.Files[first.ID]
+		if m == nil {
+			return &PlanError{PID: g.Owner.PID, File: ghostImage(g.ID), Msg: fmt.Sprintf("file %d (%s): no mount planned for it", first.ID, first.Path)}
+		}
+		refuse := func(f *File, format string, args ...any) error {
+			msg := fmt.Sprintf("the ghost of the deleted file %d (%s), made on %s (%s entry %d): ", first.ID, first.Path, m, ns.File, m.Entry)
+			if f != first {
+				msg += fmt.Sprintf("its file %d (%s): ", f.ID, f.Path)
+			}
+			return &PlanError{PID: g.Owner.PID, File: ghostImage(g.ID), Msg: msg + fmt.Sprintf(format, args...) + ": not restored"}
+		}
+		if m.SBFlags&unix.MS_RDONLY != 0 {
+			return refuse(first, "a read-only file system, where its ghost can not be made")
+		}
+		mg := &MntGhost{Mount: m, Links: map[uint32]string{}}
+		rel, ok := underPath(g.Path, m.Mountpoint)
+		if !ok || rel == "." {
+			return refuse(first, "its path is not under the mount point")
+		}
+		mg.Path = rel
+		for _, f := range g.Files {
+			fm := ns.Files[f.ID]
+			if fm == nil {
+				return refuse(f, "no mount planned for it")
+			}
+			if fm.Dev != m.Dev || fm.Code != m.Code {
+				return refuse(f, "on %s, another file system", fm)
+			}
+			// its path on the file system, then under m's root
+			frel, ok := underPath(f.Path, fm.Mountpoint)
+			if !ok || frel == "." {
+				return refuse(f, "its path is not under its mount point %s", fm.Mountpoint)
+			}
+			link, ok := underPath(path.Join(fm.Root, frel), m.Root)
+			if !ok || link == "." {
+				return refuse(f, "on %s, outside %s of %s, where its ghost is", fm, m.Root, m)
+			}
+			mg.Links[f.ID] = link
+		}
+		if ns.Ghosts == nil {
+			ns.Ghosts = map[*Ghost]*MntGhost{}
+		}
+		ns.Ghosts[g] = mg
+	}
 	return nil
 }
 

@@ -39,7 +39,8 @@ import (
 //     private and given its flags;
 //   - the result is read back from the thread's mountinfo and compared
 //     with the image, mount by mount;
-//   - then the tree's regular files are opened there (mntns_files.go).
+//   - then the tree's ghost files are made on their mounts and its
+//     regular files opened there (mntns_files.go).
 //
 // The thread can not go back to the engine's file system context, so it
 // ends with its goroutine. It must not be the thread that forked the
@@ -105,16 +106,25 @@ func onOwnThread(pidfd, tries int, fn func() error) error {
 }
 
 // mounted is what makeMounts leaves open for the files: the /proc of
-// the engine and the new mount id of every mount of the image.
+// the engine, the new mount id of every mount of the image and an
+// O_PATH fd of its root.
 type mounted struct {
 	procfd int
 	ids    map[uint32]uint64 // image mnt_id -> the made mount's id
+	at     map[*Mount]int
 }
 
 func (m *mounted) close() {
-	if m != nil && m.procfd >= 0 {
+	if m == nil {
+		return
+	}
+	if m.procfd >= 0 {
 		unix.Close(m.procfd)
 	}
+	for _, fd := range m.at {
+		unix.Close(fd)
+	}
+	m.at = nil
 }
 
 // makeMounts joins the root's mount namespace on the calling thread
@@ -127,7 +137,7 @@ func (r *Restore) makeMounts(ns *MntNamespace) (res *mounted, err error) {
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: "/proc", Err: err}
 	}
-	res = &mounted{procfd: procfd, ids: map[uint32]uint64{}}
+	res = &mounted{procfd: procfd, ids: map[uint32]uint64{}, at: map[*Mount]int{}}
 	var fds []int
 	defer func() {
 		for _, fd := range fds {
@@ -209,7 +219,8 @@ func (r *Restore) makeMounts(ns *MntNamespace) (res *mounted, err error) {
 	if err != nil {
 		return res, &os.PathError{Op: "open", Path: "/", Err: err}
 	}
-	at := map[*Mount]int{rm: keep(rootfd)}
+	at := res.at
+	at[rm] = rootfd
 	for _, m := range ns.Mounts {
 		if err := r.makeMount(m, at, pidns, tar, tarballs[m]); err != nil {
 			return res, fmt.Errorf("%s entry %d: %s: %w", ns.File, m.Entry, m, err)
@@ -218,7 +229,7 @@ func (r *Restore) makeMounts(ns *MntNamespace) (res *mounted, err error) {
 		if err != nil {
 			return res, fmt.Errorf("%s: %w", m, &os.PathError{Op: "open", Path: m.Mountpoint, Err: err})
 		}
-		at[m] = keep(fd)
+		at[m] = fd
 	}
 	if err := checkMounts(ns, procfd, res.ids); err != nil {
 		return res, err

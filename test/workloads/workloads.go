@@ -119,6 +119,11 @@ var Programs = map[string]Program{
 	// them; it checks their shape in mountinfo and their files every
 	// tick.
 	"mntns": {Name: "mntns", Flags: []string{"-static", "-O2"}, MntNS: true},
+	// mntghost runs in a mount namespace of its own with files deleted
+	// while open (ghost files) on its tmpfs and on a bind mount of a
+	// directory beside it, one of them O_TMPFILE; it checks them every
+	// tick. No libc: CRIU's images of it are test data.
+	"mntghost": {Name: "mntghost", Flags: []string{"-static", "-nostdlib", "-ffreestanding", "-O2", "-fno-stack-protector", "-fcf-protection=none"}, MntNS: true},
 	// stopped has two children stopped by SIGSTOP and SIGTSTP.
 	"stopped": {Name: "stopped", Flags: []string{"-static", "-O2", "-pthread"}},
 	// zombie has two zombie children (exit status 7, killed by SIGTERM)

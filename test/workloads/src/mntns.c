@@ -26,7 +26,9 @@
  * new file with EROFS, that scratch and scratch/inner are tmpfs of their
  * own, that /proc/self is 1, and the two open files (their offsets and
  * what they read). It appends "mntns N" to out-mntns.log, or a CORRUPT
- * line saying what differs, and exits 3. The log is in its directory, on
+ * line saying what differs, and exits 3: the mountinfo difference first
+ * whenever there is one, even when another check saw a difference first
+ * (a restore resumes a tick where the dump froze it). The log is in its directory, on
  * the root mount.
  *
  * build: gcc -static -O2 -o mntns mntns.c
@@ -50,12 +52,26 @@ static int logfd;
 static char shape[16384];
 
 
+static void check_shape(unsigned long tick);
+
+/*
+ * Says what differs and exits. A dump may freeze the workload in the
+ * middle of a check, past its mountinfo comparison: the restored one goes
+ * on from there, so a later check of that tick may be the first to see a
+ * restored mount that differs. The mount table is then compared again
+ * first, so that the first CORRUPT line names the mountinfo whenever it
+ * differs.
+ */
 static void corrupt(unsigned long tick, const char *fmt, ...)
 {
 	static char b[40000];
-	int n = snprintf(b, sizeof b, "CORRUPT tick=%lu ", tick);
+	static int in_corrupt;
+	int n;
 	va_list ap;
 
+	if (!in_corrupt++)
+		check_shape(tick);
+	n = snprintf(b, sizeof b, "CORRUPT tick=%lu ", tick);
 	va_start(ap, fmt);
 	vsnprintf(b + n, sizeof b - n - 1, fmt, ap);
 	va_end(ap);
@@ -142,18 +158,24 @@ static int read_shape(char *out, size_t size)
 	return 0;
 }
 
-static void check(unsigned long tick, int datafd, int hostfd)
+static void check_shape(unsigned long tick)
 {
 	static char now[sizeof shape];
-	char b[DATA_SIZE];
-	struct stat st, st2;
-	struct statfs sf, sf2;
-	ssize_t n;
 
 	if (read_shape(now, sizeof now))
 		corrupt(tick, "mountinfo unreadable: %s", strerror(errno));
 	if (strcmp(now, shape))
 		corrupt(tick, "mountinfo now:\n%s\nat the start:\n%s", now, shape);
+}
+
+static void check(unsigned long tick, int datafd, int hostfd)
+{
+	char b[DATA_SIZE];
+	struct stat st, st2;
+	struct statfs sf, sf2;
+	ssize_t n;
+
+	check_shape(tick);
 
 	int fd = open("scratch/hello.txt", O_RDONLY);
 	if (fd < 0 || (n = read(fd, b, sizeof b)) != 11 || memcmp(b, "scratch 42\n", 11) || fstat(fd, &st))
