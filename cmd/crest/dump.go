@@ -74,7 +74,8 @@ State crest cannot restore fails the dump with a message naming the task
 and the resource: established TCP connections without --tcp-established,
 connects in progress (SYN_SENT), unix sockets connected
 outside the tree (but datagram ones with --ext-unix-sk), connections
-not accepted yet, packet sockets, netlink
+not accepted yet, packet sockets with mapped rings, SOCK_PACKET or a
+fanout group steered by BPF, netlink
 sockets with messages queued (as CRIU), groups above 32 (as CRIU) or
 netlink options the images have no field for (NETLINK_PKTINFO,
 NETLINK_EXT_ACK ...), pty masters whose slave's session leader is
@@ -99,7 +100,9 @@ Regular files, /dev/null, directories,
 pipes (with their data), memfds, eventfds, signalfds, timerfds, epolls,
 inotify watches (not their queued events, as CRIU), unix sockets (with
 their queued data), TCP listeners and UDP sockets, netlink sockets
-(protocol, port, groups 1-32, connected destination, as CRIU), shared
+(protocol, port, groups 1-32, connected destination, as CRIU), packet
+sockets (binding, packet options, memberships, fanout group, as CRIU;
+their queued packets are dropped, as CRIU drops them), shared
 anonymous memory, seccomp (strict mode, filters), stopped tasks and zombies
 (children not waited for yet) are dumped, and so are the root's own UTS
 and IPC namespaces as CRIU 4.2 writes them: utsns-ID.img (hostname,
@@ -116,7 +119,8 @@ namespace sees them).
 Regular files deleted while open or mapped (a POSIX semaphore in
 /dev/shm, Python's multiprocessing, O_TMPFILE) are dumped with their
 contents as CRIU's ghost files (remap-fpath.img, ghost-file-ID.img), up
-to --ghost-limit bytes on disk each (1M, CRIU's default).
+to --ghost-limit bytes on disk each (1M, CRIU's default); in a tree
+with its own mount namespace, with the mount they were on.
 
 A call that the freeze interrupts is dumped to run again after a
 restore, as CRIU does for most; unlike CRIU, crest also lets a poll, a

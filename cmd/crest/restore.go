@@ -76,7 +76,8 @@ What comes back:
     have rules), and the tree's sockets made inside it;
   - mount: proc, sysfs, devtmpfs, tmpfs (with its files), devpts,
     mqueue, cgroup, debugfs and tracefs mounts and bind mounts, all
-    private, made as they were and checked against mountinfo;
+    private, made as they were and checked against mountinfo, and the
+    tree's ghost files made again on their mounts there;
   - user: the root is born in it with the others, which it owns; its
     uid_map and gid_map (several extents) are written from outside while
     the root waits at ROOT_TASK, and checked; the tasks' credentials are
