@@ -6,6 +6,8 @@ import (
 	"maps"
 	"slices"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Expect is what a restore should look like from the kernel: the plan's
@@ -73,14 +75,28 @@ type ExpectNS struct {
 // setns on the root's pidfd, first during stage Stage, to fill them
 // before any task is forked into them; later visits are allowed) and goes
 // back to its own (setns on nsfs files of them) each time; it calls setns
-// for nothing else. Types are CLONE_NEW* flags (NSTypes); a type whose
-// inode is 0 in Engine is not checked.
+// for nothing else. Of the types Made the root is born in the engine's
+// namespace and makes a new one itself (unshare, which the monitor does
+// not see), entering it with one setns of its own on an nsfs file of it
+// before it forks any task: a time namespace its own user namespace must
+// own. Types are CLONE_NEW* flags (NSTypes); a type whose inode is 0 in
+// Engine is not checked.
 type ExpectTreeNS struct {
 	EnginePID int        `json:"engine_pid"` // the engine's process, as Track was given it
 	Engine    Namespaces `json:"engine"`     // the engine's own namespaces
 	New       int        `json:"new"`
 	Joined    int        `json:"joined"`
 	Stage     int        `json:"stage"`
+	Made      int        `json:"made,omitempty"`
+	// Unshared are the types of which the root, born in the engine's
+	// namespace, makes a new one with unshare(2) and is in it at once,
+	// before it forks any task or thread (a cgroup namespace, unshared
+	// in the namespace's root cgroups: restore/cgroupns.go). The monitor
+	// does not trace unshare: the root's namespace of such a type shows
+	// only in the tasks and threads it forks, which must be born in one
+	// other than the one the root was born in, and no task may clone
+	// one (CLONE_NEW* in its clone flags).
+	Unshared int `json:"unshared,omitempty"`
 }
 
 // Finding is one thing the kernel saw that the plan did not mean, with the
@@ -889,6 +905,7 @@ func (v *verifier) plannedSetns() {
 	}
 	done := map[key]bool{}
 	bad := map[key]bool{}
+	_, rootFork := v.rootFork()
 	for _, e := range v.events {
 		s, ok := e.(*SetnsEvent)
 		if !ok {
@@ -897,6 +914,9 @@ func (v *verifier) plannedSetns() {
 		id, known := v.who[s.TID]
 		if !known || !id.Expected {
 			continue
+		}
+		if rootEntersMade(v.exp.TreeNS, rootFork, s) {
+			continue // treeNamespaces' (rootMade)
 		}
 		name, pid, tid := v.describe(s.TID)
 		k := key{id.PID, s.NSType}
@@ -991,7 +1011,7 @@ func (v *verifier) treeNamespaces() {
 	items := map[int]bool{} // CLONE_NEW* type (0: none in particular) -> no finding
 	if tree != nil {
 		for _, t := range NSTypes {
-			if tree.Joined&t != 0 {
+			if (tree.Joined|tree.Made)&t != 0 {
 				items[t] = true
 			}
 		}
@@ -1047,14 +1067,20 @@ func (v *verifier) treeNamespaces() {
 				v.find("namespace", root.PID, 0, "", "task %d was born in the engine's %s namespace %d, not in a new one",
 					root.PID, nsName(t), got).with(rootFork)
 				bad(t)
+			case tree.Made&t != 0 && got != eng:
+				v.find("namespace", root.PID, 0, "", "task %d was born in a new %s namespace %d, not in the engine's %d: the plan has it make one itself",
+					root.PID, nsName(t), got, eng).with(rootFork)
+				bad(t)
 			case tree.New&t == 0 && got != eng:
 				v.find("namespace", root.PID, 0, "", "task %d was born in a new %s namespace %d, not in the engine's %d: the plan has none",
 					root.PID, nsName(t), got, eng).with(rootFork)
 				bad(t)
 			}
 		}
+		v.rootMade(tree, root, rootFork, bad)
 	}
 
+	unshared := v.rootUnshared(tree, root, rootFork, items, bad)
 	for _, e := range v.events {
 		f, ok := e.(*ForkEvent)
 		if !ok || f == rootFork {
@@ -1064,7 +1090,7 @@ func (v *verifier) treeNamespaces() {
 		if !known || !id.Expected || id.Fork != f {
 			continue
 		}
-		ref := rootAt(f.Time)
+		ref := rootAt(f.Time).with(unshared)
 		var diff []string
 		types := 0
 		for _, t := range NSTypes {
@@ -1230,6 +1256,142 @@ func (v *verifier) treeNamespaces() {
 				tid, strings.Join(away, "; ")).with(s)
 			bad(types)
 		}
+	}
+}
+
+// rootUnshared checks the namespaces the root makes with unshare
+// (tree.Unshared), which the monitor does not see: the first task or
+// thread the root forks shows where the root was then, in a namespace
+// other than the one it was born in; and no task of the tree clones one
+// of those types (the root's unshare is the one way the plan makes it).
+// It returns the root's namespaces of those types as its first fork
+// shows them, for the tasks forked after. With nothing forked by the
+// root (one task, one thread), nothing shows them: not counted.
+func (v *verifier) rootUnshared(tree *ExpectTreeNS, root ExpectTask, rootFork *ForkEvent, items map[int]bool, bad func(int)) Namespaces {
+	var ns Namespaces
+	if tree == nil || tree.Unshared == 0 {
+		return ns
+	}
+	var first *ForkEvent
+	for _, e := range v.events {
+		switch e := e.(type) {
+		case *ForkEvent:
+			if e == rootFork || e.PID != rootFork.ChildPID || first != nil {
+				continue
+			}
+			if id, known := v.who[e.ChildTID]; known && id.Expected && id.Fork == e {
+				first = e
+			}
+		case *CloneEvent, *Clone3Event:
+			var flags uint64
+			var h Header
+			if c, ok := e.(*CloneEvent); ok {
+				flags, h = c.Flags, c.Header
+			} else {
+				c := e.(*Clone3Event)
+				flags, h = c.Flags, c.Header
+			}
+			id, known := v.who[h.TID]
+			if types := int(flags) & tree.Unshared; known && id.Expected && types != 0 {
+				v.find("namespace", id.PID, 0, "", "%s cloned with a new %s namespace: the plan has the root alone make one, with unshare",
+					describeImage(id.PID, id.TID), nsList(types)).with(e)
+				bad(types)
+			}
+		}
+	}
+	for _, t := range NSTypes {
+		if tree.Unshared&t == 0 || first == nil {
+			continue
+		}
+		born, got := rootFork.ChildNS.Get(t), first.ChildNS.Get(t)
+		if born == 0 || got == 0 {
+			continue
+		}
+		if _, seen := items[t]; !seen {
+			items[t] = true
+		}
+		if got == born {
+			fid := v.who[first.ChildTID]
+			v.find("namespace", root.PID, 0, "", "%s, the first the root forked, was born in the %s namespace %d the root was born in: the root did not make one of its own (unshare) before it forked",
+				describeImage(fid.PID, fid.TID), nsName(t), got).with(first, rootFork)
+			bad(t)
+			continue
+		}
+		ns.Set(t, got)
+	}
+	return ns
+}
+
+// rootEntersMade says whether s is the root's setns into a namespace of a
+// type it makes itself (ExpectTreeNS.Made), which rootMade checks.
+func rootEntersMade(tree *ExpectTreeNS, rootFork *ForkEvent, s *SetnsEvent) bool {
+	return tree != nil && rootFork != nil && s.TID == rootFork.ChildTID && s.NSType != 0 && s.NSType&^tree.Made == 0
+}
+
+// rootMade checks the root's entry into the namespaces it makes itself
+// (tree.Made): for each type one setns of the root on an nsfs file, which
+// returned 0 and left it in that namespace, not the engine's, before it
+// forked any task of the plan. A missing one is a finding unless the
+// restore failed.
+func (v *verifier) rootMade(tree *ExpectTreeNS, root ExpectTask, rootFork *ForkEvent, bad func(int)) {
+	if tree.Made == 0 {
+		return
+	}
+	var firstFork *ForkEvent // the first task or thread the root made
+	for _, e := range v.events {
+		if f, ok := e.(*ForkEvent); ok && f != rootFork && f.PID == rootFork.ChildPID {
+			if id, known := v.who[f.ChildTID]; known && id.Expected && id.Fork == f {
+				firstFork = f
+				break
+			}
+		}
+	}
+	for _, t := range NSTypes {
+		if tree.Made&t == 0 {
+			continue
+		}
+		var calls []*SetnsEvent
+		for _, e := range v.events {
+			if s, ok := e.(*SetnsEvent); ok && s.NSType == t && rootEntersMade(tree, rootFork, s) {
+				calls = append(calls, s)
+			}
+		}
+		if len(calls) == 0 {
+			if v.failAt == 0 {
+				v.find("namespace", root.PID, 0, "", "task %d never entered a %s namespace of its own: the plan has it make one",
+					root.PID, nsName(t)).with(rootFork)
+				bad(t)
+			}
+			continue
+		}
+		s, eng := calls[0], tree.Engine.Get(t)
+		call := fmt.Sprintf("setns(fd %d, %s)", s.FD, nsName(t))
+		switch {
+		case !s.Returned:
+			v.find("namespace", root.PID, 0, "", "task %d's %s did not return", root.PID, call).with(s)
+		case s.Ret < 0:
+			v.find("namespace", root.PID, 0, "", "task %d's %s failed with %d", root.PID, call, s.Ret).with(s)
+		case !s.Resolved || s.FSMagic != unix.NSFS_MAGIC:
+			v.find("namespace", root.PID, 0, "", "task %d's %s: the fd was not a namespace file", root.PID, call).with(s)
+		case s.Inode == eng || s.After.Get(t) == eng:
+			v.find("namespace", root.PID, 0, "", "task %d entered the engine's %s namespace %d with %s, not one of its own",
+				root.PID, nsName(t), eng, call).with(s, rootFork)
+		case s.After.Get(t) != s.Inode:
+			v.find("namespace", root.PID, 0, "", "task %d was in %s namespace %d after %s, not in %d, the one the fd names",
+				root.PID, nsName(t), s.After.Get(t), call, s.Inode).with(s)
+		case firstFork != nil && s.Exit >= firstFork.Time:
+			v.find("namespace", root.PID, 0, "", "task %d entered its %s namespace %d after it forked %s",
+				root.PID, nsName(t), s.Inode, describeImage(v.who[firstFork.ChildTID].PID, v.who[firstFork.ChildTID].TID)).with(s, firstFork)
+		default:
+			for _, again := range calls[1:] {
+				v.find("namespace", root.PID, 0, "", "task %d called setns(fd %d, %s) again, after it entered its %s namespace %d",
+					root.PID, again.FD, nsName(t), nsName(t), s.Inode).with(again, s)
+			}
+			if len(calls) == 1 {
+				continue
+			}
+		}
+		bad(t)
 	}
 }
 

@@ -318,6 +318,34 @@ func (r *nsRestore) without(e Event) []Event {
 	return slices.DeleteFunc(slices.Clone(r.events), func(x Event) bool { return x == e })
 }
 
+// unsharedCgroup makes r a restore whose root, born in the engine's
+// cgroup namespace, unshares one of its own (which the monitor does not
+// see) before it forks task 2, which is born in it, as is its thread.
+func (r *nsRestore) unsharedCgroup() {
+	r.exp.TreeNS.Unshared = unix.CLONE_NEWCGROUP
+	r.taskFork.ChildNS.Cgroup, r.thFork.ChildNS.Cgroup = 47, 47
+}
+
+// madeTime makes r a restore whose root makes its time namespace itself,
+// as in a tree with a user namespace of its own: born in the engine's time
+// namespace, it enters its new one with setns on an nsfs fd in
+// PREPARE_NAMESPACES, before it forks task 2. It returns that setns.
+func (r *nsRestore) madeTime() *SetnsEvent {
+	r.exp.TreeNS.New &^= unix.CLONE_NEWTIME
+	r.exp.TreeNS.Made = unix.CLONE_NEWTIME
+	r.rootFork.ChildNS.Time = r.engine.Time
+	s := &SetnsEvent{Header: Header{Kind: "setns", Time: 44, PID: 100, TID: 100}, Return: Return{Returned: true, Exit: 45},
+		FD: 3, NSType: unix.CLONE_NEWTIME, Resolved: true, Inode: r.root.Time, FSMagic: unix.NSFS_MAGIC, After: r.root}
+	r.events = append(r.events, s)
+	return s
+}
+
+// inEngineTime puts task 2 and its thread in the engine's time namespace,
+// where they are when the root forks them from there.
+func (r *nsRestore) inEngineTime() {
+	r.taskFork.ChildNS.Time, r.thFork.ChildNS.Time = r.engine.Time, r.engine.Time
+}
+
 // TestVerifyTreeNamespaces: the namespace findings from crafted events,
 // each on its own: the clean restore gives none and "namespaces ok"; each
 // broken one names the task, the stage where it has one, and its evidence.
@@ -447,6 +475,76 @@ func TestVerifyTreeNamespaces(t *testing.T) {
 			want: []string{"1 PREPARE_NAMESPACES: the engine joined the root's ipc namespace 22 with setns(fd 7, uts|ipc), " +
 				"which the plan does not have it enter [setns fork]"},
 			verdict: "namespaces 1/2"},
+		// a tree with a user namespace of its own: the root makes its
+		// time namespace there and enters it before it forks
+		{name: "root makes its time namespace", break_: func(r *nsRestore) { r.madeTime() }},
+		// what the expectation of a time namespace the root is born in
+		// finds when the root makes it
+		{name: "root makes a time namespace the plan has it born in", break_: func(r *nsRestore) {
+			r.madeTime()
+			r.exp.TreeNS.New, r.exp.TreeNS.Made = r.exp.TreeNS.New|unix.CLONE_NEWTIME, 0
+		}, want: []string{"1 : task 1 was born in the engine's time namespace 16, not in a new one [fork]",
+			"1 : task 1 called setns(fd 3, time), which the plan does not have [setns]"},
+			verdict: "namespaces 2/3"},
+		{name: "root makes time, born in a new one", break_: func(r *nsRestore) {
+			r.madeTime()
+			r.rootFork.ChildNS.Time = 36
+		}, want: []string{"1 : task 1 was born in a new time namespace 36, not in the engine's 16: the plan has it make one itself [fork]"},
+			verdict: "namespaces 2/3"},
+		{name: "root makes time, enters the engine's", break_: func(r *nsRestore) {
+			s := r.madeTime()
+			s.Inode, s.After.Time = r.engine.Time, r.engine.Time
+			r.inEngineTime()
+		}, want: []string{"1 : task 1 entered the engine's time namespace 16 with setns(fd 3, time), not one of its own [setns fork]"},
+			verdict: "namespaces 2/3"},
+		{name: "root makes time, never enters", break_: func(r *nsRestore) {
+			r.events = r.without(r.madeTime())
+			r.inEngineTime()
+		}, want: []string{"1 : task 1 never entered a time namespace of its own: the plan has it make one [fork]"},
+			verdict: "namespaces 2/3"},
+		{name: "root makes time, setns fails", break_: func(r *nsRestore) {
+			s := r.madeTime()
+			s.Ret, s.After = -int64(unix.EPERM), r.rootFork.ChildNS
+			r.inEngineTime()
+		}, want: []string{"1 : task 1's setns(fd 3, time) failed with -1 [setns]"},
+			verdict: "namespaces 2/3"},
+		{name: "root makes time, setns on a pidfd", break_: func(r *nsRestore) { r.madeTime().FSMagic = 0 },
+			want:    []string{"1 : task 1's setns(fd 3, time): the fd was not a namespace file [setns]"},
+			verdict: "namespaces 2/3"},
+		{name: "root makes time, enters it after forking", break_: func(r *nsRestore) {
+			s := r.madeTime()
+			s.Time, s.Exit = 92, 93
+			r.inEngineTime()
+		}, want: []string{"1 : task 1 entered its time namespace 26 after it forked task 2 [setns fork]",
+			"2 : thread 3 of task 2 is not in the root's namespaces: time 16, the root's 26 [fork fork]"},
+			verdict: "namespaces 2/3"},
+		{name: "root makes time, enters twice", break_: func(r *nsRestore) {
+			again := *r.madeTime()
+			again.Time, again.Exit, again.FD = 46, 47, 4
+			r.events = append(r.events, &again)
+		}, want: []string{"1 : task 1 called setns(fd 4, time) again, after it entered its time namespace 26 [setns setns]"},
+			verdict: "namespaces 2/3"},
+		// a tree with a cgroup namespace of its own: the root unshares
+		// it (untraced) before it forks; its task and thread show it
+		{name: "root unshares its cgroup namespace", break_: func(r *nsRestore) { r.unsharedCgroup() }},
+		{name: "root does not unshare", break_: func(r *nsRestore) { r.exp.TreeNS.Unshared = unix.CLONE_NEWCGROUP },
+			want: []string{"1 : task 2, the first the root forked, was born in the cgroup namespace 17 the root was born in: " +
+				"the root did not make one of its own (unshare) before it forked [fork fork]"},
+			verdict: "namespaces 2/3"},
+		{name: "task clones a cgroup namespace", break_: func(r *nsRestore) {
+			r.unsharedCgroup()
+			for _, e := range r.events {
+				if c, ok := e.(*Clone3Event); ok && c.Time == 90 {
+					c.Flags |= unix.CLONE_NEWCGROUP
+				}
+			}
+		}, want: []string{"1 : task 1 cloned with a new cgroup namespace: the plan has the root alone make one, with unshare [clone3]"},
+			verdict: "namespaces 2/3"},
+		{name: "thread in the root's born cgroup namespace", break_: func(r *nsRestore) {
+			r.unsharedCgroup()
+			r.thFork.ChildNS.Cgroup = r.engine.Cgroup
+		}, want: []string{"2 : thread 3 of task 2 is not in the root's namespaces: cgroup 17, the root's 47 [fork fork]"},
+			verdict: "namespaces 2/3"},
 		{name: "setns did not return", break_: func(r *nsRestore) {
 			r.backIPC.Return = Return{}
 		}, want: []string{

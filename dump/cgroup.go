@@ -33,8 +33,8 @@ import (
 // CRIU writes nothing for a tree in its own cgroups; otherwise cgroup.img
 // holds every set but crest's and every hierarchy with the cgroups walked.
 //
-// A tree in a cgroup namespace of its own is refused before (ids.go), so
-// no path has a namespace prefix (cgns_prefix).
+// A tree in a cgroup namespace of its own has the namespace's root in
+// each member of its sets (cgns_prefix, cgroupns.go).
 type cgroups struct {
 	ctls  []*cgController // crest's hierarchies (/proc/self/cgroup), named ones appended when met
 	sets  []*cgSet        // sets[0] is crest's own
@@ -65,7 +65,10 @@ type cgSet struct {
 	ctls []cgMember
 }
 
-type cgMember struct{ name, path string }
+type cgMember struct {
+	name, path string
+	prefix     uint32 // cgns_prefix: the length of its cgroup namespace's root in path (cgroupns.go)
+}
 
 type cgMount struct {
 	point string
@@ -128,6 +131,10 @@ func (d *dumper) collectCgroups() error {
 		}
 	}
 	cg.sets = []*cgSet{{id: 1, ctls: sortedSet(own)}}
+	ns, err := d.checkCgroupNS() // cgroupns.go
+	if err != nil {
+		return err
+	}
 	for _, t := range d.tree.tasks {
 		if t.dead != nil {
 			continue
@@ -138,9 +145,26 @@ func (d *dumper) collectCgroups() error {
 			if err != nil {
 				return fmt.Errorf("%s: thread %d: %w", t, th.tid, err)
 			}
-			s, err := cg.set(sortedSet(ctls))
+			ctls = sortedSet(ctls)
+			if ns != nil && t == d.tree.root {
+				if ctls, err = ns.withPrefixes(t, th.tid, ctls); err != nil {
+					return err
+				}
+			}
+			s, err := cg.set(ctls)
 			if err != nil {
 				return fmt.Errorf("%s: thread %d: cgroups: %w", t, th.tid, err)
+			}
+			switch {
+			case ns == nil:
+			case t == d.tree.root:
+				if ns.root == nil {
+					ns.root = s
+				}
+			default:
+				if err := ns.strayPrefixes(t, s); err != nil {
+					return err
+				}
 			}
 			cg.byTid[th.tid] = s.id
 		}
@@ -165,6 +189,11 @@ func readCgroupFile(file string) ([]cgMember, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseCgroupFile(file, b)
+}
+
+// parseCgroupFile parses b, the text of the cgroup file file.
+func parseCgroupFile(file string, b []byte) ([]cgMember, error) {
 	var out []cgMember
 	for line := range strings.Lines(string(b)) {
 		_, rest, ok1 := strings.Cut(strings.TrimSuffix(line, "\n"), ":")
@@ -445,7 +474,11 @@ func (d *dumper) writeCgroups() error {
 	for _, s := range cg.sets[1:] {
 		se := &cgroup.CgSetEntry{Id: proto.Uint32(s.id)}
 		for _, m := range s.ctls {
-			se.Ctls = append(se.Ctls, &cgroup.CgMemberEntry{Name: proto.String(m.name), Path: proto.String(m.path)})
+			me := &cgroup.CgMemberEntry{Name: proto.String(m.name), Path: proto.String(m.path)}
+			if m.prefix > 0 {
+				me.CgnsPrefix = proto.Uint32(m.prefix)
+			}
+			se.Ctls = append(se.Ctls, me)
 		}
 		e.Sets = append(e.Sets, se)
 	}

@@ -377,3 +377,259 @@ func TestIsLLongMax(t *testing.T) {
 		}
 	}
 }
+
+// startInCgroupNS starts prog (args after it) as pid 1 of a new pid
+// namespace, through a shell that writes itself into the cgroup.procs
+// files enter and, with unshare, runs launch under unshare -C: the tree's
+// cgroup namespace is then rooted at those cgroups. The test is the
+// tree's subreaper and reaps it.
+func startInCgroupNS(t *testing.T, prog string, enter []string, unshare bool, args ...string) *workloads.Process {
+	t.Helper()
+	cli.Subreaper(t)
+	launch, dir := workloads.Build(t, "launch"), t.TempDir()
+	script := `for f in "$@"; do echo $$ > "$f" || exit 1; done; exec $UNSHARE "$LAUNCH" "$DIR" "$PROG" $ARGS`
+	cmd := exec.Command("sh", append([]string{"-c", script, "sh"}, enter...)...)
+	cmd.Env = append(os.Environ(), "LAUNCH="+launch, "DIR="+dir, "PROG="+prog, "ARGS="+strings.Join(args, " "))
+	if unshare {
+		cmd.Env = append(cmd.Env, "UNSHARE=unshare -C")
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("start %s: %v", prog, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("start %s: pid %q", prog, out)
+	}
+	p := &workloads.Process{Pid: pid, Dir: dir}
+	t.Cleanup(func() {
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			syscall.Wait4(pid, nil, syscall.WALL, nil)
+		}
+		p.Kill(t)
+	})
+	return p
+}
+
+// childOf waits until host pid has a child and returns its host pid.
+func childOf(t *testing.T, pid int) int {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			child, _ := strconv.Atoi(f[0])
+			return child
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task %d forked no child within 10s", pid)
+		}
+	}
+}
+
+// TestDumpCgroupNS dumps CRIU's prog placed as in CRIU 4.2's images of
+// it (images/testdata/criu-4.2-cgroupns): in a cgroup namespace of its
+// own rooted at a below a cgroup of the test's in pids, cpu, name=systemd
+// and cgroup v2, its child moved to a/b in pids and cgroup v2; crest's
+// cgroup.img, cores and ids must be CRIU's field by field, the test's
+// cgroup in place of CRIU's and crest's own cgroups in place of CRIU's
+// (the namespace's root where the tree was not moved): the sets with
+// their namespace prefixes, each task's set, the cgroups walked below
+// the test's with their properties, and the namespace ids.
+func TestDumpCgroupNS(t *testing.T) {
+	fx := filepath.Join("..", "images", "testdata", "criu-4.2-cgroupns")
+	const criuBase = "/crest-criu-cgroupns"
+	base := fmt.Sprintf("/crest-dumpcgns-%d", os.Getpid())
+	mounts, err := readCgroupMounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := []string{"pids", "cpu", "name=systemd", ""}
+	host := map[string]string{}
+	var enter []string
+	for _, h := range moved {
+		m := findCgroupMount(mounts, &cgController{names: []string{h}})
+		if m == "" {
+			t.Fatalf("cgroup hierarchy %q is not mounted", h)
+		}
+		host[h] = m + base
+		if err := os.MkdirAll(host[h]+"/a/b", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cgroupdir.Remove(t, m+base) })
+		enter = append(enter, host[h]+"/a/cgroup.procs")
+	}
+	if err := os.WriteFile(host["pids"]+"/a/b/pids.max", []byte("7"), 0); err != nil {
+		t.Fatal(err)
+	}
+	prog, err := filepath.Abs(filepath.Join(fx, "prog"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startInCgroupNS(t, prog, enter, true)
+	child := childOf(t, p.Pid)
+	for _, h := range []string{"pids", ""} {
+		if err := os.WriteFile(host[h]+"/a/b/cgroup.procs", []byte(strconv.Itoa(child)), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := dumpCgroupsWorkload(t, p)
+	criu, err := images.Open(filepath.Join(fx, "images"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// the namespace ids, as CRIU numbers them
+	for _, pid := range []uint32{1, 2} {
+		mine, err := d.IDs(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		theirs, err := criu.IDs(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mine.GetCgroupNsId() != theirs.GetCgroupNsId() || mine.GetPidNsId() != theirs.GetPidNsId() {
+			t.Errorf("ids-%d.img: cgroup_ns_id %d, pid_ns_id %d; CRIU's %d, %d", pid, mine.GetCgroupNsId(), mine.GetPidNsId(), theirs.GetCgroupNsId(), theirs.GetPidNsId())
+		}
+	}
+	if a, b := d.Inventory.GetRootIds().GetCgroupNsId(), criu.Inventory.GetRootIds().GetCgroupNsId(); a != b {
+		t.Errorf("inventory.img: root_ids.cgroup_ns_id %d, CRIU's %d", a, b)
+	}
+	for _, pid := range []uint32{1, 2} {
+		mine, err := d.Core(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		theirs, err := criu.Core(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a, b := mine.GetThreadCore().GetCgSet(), theirs.GetThreadCore().GetCgSet(); a != b {
+			t.Errorf("core-%d.img: cg_set %d, CRIU's %d", pid, a, b)
+		}
+	}
+
+	// the sets: CRIU's with the test's cgroups for CRIU's, crest's own
+	// for CRIU's own where the tree was not moved
+	own, err := readCgroupFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownPath := map[string]string{}
+	for _, m := range own {
+		ownPath[m.name] = m.path
+	}
+	mine, err := d.Cgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs, err := criu.Cgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type member struct {
+		path   string
+		prefix uint32
+	}
+	sets := func(e *cgroup.CgroupEntry, base string, own map[string]string) map[uint32]map[string]member {
+		out := map[uint32]map[string]member{}
+		for _, s := range e.Sets {
+			ms := map[string]member{}
+			for _, m := range s.Ctls {
+				got := member{m.GetPath(), m.GetCgnsPrefix()}
+				switch {
+				case strings.HasPrefix(got.path, base+"/"):
+					got = member{"BASE" + strings.TrimPrefix(got.path, base), got.prefix - uint32(len(base)) + 4}
+				case got.path == own[m.GetName()] && (got.path == "/" && got.prefix == 0 || got.prefix == uint32(len(got.path))):
+					got = member{"OWN", 0}
+				}
+				ms[m.GetName()] = got
+			}
+			out[s.GetId()] = ms
+		}
+		return out
+	}
+	criuOwn := map[string]string{}
+	for _, m := range theirs.Sets[0].Ctls {
+		if !strings.HasPrefix(m.GetPath(), criuBase+"/") {
+			criuOwn[m.GetName()] = m.GetPath() // where CRIU was
+		}
+	}
+	if a, b := sets(mine, base, ownPath), sets(theirs, criuBase, criuOwn); fmt.Sprint(a) != fmt.Sprint(b) {
+		t.Errorf("cgroup.img sets (paths below the test's cgroup as BASE, crest's or CRIU's own as OWN):\n crest %v\n CRIU  %v", a, b)
+	}
+	for _, s := range mine.Sets {
+		var names []string
+		for _, m := range s.Ctls {
+			names = append(names, m.GetName())
+		}
+		var criuNames []string
+		for _, cs := range theirs.Sets {
+			if cs.GetId() == s.GetId() {
+				for _, m := range cs.Ctls {
+					criuNames = append(criuNames, m.GetName())
+				}
+			}
+		}
+		if !slices.Equal(names, criuNames) {
+			t.Errorf("set %d: controllers %q, CRIU's %q", s.GetId(), names, criuNames)
+		}
+	}
+
+	// the cgroups walked below the test's, with their properties
+	walked := func(e *cgroup.CgroupEntry, base string) map[string]string {
+		out := map[string]string{}
+		for _, c := range e.Controllers {
+			for p, dir := range cgDirs(c.Dirs, "", map[string]*cgroup.CgroupDirEntry{}) {
+				if !strings.HasPrefix(p, base+"/") {
+					continue
+				}
+				var props []string
+				for _, pr := range dir.Properties {
+					props = append(props, pr.GetName()+"="+pr.GetValue())
+				}
+				out[strings.Join(c.Cnames, ",")+":BASE"+strings.TrimPrefix(p, base)] = strings.Join(props, " ")
+			}
+		}
+		return out
+	}
+	a, b := walked(mine, base), walked(theirs, criuBase)
+	if len(a) != 8 || !maps.Equal(a, b) {
+		t.Errorf("the cgroups walked below the test's (8 wanted), with their properties:\n crest %v\n CRIU  %v", a, b)
+	}
+}
+
+// TestDumpCgroupNSRefused: crest dump refuses, naming the task, a task
+// in another cgroup namespace than the root's: one of its own below the
+// root's, or below crest's when the root is in crest's.
+func TestDumpCgroupNSRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		unshare bool
+	}{{"nested", true}, {"child only", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startInCgroupNS(t, workloads.Build(t, "cgroupns"), nil, tc.unshare, "nested")
+			child := childOf(t, p.Pid)
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				if _, err := os.Stat(filepath.Join(p.Dir, "cg-child.txt")); err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the child reported nothing within 10s")
+				}
+			}
+			_, err := Dump(context.Background(), Options{Pid: p.Pid, Dir: filepath.Join(t.TempDir(), "images")})
+			var ue *UnsupportedError
+			if !errors.As(err, &ue) || ue.Task != child || ue.Resource != "cgroup namespace" ||
+				!strings.Contains(ue.Why, "a cgroup namespace other than the root's") {
+				t.Fatalf("dump: %v, want the child (host %d) refused for its cgroup namespace", err, child)
+			}
+			if !workloads.Alive(p.Pid) || !workloads.Alive(child) {
+				t.Error("the tree died after the refused dump")
+			}
+		})
+	}
+}

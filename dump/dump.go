@@ -351,6 +351,9 @@ func (d *dumper) pidsAndNamespaces() error {
 			if kind == "user" {
 				continue // checkUserNS
 			}
+			if kind == "cgroup" {
+				continue // checkCgroupNS (cgroupns.go)
+			}
 			if ino != d.ns.own[kind] {
 				return &UnsupportedError{Task: t.pid, Resource: kind + " namespace",
 					Why: "namespaces other than the root's pid namespace are not supported"}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/crest-restore/crest/internal/procfs"
+	"github.com/crest-restore/crest/restore/agent"
 )
 
 // The tree's cgroups, as CRIU 4.2 restores them in its default mode
@@ -50,7 +51,10 @@ import (
 //   - PREPARE_NAMESPACES: the engine makes the cgroups, opens the
 //     cgroup.procs files the tasks enter through onto the fd numbers the
 //     plan gave them (reserveCgroupFiles), and moves the root into its
-//     set while it waits, before it forks anything;
+//     set while it waits, before it forks anything (in a cgroup
+//     namespace of the tree's own, into the namespace's roots: the root
+//     unshares it and enters its own set itself, first thing in FORKING;
+//     cgroupns.go);
 //   - FORKING: every other task, born in its parent's cgroups, enters
 //     its own itself right after its pid check, before it forks (the
 //     agent's "cgroups" step, fork.c): it takes the cgroup.procs files of
@@ -73,6 +77,9 @@ type Cgroups struct {
 	// each with the cgroups the dump walked.
 	Sets        map[uint32]*CgroupSet
 	Controllers []*CgroupController
+	// NS is the tree's own cgroup namespace, nil when it is in crest's
+	// (cgroupns.go).
+	NS *CgroupNS
 
 	// own stands for RootSet: crest's own cgroups (/proc/self/cgroup)
 	// in the image's controllers.
@@ -106,6 +113,10 @@ type CgroupMember struct {
 	// hierarchy, "/" for the root.
 	Name string
 	Path string
+	// NSRoot is the root of the cgroup namespace the task was in, in
+	// this hierarchy (the path's first cgns_prefix bytes), "" when the
+	// image gives none (cgroupns.go).
+	NSRoot string
 }
 
 // CgroupController is a cg_controller_entry: a hierarchy, with the
@@ -140,6 +151,9 @@ type cgroupMove struct {
 	tid   int // the thread, image tid; the task's pid for a task
 	set   *CgroupSet
 	files []string
+	// unshareNS: the task (the root) unshares its cgroup namespace
+	// before it writes itself into files (cgroupns.go)
+	unshareNS bool
 }
 
 func (c *CgroupController) String() string {
@@ -178,7 +192,7 @@ const cgroupImage = "cgroup.img"
 func (p *Plan) planCgroups() error {
 	cg := p.Cgroups
 	if cg == nil {
-		return nil
+		return p.checkCgroupNSWithout() // cgroupns.go
 	}
 	bad := func(format string, args ...any) error {
 		return &PlanError{File: cgroupImage, Msg: fmt.Sprintf(format, args...)}
@@ -224,13 +238,14 @@ func (p *Plan) planCgroups() error {
 			if s.Path(c) != "" {
 				return bad("set %d: controller %s twice", id, c)
 			}
-			if me.GetCgnsPrefix() != 0 {
-				return bad("set %d: controller %s: cgroup namespace prefix %d: cgroup namespaces are not restored", id, c, me.GetCgnsPrefix())
-			}
 			if !strings.HasPrefix(p, "/") || escapes(p) {
 				return bad("set %d: controller %s: path %q is not a path in its hierarchy (absolute, no ..)", id, c, p)
 			}
-			s.Members = append(s.Members, CgroupMember{Controller: c, Name: name, Path: path.Clean(p)})
+			nsRoot, err := cgnsRoot(p, me.GetCgnsPrefix()) // cgroupns.go
+			if err != nil {
+				return bad("set %d: controller %s: %v", id, c, err)
+			}
+			s.Members = append(s.Members, CgroupMember{Controller: c, Name: name, Path: path.Clean(p), NSRoot: nsRoot})
 		}
 		cg.Sets[id] = s
 	}
@@ -369,6 +384,11 @@ func (p *Plan) placeCgroups() error {
 		}
 		cg.want[t] = set
 	}
+	// before the moves: the root's first one is into the namespace's
+	// root, when the tree has a cgroup namespace of its own
+	if err := p.planCgroupNS(); err != nil { // cgroupns.go
+		return err
+	}
 	root := p.Root()
 	rootSet := cg.want[root]
 	check := func(t *Task, tid int, s *CgroupSet) error {
@@ -384,24 +404,40 @@ func (p *Plan) placeCgroups() error {
 		return nil
 	}
 	// the root moves from crest's cgroups, the others from their
-	// parent's, which they are born in
-	cg.rootMove = cgroupMove{task: root, tid: root.PID, set: rootSet, files: procsFiles(rootSet, cg.own)}
+	// parent's, which they are born in; in a cgroup namespace of the
+	// tree's own the engine moves the root into the namespace's root
+	// only, and the root goes on into its own after its unshare
+	first := rootSet
+	if cg.NS != nil {
+		first = cg.NS.Roots
+	}
+	cg.rootMove = cgroupMove{task: root, tid: root.PID, set: first, files: procsFiles(first, cg.own)}
 	if len(cg.rootMove.files) > 0 {
-		if err := check(root, root.PID, rootSet); err != nil {
+		if err := check(root, root.PID, first); err != nil {
 			return err
 		}
 	}
 	cg.enter = map[*Task]cgroupMove{}
-	for _, t := range p.forkOrder()[1:] {
-		s := cg.want[t]
-		files := procsFiles(s, cg.want[t.Parent])
-		if len(files) == 0 {
+	for _, t := range p.forkOrder() {
+		s, from, unshare := cg.want[t], cg.own, false
+		switch {
+		case t.Parent != nil:
+			from = cg.want[t.Parent]
+		case cg.NS == nil:
+			continue // moved by the engine
+		default:
+			from, unshare = cg.NS.Roots, true
+		}
+		files := procsFiles(s, from)
+		if len(files) == 0 && !unshare {
 			continue
 		}
-		if err := check(t, t.PID, s); err != nil {
-			return err
+		if len(files) > 0 {
+			if err := check(t, t.PID, s); err != nil {
+				return err
+			}
 		}
-		cg.enter[t] = cgroupMove{task: t, tid: t.PID, set: s, files: files}
+		cg.enter[t] = cgroupMove{task: t, tid: t.PID, set: s, files: files, unshareNS: unshare}
 		for _, f := range files {
 			if !slices.Contains(cg.enterFiles, f) {
 				cg.enterFiles = append(cg.enterFiles, f)
@@ -664,12 +700,17 @@ func (pr *prepared) openCgroupFiles(cg *Cgroups) error {
 
 // enterFDs are the engine's fds of the cgroup.procs files task t writes
 // itself into before it forks (the plan's cgroup_fds), none without
-// cgroup.img.
-func (cg *Cgroups) enterFDs(t *Task, pr *prepared) []int32 {
+// cgroup.img; first -1 for the root of a tree with a cgroup namespace of
+// its own: it unshares one there (cgroupns.go), but under
+// FaultNoCgroupNS.
+func (cg *Cgroups) enterFDs(t *Task, pr *prepared, f Fault) []int32 {
 	if cg == nil {
 		return nil
 	}
 	var fds []int32
+	if cg.enter[t].unshareNS && f&FaultNoCgroupNS == 0 {
+		fds = append(fds, agent.CgroupUnshareNS)
+	}
 	for _, f := range cg.enter[t].files {
 		fds = append(fds, int32(pr.fds[pr.index[cgroupKey(f)]]))
 	}
@@ -685,6 +726,9 @@ func (cg *Cgroups) explainEnter(e *StageError) {
 	for t, m := range cg.enter {
 		if t.PID == e.PID {
 			e.Err = &cgroupEnterError{set: m.set.ID, files: m.files, errno: e.Errno}
+			if m.unshareNS {
+				e.Err = &cgroupNSError{at: cg.NS.Roots, enter: e.Err.(*cgroupEnterError)}
+			}
 			return
 		}
 	}

@@ -745,8 +745,12 @@ func testCgroupPlanRefusals(t *testing.T, imgs string) {
 			editCgroupImage(t, dir, func(e *cgroup.CgroupEntry) { e.Sets[1].Ctls[0].Path = proto.String("a") })
 		}, `path "a" is not a path in its hierarchy`},
 		{"cgroup namespace", func(t *testing.T, dir string) {
-			editCgroupImage(t, dir, func(e *cgroup.CgroupEntry) { e.Sets[1].Ctls[0].CgnsPrefix = proto.Uint32(3) })
-		}, "cgroup namespace prefix 3: cgroup namespaces are not restored"},
+			// a child's set in a namespace, the root's in none
+			editCgroupImage(t, dir, func(e *cgroup.CgroupEntry) {
+				m := e.Sets[1].Ctls[0]
+				m.CgnsPrefix = proto.Uint32(uint32(len(m.GetPath())))
+			})
+		}, "a cgroup namespace other than the root's is not restored"},
 		{"dir escapes", func(t *testing.T, dir string) {
 			editCgroupImage(t, dir, func(e *cgroup.CgroupEntry) {
 				cgController(t, e, "pids").Dirs[0].DirName = proto.String("../../etc")

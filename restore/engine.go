@@ -226,7 +226,7 @@ func (r *Restore) run(ctx context.Context) error {
 	if err != nil {
 		return &StageError{Stage: StageRootTask, Step: "plan", Err: err}
 	}
-	layout := layoutPlan(p, r.files)
+	layout := layoutPlan(p, r.files, r.opts)
 	a, err := chooseArea(p, shared.sizeBytes(), uint64(layout.size), imageSize)
 	if err != nil {
 		return &StageError{Stage: StageRootTask, Step: "crest area", Err: err}
@@ -239,6 +239,9 @@ func (r *Restore) run(ctx context.Context) error {
 		return &StageError{Stage: StageRootTask, Step: "plan", Err: err}
 	}
 	r.timeOffsets, err = timeNamespace(p)
+	if err == nil && r.timeOffsets != nil && r.opts.Faults&FaultTimeNSByLauncher != 0 {
+		r.timeOffsets.byRoot = false // faults.go
+	}
 	if err != nil {
 		return &StageError{Stage: StageRootTask, Step: "time namespace", Err: err}
 	}

@@ -43,6 +43,18 @@ const (
 	// (joinDecoyNamespaces). The engine alone has it: its bits start
 	// above the agent's.
 	FaultWrongNS Fault = 0x100
+	// FaultTimeNSByLauncher makes the time namespace of a tree with a
+	// user namespace of its own the old way, in the launcher, before the
+	// root's user namespace exists, instead of by the root in it
+	// (namespaces: the root makes and enters it itself; the namespace
+	// is then crest's user namespace's, which CRIU's dump refuses).
+	// The engine alone has it.
+	FaultTimeNSByLauncher Fault = 0x200
+	// FaultNoCgroupNS leaves out the root's unshare of the tree's
+	// cgroup namespace (namespaces: the tasks the root forks are born
+	// in a cgroup namespace it made; they are then in crest's). The
+	// engine alone has it.
+	FaultNoCgroupNS Fault = 0x400
 )
 
 var faultNames = []struct {
@@ -51,11 +63,13 @@ var faultNames = []struct {
 }{
 	{FaultNoSetTID, "no-set-tid"}, {FaultNoWait, "no-wait"},
 	{FaultEarlySwitch, "early-switch"}, {FaultDropThread, "drop-thread"},
-	{FaultWrongNS, "wrong-ns"},
+	{FaultWrongNS, "wrong-ns"}, {FaultTimeNSByLauncher, "timens-by-launcher"},
+	{FaultNoCgroupNS, "no-cgroupns"},
 }
 
 // ParseFault returns the fault named as the monitor's tests name them
-// (no-set-tid, no-wait, early-switch, drop-thread, wrong-ns).
+// (no-set-tid, no-wait, early-switch, drop-thread, wrong-ns,
+// timens-by-launcher, no-cgroupns).
 func ParseFault(name string) (Fault, error) {
 	for _, f := range faultNames {
 		if f.name == name {

@@ -26,7 +26,7 @@ type planLayout struct {
 	size       uint32
 }
 
-func layoutPlan(p *Plan, pr *prepared) planLayout {
+func layoutPlan(p *Plan, pr *prepared, opts Options) planLayout {
 	var l planLayout
 	off := uint32(binary.Size(agent.Plan{})) + uint32(len(p.Tasks)*binary.Size(agent.Task{}))
 	take := func(n, size int) uint32 {
@@ -94,7 +94,7 @@ func layoutPlan(p *Plan, pr *prepared) planLayout {
 		l.filters = append(l.filters, take(nfilters, binary.Size(agent.SeccompFilter{})))
 		l.progs = append(l.progs, take(progBytes, 1))
 		// the cgroups it enters before it forks (cgroup.go)
-		at.NrCgroupFDs = uint32(len(p.Cgroups.enterFDs(t, pr)))
+		at.NrCgroupFDs = uint32(len(p.Cgroups.enterFDs(t, pr, opts.Faults)))
 		at.CgroupFDsOff = take(int(at.NrCgroupFDs), 4)
 		for i, it := range t.Itimers {
 			at.Itimers[i] = agent.Itimer{IntervalSec: it.IntervalSec, IntervalUsec: it.IntervalUsec, ValueSec: it.ValueSec, ValueUsec: it.ValueUsec}
@@ -197,6 +197,13 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 	if tns != nil {
 		head.Flags |= agent.PlanNewTime
 		head.BootOffsetNs = (tns.Boottime - tns.engineBoottime).Nanoseconds()
+		if tns.byRoot {
+			head.Flags |= agent.PlanRootTimeNS
+			var err error
+			if head.TimeOffsets, err = tns.planText(); err != nil { // timens.go
+				return nil, err
+			}
+		}
 	}
 	xs := kerndat.XSaveLayout()
 	head.XCR0, head.XSaveSize = xs.XCR0, uint32(xs.Size)
@@ -363,7 +370,7 @@ func encodePlan(p *Plan, pr *prepared, l planLayout, a area, opts Options, sigIg
 			}
 		}
 		pad(at.CgroupFDsOff)
-		put(p.Cgroups.enterFDs(t, pr))
+		put(p.Cgroups.enterFDs(t, pr, opts.Faults))
 	}
 	pad(l.size)
 	if uint64(b.Len()) > a.PlanSize {

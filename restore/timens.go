@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/crest-restore/crest/kerndat"
+	"github.com/crest-restore/crest/restore/agent"
 )
 
 // Clocks are a tree's monotonic and boot-time clocks at the dump, as its
@@ -71,6 +72,13 @@ type timeOffsets struct {
 	// namespace (0 on the host's): the tasks' step clock takes off the
 	// difference, to read the engine's clock.
 	engineBoottime time.Duration
+	// byRoot: the tree has a user namespace of its own, which must own
+	// its time namespace (CRIU's dump refuses a tree with a namespace
+	// of another owner): the root makes it there once its maps are
+	// written and writes these offsets itself (agent fork.c
+	// root_time_ns, from the plan's text), as CRIU's prepare_timens
+	// does; the launcher makes none.
+	byRoot bool
 }
 
 func computeTimeOffsets(c *Clocks) (timeOffsets, error) {
@@ -112,13 +120,31 @@ func (o timeOffsets) String() string {
 
 // setTimeOffsets gives the time namespace the launcher pid unshared for its
 // children (the root and so the whole tree) its offsets, before any task
-// enters it.
+// enters it; nothing when the root makes the namespace and sets them
+// (byRoot): the launcher made none.
 func setTimeOffsets(pid int, o timeOffsets) error {
+	if o.byRoot {
+		return nil
+	}
 	path := fmt.Sprintf("/proc/%d/timens_offsets", pid)
 	if err := os.WriteFile(path, []byte(o.String()), 0); err != nil {
 		return fmt.Errorf("time namespace offsets %q: %w", o.String(), err)
 	}
 	return nil
+}
+
+// planText is the plan's time_offsets: the offsets as the root writes
+// them into the namespace it makes (byRoot), zero when it makes none.
+func (o *timeOffsets) planText() (b [agent.TimeOffsetsLen]byte, err error) {
+	if o == nil || !o.byRoot {
+		return b, nil
+	}
+	s := o.String()
+	if len(s) >= len(b) {
+		return b, fmt.Errorf("time namespace offsets %q: longer than the plan's %d bytes", s, len(b)-1)
+	}
+	copy(b[:], s)
+	return b, nil
 }
 
 // haveTimeNamespaces: the kernel has time namespaces (CONFIG_TIME_NS).
@@ -147,5 +173,6 @@ func timeNamespace(p *Plan) (*timeOffsets, error) {
 	if err != nil {
 		return nil, err
 	}
+	o.byRoot = p.User != nil
 	return &o, nil
 }

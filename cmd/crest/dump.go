@@ -68,7 +68,9 @@ memory limits, cpu.shares and the CFS and RT settings, cpuset.*,
 blkio.weight, devices.list, net_cls and net_prio,
 cgroup.subtree_control, cgroup.type ...), and each core names its
 thread's set; a tree in crest's own cgroups gets none. Every hierarchy
-the tree is in must be mounted.
+the tree is in must be mounted. A root in a cgroup namespace of its own
+has the namespace's root in each member of its set (cgns_prefix, read
+from inside the namespace), as CRIU writes it.
 
 State crest cannot restore fails the dump with a message naming the task
 and the resource: established TCP connections without --tcp-established,
@@ -91,7 +93,7 @@ leaders outside the tree (but the shell's, with --shell-job), net
 namespaces with devices other than the loopback, mount namespaces with
 shared or slave mounts, external mounts, file systems other than proc,
 sysfs, devtmpfs, tmpfs, devpts, mqueue, cgroup, debugfs and tracefs, or
-a tmpfs mounted over, cgroup namespaces, nested user namespaces or a
+a tmpfs mounted over, nested cgroup namespaces, nested user namespaces or a
 user namespace whose maps were never written or that does not own the
 tree's other namespaces, and tasks in user, pid, time, UTS, IPC, net or
 mount namespaces other than the root's.

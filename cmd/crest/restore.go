@@ -82,7 +82,9 @@ What comes back:
     uid_map and gid_map (several extents) are written from outside while
     the root waits at ROOT_TASK, and checked; the tasks' credentials are
     those inside it; a mount namespace with it gets the host's / alone
-    and its own procs;
+    and its own procs; the root makes the time namespace itself, once in
+    it, which then owns it (as CRIU: its dump refuses a namespace of
+    another owner);
 - cgroups (cgroup.img, which criu dump and crest dump write when the
   tree was in other cgroups than the dumper): every task and thread goes
   back into its cgroups (v1 hierarchies and cgroup v2, threaded ones
@@ -93,9 +95,12 @@ What comes back:
   mode, owner and properties of the dump (cpuset.cpus and the like at
   once; pids.max, memory and cpu limits once the tree is restored). A
   task that was in the dumper's own cgroups goes into crest's. The
-  hierarchies must be mounted (anywhere); cgroup namespace prefixes and
-  freezer.state (criu dump --freeze-cgroup) are refused. A failed
-  restore removes the cgroups it made.
+  hierarchies must be mounted (anywhere); freezer.state (criu dump
+  --freeze-cgroup) is refused. A failed restore removes the cgroups it
+  made. A cgroup namespace of the tree's own (cgroup.img's cgns_prefix)
+  comes back as CRIU makes it: the root enters the namespace's root
+  cgroups, unshares it there and then enters its own; every task is
+  born in it.
 
 Without -d crest stays the parent of the restored root and exits with its
 status (128+N when a signal N ended it; an interrupted crest kills the
@@ -140,12 +145,12 @@ owner of the dump, and the job in that terminal's foreground, so that it
 reads what is typed there and gets its ^C and ^Z. Without the flag such
 an image set is refused.
 
-Not restored yet: cgroup namespaces, tasks in namespaces other than
+Not restored yet: nested cgroup namespaces, tasks in namespaces other than
 the root's (user namespaces too, nested or not), a tree of several tasks
 in a user namespace without a pid namespace of its own, net devices
 other than the loopback, shared, slave or external mounts, a root that
 is not a whole file system (criu restore --root), unix stream sockets
-connected outside the tree (criu dump --ext-unix-sk=INO), packet sockets, TCP connections in SYN_SENT (a connect
+connected outside the tree (criu dump --ext-unix-sk=INO), packet sockets with mapped rings, TCP connections in SYN_SENT (a connect
 in progress), other special files (fanotify, consoles ...), inotify
 events queued at the dump (CRIU does not keep them either), SysV
 attachments with a part unmapped or moved (as CRIU), hugetlb memfds,

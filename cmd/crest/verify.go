@@ -36,7 +36,7 @@ func addVerifyFlags(fs *pflag.FlagSet) verifyFlags {
 	f.json = fs.Bool("json", false, "print the verification report as JSON on stdout (with --verify)")
 	f.pinDir = fs.String("verify-pins", "", "keep the monitor's programs loaded between restores under `DIR`, on a BPF file system "+
 		"(e.g. /sys/fs/bpf/crest): the next --verify skips loading them (about 2 ms instead of 25); crest check --unpin DIR removes them")
-	f.faults = fs.String("fault", "", "break the restore on purpose (`NAME`[,NAME]: no-set-tid, no-wait, early-switch, drop-thread, wrong-ns); for tests")
+	f.faults = fs.String("fault", "", "break the restore on purpose (`NAME`[,NAME]: no-set-tid, no-wait, early-switch, drop-thread, wrong-ns, timens-by-launcher, no-cgroupns); for tests")
 	f.stageTimeout = fs.Duration("stage-timeout", 0, "give up a stage after `DURATION` (default 10s); for tests")
 	fs.MarkHidden("fault")
 	fs.MarkHidden("stage-timeout")
@@ -195,10 +195,11 @@ func (k *kernelCheck) expect(p *restore.Plan) (bpf.Expect, error) {
 		Start:      []uint64{k.prepared.StartAddr, k.prepared.EngineStartAddr},
 		InProgress: []uint64{k.prepared.InProgressAddr, k.prepared.EngineInProgressAddr},
 	}
-	// No task calls setns: the root is born in the tree's namespaces
+	// No task calls setns but the root into a namespace it made itself
+	// (exp.TreeNS.Made): the root is born in the tree's other namespaces
 	// (clone3), which its tasks inherit, and exp.Namespaces stays empty
-	// (a task's setns is then a finding). The engine's visit to them is
-	// exp.TreeNS.
+	// (another setns of a task is then a finding). The engine's visit to
+	// them is exp.TreeNS.
 	tree, err := treeNamespaces(p)
 	if err != nil {
 		return bpf.Expect{}, err
@@ -212,24 +213,29 @@ func (k *kernelCheck) expect(p *restore.Plan) (bpf.Expect, error) {
 // plan's flags (restore/nsuts.go namespaceFlags, planfile.go): has says
 // whether the plan does, and filled that the engine then joins it through
 // the root's pidfd to fill it in PREPARE_NAMESPACES (restore/nsuts.go
-// fillNamespaces) and goes back to its own. A namespace type the engine
-// learns to restore is one more line.
+// fillNamespaces) and goes back to its own. byRoot, when set, says that
+// the root is born in the engine's namespace of the type instead and makes
+// and enters a new one itself. A namespace type the engine learns to
+// restore is one more line.
 var rootNamespaces = []struct {
 	flag   int
 	has    func(p *restore.Plan) bool
 	filled bool
+	byRoot func(p *restore.Plan) bool
 }{
-	{unix.CLONE_NEWPID, func(p *restore.Plan) bool { return p.NewPIDNS }, false},
+	{unix.CLONE_NEWPID, func(p *restore.Plan) bool { return p.NewPIDNS }, false, nil},
 	// restore/timens.go timeNamespace: clocks to go on from, on a kernel
-	// with time namespaces
-	{unix.CLONE_NEWTIME, func(p *restore.Plan) bool { return p.Clocks != nil && haveTimeNS() }, false},
-	{unix.CLONE_NEWUTS, func(p *restore.Plan) bool { return p.UTS != nil }, true},
-	{unix.CLONE_NEWIPC, func(p *restore.Plan) bool { return p.IPC != nil }, true},
-	{unix.CLONE_NEWNET, func(p *restore.Plan) bool { return p.Net != nil }, true},
-	{unix.CLONE_NEWNS, func(p *restore.Plan) bool { return p.Mnt != nil }, true},
+	// with time namespaces; in a user namespace of the tree's own, the
+	// root makes it there (timeOffsets.byRoot, agent fork.c root_time_ns)
+	{unix.CLONE_NEWTIME, func(p *restore.Plan) bool { return p.Clocks != nil && haveTimeNS() }, false,
+		func(p *restore.Plan) bool { return p.User != nil }},
+	{unix.CLONE_NEWUTS, func(p *restore.Plan) bool { return p.UTS != nil }, true, nil},
+	{unix.CLONE_NEWIPC, func(p *restore.Plan) bool { return p.IPC != nil }, true, nil},
+	{unix.CLONE_NEWNET, func(p *restore.Plan) bool { return p.Net != nil }, true, nil},
+	{unix.CLONE_NEWNS, func(p *restore.Plan) bool { return p.Mnt != nil }, true, nil},
 	// restore/userns.go: its maps are written from outside, and the
 	// tasks take their files from a holder process, not the engine
-	{unix.CLONE_NEWUSER, func(p *restore.Plan) bool { return p.User != nil }, false},
+	{unix.CLONE_NEWUSER, func(p *restore.Plan) bool { return p.User != nil }, false, nil},
 }
 
 func haveTimeNS() bool {
@@ -249,12 +255,20 @@ func treeNamespaces(p *restore.Plan) (*bpf.ExpectTreeNS, error) {
 	}
 	tree := &bpf.ExpectTreeNS{EnginePID: os.Getpid(), Engine: own, Stage: int(restore.StagePrepareNamespaces)}
 	for _, ns := range rootNamespaces {
-		if ns.has(p) {
+		if ns.has(p) && ns.byRoot != nil && ns.byRoot(p) {
+			tree.Made |= ns.flag
+		} else if ns.has(p) {
 			tree.New |= ns.flag
 			if ns.filled {
 				tree.Joined |= ns.flag
 			}
 		}
+	}
+	// restore/cgroupns.go: the root, born in the engine's cgroup
+	// namespace, unshares the tree's own in its cgroups step (FORKING)
+	// before it forks anything
+	if p.Cgroups != nil && p.Cgroups.NS != nil {
+		tree.Unshared |= unix.CLONE_NEWCGROUP
 	}
 	return tree, nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/restore"
 	"github.com/crest-restore/crest/test/bpffs"
+	"github.com/crest-restore/crest/test/cgroupdir"
 	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/fixture"
 	"github.com/crest-restore/crest/test/procscan"
@@ -333,6 +335,15 @@ var verifyFaults = []struct {
 	// segment is not in its IPC namespace).
 	{fault: "wrong-ns", workload: "nsuts", check: "namespace", pid: 1, stage: "PREPARE_NAMESPACES",
 		message: "the engine joined uts namespace"},
+	// The launcher makes the time namespace of a tree with a user
+	// namespace, before that exists, instead of the root in it; the
+	// tree runs on, in a time namespace crest's user namespace owns.
+	{fault: "timens-by-launcher", workload: "usernsclocks", check: "namespace", pid: 1,
+		during: "ROOT_TASK", message: "task 1 was born in a new time namespace", restored: true},
+	// The root does not unshare the tree's cgroup namespace: its child
+	// and thread are born in crest's.
+	{fault: "no-cgroupns", workload: "cgroupns", check: "namespace", pid: 1,
+		during: "FORKING", message: "the first the root forked, was born in the cgroup namespace", restored: true},
 }
 
 // dumpedWorkloads returns what gives the images of a fault's restore:
@@ -357,7 +368,37 @@ func dumpedWorkloads(t *testing.T) func(t *testing.T, fixtureName, workload stri
 
 // workloadReady is the log a workload has written a few lines of once it
 // runs as it should be dumped.
-var workloadReady = map[string]string{"nsuts": "out-nsuts.log"}
+var workloadReady = map[string]string{"nsuts": "out-nsuts.log", "usernsclocks": "out.log", "cgroupns": "out-init.log"}
+
+// workloadStart starts the workloads workloads.Start can not: cgroupns
+// in a cgroup namespace of its own.
+var workloadStart = map[string]func(t *testing.T) *workloads.Process{"cgroupns": startInCgroupNS}
+
+// startInCgroupNS starts the cgroupns workload in a cgroup namespace of
+// its own, rooted at a pids cgroup the test makes (so that cgroup.img
+// has the namespace's root as cgns_prefix), which lasts as long as t.
+func startInCgroupNS(t *testing.T) *workloads.Process {
+	t.Helper()
+	cg := fmt.Sprintf("/sys/fs/cgroup/pids/crest-verify-cgns-%d", os.Getpid())
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cgroupdir.Remove(t, cg) })
+	launch, prog, dir := workloads.Build(t, "launch"), workloads.Build(t, "cgroupns"), t.TempDir()
+	cmd := exec.Command("sh", "-c", `echo $$ > "$1/cgroup.procs" && exec unshare -C "$2" "$3" "$4"`, "sh", cg, launch, dir, prog)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("start cgroupns in a cgroup namespace: %v\n%s", err, stderr.Bytes())
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(stdout.String()))
+	if err != nil {
+		t.Fatalf("start cgroupns: pid %q", stdout.String())
+	}
+	p := &workloads.Process{Pid: pid, Dir: dir}
+	t.Cleanup(func() { p.Kill(t) })
+	return p
+}
 
 // dumpWorkload starts the workload name (test/workloads), waits until it
 // has logged three lines, and dumps it with crest dump (which kills it)
@@ -365,7 +406,11 @@ var workloadReady = map[string]string{"nsuts": "out-nsuts.log"}
 // where a restored tree goes on logging, lasts as long as t.
 func dumpWorkload(t *testing.T, name string) string {
 	t.Helper()
-	p := workloads.Start(t, name)
+	start := workloadStart[name]
+	if start == nil {
+		start = func(t *testing.T) *workloads.Process { return workloads.Start(t, name) }
+	}
+	p := start(t)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		b, _ := os.ReadFile(filepath.Join(p.Dir, workloadReady[name]))

@@ -7,7 +7,7 @@ package agent
 // Plan file constants.
 const (
 	PlanMagic   = 0x4e414c5054534552 // "RESTPLAN"
-	PlanVersion = 14
+	PlanVersion = 15
 
 	PlanFD        = 3 // the launcher's fd of the plan memfd
 	SharedFD      = 4 // the launcher's fd of the shared area memfd
@@ -32,8 +32,17 @@ const (
 	// Plan.Flags: the root is born in a new user namespace, which owns
 	// the others; the engine writes its maps at ROOT_TASK
 	PlanNewUser = 0x100
+	// Plan.Flags, with PlanNewTime: the root makes the tree's time
+	// namespace in its user namespace, with Plan.TimeOffsets, and
+	// enters it; the launcher makes none
+	PlanRootTimeNS = 0x200
+
+	// in Task.CgroupFDs: unshare(CLONE_NEWCGROUP) there (the root of a
+	// tree with a cgroup namespace of its own)
+	CgroupUnshareNS = -1
 
 	XSaveComponents = 10 // Plan.XSaveOff and XSaveLen: x87 up to PKRU
+	TimeOffsetsLen  = 96 // Plan.TimeOffsets
 
 	// TaskEntries.Launch: the launcher is ready, the engine lets it go.
 	LaunchReady = 1
@@ -77,7 +86,8 @@ const (
 	StepSeccomp      = 19
 	StepSched        = 20
 	StepCgroups      = 21
-	NrSteps          = 22
+	StepTimeNS       = 22
+	NrSteps          = 23
 )
 
 // Plan.Faults bits: faults injected on purpose for the monitor's tests.
@@ -150,6 +160,10 @@ type Plan struct {
 	XSaveLen  [XSaveComponents]uint32 `c:"xsave_len"`
 
 	BootOffsetNs int64 `c:"boot_offset_ns"`
+	// TimeOffsets: with PlanNewTime and PlanNewUser, the text the root
+	// writes into the timens_offsets of the time namespace it makes in
+	// its user namespace, NUL-terminated.
+	TimeOffsets [TimeOffsetsLen]byte `c:"time_offsets"`
 }
 
 // Task is struct crest_task.
@@ -468,5 +482,5 @@ var StepNames = [NrSteps]string{
 	StepFiles: "files", StepMemory: "memory", StepThreads: "threads", StepCreds: "creds", StepSigreturn: "sigreturn",
 	StepFS: "fs", StepSigacts: "sigactions", StepSignals: "pending signals", StepTimers: "timers",
 	StepWaitChildren: "wait helpers and zombies", StepExit: "exit", StepSeccomp: "seccomp",
-	StepSched: "sched", StepCgroups: "cgroups",
+	StepSched: "sched", StepCgroups: "cgroups", StepTimeNS: "time namespace",
 }

@@ -178,6 +178,11 @@ var Programs = map[string]Program{
 	"ttyjob":   {Name: "ttyjob", Flags: []string{"-static", "-O2"}},
 	"ttyshell": {Name: "ttyshell", Flags: []string{"-static", "-O2"}},
 	"cgroups":  {Name: "cgroups", Flags: []string{"-static", "-O2", "-pthread"}}, // tasks holding memory, one with 2 threads, for the cgroup tests
+	// cgroupns reports, every tick, its tasks' and its thread's cgroups
+	// as they see them (cg-ROLE.txt), for the cgroup namespace tests,
+	// which start it in one (unshare -C); "nested": the child unshares
+	// one of its own.
+	"cgroupns": {Name: "cgroupns", Flags: []string{"-static", "-O2", "-pthread"}},
 	// ptypair runs a child on a pty whose both ends are in the tree:
 	// the child's controlling terminal, a foreground group, packet mode,
 	// a locked pty, data queued both ways, all checked every tick.
@@ -196,6 +201,10 @@ var Programs = map[string]Program{
 	// userns2: ghost files made by ids inside a user namespace, in
 	// crest's mount namespace.
 	"userns2": {Name: "userns2", Flags: []string{"-static", "-O2"}, UserNS: true},
+	// usernsclocks is clocks in a user namespace of its own, which owns
+	// its time and mount namespaces (launch -U -t -m: CRIU dumps a tree
+	// in a user namespace only with a mount namespace of its own).
+	"usernsclocks": {Name: "clocks", Flags: []string{"-static", "-O2"}, UserNS: true, TimeNS: true, MntNS: true},
 	// procfds: an init and its child holding files of the tree's own
 	// /proc (it mounts one), checked every tick.
 	"procfds": {Name: "procfds", Flags: []string{"-static", "-O2"}},

@@ -12,6 +12,7 @@
  */
 #include "agent.h"
 
+#include <linux/fcntl.h>
 #include <linux/prctl.h>
 
 #ifndef SIGCHLD
@@ -67,6 +68,19 @@ int join_group(const struct crest_task *t)
  * kernel checks the credentials of the file's opener (the engine), not
  * the writer's, so this works in a user namespace too.
  */
+/*
+ * The tree's own cgroup namespace, made by the root (CRIU's prepare_cgns):
+ * unshare pins the namespace's root to the caller's cgroups, and the
+ * engine moved the root into the namespace's roots in PREPARE_NAMESPACES.
+ * Every task the root forks after this is born in it.
+ */
+static int unshare_cgroup_ns(void)
+{
+	long ret = sys_unshare(CLONE_NEWCGROUP);
+
+	return ret < 0 ? (int)ret : 0;
+}
+
 static int enter_cgroups(const struct crest_task *t)
 {
 	const int32_t *fds = plan_ints(t->cgroup_fds_off);
@@ -77,9 +91,15 @@ static int enter_cgroups(const struct crest_task *t)
 		return 0;
 	step_begin(CREST_STEP_CGROUPS);
 	for (i = 0; i < t->nr_cgroup_fds; i++) {
-		long fd = sys_pidfd_getfd(agent.plan->engine_pidfd, fds[i], 0);
-		long ret;
+		long fd, ret;
 
+		if (fds[i] == CREST_CGROUP_UNSHARE_NS) {
+			ret = unshare_cgroup_ns();
+			if (ret < 0)
+				return (int)ret;
+			continue;
+		}
+		fd = sys_pidfd_getfd(agent.plan->engine_pidfd, fds[i], 0);
 		if (fd < 0)
 			return (int)fd;
 		ret = sys_write((int)fd, &self, 1);
@@ -149,6 +169,65 @@ int fork_children(const struct crest_task *t)
 }
 
 /*
+ * The root makes the tree's time namespace itself when the tree has a user
+ * namespace of its own: that one must own it (CRIU's dump refuses a tree
+ * with a namespace of another owner), and one the launcher made would be
+ * crest's. Without, the launcher makes it (main.c).
+ */
+static int root_makes_time_ns(void)
+{
+	uint32_t both = CREST_PLAN_NEWTIME | CREST_PLAN_ROOT_TIMENS;
+
+	return (agent.plan->flags & both) == both;
+}
+
+/*
+ * As CRIU's prepare_timens, in the root once the engine wrote the maps of
+ * its user namespace (ROOT_TASK is over): unshare the time namespace for
+ * its children, write the offsets the engine computed (the dumped clocks)
+ * into its timens_offsets while nobody is in it, and enter it through
+ * ns/time_for_children, so that the root and every task it forks live in
+ * it. 0 or -errno.
+ */
+static int root_time_ns(void)
+{
+	static const char offsets_path[] = "/proc/self/timens_offsets";
+	static const char ns_path[] = "/proc/self/ns/time_for_children";
+	const char *text = agent.plan->time_offsets;
+	size_t len = 0;
+	long fd, ret;
+
+	step_begin(CREST_STEP_TIMENS);
+	while (len < sizeof(agent.plan->time_offsets) && text[len])
+		len++;
+	if (len == 0 || len == sizeof(agent.plan->time_offsets))
+		return -EINVAL;
+	ret = sys_unshare(CLONE_NEWTIME);
+	if (ret < 0)
+		return (int)ret;
+	fd = sys_openat(AT_FDCWD, offsets_path, O_WRONLY | O_CLOEXEC, 0);
+	if (fd < 0)
+		return (int)fd;
+	ret = sys_write((int)fd, text, len);
+	sys_close((int)fd);
+	if (ret >= 0 && (size_t)ret != len)
+		ret = -EIO;
+	if (ret < 0)
+		return (int)ret;
+	fd = sys_openat(AT_FDCWD, ns_path, O_RDONLY | O_CLOEXEC, 0);
+	if (fd < 0)
+		return (int)fd;
+	ret = sys_setns((int)fd, CLONE_NEWTIME);
+	sys_close((int)fd);
+	if (ret < 0)
+		return (int)ret;
+	/* the root reads the tree's clocks now: the step clock takes their offset off */
+	agent.clock_offset = agent.plan->boot_offset_ns;
+	step_end(CREST_STEP_TIMENS);
+	return 0;
+}
+
+/*
  * The root starts in ROOT_TASK, every other task in FORKING, the stage its
  * parent forks it in.
  */
@@ -158,8 +237,11 @@ __attribute__((noreturn)) void task_main(const struct crest_task *t)
 
 	agent.task = t;
 	agent.slot = &agent.slots[task_thread(t, 0)->slot];
-	/* the tasks are in the tree's time namespace, the launcher is not */
-	if (agent.plan->flags & CREST_PLAN_NEWTIME)
+	/*
+	 * the tasks are in the tree's time namespace, the launcher is not,
+	 * nor a root that makes it until it enters it (root_time_ns)
+	 */
+	if ((agent.plan->flags & CREST_PLAN_NEWTIME) && !(t->parent < 0 && root_makes_time_ns()))
 		agent.clock_offset = agent.plan->boot_offset_ns;
 	agent.slot->stage = t->parent < 0 ? CREST_STAGE_ROOT_TASK : CREST_STAGE_FORKING;
 
@@ -181,11 +263,20 @@ __attribute__((noreturn)) void task_main(const struct crest_task *t)
 		if (ret < 0)
 			task_fail(CREST_STEP_CHECK_PID, ret);
 		finish_stage(CREST_STAGE_ROOT_TASK);
+		if (root_makes_time_ns()) {
+			ret = root_time_ns();
+			if (ret < 0)
+				task_fail(CREST_STEP_TIMENS, ret);
+		}
 		/* namespaces other than pid are the caller's for now */
 		finish_stage(CREST_STAGE_PREPARE_NAMESPACES);
 	}
 
-	/* the root has none: the engine moved it in PREPARE_NAMESPACES */
+	/*
+	 * the root has none (the engine moved it in PREPARE_NAMESPACES) but
+	 * in a cgroup namespace of the tree's own: it unshares it here and
+	 * goes on into its own cgroups
+	 */
 	ret = enter_cgroups(t);
 	if (ret < 0)
 		task_fail(CREST_STEP_CGROUPS, ret);

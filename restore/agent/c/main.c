@@ -165,9 +165,11 @@ static __attribute__((noreturn, used)) void agent_main(const uint64_t *sp)
 	/*
 	 * A new time namespace for the children: the root, so the whole
 	 * tree. The engine sets its offsets (the dumped clocks) once this
-	 * process is ready, before any task enters it.
+	 * process is ready, before any task enters it. A tree with a user
+	 * namespace of its own needs one that namespace owns: its root makes
+	 * it (fork.c root_time_ns).
 	 */
-	if (agent.plan->flags & CREST_PLAN_NEWTIME) {
+	if ((agent.plan->flags & CREST_PLAN_NEWTIME) && !(agent.plan->flags & CREST_PLAN_ROOT_TIMENS)) {
 		ret = sys_unshare(CLONE_NEWTIME);
 		if (ret < 0)
 			launch_fail(ret);

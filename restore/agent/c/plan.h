@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #define CREST_PLAN_MAGIC 0x4e414c5054534552ULL /* "RESTPLAN" */
-#define CREST_PLAN_VERSION 14
+#define CREST_PLAN_VERSION 15
 
 /* fds of the launcher as the engine starts it */
 #define CREST_PLAN_FD 3
@@ -69,12 +69,16 @@
 #define CREST_STEP_SECCOMP 19	/* the thread's seccomp mode and filters, last */
 #define CREST_STEP_SCHED 20	/* the thread's nice value and scheduling policy */
 #define CREST_STEP_CGROUPS 21	/* enter the task's cgroups, before forking */
-#define CREST_NR_STEPS 22
+#define CREST_STEP_TIMENS 22	/* the root makes the tree's time namespace and enters it */
+#define CREST_NR_STEPS 23
 
 /* XSAVE components crest_xstate carries */
 #define CREST_XSTATE_KNOWN 0x2ffull
 /* XSAVE components the plan describes: x87 up to PKRU (9) */
 #define CREST_XSAVE_COMPONENTS 10
+
+/* bytes of struct crest_plan.time_offsets */
+#define CREST_TIME_OFFSETS_LEN 96
 
 /* struct crest_plan.flags */
 #define CREST_PLAN_NEWPID 0x1u	/* the root is pid 1 of a new pid namespace */
@@ -85,6 +89,7 @@
 #define CREST_PLAN_NEWNET 0x40u	/* the root is born in a new net namespace, which the engine fills */
 #define CREST_PLAN_NEWNS 0x80u	/* the root is born in a new mount namespace, which the engine fills */
 #define CREST_PLAN_NEWUSER 0x100u	/* the root is born in a new user namespace, whose maps the engine writes */
+#define CREST_PLAN_ROOT_TIMENS 0x200u	/* with CREST_PLAN_NEWTIME: the root, not the launcher, makes the time namespace (time_offsets) */
 
 /*
  * Faults injected on purpose (crest_plan.faults), so that the kernel-side
@@ -183,6 +188,14 @@ struct crest_plan {
 	 * off its readings, to give the engine's.
 	 */
 	int64_t boot_offset_ns;
+	/*
+	 * CREST_PLAN_NEWTIME with CREST_PLAN_NEWUSER: the offsets of the
+	 * tree's time namespace as the engine writes them into
+	 * timens_offsets, NUL-terminated. The root makes that namespace
+	 * itself in its user namespace, which must own it, and writes them
+	 * before anyone enters it (fork.c root_time_ns).
+	 */
+	char time_offsets[CREST_TIME_OFFSETS_LEN];
 };
 
 /* struct itimerval of setitimer(2); all zero: not armed */
@@ -272,11 +285,17 @@ struct crest_task {
 	 * CRIU's restore_task_cgroup (fork.c): the engine's fds of the
 	 * cgroup.procs files of those where its cgroup set differs from
 	 * its parent's, each taken with pidfd_getfd and written "0" (the
-	 * writer). 0: none, as in every tree without cgroup.img.
+	 * writer). 0: none, as in every tree without cgroup.img. The root
+	 * of a tree with a cgroup namespace of its own has
+	 * CREST_CGROUP_UNSHARE_NS first: it unshares the namespace there,
+	 * in the namespace's root cgroups, before it enters its own.
 	 */
 	uint32_t nr_cgroup_fds;
 	uint32_t cgroup_fds_off;	/* int32_t engine fds */
 };
+
+/* In crest_task's cgroup_fds: unshare(CLONE_NEWCGROUP) here. */
+#define CREST_CGROUP_UNSHARE_NS (-1)
 
 /* One item of an epoll, added by the task that holds the epoll and its target. */
 struct crest_epoll_add {

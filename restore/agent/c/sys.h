@@ -236,6 +236,16 @@ static inline long sys_unshare(unsigned long flags)
 	return sys_call1(__NR_unshare, (long)flags);
 }
 
+static inline long sys_setns(int fd, int nstype)
+{
+	return sys_call2(__NR_setns, fd, nstype);
+}
+
+static inline long sys_openat(int dirfd, const char *path, int flags, int mode)
+{
+	return sys_call4(__NR_openat, dirfd, (long)path, flags, mode);
+}
+
 static inline long sys_personality(unsigned int persona)
 {
 	return sys_call1(__NR_personality, persona);
