@@ -29,8 +29,9 @@ import (
 //     net/ipv6/conf/{all,default}, net/unix/max_dgram_qlen and
 //     net/ipv4/ping_group_range (dump_netns_conf);
 //   - netdev-ID.img: its devices, with their sysctls (dump_links): crest
-//     dumps only a loopback and refuses any other device by name and kind,
-//     since its restore makes none;
+//     dumps its loopback and veths whose peer is outside the tree
+//     (netveth.go), and refuses any other device by name and kind, since
+//     its restore makes none;
 //   - ifaddr-, route-, route6-, rule-ID.img: what ip addr save, ip route
 //     save, ip -6 route save and ip rule save print, run as CRIU runs them;
 //   - iptables-, ip6tables-ID.img: iptables-save's text, of a legacy
@@ -66,11 +67,11 @@ func (d *dumper) writeNet() error {
 	if err := d.checkConntrack(name("netns-ct")); err != nil {
 		return err
 	}
-	lo, err := d.netDevices(name("netdev"), id)
+	devs, err := d.netDevices(name("netdev"), id)
 	if err != nil {
 		return err
 	}
-	if err := d.write(name("netdev"), images.KindNetdev, images.Entry{Message: lo}); err != nil {
+	if err := d.write(name("netdev"), images.KindNetdev, devs...); err != nil {
 		return err
 	}
 	conf, err := netnsConf()
@@ -138,15 +139,16 @@ func (d *dumper) writeNet() error {
 	return os.WriteFile(d.path(name("nftables")), out, 0o600)
 }
 
-// netDevices reads the namespace's devices (RTM_GETLINK): its loopback,
-// with its sysctls, as dump_one_netdev writes it; any other device is
-// refused.
-func (d *dumper) netDevices(file string, id uint32) (*netdev.NetDeviceEntry, error) {
+// netDevices reads the namespace's devices (RTM_GETLINK): its loopback
+// and veths (netveth.go), with their sysctls, as dump_one_netdev writes
+// them, in the kernel's order; any other device is refused.
+func (d *dumper) netDevices(file string, id uint32) ([]images.Entry, error) {
 	links, err := rtnlDump(unix.NETLINK_ROUTE, unix.RTM_GETLINK, []byte{unix.AF_PACKET})
 	if err != nil {
 		return nil, fmt.Errorf("%s: RTM_GETLINK: %w", file, err)
 	}
 	var lo *netdev.NetDeviceEntry
+	var devs []images.Entry
 	for _, m := range links {
 		if len(m) < unix.SizeofIfInfomsg {
 			return nil, fmt.Errorf("%s: RTM_GETLINK: an answer of %d bytes", file, len(m))
@@ -156,6 +158,14 @@ func (d *dumper) netDevices(file string, id uint32) (*netdev.NetDeviceEntry, err
 		flags := binary.NativeEndian.Uint32(m[8:])
 		a := nlattr.Parse(m[unix.SizeofIfInfomsg:])
 		devName := strings.TrimRight(string(a[unix.IFLA_IFNAME]), "\x00")
+		if typ == unix.ARPHRD_ETHER && isVeth(a) {
+			e, err := d.vethDevice(file, index, flags, a)
+			if err != nil {
+				return nil, err
+			}
+			devs = append(devs, images.Entry{Message: e})
+			continue
+		}
 		if typ != unix.ARPHRD_LOOPBACK {
 			kind := fmt.Sprintf("type %d", typ)
 			if li, ok := a[unix.IFLA_LINKINFO]; ok {
@@ -164,7 +174,7 @@ func (d *dumper) netDevices(file string, id uint32) (*netdev.NetDeviceEntry, err
 				}
 			}
 			return nil, &UnsupportedError{Task: int(d.tree.root.nsPid), Resource: "net device",
-				Why: fmt.Sprintf("device %q (ifindex %d) of kind %s in the tree's net namespace: only its loopback is dumped", devName, index, kind)}
+				Why: fmt.Sprintf("device %q (ifindex %d) of kind %s in the tree's net namespace: only its loopback and veths are dumped", devName, index, kind)}
 		}
 		if len(a[unix.IFLA_MTU]) < 4 || devName == "" {
 			return nil, fmt.Errorf("%s: loopback %d: no name or mtu", file, index)
@@ -193,11 +203,12 @@ func (d *dumper) netDevices(file string, id uint32) (*netdev.NetDeviceEntry, err
 			return nil, fmt.Errorf("%s: two loopbacks, %q and %q", file, lo.GetName(), devName)
 		}
 		lo = e
+		devs = append(devs, images.Entry{Message: e})
 	}
 	if lo == nil {
 		return nil, fmt.Errorf("%s: the tree's net namespace has no loopback", file)
 	}
-	return lo, nil
+	return devs, nil
 }
 
 // netnsConf reads the namespace's sysctls, as dump_netns_conf does.

@@ -54,6 +54,10 @@ type Options struct {
 	// (tty.go). Planning reads it (NewPlan): without it such an image
 	// set is refused.
 	ShellJob bool
+	// VethPairs name the outside ends of the veths of the tree's net
+	// namespace, as criu restore --veth-pair IN=OUT[@BRIDGE] does
+	// (netveth.go); a veth without one gets a name the kernel makes.
+	VethPairs []VethPair
 }
 
 // Restore is a restore in progress, or a restored tree.
@@ -86,6 +90,7 @@ type Restore struct {
 	holder         *fileHolder    // shares the engine's files with a tree in a user namespace (userns.go)
 	sight          *procSight     // a proc in sight for each proc the tree's mount namespace needs (userns.go)
 	cgroups        *cgroupRun     // the cgroups the restore made (cgroup.go)
+	veths          *vethRun       // the veth pairs the restore made (netveth.go)
 	closed         bool
 }
 

@@ -20,13 +20,14 @@ import (
 // in a new one (CLONE_NEWNET, plan flag agent.PlanNewNet), which the
 // engine fills in PREPARE_NAMESPACES, before any task forks, in CRIU's
 // order: the namespace's sysctls (netns-ID.img), its devices
-// (netdev-ID.img: only its loopback is restored), the addresses, routes
+// (netdev-ID.img: its loopback, and veths whose peer was outside the
+// tree: netveth.go), the addresses, routes
 // and rules that ip ... save wrote (ifaddr-, route-, route6-, rule-ID.img),
 // then the netfilter rules (iptables-, ip6tables-, nftables-ID.img). The
 // tree's sockets are made in it next (netns_fill.go): crest makes them in
 // the engine, not in the tasks as CRIU does, so they wait for the
 // namespace. Everything else is refused by name: devices but the
-// loopback, ids of other net namespaces, conntrack entries, a namespace
+// loopback and veths, ids of other net namespaces, conntrack entries, a namespace
 // given from outside (--external net[...]), tasks in other net
 // namespaces.
 
@@ -41,6 +42,9 @@ type NetNamespace struct {
 	// Loopback is the namespace's loopback (netdev-ID.img), set up as
 	// the image says: flags (up), mtu, name.
 	Loopback *netdev.NetDeviceEntry
+	// Veths are its veths whose peer was outside the tree, made after
+	// the loopback, with their sysctls (netveth.go).
+	Veths []*Veth
 	// Addrs, Routes (IPv4, then IPv6) and Rules are ip ... save's
 	// messages; nil without their image, which CRIU takes as nothing to
 	// do (HasRules: rule-ID.img exists, even with no rule in it: the
@@ -253,8 +257,8 @@ func devConf(from, proto, dev string, entries []*sysctl.SysctlEntry, names []str
 	return out
 }
 
-// loadNetdev reads netdev-ID.img: the namespace's loopback, its only
-// device crest restores.
+// loadNetdev reads netdev-ID.img: the namespace's loopback and veths,
+// the devices crest restores.
 func (p *Plan) loadNetdev(ns *NetNamespace) error {
 	name := netImage("netdev", ns.ID)
 	img, err := images.ReadKindFile(p.Dir.FilePath(name), images.KindNetdev)
@@ -266,8 +270,16 @@ func (p *Plan) loadNetdev(ns *NetNamespace) error {
 	}
 	for i, ent := range img.Entries {
 		d := ent.Message.(*netdev.NetDeviceEntry)
+		if d.GetType() == netdev.NdType_VETH {
+			v, err := p.loadVeth(ns, name, i, d) // netveth.go
+			if err != nil {
+				return err
+			}
+			ns.Veths = append(ns.Veths, v)
+			continue
+		}
 		if d.GetType() != netdev.NdType_LOOPBACK {
-			return &PlanError{File: name, Msg: fmt.Sprintf("entry %d: device %q of kind %s: only the loopback of a net namespace is restored",
+			return &PlanError{File: name, Msg: fmt.Sprintf("entry %d: device %q of kind %s: only the loopback and veths of a net namespace are restored",
 				i, d.GetName(), strings.ToLower(d.GetType().String()))}
 		}
 		if ns.Loopback != nil {

@@ -28,6 +28,8 @@ import (
 //   - the sysctls of all and default, net/unix, net/ipv4;
 //   - the loopback: RTM_SETLINK of its ifindex with the image's flags,
 //     name and mtu (restore_link_parms), then its own sysctls;
+//   - veths, each pair made with its outside end in crest's namespace,
+//     and their sysctls (netveth.go);
 //   - addresses, routes and rules: the messages ip ... save kept are sent
 //     back over netlink as ip ... restore sends them (NLM_F_CREATE, an
 //     EEXIST answer taken as done; routes in its three passes; the
@@ -52,7 +54,16 @@ const (
 	stepNetSockets = "sockets"
 )
 
-func (r *Restore) fillNet() error {
+func (r *Restore) fillNet() (err error) {
+	// the veth pairs made here go when the namespace is not filled
+	defer func() {
+		if err == nil {
+			return
+		}
+		if rerr := r.removeVeths(); rerr != nil { // netveth.go
+			err = errors.Join(err, rerr)
+		}
+	}()
 	step := r.namespaceStep
 	ns := r.plan.Net
 	begin := boottime()
@@ -94,6 +105,9 @@ func (r *Restore) setupNet(ns *NetNamespace) error {
 		if err := writeNetSysctl(s); err != nil {
 			return err
 		}
+	}
+	if err := r.makeVeths(c, ns); err != nil { // netveth.go
+		return err
 	}
 	id := ns.ID
 	if err := replay(c, netImage("ifaddr", id), ns.Addrs, nil); err != nil {

@@ -183,7 +183,7 @@ func TestPlanNetNS(t *testing.T) {
 				veth.Type, veth.Name, veth.Ifindex = netdev.NdType_VETH.Enum(), proto.String("veth0"), proto.Uint32(2)
 				img.Entries = append(img.Entries, images.Entry{Message: veth})
 			})
-		}, fmt.Sprintf("netdev-%d.img: entry 1: device \"veth0\" of kind veth: only the loopback of a net namespace is restored", id)},
+		}, fmt.Sprintf("netdev-%d.img: entry 1: veth \"veth0\": its peer (ifindex 1) is in the same net namespace: veths with both ends in the tree are not restored", id)},
 		{"a tun", func(t *testing.T, dir string) {
 			editNetdev(t, dir, func(img *images.Image) { loopback(img).Type = netdev.NdType_TUN.Enum() })
 		}, "entry 0: device \"lo\" of kind tun"},

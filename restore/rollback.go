@@ -16,7 +16,7 @@ import (
 // rollback begins). The root is reaped here. Then the cgroups the restore
 // made go (cgroup.go).
 func (r *Restore) rollback() (err error) {
-	defer func() { err = errors.Join(err, r.removeCgroups()) }()
+	defer func() { err = errors.Join(err, r.removeCgroups(), r.removeVeths()) }()
 	if r.shared == nil {
 		return nil
 	}

@@ -108,6 +108,11 @@ var Programs = map[string]Program{
 	// when the route listener must hear of the address the tick adds to
 	// lo and removes (socket diag checks the states then).
 	"netlink": {Name: "netlink", Flags: []string{"-static", "-O2"}, NetNS: true},
+	// netveth runs in a net namespace of its own and talks over UDP,
+	// every tick, through a veth that the test makes from outside, to
+	// its outside end; it checks the device (ifindex, mtu, mac, address,
+	// route) every tick.
+	"netveth": {Name: "netveth", Flags: []string{"-static", "-O2"}, NetNS: true},
 	// packetsk runs in a net namespace of its own, lo up, with packet
 	// sockets (raw and datagram, bound to lo or not, with options,
 	// memberships and a fanout group): each is checked (binding,
