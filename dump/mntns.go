@@ -29,8 +29,14 @@ import (
 // runs it). The tree's regular files get the id of the mount they are on
 // (mntFileMounts), which the restore opens them through.
 //
+// Propagation is dumped as CRIU dumps it: each mount's peer group
+// (shared:N) and master (master:N) as shared_id and master_id, MS_SHARED,
+// MS_SLAVE and MS_UNBINDABLE in its flags.
+//
 // Only what crest restores is dumped (restore/mntns.go); the rest is
-// refused by mount point and type: propagation other than private, file
+// refused by mount point and type: a slave whose master is no peer
+// group of the namespace (the host's mounts: CRIU wants it --external,
+// or a bind of its --root), file
 // system types other than mntFSDumped, a root mount that is not a whole
 // file system, a bind mount with no mount of its file system's root in
 // the namespace, a tmpfs whose root is mounted nowhere, a devtmpfs of its
@@ -158,8 +164,12 @@ func (d *dumper) writeMnt() error {
 		return &UnsupportedError{Task: int(root.nsPid), Resource: "mount", What: fmt.Sprintf("%s (%s, id %d)", m.point, m.fstype, m.id), Why: why}
 	}
 	byID := map[uint32]*mountInfo{}
+	groups := map[uint32]bool{} // the peer groups of the namespace
 	for _, m := range mounts {
 		byID[m.id] = m
+		if id := m.entry.GetSharedId(); id != 0 {
+			groups[id] = true
+		}
 	}
 	var nsRoot *mountInfo
 	for _, m := range mounts {
@@ -186,8 +196,9 @@ func (d *dumper) writeMnt() error {
 		e := m.entry
 		d.userMountOptions(e) // userns.go
 		switch {
-		case e.GetSharedId() != 0 || e.GetMasterId() != 0 || e.GetFlags()&unix.MS_UNBINDABLE != 0:
-			return unsupported(m, "propagation other than private (shared, slave, unbindable) is not supported")
+		case e.GetMasterId() != 0 && !groups[e.GetMasterId()]:
+			// CRIU: "has unreachable sharing. Try --enable-external-masters."
+			return unsupported(m, fmt.Sprintf("a slave of peer group %d, which no mount of the tree's mount namespace is in: a master outside the namespace (external sharing) is not supported", e.GetMasterId()))
 		case strings.HasSuffix(m.root, " (deleted)"):
 			return unsupported(m, "a bind mount of a deleted file or directory is not supported")
 		case m.fstype == "tmpfs" && slices.ContainsFunc(strings.Split(e.GetOptions(), ","), func(o string) bool { return o == "sync" || o == "dirsync" || o == "mand" }):

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/mnt"
@@ -25,12 +26,18 @@ import (
 // dumped flags, and each dumped mount is made again at its place, parents
 // first: a new mount of its file system with its options (tmpfs filled
 // from its tarball, proc of the tree's pid namespace), or a bind mount of
-// the root mount or of a mount made before it, all private. The tree's
-// regular files are then opened in that namespace (mntns_files.go), as
-// CRIU opens them through their mounts.
+// the root mount or of a mount made before it, all private. Their
+// propagation is set once all are made (planPeerGroups, setPropagation),
+// as mount-v2.c's restore_mount_sharing_options: the peer groups
+// (shared:N) and the slaves of each (master:N) of the namespace, masters
+// before their slaves, then the unbindable mounts. The tree's regular
+// files are then opened in that namespace (mntns_files.go), as CRIU opens
+// them through their mounts.
 //
-// Refused, by file, entry and mount point: propagation other than
-// private (shared, slave, unbindable), external mounts, mounts left to
+// Refused, by file, entry and mount point: a slave whose master is not a
+// peer group of the namespace (the host's: CRIU takes it from an
+// --external mount or the --root bind), sharing CRIU marks internal to an
+// external mount, external mounts, mounts left to
 // plugins, deleted bind sources, file system types other than those
 // mntFSNew lists, a root mount that is not a whole file system (it needs
 // CRIU's --root), binds with no mount to take them from, tmpfs without
@@ -56,6 +63,34 @@ type MntNamespace struct {
 	// Ghosts are where the ghost files (ghost.go) are made: on the mount
 	// of the first file that names each, as CRIU's create_ghost.
 	Ghosts map[*Ghost]*MntGhost
+	// Groups are the namespace's peer groups and slave sets, every one
+	// after its master's.
+	Groups []*PeerGroup
+}
+
+// PeerGroup is what CRIU's mount-v2.c calls a sharing group: the mounts
+// of one shared_id (a peer group, shared:N) or, with shared_id 0, the
+// slaves of one master that are in no peer group (master:M alone); all
+// have the same master_id.
+type PeerGroup struct {
+	SharedID, MasterID uint32
+	// Master is the peer group whose shared_id is MasterID.
+	Master *PeerGroup
+	// Mounts[0] has the widest root (every other's root is under it):
+	// the others join the group from it, and the group's slaves their
+	// master (MOVE_MOUNT_SET_GROUP copies from a mount whose root
+	// holds the target's).
+	Mounts []*Mount
+}
+
+func (g *PeerGroup) String() string {
+	if g.SharedID == 0 {
+		return fmt.Sprintf("the slaves of peer group %d", g.MasterID)
+	}
+	if g.MasterID != 0 {
+		return fmt.Sprintf("peer group %d (a slave of %d)", g.SharedID, g.MasterID)
+	}
+	return fmt.Sprintf("peer group %d", g.SharedID)
 }
 
 // MntGhost is a ghost file made in the tree's mount namespace. Its files
@@ -84,6 +119,9 @@ type Mount struct {
 	Options      string
 	Flags        uint32 // MS_* per-mount flags
 	SBFlags      uint32 // MS_RDONLY of the superblock
+	// SharedID is its peer group (shared:N, 0 for none), MasterID the
+	// peer group it is a slave of (master:N, 0 for none).
+	SharedID, MasterID uint32
 	// BindOf, when set, is the mount it is bound from (the namespace's
 	// root mount or one made before it), BindPath the path under
 	// BindOf's root; else it is a new mount of its file system.
@@ -133,7 +171,8 @@ func (p *Plan) loadMnt(id uint32) (*MntNamespace, error) {
 		e := ent.Message.(*mnt.MntEntry)
 		m := &Mount{ID: e.GetMntId(), ParentID: e.GetParentMntId(), Entry: i, Code: mnt.Fstype(e.GetFstype()),
 			Dev: e.GetRootDev(), Root: e.GetRoot(), Mountpoint: e.GetMountpoint(), Source: e.GetSource(),
-			Options: e.GetOptions(), Flags: e.GetFlags(), SBFlags: e.GetSbFlags()}
+			Options: e.GetOptions(), Flags: e.GetFlags(), SBFlags: e.GetSbFlags(),
+			SharedID: e.GetSharedId(), MasterID: e.GetMasterId()}
 		m.FSType = images.MntFSName(uint32(m.Code))
 		if ns.byID[m.ID] != nil {
 			return nil, bad(m, "mount id %d twice", m.ID)
@@ -145,12 +184,12 @@ func (p *Plan) loadMnt(id uint32) (*MntNamespace, error) {
 			return nil, bad(m, "a mount left to a CRIU plugin: not restored")
 		case e.GetDeleted():
 			return nil, bad(m, "a bind mount of %s, deleted at the dump: not restored", m.Root)
-		case e.GetSharedId() != 0 || e.GetMasterId() != 0 || e.GetInternalSharing() ||
-			m.Flags&(unix.MS_SHARED|unix.MS_SLAVE|unix.MS_UNBINDABLE) != 0:
-			return nil, bad(m, "propagation shared:%d master:%d (flags %#x): only private mounts are restored",
-				e.GetSharedId(), e.GetMasterId(), m.Flags&(unix.MS_SHARED|unix.MS_SLAVE|unix.MS_UNBINDABLE))
-		case m.Flags&^images.MntKnownFlags != 0:
-			return nil, bad(m, "mount flags %#x: not restored", m.Flags&^images.MntKnownFlags)
+		case e.GetInternalSharing():
+			return nil, bad(m, "sharing internal to an external mount (internal_sharing): not restored")
+		case m.Flags&unix.MS_UNBINDABLE != 0 && (m.SharedID != 0 || m.MasterID != 0):
+			return nil, bad(m, "unbindable and shared:%d master:%d at once, which no mount is", m.SharedID, m.MasterID)
+		case m.Flags&^(images.MntKnownFlags|images.MntPropagation) != 0:
+			return nil, bad(m, "mount flags %#x: not restored", m.Flags&^(images.MntKnownFlags|images.MntPropagation))
 		case m.SBFlags&^unix.MS_RDONLY != 0:
 			return nil, bad(m, "superblock flags %#x: only ro is restored", m.SBFlags&^unix.MS_RDONLY)
 		case !path.IsAbs(m.Mountpoint) || path.Clean(m.Mountpoint) != m.Mountpoint:
@@ -230,6 +269,9 @@ func (p *Plan) loadMnt(id uint32) (*MntNamespace, error) {
 			return nil, bad(m, "not under its parent's mount point %s", m.Parent.Mountpoint)
 		}
 	}
+	if err := planPeerGroups(ns, all); err != nil {
+		return nil, err
+	}
 	if err := p.planMntFiles(ns); err != nil {
 		return nil, err
 	}
@@ -237,6 +279,94 @@ func (p *Plan) loadMnt(id uint32) (*MntNamespace, error) {
 		return nil, err
 	}
 	return ns, nil
+}
+
+// planPeerGroups gathers the mounts of all (the image's order) into
+// their peer groups, as mount-v2.c's resolve_shared_mounts_v2: one per
+// shared_id (or, for slaves in no peer group, per master_id), each with
+// its master found among them, ordered masters first. A master outside
+// the namespace is refused: CRIU restores it only from a mount of the
+// host it is told of (--external, or the --root bind when the slave is
+// a bind of the root's file system), which crest does not do.
+func planPeerGroups(ns *MntNamespace, all []*Mount) error {
+	bad := func(m *Mount, format string, args ...any) error {
+		return &PlanError{File: ns.File, Msg: fmt.Sprintf("entry %d: %s: ", m.Entry, m) + fmt.Sprintf(format, args...)}
+	}
+	type key struct{ shared, master uint32 }
+	groups := map[key]*PeerGroup{}
+	peers := map[uint32]*PeerGroup{} // by shared_id
+	var order []*PeerGroup
+	for _, m := range all {
+		if m.SharedID == 0 && m.MasterID == 0 {
+			continue
+		}
+		k := key{m.SharedID, m.MasterID}
+		g := groups[k]
+		if g == nil {
+			if o := peers[m.SharedID]; m.SharedID != 0 && o != nil {
+				return bad(m, "in peer group %d with master %d, where %s has master %d: peers have one master", m.SharedID, m.MasterID, o.Mounts[0], o.MasterID)
+			}
+			g = &PeerGroup{SharedID: m.SharedID, MasterID: m.MasterID}
+			groups[k] = g
+			if m.SharedID != 0 {
+				peers[m.SharedID] = g
+			}
+			order = append(order, g)
+		}
+		g.Mounts = append(g.Mounts, m)
+	}
+	for _, g := range order {
+		// the widest root first, as CRIU's get_first_mount
+		slices.SortStableFunc(g.Mounts, func(a, b *Mount) int { return len(a.Root) - len(b.Root) })
+	}
+	for _, g := range order {
+		first := g.Mounts[0]
+		for _, m := range g.Mounts[1:] {
+			if m.Dev != first.Dev || m.Code != first.Code {
+				return bad(m, "in %s with %s, another file system", g, first)
+			}
+			if _, ok := underPath(m.Root, first.Root); !ok {
+				// CRIU: "Can't copy sharing from"
+				return bad(m, "in %s, its root %s is not under %s of %s, where the group is taken from: not restored", g, m.Root, first.Root, first)
+			}
+		}
+		if g.MasterID == 0 {
+			continue
+		}
+		if g.Master = peers[g.MasterID]; g.Master == nil {
+			// CRIU: "has unreachable sharing. Try --enable-external-masters."
+			return bad(first, "a slave of peer group %d, which no mount of the namespace is in: its master is outside the tree's mount namespace (external sharing, which CRIU restores only from a mount given by --external or its --root): not restored", g.MasterID)
+		}
+		if g.Master == g {
+			return bad(first, "a slave of its own peer group %d", g.MasterID)
+		}
+		from := g.Master.Mounts[0]
+		if from.Dev != first.Dev || from.Code != first.Code {
+			return bad(first, "a slave of %s, whose %s is another file system", g.Master, from)
+		}
+		if _, ok := underPath(first.Root, from.Root); !ok {
+			return bad(first, "a slave of %s, its root %s not under %s of %s, where its master is taken from: not restored", g.Master, first.Root, from.Root, from)
+		}
+	}
+	// masters before their slaves
+	placed := map[*PeerGroup]bool{}
+	for len(ns.Groups) < len(order) {
+		n := len(ns.Groups)
+		for _, g := range order {
+			if !placed[g] && (g.Master == nil || placed[g.Master]) {
+				placed[g] = true
+				ns.Groups = append(ns.Groups, g)
+			}
+		}
+		if len(ns.Groups) == n {
+			for _, g := range order {
+				if !placed[g] {
+					return bad(g.Mounts[0], "%s is a slave of its own slaves (a loop of masters)", g)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // planMount decides how m is made, once its parent is: false when it

@@ -37,6 +37,12 @@ import (
 //     (fsconfig pidns: the engine is not in it); or bound from the mount
 //     it shares a superblock with (open_tree, move_mount); then made
 //     private and given its flags;
+//   - once all are made, their propagation (setPropagation): each peer
+//     group, masters first, as mount-v2.c's restore_one_sharing_group
+//     (its widest mount made a slave of its master, taken with
+//     MOVE_MOUNT_SET_GROUP, and shared; the others join it the same
+//     way), then the unbindable mounts: nothing is mounted after, so
+//     nothing propagates while the namespace is made;
 //   - the result is read back from the thread's mountinfo and compared
 //     with the image, mount by mount;
 //   - then the tree's ghost files are made on their mounts and its
@@ -231,10 +237,61 @@ func (r *Restore) makeMounts(ns *MntNamespace) (res *mounted, err error) {
 		}
 		at[m] = fd
 	}
+	if err := setPropagation(ns, at); err != nil {
+		return res, err
+	}
 	if err := checkMounts(ns, procfd, res.ids); err != nil {
 		return res, err
 	}
 	return res, nil
+}
+
+// setPropagation gives the made mounts (at holds an O_PATH fd of the
+// root of each) their peer groups, masters and unbindable flags, all
+// through their fds (a mount point may be covered by a later mount).
+// A mount joins a group or gets a master from a member with
+// MOVE_MOUNT_SET_GROUP, which takes a private mount and copies both;
+// MS_SLAVE then turns the copied peer group into its master.
+func setPropagation(ns *MntNamespace, at map[*Mount]int) error {
+	fail := func(m *Mount, what string, err error) error {
+		return fmt.Errorf("%s entry %d: %s: %s: %w", ns.File, m.Entry, m, what, err)
+	}
+	propagate := func(m *Mount, how uint64) error {
+		return unix.MountSetattr(at[m], "", unix.AT_EMPTY_PATH, &unix.MountAttr{Propagation: how})
+	}
+	join := func(from, to *Mount) error {
+		return unix.MoveMount(at[from], "", at[to], "", unix.MOVE_MOUNT_SET_GROUP|unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+	}
+	for _, g := range ns.Groups {
+		first := g.Mounts[0]
+		if g.Master != nil {
+			from := g.Master.Mounts[0]
+			if err := join(from, first); err != nil {
+				return fail(first, fmt.Sprintf("a slave of %s: take its group from %s", g.Master, from), os.NewSyscallError("move_mount MOVE_MOUNT_SET_GROUP", err))
+			}
+			if err := propagate(first, unix.MS_SLAVE); err != nil {
+				return fail(first, fmt.Sprintf("a slave of %s", g.Master), os.NewSyscallError("mount_setattr MS_SLAVE", err))
+			}
+		}
+		if g.SharedID != 0 {
+			if err := propagate(first, unix.MS_SHARED); err != nil {
+				return fail(first, g.String(), os.NewSyscallError("mount_setattr MS_SHARED", err))
+			}
+		}
+		for _, m := range g.Mounts[1:] {
+			if err := join(first, m); err != nil {
+				return fail(m, fmt.Sprintf("in %s: join it from %s", g, first), os.NewSyscallError("move_mount MOVE_MOUNT_SET_GROUP", err))
+			}
+		}
+	}
+	for _, m := range append([]*Mount{ns.Root}, ns.Mounts...) {
+		if m.Flags&unix.MS_UNBINDABLE != 0 {
+			if err := propagate(m, unix.MS_UNBINDABLE); err != nil {
+				return fail(m, "unbindable", os.NewSyscallError("mount_setattr MS_UNBINDABLE", err))
+			}
+		}
+	}
+	return nil
 }
 
 // detachCopies detaches every mount of the calling thread's namespace
@@ -428,6 +485,42 @@ func untar(tar string, m *Mount, tarball *os.File) error {
 	return nil
 }
 
+// lineGroups reads the optional fields of a mountinfo line.
+func lineGroups(optional []string) (shared, master uint64, unbindable bool) {
+	for _, o := range optional {
+		k, v, _ := strings.Cut(o, ":")
+		n, _ := strconv.ParseUint(v, 10, 64)
+		switch k {
+		case "shared":
+			shared = n
+		case "master":
+			master = n
+		case "unbindable":
+			unbindable = true
+		}
+	}
+	return shared, master, unbindable
+}
+
+// dumpedGroups says m's propagation as its image has it, in mountinfo's
+// words.
+func dumpedGroups(m *Mount) string {
+	var w []string
+	if m.SharedID != 0 {
+		w = append(w, fmt.Sprintf("shared:%d", m.SharedID))
+	}
+	if m.MasterID != 0 {
+		w = append(w, fmt.Sprintf("master:%d", m.MasterID))
+	}
+	if m.Flags&unix.MS_UNBINDABLE != 0 {
+		w = append(w, "unbindable")
+	}
+	if len(w) == 0 {
+		return "private"
+	}
+	return strings.Join(w, " ")
+}
+
 // mountLine is one line of mountinfo.
 type mountLine struct {
 	id, parent uint64
@@ -485,8 +578,10 @@ func parseMountinfo(name string, f interface{ Read([]byte) (int, error) }) ([]mo
 
 // checkMounts reads the namespace back and compares it with ns: the root
 // mount and each of ns.Mounts, under its parent at its mount point, of
-// its type, root and flags, private, and nothing else; ids gets the id
-// of each.
+// its type, root, flags and propagation (its peer group the one of the
+// mounts that shared its group at the dump, its master the peer group of
+// its master's mounts: the group numbers are the kernel's own), and
+// nothing else; ids gets the id of each.
 func checkMounts(ns *MntNamespace, procfd int, ids map[uint32]uint64) error {
 	lines, err := readMountinfo(procfd)
 	if err != nil {
@@ -505,6 +600,9 @@ func checkMounts(ns *MntNamespace, procfd int, ids map[uint32]uint64) error {
 		}
 		return -1, fmt.Errorf("%s: %s entry %d: not in the restored namespace's mountinfo", m, ns.File, m.Entry)
 	}
+	made := map[uint32]uint64{}   // a dumped peer group -> the restored one
+	dumped := map[uint64]uint32{} // and back
+	masters := map[*Mount]uint64{}
 	for _, m := range append([]*Mount{ns.Root}, ns.Mounts...) {
 		i, err := find(m)
 		if err != nil {
@@ -529,8 +627,33 @@ func checkMounts(ns *MntNamespace, procfd int, ids map[uint32]uint64) error {
 			return fmt.Errorf("%s: %s entry %d: restored with root %s, not %s", m, ns.File, m.Entry, l.root, m.Root)
 		case fl != want:
 			return fmt.Errorf("%s: %s entry %d: restored with flags %#x (%s), not %#x", m, ns.File, m.Entry, fl, l.opts, want)
-		case len(l.optional) > 0:
-			return fmt.Errorf("%s: %s entry %d: restored %s, not private", m, ns.File, m.Entry, strings.Join(l.optional, " "))
+		}
+		shared, master, unbindable := lineGroups(l.optional)
+		bad := func(why string) error {
+			got := strings.Join(l.optional, " ")
+			if got == "" {
+				got = "private"
+			}
+			return fmt.Errorf("%s: %s entry %d: restored %s, not %s: %s", m, ns.File, m.Entry, got, dumpedGroups(m), why)
+		}
+		switch {
+		case (shared != 0) != (m.SharedID != 0) || (master != 0) != (m.MasterID != 0) || unbindable != (m.Flags&unix.MS_UNBINDABLE != 0):
+			return bad("another propagation")
+		case m.SharedID != 0 && made[m.SharedID] != 0 && made[m.SharedID] != shared:
+			return bad(fmt.Sprintf("not a peer of the mounts of its group (restored in %d)", made[m.SharedID]))
+		case m.SharedID != 0 && dumped[shared] != 0 && dumped[shared] != m.SharedID:
+			return bad(fmt.Sprintf("a peer of the mounts of group %d", dumped[shared]))
+		}
+		if m.SharedID != 0 {
+			made[m.SharedID], dumped[shared] = shared, m.SharedID
+		}
+		if m.MasterID != 0 {
+			masters[m] = master
+		}
+	}
+	for m, master := range masters {
+		if want := made[m.MasterID]; master != want {
+			return fmt.Errorf("%s: %s entry %d: restored a slave of %d, not of %d, the restored peer group %d", m, ns.File, m.Entry, master, want, m.MasterID)
 		}
 	}
 	for i, l := range lines {

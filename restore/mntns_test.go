@@ -238,9 +238,9 @@ func TestPlanMntNS(t *testing.T) {
 		edit func(t *testing.T, dir string)
 		want string
 	}{
-		{"shared", func(t *testing.T, dir string) {
-			editMounts(t, dir, func(es []*mnt.MntEntry) { mountAt(t, es, "/scratch").SharedId = proto.Uint32(7) })
-		}, "propagation shared:7"},
+		{"slave of the host's", func(t *testing.T, dir string) {
+			editMounts(t, dir, func(es []*mnt.MntEntry) { mountAt(t, es, "/scratch").MasterId = proto.Uint32(7) })
+		}, "a slave of peer group 7, which no mount of the namespace is in"},
 		{"external", func(t *testing.T, dir string) {
 			editMounts(t, dir, func(es []*mnt.MntEntry) { mountAt(t, es, "/bind").ExtKey = proto.String("ext") })
 		}, "an external mount"},

@@ -124,6 +124,14 @@ var Programs = map[string]Program{
 	// them; it checks their shape in mountinfo and their files every
 	// tick.
 	"mntns": {Name: "mntns", Flags: []string{"-static", "-O2"}, MntNS: true},
+	// mntprop runs in a mount namespace of its own whose mounts
+	// propagate: a peer group of a tmpfs and two binds of it (one of a
+	// subdirectory), a slave of it and a shared slave, a tmpfs mounted
+	// in the group (its copies peers and slaves) and an unbindable
+	// tmpfs; it checks the shape of its mountinfo every tick, and that a
+	// mount in the group reaches the peers and slaves and one in the
+	// slave stays there. No libc: CRIU's images of it are test data.
+	"mntprop": {Name: "mntprop", Flags: []string{"-static", "-nostdlib", "-ffreestanding", "-O2", "-fno-stack-protector", "-fcf-protection=none"}, MntNS: true},
 	// mntghost runs in a mount namespace of its own with files deleted
 	// while open (ghost files) on its tmpfs and on a bind mount of a
 	// directory beside it, one of them O_TMPFILE; it checks them every
