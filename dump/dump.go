@@ -514,6 +514,11 @@ func (d *dumper) writeShared(memdump time.Duration) error {
 			return err
 		}
 	}
+	if len(d.files.fifos) > 0 {
+		if err := d.write("fifo-data.img", images.KindFifoData, d.files.fifos...); err != nil {
+			return err
+		}
+	}
 	if len(d.files.queues) > 0 {
 		if err := d.write("sk-queues.img", images.KindSkQueues, d.files.queues...); err != nil {
 			return err

@@ -34,8 +34,10 @@ type fileTable struct {
 	mapped  map[devIno]uint32
 	open    []openFile
 	pipes   map[uint64]bool
-	data    []images.Entry // pipes-data.img
-	queues  []images.Entry // sk-queues.img
+	data    []images.Entry  // pipes-data.img
+	fifos   []images.Entry  // fifo-data.img (fifo.go)
+	fifoIno map[uint64]bool // the FIFOs whose data is read, by inode
+	queues  []images.Entry  // sk-queues.img
 	// held are the inodes of the sockets open in the frozen tree, read
 	// when a unix socket's peer is first looked for (sockunix.go).
 	held map[uint32]bool
@@ -292,10 +294,10 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 			return nil, unsupported(why)
 		}
 	case mode == unix.S_IFIFO:
-		if !strings.HasPrefix(name, "pipe:") {
-			return nil, unsupported("named fifos are not supported")
-		}
 		typ = fdinfo.FdTypes_PIPE
+		if !strings.HasPrefix(name, "pipe:") {
+			typ = fdinfo.FdTypes_FIFO // fifo.go
+		}
 	default:
 		return nil, unsupported(fmt.Sprintf("files of mode %#o are not supported", mode))
 	}
@@ -325,8 +327,16 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 	if typ == fdinfo.FdTypes_PIPE {
 		fe = &fdinfo.FileEntry{Type: typ.Enum(), Id: proto.Uint32(id), Pipe: &pipe.PipeEntry{Id: proto.Uint32(id),
 			PipeId: proto.Uint32(uint32(st.Ino)), Flags: proto.Uint32(flags), Fown: zeroFown()}}
-		if err := ft.pipeData(t, fd, link, st.Ino); err != nil {
+		if err := ft.pipeData(t, fd, link, st.Ino, false); err != nil {
 			return nil, err
+		}
+	} else if typ == fdinfo.FdTypes_FIFO {
+		var why string
+		if fe, why, err = ft.fifoEntry(t, id, fd, link, name, st.Ino, flags, fi.pos); err != nil {
+			return nil, fmt.Errorf("%s: fd %d: %s: %w", t, fd, name, err)
+		}
+		if why != "" {
+			return nil, unsupported(why)
 		}
 	} else if anon {
 		var why string
@@ -402,13 +412,21 @@ func (ft *fileTable) fd(t *task, fd int) (*fdinfo.FdinfoEntry, error) {
 	return &fdinfo.FdinfoEntry{Id: proto.Uint32(id), Flags: proto.Uint32(fdflags), Type: typ.Enum(), Fd: proto.Uint32(uint32(fd))}, nil
 }
 
-// pipeData copies what pipe ino holds without taking it out: tee(2) from
-// a reader of our own onto a scratch pipe, then read the scratch pipe.
-func (ft *fileTable) pipeData(t *task, fd int, link string, ino uint64) error {
-	if ft.pipes[ino] {
+// pipeData copies what pipe ino (a FIFO when fifo) holds without taking
+// it out: tee(2) from a reader of our own onto a scratch pipe, then read
+// the scratch pipe.
+func (ft *fileTable) pipeData(t *task, fd int, link string, ino uint64, fifo bool) error {
+	seen := ft.pipes
+	if fifo {
+		if ft.fifoIno == nil {
+			ft.fifoIno = map[uint64]bool{}
+		}
+		seen = ft.fifoIno
+	}
+	if seen[ino] {
 		return nil
 	}
-	ft.pipes[ino] = true
+	seen[ino] = true
 	errf := func(err error) error { return fmt.Errorf("%s: fd %d: pipe:[%d] data: %w", t, fd, ino, err) }
 	// Opening the /proc link gives a new reader of the same pipe,
 	// whichever end fd is.
@@ -448,7 +466,12 @@ func (ft *fileTable) pipeData(t *task, fd int, link string, ino uint64) error {
 		}
 		got += m
 	}
-	ft.data = append(ft.data, images.Entry{Message: &pipe_data.PipeDataEntry{PipeId: proto.Uint32(uint32(ino)),
-		Bytes: proto.Uint32(uint32(n)), Size: proto.Uint32(uint32(size))}, Payload: data})
+	e := images.Entry{Message: &pipe_data.PipeDataEntry{PipeId: proto.Uint32(uint32(ino)),
+		Bytes: proto.Uint32(uint32(n)), Size: proto.Uint32(uint32(size))}, Payload: data}
+	if fifo {
+		ft.fifos = append(ft.fifos, e)
+	} else {
+		ft.data = append(ft.data, e)
+	}
 	return nil
 }

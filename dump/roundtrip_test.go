@@ -86,6 +86,12 @@ func TestRoundTrip(t *testing.T) {
 		// bind mounts and files open on them, which it checks every
 		// tick with the shape of its mountinfo.
 		{"mntns", map[string]check.Next{"out-mntns.log": check.Counter}, nil},
+		// A FIFO (data in it) and unix sockets bound to paths (a
+		// listener with a client connected by its path, a datagram
+		// socket sent to by name) on the tmpfs of a mount namespace
+		// of its own, and a pty of its own devpts, which it uses and
+		// checks every tick.
+		{"mntfiles", map[string]check.Next{"out-mntfiles.log": check.Counter}, nil},
 		// Netlink sockets in a net namespace of its own (route, generic,
 		// uevent, sock_diag; bound by the kernel or by itself, listening
 		// to groups, connected, never bound): it checks their ports,

@@ -237,7 +237,7 @@ func (ft *fileTable) unixSocketEntry(t *task, id uint32, c int, ino uint64, flag
 		ue.Shutdown = sk_opts.SkShutdown(d.shutdown & shutdownBoth).Enum()
 	}
 	if len(d.name) > 0 && !abstract(d.name) {
-		why, err := boundFile(c, d, ue)
+		why, err := boundFile(c, d, ue, t.pid)
 		if why != "" || err != nil {
 			return nil, why, err
 		}
@@ -299,12 +299,30 @@ func sameNetNS(c int) (string, error) {
 // boundFile fills in the permissions of the file a path-named socket is
 // bound to and, for a relative name, the directory it is in, as CRIU's
 // unix_resolve_name does: SIOCUNIXFILE opens that very file.
-func boundFile(c int, d *unixDiag, ue *sk_unix.UnixSkEntry) (string, error) {
+//
+// In a mount namespace other than crest's (task pid's: the tree's own),
+// it also gets the id of the mount the file is on there, as CRIU's
+// mnt_id, which the restore binds it on.
+func boundFile(c int, d *unixDiag, ue *sk_unix.UnixSkEntry, pid int) (string, error) {
 	f, err := unix.IoctlRetInt(c, siocUnixFile)
 	if err != nil {
 		return "", os.NewSyscallError("ioctl(SIOCUNIXFILE)", err)
 	}
 	defer unix.Close(f)
+	var ns, own unix.Stat_t
+	if err := unix.Stat(procPath(pid, "ns", "mnt"), &ns); err != nil {
+		return "", err
+	}
+	if err := unix.Stat("/proc/self/ns/mnt", &own); err != nil {
+		return "", err
+	}
+	if ns.Ino != own.Ino {
+		var stx unix.Statx_t
+		if err := unix.Statx(f, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx); err != nil {
+			return "", os.NewSyscallError("statx", err)
+		}
+		ue.MntId = proto.Int32(int32(stx.Mnt_id))
+	}
 	var st unix.Stat_t
 	if err := unix.Fstat(f, &st); err != nil {
 		return "", os.NewSyscallError("fstat", err)

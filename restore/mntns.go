@@ -42,10 +42,13 @@ import (
 // mntFSNew lists, a root mount that is not a whole file system (it needs
 // CRIU's --root), binds with no mount to take them from, tmpfs without
 // their tarball, a devtmpfs of its own; files that can not be opened in
-// the namespace by their path (fifos, unix sockets bound to paths,
-// terminals, files reopened through CRIU's link remaps). Ghost files,
+// the namespace by their path (terminals that are not a pty pair of the
+// tree, unix sockets bound to paths in a tree with a net namespace of its
+// own too, files reopened through CRIU's link remaps). Ghost files,
 // deleted while open or mapped, are made again on the mount the image
-// names for their first file (planMntGhosts, mntns_files.go).
+// names for their first file (planMntGhosts); FIFOs are opened, unix
+// sockets bound and connected, and pty pairs made by their paths there,
+// each on its mount (mntns_files.go).
 
 // MntNamespace is the tree's own mount namespace as its image has it.
 type MntNamespace struct {
@@ -485,27 +488,46 @@ func (p *Plan) planMntFile(ns *MntNamespace, t *Task, f *File) error {
 	refuse := func(what string) error {
 		return &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d (%s): %s in a tree with a mount namespace of its own: not restored yet", f.ID, f.Path, what)}
 	}
+	regID := f.ID // the REG entry with its path and mnt_id
 	switch f.Kind {
 	case FileRegular:
 		if f.Remap != nil && f.Remap.Ghost == nil {
 			return refuse("a file deleted but linked elsewhere, reopened through the link CRIU's dump --link-remap made (a linked remap)")
 		}
 	case FileFifo:
-		return refuse("a fifo")
-	case FileTTY:
-		return refuse("a terminal")
-	case FileUnixSocket:
-		if f.Unix != nil && len(f.Unix.Name) > 0 && f.Unix.Name[0] != 0 {
-			return refuse("a unix socket bound to a path")
+		// opened by its path in the namespace, as CRIU's do_open_fifo
+		// (mntns_files.go); its path is its REG entry's (regf_id)
+		fe, err := p.Dir.File(f.ID)
+		if err != nil {
+			return &PlanError{PID: t.PID, File: "files.img", Err: err}
 		}
-		return nil
+		regID = fe.GetFifo().GetRegfId()
+	case FileTTY:
+		// a pty pair is made by its paths in the namespace, as CRIU's
+		// pty_open_ptmx (/dev/ptmx there makes a pty of the devpts
+		// instance at /dev/pts there; mntns_files.go); a terminal of
+		// crest's (--shell-job) is not the tree's
+		if f.TTY == nil || f.TTY.Pair == nil {
+			return refuse("a terminal that is not a pty with both ends in the tree")
+		}
+		fe, err := p.Dir.File(f.ID)
+		if err != nil {
+			return &PlanError{PID: t.PID, File: "files.img", Err: err}
+		}
+		if fe.GetTty().RegfId != nil {
+			regID = fe.GetTty().GetRegfId()
+		}
+	case FileUnixSocket:
+		// bound or connected by path in the namespace (planMntUnix,
+		// mntns_files.go)
+		return p.planMntUnix(ns, t, f)
 	default:
 		return nil
 	}
 	if ns.Files[f.ID] != nil {
 		return nil
 	}
-	fe, err := p.Dir.File(f.ID)
+	fe, err := p.Dir.File(regID)
 	if err != nil {
 		return &PlanError{PID: t.PID, File: "files.img", Err: err}
 	}

@@ -21,24 +21,143 @@ import (
 // thread that made the mounts opens each file by its path there, checks
 // it is on the mount its image names, and puts it onto its number, before
 // any task takes one.
+//
+// FIFOs are opened so too, by their path in the namespace (CRIU's
+// do_open_fifo opens them from the namespace's root): the engine's own
+// end first, read-write, refilled with the FIFO's data (pipes.go), then
+// the tasks' files with their flags. Unix sockets whose set has a path
+// name (bound to one, or accepted from a listener bound to one) are made
+// there all at once, as the engine makes them elsewhere (sockunix.go): a
+// socket bound to a path gets its file at that path in the tree's
+// namespace, with its mode and owner, and a socket connecting to a path
+// reaches the one bound there, as CRIU's bind_unix_sk and connect do
+// from the root of the namespace of the socket file's mount (mnt_id).
 type mntFiles struct {
 	files []mntFile
 }
 
+// mntFile is one fd the namespace's thread puts onto its placeholder:
+// file f opened with flags; or the engine's end of FIFO fifo; or every
+// unix socket of unix, or every end of pty pair pty (each onto its own
+// placeholder).
 type mntFile struct {
 	key   string // its key in prepared.index
 	f     *File
 	flags int
+	fifo  *Pipe
+	unix  *unixSockets
+	pty   *PTYPair
 }
 
-// reserve returns the placeholder of file f, opened later with flags.
-func (s *mntFiles) reserve(f *File, key string, flags int) (int, error) {
+func placeholder() (int, error) {
 	fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, &os.PathError{Op: "open", Path: "/dev/null", Err: err}
 	}
-	s.files = append(s.files, mntFile{key: key, f: f, flags: flags})
 	return fd, nil
+}
+
+// reserve returns the placeholder of file f, opened later with flags.
+func (s *mntFiles) reserve(f *File, key string, flags int) (int, error) {
+	fd, err := placeholder()
+	if err == nil {
+		s.files = append(s.files, mntFile{key: key, f: f, flags: flags})
+	}
+	return fd, err
+}
+
+// reserveFifo returns the placeholder of the engine's end of FIFO pp.
+func (s *mntFiles) reserveFifo(pp *Pipe, key string) (int, error) {
+	fd, err := placeholder()
+	if err == nil {
+		s.files = append(s.files, mntFile{key: key, fifo: pp})
+	}
+	return fd, err
+}
+
+// reserveUnix returns the placeholder of unix socket f, and keeps one in
+// pr for every other socket of its set, made with it.
+func (s *mntFiles) reserveUnix(pr *prepared, f *File) (int, error) {
+	set := f.Unix.set
+	for _, g := range set.order {
+		if g == f {
+			continue
+		}
+		fd, err := placeholder()
+		if err != nil {
+			return -1, err
+		}
+		pr.add(fileKey(g), fd)
+	}
+	fd, err := placeholder()
+	if err == nil {
+		s.files = append(s.files, mntFile{unix: set})
+	}
+	return fd, err
+}
+
+// reservePTY returns the placeholder of f, an end of a pty pair, and
+// keeps one in pr for every other end and for the controlling terminal's
+// slave, all made with it (openPair, pty.go).
+func (s *mntFiles) reservePTY(pr *prepared, f *File) (int, error) {
+	pp := f.TTY.Pair
+	keys := []string{}
+	for _, g := range append([]*File{pp.Master}, pp.Slaves...) {
+		if g != f {
+			keys = append(keys, fileKey(g))
+		}
+	}
+	if pp.Leader != nil {
+		keys = append(keys, cttyKey(pp))
+	}
+	for _, k := range keys {
+		fd, err := placeholder()
+		if err != nil {
+			return -1, err
+		}
+		pr.add(k, fd)
+	}
+	fd, err := placeholder()
+	if err == nil {
+		s.files = append(s.files, mntFile{pty: pp})
+	}
+	return fd, err
+}
+
+// planMntUnix plans unix socket f of a tree with a mount namespace of its
+// own: its set is made in the namespace when a socket of it has a path
+// name, and a socket bound to a path must have its file on the mount its
+// image names (mnt_id, when the image has one: CRIU's and crest's dumps
+// write it for a tree with its own mount namespace).
+func (p *Plan) planMntUnix(ns *MntNamespace, t *Task, f *File) error {
+	u := f.Unix
+	if u == nil || u.set == nil || !u.set.pathNamed() {
+		return nil // made by the engine, as in its own namespace
+	}
+	path := unixNameString(u.Name)
+	if p.Net != nil {
+		// the sockets of a net namespace are made in it (netSockets)
+		// before the mounts exist
+		return &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d (socket:[%d] %s): a unix socket with a path name (its own or its peer's) in a tree with a mount and a net namespace of its own: not restored yet", f.ID, u.Ino, path)}
+	}
+	u.set.inMnt = true
+	if len(u.Name) == 0 || u.Name[0] == 0 || !u.bound() || ns.Files[f.ID] != nil {
+		return nil
+	}
+	fe, err := p.Dir.File(f.ID)
+	if err != nil {
+		return &PlanError{PID: t.PID, File: "files.img", Err: err}
+	}
+	id := fe.GetUsk().GetMntId()
+	if id < 0 {
+		return nil
+	}
+	m := ns.byID[uint32(id)]
+	if m == nil {
+		return &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d (socket:[%d] bound to %s): mnt_id %d is not a mount of %s", f.ID, u.Ino, path, id, ns.File)}
+	}
+	ns.Files[f.ID] = m
+	return nil
 }
 
 // openMntFiles opens the reserved files in the calling thread's mount
@@ -60,34 +179,175 @@ func (r *Restore) openMntFiles(ns *MntNamespace, made *mounted) (err error) {
 		return err
 	}
 	for _, mf := range pr.mnt.files {
-		f := mf.f
+		switch {
+		case mf.unix != nil:
+			err = r.makeMntUnix(ns, made, mf.unix)
+		case mf.fifo != nil:
+			err = r.openMntFifo(mf)
+		case mf.pty != nil:
+			err = r.openMntPTY(ns, made, mf.pty)
+		default:
+			err = r.openMntFile(ns, made, gs, mf)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openMntFile opens file mf.f in the namespace and puts it onto its
+// placeholder.
+func (r *Restore) openMntFile(ns *MntNamespace, made *mounted, gs *mntGhosts, mf mntFile) error {
+	pr, f := r.files, mf.f
+	m := ns.Files[f.ID]
+	if m == nil {
+		return fmt.Errorf("%s: file %d (%s): no mount planned for it", r.plan.holder(f), f.ID, f.Path)
+	}
+	var fd int
+	var err error
+	switch {
+	case f.Kind == FileFifo:
+		fd, err = openFifoFile(f) // pipes.go
+	case f.Remap != nil && f.Remap.Ghost != nil:
+		fd, err = gs.open(f, mf.flags)
+	default:
+		fd, err = openRegularAs(f, mf.flags)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: file %d on %s: %w", r.plan.holder(f), f.ID, m, err)
+	}
+	var stx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx); err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("file %d (%s): %w", f.ID, f.Path, os.NewSyscallError("statx", err))
+	}
+	if want := made.ids[m.ID]; stx.Mask&unix.STATX_MNT_ID == 0 || stx.Mnt_id != want {
+		unix.Close(fd)
+		return fmt.Errorf("%s: file %d (%s) opened on mount %d, not on %s (made as %d): something covers its path",
+			r.plan.holder(f), f.ID, f.Path, stx.Mnt_id, m, want)
+	}
+	return putMnt(pr, mf.key, fd, f)
+}
+
+// putMnt puts fd onto the placeholder of key, and closes it.
+func putMnt(pr *prepared, key string, fd int, f *File) error {
+	defer unix.Close(fd)
+	k, ok := pr.index[key]
+	if !ok {
+		return fmt.Errorf("file %d (%s): no placeholder", f.ID, f.Path)
+	}
+	if err := unix.Dup3(fd, pr.fds[k], unix.O_CLOEXEC); err != nil {
+		return fmt.Errorf("file %d (%s): %w", f.ID, f.Path, os.NewSyscallError("dup3", err))
+	}
+	return nil
+}
+
+// openMntFifo opens the engine's end of a FIFO in the namespace and
+// refills it; the tasks' files of it, opened after, are checked to be on
+// their mounts.
+func (r *Restore) openMntFifo(mf mntFile) error {
+	pp := mf.fifo
+	fd, err := openFifoEnd(pp) // pipes.go
+	if err != nil {
+		return fmt.Errorf("task %d: FIFO %s: %w", pp.Owner.PID, pp.Path, err)
+	}
+	return putMnt(r.files, mf.key, fd, &File{ID: pp.ID, Path: pp.Path})
+}
+
+// openMntPTY makes pty pair pp in the namespace (its /dev/ptmx makes a
+// pty of the devpts there), checks that each end is on the mount its
+// image names, and puts each onto its placeholder.
+func (r *Restore) openMntPTY(ns *MntNamespace, made *mounted, pp *PTYPair) error {
+	pr := r.files
+	fds, err := openPair(pp) // pty.go
+	if err != nil {
+		return fmt.Errorf("task %d: %w", pp.Holder.PID, err)
+	}
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	for f, fd := range fds {
+		if f == nil {
+			continue // the controlling terminal's, at the slave's path
+		}
 		m := ns.Files[f.ID]
 		if m == nil {
 			return fmt.Errorf("%s: file %d (%s): no mount planned for it", r.plan.holder(f), f.ID, f.Path)
 		}
-		var fd int
-		if f.Remap != nil && f.Remap.Ghost != nil {
-			fd, err = gs.open(f, mf.flags)
-		} else {
-			fd, err = openRegularAs(f, mf.flags)
-		}
-		if err != nil {
-			return fmt.Errorf("%s: file %d on %s: %w", r.plan.holder(f), f.ID, m, err)
-		}
 		var stx unix.Statx_t
 		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx); err != nil {
-			unix.Close(fd)
 			return fmt.Errorf("file %d (%s): %w", f.ID, f.Path, os.NewSyscallError("statx", err))
 		}
 		if want := made.ids[m.ID]; stx.Mask&unix.STATX_MNT_ID == 0 || stx.Mnt_id != want {
-			unix.Close(fd)
-			return fmt.Errorf("%s: file %d (%s) opened on mount %d, not on %s (made as %d): something covers its path",
-				r.plan.holder(f), f.ID, f.Path, stx.Mnt_id, m, want)
+			return fmt.Errorf("%s: file %d (%s) of /dev/pts/%d opened on mount %d, not on %s (made as %d)",
+				r.plan.holder(f), f.ID, f.Path, pp.Index, stx.Mnt_id, m, want)
 		}
-		err = unix.Dup3(fd, pr.fds[pr.index[mf.key]], unix.O_CLOEXEC)
-		unix.Close(fd)
+	}
+	for f, fd := range fds {
+		key := cttyKey(pp)
+		if f != nil {
+			key = fileKey(f)
+		}
+		k, ok := pr.index[key]
+		if !ok {
+			return fmt.Errorf("/dev/pts/%d: %s: no placeholder", pp.Index, key)
+		}
+		if err := unix.Dup3(fd, pr.fds[k], unix.O_CLOEXEC); err != nil {
+			return fmt.Errorf("/dev/pts/%d: %s: %w", pp.Index, key, os.NewSyscallError("dup3", err))
+		}
+	}
+	return nil
+}
+
+// makeMntUnix makes every unix socket of set in the namespace, as the
+// engine makes them elsewhere (sockunix.go), checks that each socket
+// bound to a path has its file on the mount its image names, and puts
+// each onto its placeholder. On failure the socket files it bound are
+// removed.
+func (r *Restore) makeMntUnix(ns *MntNamespace, made *mounted, set *unixSockets) (err error) {
+	pr := r.files
+	tmp := &prepared{index: map[string]int{}, fdBase: pr.fdBase, pipes: map[uint32]*pipeEnds{}}
+	b := &unixBuild{pr: tmp, first: set.order[0], firstFD: -1, fds: map[*File]int{}, here: true}
+	defer func() {
+		tmp.close()
+		if b.firstFD >= 0 {
+			unix.Close(b.firstFD)
+		}
 		if err != nil {
-			return fmt.Errorf("file %d (%s): %w", f.ID, f.Path, os.NewSyscallError("dup3", err))
+			b.unbind()
+		}
+	}()
+	if _, err := b.make(set); err != nil {
+		return fmt.Errorf("%s: %w", r.plan.holder(b.first), err)
+	}
+	for _, f := range set.order {
+		m := ns.Files[f.ID]
+		if m == nil {
+			continue
+		}
+		name := unixPath(f.Unix.Name)
+		if !path.IsAbs(name) {
+			name = path.Join(f.Unix.NameDir, name)
+		}
+		var stx unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_TYPE|unix.STATX_MNT_ID, &stx); err != nil {
+			return fmt.Errorf("%s: unix socket %d (socket:[%d]): %w", r.plan.holder(f), f.ID, f.Unix.Ino, &os.PathError{Op: "statx", Path: name, Err: err})
+		}
+		if want := made.ids[m.ID]; stx.Mode&unix.S_IFMT != unix.S_IFSOCK || stx.Mask&unix.STATX_MNT_ID == 0 || stx.Mnt_id != want {
+			return fmt.Errorf("%s: unix socket %d (socket:[%d]) bound to %s: the file there (mode %#o) is on mount %d, not the socket's on %s (made as %d)",
+				r.plan.holder(f), f.ID, f.Unix.Ino, name, stx.Mode, stx.Mnt_id, m, want)
+		}
+	}
+	for _, f := range set.order {
+		k, ok := pr.index[fileKey(f)]
+		if !ok {
+			return fmt.Errorf("unix socket %d (socket:[%d]): no placeholder", f.ID, f.Unix.Ino)
+		}
+		if err := unix.Dup3(b.fds[f], pr.fds[k], unix.O_CLOEXEC); err != nil {
+			return sockErr(f, os.NewSyscallError("dup3", err))
 		}
 	}
 	return nil

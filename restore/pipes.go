@@ -182,21 +182,45 @@ func (pr *prepared) preparePipes(p *Plan) error {
 }
 
 // openFifo opens a FIFO read-write for the engine (it is kept until the
-// tasks have taken their ends) and refills it.
+// tasks have taken their ends) and refills it; in a tree with a mount
+// namespace of its own, later, in that namespace (mntns_files.go).
 func (pr *prepared) openFifo(pp *Pipe) error {
+	key := fmt.Sprintf("fifo:%d", pp.ID)
+	if pr.mnt != nil {
+		fd, err := pr.mnt.reserveFifo(pp, key)
+		if err != nil {
+			return err
+		}
+		pr.add(key, fd)
+		return nil
+	}
+	fd, err := openFifoEnd(pp)
+	if err != nil {
+		return err
+	}
+	pr.add(key, fd)
+	return nil
+}
+
+// openFifoEnd opens FIFO pp by its path read-write and refills it.
+func openFifoEnd(pp *Pipe) (int, error) {
 	fd, err := syscall.Open(pp.Path, syscall.O_RDWR|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return &os.PathError{Op: "open", Path: pp.Path, Err: err}
+		return -1, &os.PathError{Op: "open", Path: pp.Path, Err: err}
 	}
-	pr.add(fmt.Sprintf("fifo:%d", pp.ID), fd)
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil {
-		return os.NewSyscallError("fstat", err)
+		err = os.NewSyscallError("fstat", err)
+	} else if st.Mode&syscall.S_IFMT != syscall.S_IFIFO {
+		err = fmt.Errorf("not a FIFO (mode %#o)", st.Mode)
+	} else {
+		err = fillPipe(fd, pp)
 	}
-	if st.Mode&syscall.S_IFMT != syscall.S_IFIFO {
-		return fmt.Errorf("not a FIFO (mode %#o)", st.Mode)
+	if err != nil {
+		syscall.Close(fd)
+		return -1, err
 	}
-	return fillPipe(fd, pp)
+	return fd, nil
 }
 
 // openFifoFile opens the FIFO file f with its flags: without blocking

@@ -236,7 +236,11 @@ func (pr *prepared) openFile(t *Task, f *File) (int, error) {
 	case FileMemfd:
 		fd, err = pr.openMemfdFile(f)
 	case FileFifo:
-		fd, err = openFifoFile(f)
+		if pr.mnt != nil {
+			fd, err = pr.mnt.reserve(f, key, int(f.Flags)) // mntns_files.go
+		} else {
+			fd, err = openFifoFile(f)
+		}
 	case FileEventfd, FileSignalfd, FileTimerfd, FileEpoll:
 		fd, err = openAnon(f)
 	case FileUnixSocket, FileInetSocket:

@@ -204,6 +204,10 @@ func fdOf(t *Task, f *File) string {
 // turn.
 func (pr *prepared) openPTY(t *Task, f *File) (int, error) {
 	pp := f.TTY.Pair
+	if pr.mnt != nil {
+		// in the tree's mount namespace, later (mntns_files.go)
+		return pr.mnt.reservePTY(pr, f)
+	}
 	fds, err := openPair(pp)
 	if err != nil {
 		return -1, fmt.Errorf("%s (%s): %w", f.Path, fdOf(t, f), err)

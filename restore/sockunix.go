@@ -59,7 +59,10 @@ import (
 // is unlinked before the bind, as CRIU's unlink_sk does; any other kind of
 // file at that path makes the bind fail. A relative name is bound in the
 // directory the image names, from a thread whose working directory is its
-// own (unshare CLONE_FS), so that the socket gets the relative name.
+// own (unshare CLONE_FS), so that the socket gets the relative name. In a
+// tree with a mount namespace of its own, sockets with a path name (and
+// every socket made with them) are made so on the thread that made the
+// namespace's mounts, in it (mntns_files.go): their names are paths there.
 //
 // Refused at planning: a peer not in the image set (but for CRIU's
 // external sockets, sockunix_ext.go),
@@ -154,6 +157,20 @@ type unixSockets struct {
 	connectors map[uint32][]uint32
 	listeners  map[string]*sk_unix.UnixSkEntry
 	owner      *sockOwner // who the engine makes them as (userns_sock.go)
+	// inMnt: made in the tree's own mount namespace, where their path
+	// names are (mntns_files.go)
+	inMnt bool
+}
+
+// pathNamed reports whether a socket of s has a path name: its own, or
+// its listener's.
+func (s *unixSockets) pathNamed() bool {
+	for _, f := range s.order {
+		if n := f.Unix.Name; len(n) > 0 && n[0] != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func listenerKey(typ int, name []byte, dir string) string {
@@ -469,6 +486,9 @@ func (pr *prepared) openUnixSocket(f *File) (int, error) {
 	if f.Unix == nil || f.Unix.set == nil {
 		return -1, fmt.Errorf("%s: not planned as a unix socket", f.Path)
 	}
+	if pr.mnt != nil && f.Unix.set.inMnt {
+		return pr.mnt.reserveUnix(pr, f) // mntns_files.go
+	}
 	b := &unixBuild{pr: pr, first: f, fds: map[*File]int{}}
 	fd, err := b.make(f.Unix.set)
 	if err != nil {
@@ -486,6 +506,20 @@ type unixBuild struct {
 	first   *File
 	firstFD int
 	fds     map[*File]int
+	// here: the calling thread's file system context is its own (the
+	// thread in the tree's mount namespace): a relative name is bound
+	// from it, not from a thread of the engine's
+	here bool
+	// bound are the paths of the socket files it bound
+	bound []string
+}
+
+// unbind removes the socket files b bound.
+func (b *unixBuild) unbind() {
+	for _, p := range b.bound {
+		unix.Unlink(p)
+	}
+	b.bound = nil
 }
 
 // own keeps fd as the socket f: the first in firstFD (openFile keeps
@@ -521,8 +555,14 @@ func (b *unixBuild) make(s *unixSockets) (int, error) {
 			continue // made by accept, named by it
 		}
 		if u.bound() {
-			if err := bindUnix(b.fds[f], u); err != nil {
+			if err := bindUnix(b.fds[f], u, b.here); err != nil {
 				return b.firstFD, sockErr(f, err)
+			}
+			if p := unixPath(u.Name); u.Name[0] != 0 {
+				if !filepath.IsAbs(p) {
+					p = filepath.Join(u.NameDir, p)
+				}
+				b.bound = append(b.bound, p)
 			}
 		}
 		if u.State == unixListen {
@@ -613,7 +653,7 @@ func (b *unixBuild) connect(s *unixSockets, f *File, done map[*File]bool) error 
 	switch u.Make {
 	case UnixConnects:
 		l := u.Listener
-		if err := connectUnix(b.fds[f], l.Unix); err != nil {
+		if err := connectUnix(b.fds[f], l.Unix, b.here); err != nil {
 			return sockErr(f, fmt.Errorf("to its listener %d (socket:[%d]): %w", l.ID, l.Unix.Ino, err))
 		}
 		var fd int
@@ -639,7 +679,7 @@ func (b *unixBuild) connect(s *unixSockets, f *File, done map[*File]bool) error 
 		if u.External != nil {
 			return b.connectExternal(f) // sockunix_ext.go
 		}
-		if err := connectUnix(b.fds[f], u.Peer.Unix); err != nil {
+		if err := connectUnix(b.fds[f], u.Peer.Unix, b.here); err != nil {
 			return sockErr(f, fmt.Errorf("to %d (socket:[%d]): %w", u.Peer.ID, u.Peer.Unix.Ino, err))
 		}
 	}
@@ -696,13 +736,14 @@ func finishUnix(fd int, f *File) error {
 }
 
 // bindUnix binds fd to u's name: a stale socket file at a path is
-// unlinked first, and the new file gets the image's mode and owner.
-func bindUnix(fd int, u *UnixSocket) error {
+// unlinked first, and the new file gets the image's mode and owner. here:
+// a relative name is bound from the calling thread (unixBuild.here).
+func bindUnix(fd int, u *UnixSocket, here bool) error {
 	if u.Name[0] == 0 {
 		return sockaddrCall(unix.SYS_BIND, fd, u.Name, "bind")
 	}
 	path := unixPath(u.Name)
-	return inDir(u.NameDir, func() error {
+	return inDirOf(here)(u.NameDir, func() error {
 		var st unix.Stat_t
 		if err := unix.Lstat(path, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
 			if err := unix.Unlink(path); err != nil && !errors.Is(err, unix.ENOENT) {
@@ -724,8 +765,9 @@ func bindUnix(fd int, u *UnixSocket) error {
 	})
 }
 
-// connectUnix connects fd to the name of the socket to.
-func connectUnix(fd int, to *UnixSocket) error {
+// connectUnix connects fd to the name of the socket to (here as for
+// bindUnix).
+func connectUnix(fd int, to *UnixSocket, here bool) error {
 	if len(to.Name) == 0 {
 		return errors.New("no name to connect to")
 	}
@@ -733,7 +775,7 @@ func connectUnix(fd int, to *UnixSocket) error {
 	if to.Name[0] == 0 {
 		dir = ""
 	}
-	return inDir(dir, func() error { return sockaddrCall(unix.SYS_CONNECT, fd, to.Name, "connect") })
+	return inDirOf(here)(dir, func() error { return sockaddrCall(unix.SYS_CONNECT, fd, to.Name, "connect") })
 }
 
 // unixNameString shows a name: an abstract one as "@name".
@@ -767,4 +809,34 @@ func inDir(dir string, fn func() error) error {
 		done <- fn()
 	}()
 	return <-done
+}
+
+// inDirOf is inDir, or inDirHere when here.
+func inDirOf(here bool) func(string, func() error) error {
+	if here {
+		return inDirHere
+	}
+	return inDir
+}
+
+// inDirHere runs fn with dir as the calling thread's working directory,
+// and goes back to the one it had: the thread's file system context must
+// be its own (unshare CLONE_FS).
+func inDirHere(dir string, fn func() error) error {
+	if dir == "" {
+		return fn()
+	}
+	back, err := unix.Open(".", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: ".", Err: err}
+	}
+	defer unix.Close(back)
+	if err := unix.Chdir(dir); err != nil {
+		return &os.PathError{Op: "chdir", Path: dir, Err: err}
+	}
+	err = fn()
+	if berr := unix.Fchdir(back); berr != nil && err == nil {
+		err = os.NewSyscallError("fchdir", berr)
+	}
+	return err
 }

@@ -101,7 +101,7 @@ func (p *Plan) ownMountNS() bool {
 func (b *unixBuild) connectExternal(f *File) error {
 	u := f.Unix
 	x := u.External
-	err := connectUnix(b.fds[f], &UnixSocket{Name: x.Name, NameDir: x.Dir})
+	err := connectUnix(b.fds[f], &UnixSocket{Name: x.Name, NameDir: x.Dir}, b.here)
 	if err == nil {
 		return nil
 	}

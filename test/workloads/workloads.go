@@ -108,22 +108,27 @@ var Programs = map[string]Program{
 	// when the route listener must hear of the address the tick adds to
 	// lo and removes (socket diag checks the states then).
 	"netlink": {Name: "netlink", Flags: []string{"-static", "-O2"}, NetNS: true},
-	// netveth runs in a net namespace of its own and talks over UDP,
-	// every tick, through a veth that the test makes from outside, to
-	// its outside end; it checks the device (ifindex, mtu, mac, address,
-	// route) every tick.
-	"netveth": {Name: "netveth", Flags: []string{"-static", "-O2"}, NetNS: true},
 	// packetsk runs in a net namespace of its own, lo up, with packet
 	// sockets (raw and datagram, bound to lo or not, with options,
 	// memberships and a fanout group): each is checked (binding,
 	// options) every tick, and a frame sent on lo must reach them.
 	"packetsk": {Name: "packetsk", Flags: []string{"-static", "-O2"}, NetNS: true},
+	// netveth runs in a net namespace of its own and talks over UDP,
+	// every tick, through a veth that the test makes from outside, to
+	// its outside end; it checks the device (ifindex, mtu, mac, address,
+	// route) every tick.
+	"netveth": {Name: "netveth", Flags: []string{"-static", "-O2"}, NetNS: true},
 	// mntns runs in a mount namespace of its own: its own proc, a
 	// tmpfs with files and a tmpfs in it, a read-only bind mount of a
 	// directory beside it, a bind mount of the tmpfs, files open on
 	// them; it checks their shape in mountinfo and their files every
 	// tick.
 	"mntns": {Name: "mntns", Flags: []string{"-static", "-O2"}, MntNS: true},
+	// mntghost runs in a mount namespace of its own with files deleted
+	// while open (ghost files) on its tmpfs and on a bind mount of a
+	// directory beside it, one of them O_TMPFILE; it checks them every
+	// tick. No libc: CRIU's images of it are test data.
+	"mntghost": {Name: "mntghost", Flags: []string{"-static", "-nostdlib", "-ffreestanding", "-O2", "-fno-stack-protector", "-fcf-protection=none"}, MntNS: true},
 	// mntprop runs in a mount namespace of its own whose mounts
 	// propagate: a peer group of a tmpfs and two binds of it (one of a
 	// subdirectory), a slave of it and a shared slave, a tmpfs mounted
@@ -132,11 +137,13 @@ var Programs = map[string]Program{
 	// mount in the group reaches the peers and slaves and one in the
 	// slave stays there. No libc: CRIU's images of it are test data.
 	"mntprop": {Name: "mntprop", Flags: []string{"-static", "-nostdlib", "-ffreestanding", "-O2", "-fno-stack-protector", "-fcf-protection=none"}, MntNS: true},
-	// mntghost runs in a mount namespace of its own with files deleted
-	// while open (ghost files) on its tmpfs and on a bind mount of a
-	// directory beside it, one of them O_TMPFILE; it checks them every
-	// tick. No libc: CRIU's images of it are test data.
-	"mntghost": {Name: "mntghost", Flags: []string{"-static", "-nostdlib", "-ffreestanding", "-O2", "-fno-stack-protector", "-fcf-protection=none"}, MntNS: true},
+	// mntfiles runs in a mount namespace of its own with a FIFO (data in
+	// it), a unix stream listener with a client connected by its path and
+	// a datagram socket bound by a relative name, all on its tmpfs, and a
+	// pty of the devpts instance it mounts at /dev/pts; it checks them
+	// (and the paths' types and modes) every tick. No libc: CRIU's images
+	// of it are test data.
+	"mntfiles": {Name: "mntfiles", Flags: []string{"-static", "-nostdlib", "-ffreestanding", "-O2", "-fno-stack-protector", "-fcf-protection=none"}, MntNS: true},
 	// stopped has two children stopped by SIGSTOP and SIGTSTP.
 	"stopped": {Name: "stopped", Flags: []string{"-static", "-O2", "-pthread"}},
 	// zombie has two zombie children (exit status 7, killed by SIGTERM)
