@@ -84,14 +84,17 @@ NETLINK_EXT_ACK ...), pty masters whose slave's session leader is
 outside the tree, terminals other than ptys (consoles, /dev/tty
 ...), inotify watches on files that cannot be found again (deleted, or
 mounted over), fanotify and other anonymous-inode files (semaphore
-eventfds too, and epolls watching fds closed since), named FIFOs,
+eventfds too, and epolls watching fds closed since), FIFOs removed
+since they were opened,
 deleted files larger on disk than --ghost-limit, deleted files that are
 not regular files, file locks, SysV segments attached in the host's IPC
 namespace (as CRIU), private mappings of memfds, seccomp filters
 that notify a user-space listener, POSIX timers, session or group
 leaders outside the tree (but the shell's, with --shell-job), net
-namespaces with devices other than the loopback, mount namespaces with
-shared or slave mounts, external mounts, file systems other than proc,
+namespaces with devices other than the loopback and veths whose peer is
+outside the tree (a veth with both ends inside, or enslaved to a bridge
+there, too), mount namespaces with
+slaves of mounts outside the namespace, external mounts, file systems other than proc,
 sysfs, devtmpfs, tmpfs, devpts, mqueue, cgroup, debugfs and tracefs, or
 a tmpfs mounted over, nested cgroup namespaces, nested user namespaces or a
 user namespace whose maps were never written or that does not own the
@@ -99,7 +102,7 @@ tree's other namespaces, and tasks in user, pid, time, UTS, IPC, net or
 mount namespaces other than the root's.
 
 Regular files, /dev/null, directories,
-pipes (with their data), memfds, eventfds, signalfds, timerfds, epolls,
+pipes and named FIFOs (with their data, as CRIU: fifo-data.img), memfds, eventfds, signalfds, timerfds, epolls,
 inotify watches (not their queued events, as CRIU), unix sockets (with
 their queued data), TCP listeners and UDP sockets, netlink sockets
 (protocol, port, groups 1-32, connected destination, as CRIU), packet
@@ -111,10 +114,15 @@ and IPC namespaces as CRIU 4.2 writes them: utsns-ID.img (hostname,
 domain name), ipcns-var-ID.img (IPC sysctls) and the SysV segments
 (contents in pagemap-shmem-SHMID.img, not in the pages of the tasks
 that have them attached), semaphore sets and message queues, read
-without changing them, and the root's own net namespace with only its
-loopback (sysctls, addresses, routes, rules, iptables and nftables rules)
-and its own mount namespace (mountpoints-ID.img, the contents of its
-tmpfs mounts in tmpfs-dev-N.tar.gz.img), and its own user namespace
+without changing them, and the root's own net namespace (its loopback,
+and its veths whose peer is outside the tree, as a container's, in
+netdev-ID.img as CRIU 4.2 writes them: name, ifindex, mtu, flags,
+link-layer address, the peer's ifindex, sysctls, for crest restore or
+criu restore --veth-pair IN=OUT[@BRIDGE]; the namespace's sysctls,
+addresses, routes, rules, iptables and nftables rules)
+and its own mount namespace (mountpoints-ID.img with each mount's peer
+group and master, the contents of its tmpfs mounts in
+tmpfs-dev-N.tar.gz.img), and its own user namespace
 (userns-ID.img: uid_map and gid_map; the cores' credentials as the
 namespace sees them).
 
@@ -122,7 +130,8 @@ Regular files deleted while open or mapped (a POSIX semaphore in
 /dev/shm, Python's multiprocessing, O_TMPFILE) are dumped with their
 contents as CRIU's ghost files (remap-fpath.img, ghost-file-ID.img), up
 to --ghost-limit bytes on disk each (1M, CRIU's default); in a tree
-with its own mount namespace, with the mount they were on.
+with its own mount namespace, with the mount they were on, as are its
+FIFOs and the files of its unix sockets bound to paths (mnt_id).
 
 A call that the freeze interrupts is dumped to run again after a
 restore, as CRIU does for most; unlike CRIU, crest also lets a poll, a

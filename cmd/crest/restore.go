@@ -18,7 +18,7 @@ import (
 func init() {
 	register(&verb{
 		name:  "restore",
-		usage: "-D DIR [-d] [-s] [--tcp-established] [--shell-job] [--pidfile FILE]",
+		usage: "-D DIR [-d] [-s] [--tcp-established] [--shell-job] [--veth-pair IN=OUT[@BRIDGE]]... [--pidfile FILE]",
 		short: "restore a process tree from a CRIU image directory",
 		long: `
 restore brings back the process tree checkpointed in DIR (CRIU 4.2 images,
@@ -69,15 +69,22 @@ What comes back:
   - IPC: the IPC sysctls, and the SysV shared memory segments, semaphore
     sets and message queues with their ids, keys, modes, owners and
     contents;
-  - net, with only its loopback: the namespace's sysctls, the loopback's
-    flags, MTU and sysctls, addresses, routes and rules (from CRIU's ip
-    dumps, over netlink), iptables and nftables rules (through
-    iptables-restore and nft, which must be installed when the images
-    have rules), and the tree's sockets made inside it;
+  - net: the namespace's sysctls, the loopback's flags, MTU and
+    sysctls, veths whose peer was outside the tree (see below),
+    addresses, routes and rules (from CRIU's ip dumps, over netlink),
+    iptables and nftables rules (through iptables-restore and nft, which
+    must be installed when the images have rules), and the tree's
+    sockets made inside it;
   - mount: proc, sysfs, devtmpfs, tmpfs (with its files), devpts,
-    mqueue, cgroup, debugfs and tracefs mounts and bind mounts, all
-    private, made as they were and checked against mountinfo, and the
-    tree's ghost files made again on their mounts there;
+    mqueue, cgroup, debugfs and tracefs mounts and bind mounts, made
+    as they were, then their peer groups, slaves and unbindable mounts
+    as CRIU's mount-v2 sets them (MOVE_MOUNT_SET_GROUP, masters first),
+    all checked against mountinfo, and the
+    tree's ghost files made again on their mounts there, its FIFOs
+    opened, its unix sockets bound by their paths and its pty pairs made
+    (in the devpts at its /dev/pts) there, each checked to be on its
+    mount (unix sockets with paths in a tree with a net namespace of its
+    own too, and a --shell-job terminal, are refused);
   - user: the root is born in it with the others, which it owns; its
     uid_map and gid_map (several extents) are written from outside while
     the root waits at ROOT_TASK, and checked; the tasks' credentials are
@@ -145,10 +152,26 @@ owner of the dump, and the job in that terminal's foreground, so that it
 reads what is typed there and gets its ^C and ^Z. Without the flag such
 an image set is refused.
 
+A veth of the tree's net namespace whose peer was outside the tree (a
+container's link to its host, which criu dump and crest dump write) is
+made again as a pair, as criu restore makes it: the inside end with its
+name, ifindex, MTU, link-layer address, flags (up or down) and sysctls
+of the dump, before its addresses and routes, and the outside end in
+crest's net namespace, named by --veth-pair IN=OUT (CRIU's syntax,
+once per veth), left down and without address for whoever made it to
+set up again; with IN=OUT@BRIDGE it is put on that bridge, which must
+exist, and set up. Without --veth-pair the kernel names the outside end
+(vethN) and a warning says which it is (criu restore fails instead). A
+failed restore leaves no pair behind: a failure while the namespace is
+filled deletes the pairs made, a later one ends the tree, and the pairs
+go with its namespace.
+
 Not restored yet: nested cgroup namespaces, tasks in namespaces other than
 the root's (user namespaces too, nested or not), a tree of several tasks
 in a user namespace without a pid namespace of its own, net devices
-other than the loopback, shared, slave or external mounts, a root that
+other than the loopback and veths with their peer outside the tree,
+slaves of mounts outside the tree's mount namespace (criu restore
+--external or a slave of --root), external mounts, a root that
 is not a whole file system (criu restore --root), unix stream sockets
 connected outside the tree (criu dump --ext-unix-sk=INO), packet sockets with mapped rings, TCP connections in SYN_SENT (a connect
 in progress), other special files (fanotify, consoles ...), inotify
@@ -165,6 +188,7 @@ restore leaves no process, file, mount or namespace behind.`,
 			stopped := fs.BoolP("leave-stopped", "s", false, "leave every restored task stopped (SIGSTOP)")
 			tcpEst := fs.Bool("tcp-established", false, "restore established TCP connections (TCP_REPAIR)")
 			shellJob := fs.Bool("shell-job", false, "restore a job dumped with --shell-job in crest's session, on crest's terminal")
+			vethPairs := fs.StringArray("veth-pair", nil, "make the outside end of the tree's veth `IN=OUT[@BRIDGE]` named OUT, on BRIDGE if given (repeatable)")
 			tf := addTraceFlags(fs)
 			vf := addVerifyFlags(fs)
 			return func(ctx context.Context, env *env, args []string) error {
@@ -182,13 +206,21 @@ restore leaves no process, file, mount or namespace behind.`,
 				if err != nil {
 					return err
 				}
-				return runRestore(ctx, env, *dir, *detach, *stopped, *tcpEst, *shellJob, *pidfile, targets, tf.exportTimeout(), vo)
+				var veths []restore.VethPair
+				for _, s := range *vethPairs {
+					v, err := restore.ParseVethPair(s)
+					if err != nil {
+						return usagef("--veth-pair: %v", err)
+					}
+					veths = append(veths, v)
+				}
+				return runRestore(ctx, env, *dir, *detach, *stopped, *tcpEst, *shellJob, *pidfile, veths, targets, tf.exportTimeout(), vo)
 			}
 		},
 	})
 }
 
-func runRestore(ctx context.Context, env *env, dir string, detach, stopped, tcpEst, shellJob bool, pidfile string, targets []trace.Target, timeout time.Duration, vo verifyOptions) error {
+func runRestore(ctx context.Context, env *env, dir string, detach, stopped, tcpEst, shellJob bool, pidfile string, veths []restore.VethPair, targets []trace.Target, timeout time.Duration, vo verifyOptions) error {
 	var kc *kernelCheck
 	if vo.mode != "" {
 		// Loading the monitor takes longer than planning a small tree.
@@ -204,7 +236,7 @@ func runRestore(ctx context.Context, env *env, dir string, detach, stopped, tcpE
 		return err
 	}
 	opts := restore.Options{Log: env.log, Faults: vo.faults, StageTimeout: vo.stageTimeout, LeaveStopped: stopped,
-		TCPEstablished: tcpEst, ShellJob: shellJob}
+		TCPEstablished: tcpEst, ShellJob: shellJob, VethPairs: veths}
 	p, err := restore.NewPlan(d, opts)
 	if err != nil {
 		return err
