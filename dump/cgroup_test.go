@@ -401,7 +401,7 @@ func startInCgroupNS(t *testing.T, prog string, enter []string, unshare bool, ar
 	if err != nil {
 		t.Fatalf("start %s: pid %q", prog, out)
 	}
-	p := &workloads.Process{Pid: pid, Dir: dir}
+	p := workloads.Adopt(pid, dir)
 	t.Cleanup(func() {
 		if syscall.Kill(pid, syscall.SIGKILL) == nil {
 			syscall.Wait4(pid, nil, syscall.WALL, nil)

@@ -193,7 +193,7 @@ func TestDumpMntNSRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 			pid, _ := strconv.Atoi(strings.TrimSpace(string(out)))
-			p := &workloads.Process{Pid: pid, Dir: dir}
+			p := workloads.Adopt(pid, dir)
 			t.Cleanup(func() { p.Kill(t) })
 			waitLines(t, p, "out.log", 3)
 			parent := t.TempDir()

@@ -191,7 +191,7 @@ func TestDumpNetNSRefused(t *testing.T) {
 			t.Fatal(err)
 		}
 		pid, _ := strconv.Atoi(strings.TrimSpace(string(out)))
-		p := &workloads.Process{Pid: pid, Dir: dir}
+		p := workloads.Adopt(pid, dir)
 		t.Cleanup(func() { p.Kill(t) })
 		waitLines(t, p, "out.log", 3)
 		// unshare -n has made its namespace once it runs sleep

@@ -122,7 +122,7 @@ func startExtUnix(t *testing.T, dir string, opts ...string) *workloads.Process {
 	if err != nil {
 		t.Fatalf("launch: bad pid %q", out)
 	}
-	p := &workloads.Process{Pid: pid, Dir: dir}
+	p := workloads.Adopt(pid, dir)
 	t.Cleanup(func() { p.Kill(t) })
 	return p
 }

@@ -44,7 +44,7 @@ func TestShellJob(t *testing.T) {
 	pid := sh1.Job(t)
 	t.Cleanup(func() { endJob(t, pid) })
 	term1.Expect(t, "ready\r\n")
-	p := &workloads.Process{Pid: pid, Dir: dir}
+	p := workloads.Adopt(pid, dir)
 	waitLines(t, p, "out-ttyjob.log", 3)
 	waitLines(t, p, "out-child.log", 3)
 	term1.Type(t, "before the dump\n")
@@ -199,7 +199,7 @@ func TestShellJobPidNS(t *testing.T) {
 	t.Cleanup(func() { endJob(t, sh1.Job(t)) })
 	pid := sh1.Init(t)
 	term1.Expect(t, "ready\r\n")
-	p := &workloads.Process{Pid: pid, Dir: dir}
+	p := workloads.Adopt(pid, dir)
 	waitLines(t, p, "out-ttyjob.log", 3)
 	waitLines(t, p, "out-child.log", 3)
 	term1.Type(t, "before the dump\n")
@@ -535,7 +535,7 @@ func TestShellJobRollback(t *testing.T) {
 	if !workloads.Alive(pid) {
 		t.Errorf("the dumped job %d died", pid)
 	}
-	noCorrupt(t, &workloads.Process{Pid: pid, Dir: dir}, []string{"out-ttyjob.log", "out-child.log"})
+	noCorrupt(t, workloads.Adopt(pid, dir), []string{"out-ttyjob.log", "out-child.log"})
 }
 
 // TestDumpRefusesTerminals: terminals other than the shell's fail the

@@ -296,7 +296,7 @@ func startLaunched(t *testing.T, dir string, args ...string) *workloads.Process 
 	if err != nil {
 		t.Fatalf("launch %v: bad pid %q", args, stdout.String())
 	}
-	p := &workloads.Process{Pid: pid, Dir: dir}
+	p := workloads.Adopt(pid, dir)
 	t.Cleanup(func() { p.Kill(t) })
 	return p
 }

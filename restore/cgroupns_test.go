@@ -287,14 +287,9 @@ func startInCgroupNS(t *testing.T, name string, enter []string, args ...string) 
 	if err != nil {
 		t.Fatalf("start %s: pid %q", name, stdout.String())
 	}
-	p := &workloads.Process{Pid: pid, Dir: dir}
-	t.Cleanup(func() {
-		// the test is the tree's subreaper (cli.Subreaper): reaped here
-		if unix.Kill(pid, unix.SIGKILL) == nil {
-			unix.Wait4(pid, nil, unix.WALL, nil)
-		}
-		p.Kill(t)
-	})
+	p := workloads.Adopt(pid, dir)
+	// the test is the tree's subreaper (cli.Subreaper): Kill reaps it
+	t.Cleanup(func() { p.Kill(t) })
 	return p
 }
 

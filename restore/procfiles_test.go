@@ -94,7 +94,7 @@ func TestRestoreProcFiles(t *testing.T) {
 		{"our pid namespace and proc", func(t *testing.T) (string, string) {
 			cli.Subreaper(t) // the child comes to us when the dump kills its parent
 			cmd, dir := startHere(t, workloads.Build(t, "procfds"), "-n")
-			p := &workloads.Process{Pid: cmd.Process.Pid, Dir: dir}
+			p := workloads.Adopt(cmd.Process.Pid, dir)
 			for l := range procfdsLogs {
 				if out := waitLog(t, dir, l, 0, lines(3)); strings.Contains(out, "CORRUPT") {
 					t.Fatalf("%s: %s", l, out)
@@ -274,7 +274,7 @@ func TestProcFilesRefused(t *testing.T) {
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				pid, dir := tc.pid(t)
-				p := &workloads.Process{Pid: pid, Dir: dir}
+				p := workloads.Adopt(pid, dir)
 				waitLogLines(t, p, tc.log, 3)
 				parent := t.TempDir()
 				_, err := dump.Dump(context.Background(), dump.Options{Pid: pid, Dir: filepath.Join(parent, "images")})

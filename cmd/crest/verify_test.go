@@ -395,7 +395,7 @@ func startInCgroupNS(t *testing.T) *workloads.Process {
 	if err != nil {
 		t.Fatalf("start cgroupns: pid %q", stdout.String())
 	}
-	p := &workloads.Process{Pid: pid, Dir: dir}
+	p := workloads.Adopt(pid, dir)
 	t.Cleanup(func() { p.Kill(t) })
 	return p
 }

@@ -21,9 +21,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crest-restore/crest/internal/procfs"
 )
 
 //go:embed src/*.c src/*.h src/*.go.txt
@@ -321,6 +324,27 @@ type Process struct {
 	Pid int
 	// Dir is the workload's working directory (its logs are there).
 	Dir string
+	// start is the init's start time (/proc/PID/stat field 22) when it
+	// was started or adopted, 0 if unknown: Kill signals the pid only
+	// while it is still that process. Pids are few here (pid_max
+	// 32768) and many test binaries start processes at once: a pid
+	// freed by a dump is soon another binary's process.
+	start uint64
+}
+
+// Adopt is the workload whose init is pid, with working directory dir,
+// as it is now (Kill ends it, and no process that takes its pid later).
+func Adopt(pid int, dir string) *Process {
+	return &Process{Pid: pid, Dir: dir, start: startTime(pid)}
+}
+
+// startTime is the start time of process pid, 0 when it is gone.
+func startTime(pid int) uint64 {
+	st, err := procfs.ReadStat(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	return st.Field(22)
 }
 
 // Start builds workload name and starts it in a new temporary directory.
@@ -368,19 +392,47 @@ func startIn(t testing.TB, prog, dir string, opts ...string) *Process {
 	if err != nil {
 		t.Fatalf("launch %s: bad pid %q", prog, stdout.String())
 	}
-	p := &Process{Pid: pid, Dir: dir}
+	p := Adopt(pid, dir)
 	t.Cleanup(func() { p.Kill(t) })
 	return p
 }
 
-// Kill ends the tree (if it still runs) and waits until it is gone.
+// Kill ends the tree (if it still runs) and waits until it is gone. A
+// process that took the pid since (its start time differs from the one
+// Adopt saw) is not ours: left alone.
 func (p *Process) Kill(t testing.TB) {
 	t.Helper()
-	if err := syscall.Kill(p.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+	fd, err := unix.PidfdOpen(p.Pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return
+	}
+	if err != nil {
+		t.Errorf("pidfd_open %d: %v", p.Pid, err)
+		return
+	}
+	defer unix.Close(fd)
+	// the pidfd holds the process the start time is read of
+	if p.start != 0 && startTime(p.Pid) != p.start {
+		return
+	}
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
 		t.Errorf("kill %d: %v", p.Pid, err)
 	}
-	if !WaitGone(p.Pid, 20*time.Second) {
-		t.Errorf("workload %d still in /proc 20s after SIGKILL", p.Pid)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := startTime(p.Pid)
+		if st == 0 || p.start != 0 && st != p.start {
+			return // reaped (and maybe taken by another process)
+		}
+		if p.start != 0 {
+			// a test that is the tree's subreaper reaps it here
+			unix.Wait4(p.Pid, nil, unix.WNOHANG|unix.WALL, nil)
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("workload %d still in /proc 20s after SIGKILL", p.Pid)
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
