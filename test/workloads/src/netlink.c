@@ -386,12 +386,19 @@ static int lo_flags(int s)
 	return lo.ifr_flags;
 }
 
-/* every socket as it was at the start, in our net namespace, whose lo is
- * down (not the host's: the ticks change lo's addresses) */
+/*
+ * every socket as it was at the start, in our net namespace, whose lo is
+ * down (not the host's: the ticks change lo's addresses). A difference
+ * found starts the checks again from the first: a dump may have frozen
+ * this pass halfway, and the line must name the first property in this
+ * order that differs, whatever the pass the restore resumed.
+ */
 static void check_sockets(void)
 {
 	char what[96];
+	int again = 0;
 
+restart:
 	for (int i = 0; i < NWANTS; i++) {
 		struct want *w = &wants[i];
 		int s = *w->fd;
@@ -404,6 +411,10 @@ static void check_sockets(void)
 	do {                                                                \
 		long long g_ = (got), w_ = (want);                          \
 		if (g_ != w_) {                                             \
+			if (!again) {                                       \
+				again = 1;                                  \
+				goto restart;                               \
+			}                                                   \
 			snprintf(what, sizeof what, "%s: %s", w->name, field); \
 			corrupt(what, g_, w_);                              \
 		}                                                           \
