@@ -174,18 +174,30 @@ static int lo_has_mcaddr(void)
 	return 0;
 }
 
+/*
+ * every socket as it was made. A difference found starts the checks again
+ * from the first: a dump may have frozen this pass halfway, and the line
+ * must name the first property in this order that differs, whatever the
+ * pass the restore resumed.
+ */
 static void check_sockets(void)
 {
 	char what[96];
+	int again = 0;
 
 #define CHECK(field, got, want)                                             \
 	do {                                                                \
 		long long g_ = (got), w_ = (want);                          \
 		if (g_ != w_) {                                             \
+			if (!again) {                                       \
+				again = 1;                                  \
+				goto restart;                               \
+			}                                                   \
 			snprintf(what, sizeof what, "%s: %s", w->name, field); \
 			corrupt(what, g_, w_);                              \
 		}                                                           \
 	} while (0)
+restart:
 	for (int i = 0; i < NWANTS; i++) {
 		struct want *w = &wants[i];
 		int s = *w->fd;
