@@ -98,14 +98,21 @@ func Select(ps []Process, match func(Process) bool) []Process {
 }
 
 // FindAgentsOf returns the processes that run crest's agent (from a
-// memfd) for the restores of process self, and those that match also.
-// An agent is self's when its line of parents, past the agents above
-// it, reaches self (a launcher, a task of a restore in flight, a task
-// of a failed one adopted by self as subreaper), or stops at pid 1: an
-// orphan whose engine is gone, a leftover of somebody's. The agents of
-// another process's restore (another test binary on the machine) are
-// left alone: their line reaches their own engine or test instead.
+// memfd) for the restores of process self, and those that match also
+// (FindOwn).
 func FindAgentsOf(self int, also func(Process) bool) ([]Process, error) {
+	return FindOwn(self, MemfdExe("crest"), also)
+}
+
+// FindOwn returns the processes that mine matches and that are process
+// self's, and those that match also. A process is self's when its line
+// of parents, past the processes mine matches above it, reaches self
+// (a task of a restore in flight, a tree adopted by self as subreaper),
+// or stops at pid 1: an orphan whose engine is gone, a leftover of
+// somebody's. Those of another process (another test binary's restore
+// of a fixture, its agents) are left alone: their line reaches their
+// own engine or test instead.
+func FindOwn(self int, mine, also func(Process) bool) ([]Process, error) {
 	all, err := All()
 	if err != nil {
 		return nil, err
@@ -114,12 +121,12 @@ func FindAgentsOf(self int, also func(Process) bool) ([]Process, error) {
 	for _, p := range all {
 		byPID[p.PID] = p
 	}
-	agent := MemfdExe("crest")
+	agent := mine
 	ours := func(p Process) bool {
 		if !agent(p) {
 			return false
 		}
-		orphan := true // until a parent that is not an agent is met
+		orphan := true // until a parent that mine does not match is met
 		for hops := 0; hops < len(all); hops++ {
 			switch {
 			case p.PPID == self:
