@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -412,14 +411,7 @@ func dumpCgroupNS(t *testing.T, p *workloads.Process) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for {
-			if _, err := syscall.Wait4(p.Pid, nil, syscall.WALL, nil); err != syscall.EINTR {
-				break
-			}
-		}
-		if !workloads.WaitGone(p.Pid, 10*time.Second) {
-			t.Fatalf("the dumped tree of %d still exists", p.Pid)
-		}
+		reapDumped(t, p) // tcpest_test.go
 		return dir
 	}
 }

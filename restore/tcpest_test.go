@@ -18,7 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/tcp-stream"
+	tcp_stream "github.com/checkpoint-restore/go-criu/v8/crit/images/tcp-stream"
 
 	"github.com/crest-restore/crest/dump"
 	"github.com/crest-restore/crest/images"
@@ -62,6 +62,14 @@ func dumpReaped(t *testing.T, p *workloads.Process, opts dump.Options) string {
 	if _, err := dump.Dump(context.Background(), opts); err != nil {
 		t.Fatal(err)
 	}
+	reapDumped(t, p)
+	return opts.Dir
+}
+
+// reapDumped reaps the init of a tree crest dump killed (the test is its
+// subreaper) and waits until /proc has forgotten it.
+func reapDumped(t *testing.T, p *workloads.Process) {
+	t.Helper()
 	for {
 		if _, err := syscall.Wait4(p.Pid, nil, syscall.WALL, nil); err != syscall.EINTR {
 			break
@@ -70,7 +78,6 @@ func dumpReaped(t *testing.T, p *workloads.Process, opts dump.Options) string {
 	if !workloads.WaitGone(p.Pid, 10*time.Second) {
 		t.Fatalf("the dumped tree of %d still exists", p.Pid)
 	}
-	return opts.Dir
 }
 
 func waitLogLines(t *testing.T, p *workloads.Process, name string, n int) {
