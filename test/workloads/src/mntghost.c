@@ -23,178 +23,26 @@
  *
  * build: gcc -static -nostdlib -ffreestanding -O2 -fno-stack-protector -fcf-protection=none -o mntghost mntghost.c
  */
-typedef unsigned long u64;
-typedef long i64;
+#include "nolibc.h"
 
-static i64 sys(i64 nr, i64 a, i64 b, i64 c, i64 d, i64 e)
-{
-	i64 ret;
-	register i64 r10 asm("r10") = d;
-	register i64 r8 asm("r8") = e;
-
-	asm volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8) : "rcx", "r11", "memory");
-	return ret;
-}
-
-#define NR_read 0
-#define NR_write 1
-#define NR_open 2
-#define NR_close 3
-#define NR_stat 4
-#define NR_fstat 5
 #define NR_lseek 8
 #define NR_pread 17
-#define NR_nanosleep 35
-#define NR_exit 60
-#define NR_mkdir 83
 #define NR_unlink 87
-#define NR_readlink 89
 #define NR_fstatfs 138
-#define NR_mount 165
-#define NR_umount2 166
 
-#define O_RDONLY 0
-#define O_RDWR 02
-#define O_CREAT 0100
 #define O_EXCL 0200
 #define O_APPEND 02000
 #define O_TMPFILE 020200000
-#define MS_NOSUID 2
-#define MS_NODEV 4
-#define MS_NOEXEC 8
-#define MS_BIND 4096
-#define MNT_DETACH 2
-#define TMPFS_MAGIC 0x01021994
-
-/* struct stat and struct statfs of x86_64, the fields read */
-struct kstat {
-	u64 dev, ino, nlink;
-	unsigned int mode, uid, gid, pad;
-	u64 rdev;
-	i64 size, blksize, blocks;
-	u64 rest[9];
-};
-
-struct kstatfs {
-	i64 type;
-	i64 rest[14];
-};
-
-static int logfd = -1;
-
-static u64 len(const char *s)
-{
-	u64 n = 0;
-
-	while (s[n])
-		n++;
-	return n;
-}
-
-static int same(const void *a, const void *b, u64 n)
-{
-	const unsigned char *x = a, *y = b;
-
-	for (u64 i = 0; i < n; i++)
-		if (x[i] != y[i])
-			return 0;
-	return 1;
-}
-
-static char *put(char *o, const char *s)
-{
-	while (*s)
-		*o++ = *s++;
-	return o;
-}
-
-static char *putnum(char *o, u64 v)
-{
-	char d[20];
-	int k = 0;
-
-	do
-		d[k++] = (char)('0' + v % 10);
-	while (v /= 10);
-	while (k)
-		*o++ = d[--k];
-	return o;
-}
-
-static void say(const char *a, u64 n, const char *b)
-{
-	static char line[512];
-	char *o = put(line, a);
-
-	o = putnum(o, n);
-	if (b) {
-		*o++ = ' ';
-		o = put(o, b);
-	}
-	*o++ = '\n';
-	sys(NR_write, logfd, (i64)line, o - line, 0, 0);
-}
 
 static void corrupt(u64 tick, const char *what)
 {
 	say("CORRUPT tick=", tick, what);
-	sys(NR_exit, 3, 0, 0, 0, 0);
-}
-
-static void must(i64 ret, const char *what)
-{
-	if (ret < 0) {
-		say("setup: errno ", (u64)-ret, what);
-		sys(NR_exit, 2, 0, 0, 0, 0);
-	}
+	sys(NR_exit, 3, 0, 0, 0, 0, 0);
 }
 
 static unsigned char pattern(unsigned seed, u64 i)
 {
 	return (unsigned char)(i * seed + i / 253 + seed);
-}
-
-/* detaches every mount but /, /dev, /proc and /sys: -1 when some stay */
-static int prune_mounts(void)
-{
-	static char raw[65536];
-
-	for (int pass = 0; pass < 16; pass++) {
-		i64 fd = sys(NR_open, (i64) "/proc/self/mountinfo", O_RDONLY, 0, 0, 0), n, got = 0;
-		int left = 0;
-
-		if (fd < 0)
-			return -1;
-		while ((n = sys(NR_read, fd, (i64)(raw + got), (i64)(sizeof raw - 1 - got), 0, 0)) > 0)
-			got += n;
-		sys(NR_close, fd, 0, 0, 0, 0);
-		raw[got] = 0;
-		for (char *l = raw; *l;) {
-			char *end = l, *mp = l;
-			int field = 0;
-
-			while (*end && *end != '\n')
-				end++;
-			/* the mount point is the fifth field */
-			for (char *c = l; c < end && field < 4; c++)
-				if (*c == ' ' && ++field == 4)
-					mp = c + 1;
-			char *mpend = mp;
-			while (mpend < end && *mpend != ' ')
-				mpend++;
-			char save = *mpend;
-			*mpend = 0;
-			if (field == 4 && !(same(mp, "/", 2) || same(mp, "/dev", 5) || same(mp, "/proc", 6) || same(mp, "/sys", 5))) {
-				left++;
-				sys(NR_umount2, (i64)mp, MNT_DETACH, 0, 0, 0);
-			}
-			*mpend = save;
-			l = *end ? end + 1 : end;
-		}
-		if (!left)
-			return 0;
-	}
-	return -1;
 }
 
 struct ghost {
@@ -223,16 +71,16 @@ static void make(struct ghost *g)
 	i64 fd;
 
 	if (g->path)
-		fd = sys(NR_open, (i64)g->path, O_RDWR | O_CREAT | O_EXCL, g->mode, 0, 0);
+		fd = sys(NR_open, (i64)g->path, O_RDWR | O_CREAT | O_EXCL, g->mode, 0, 0, 0);
 	else
-		fd = sys(NR_open, (i64) "scratch", O_RDWR | O_TMPFILE, g->mode, 0, 0);
+		fd = sys(NR_open, (i64) "scratch", O_RDWR | O_TMPFILE, g->mode, 0, 0, 0);
 	must(fd, g->name);
 	for (u64 i = 0; i < g->size; i++)
 		b[i] = pattern(g->seed, i);
-	must(sys(NR_write, fd, (i64)b, (i64)g->size, 0, 0) == (i64)g->size ? 0 : -5, g->name);
-	must(sys(NR_lseek, fd, (i64)g->off, 0, 0, 0), g->name);
+	must(sys(NR_write, fd, (i64)b, (i64)g->size, 0, 0, 0) == (i64)g->size ? 0 : -5, g->name);
+	must(sys(NR_lseek, fd, (i64)g->off, 0, 0, 0, 0), g->name);
 	if (g->path)
-		must(sys(NR_unlink, (i64)g->path, 0, 0, 0, 0), g->name);
+		must(sys(NR_unlink, (i64)g->path, 0, 0, 0, 0, 0), g->name);
 	g->fd = (int)fd;
 }
 
@@ -253,7 +101,7 @@ static void check(u64 tick, struct ghost *g)
 	struct kstatfs sf;
 	i64 n;
 
-	if (sys(NR_fstat, g->fd, (i64)&st, 0, 0, 0) < 0)
+	if (sys(NR_fstat, g->fd, (i64)&st, 0, 0, 0, 0) < 0)
 		bad(tick, g, "fstat");
 	if (st.nlink != 0)
 		bad(tick, g, "link count not 0");
@@ -261,21 +109,21 @@ static void check(u64 tick, struct ghost *g)
 		bad(tick, g, "mode");
 	if ((u64)st.size != g->size)
 		bad(tick, g, "size");
-	if (sys(NR_lseek, g->fd, 0, 1 /* SEEK_CUR */, 0, 0) != (i64)g->off)
+	if (sys(NR_lseek, g->fd, 0, 1 /* SEEK_CUR */, 0, 0, 0) != (i64)g->off)
 		bad(tick, g, "offset");
-	n = sys(NR_pread, g->fd, (i64)b, sizeof b, 0, 0);
+	n = sys(NR_pread, g->fd, (i64)b, sizeof b, 0, 0, 0);
 	if (n != (i64)g->size)
 		bad(tick, g, "contents: size");
 	for (u64 i = 0; i < g->size; i++)
 		if (b[i] != pattern(g->seed, i))
 			bad(tick, g, "contents");
-	if (sys(NR_fstatfs, g->fd, (i64)&sf, 0, 0, 0) < 0)
+	if (sys(NR_fstatfs, g->fd, (i64)&sf, 0, 0, 0, 0) < 0)
 		bad(tick, g, "fstatfs");
 	if (g->on_tmpfs ? sf.type != TMPFS_MAGIC : st.dev != srcdev)
 		bad(tick, g, "not on its file system");
 	char *o = put(fdpath, "/proc/self/fd/");
 	*putnum(o, (u64)g->fd) = 0;
-	n = sys(NR_readlink, (i64)fdpath, (i64)link, sizeof link - 1, 0, 0);
+	n = sys(NR_readlink, (i64)fdpath, (i64)link, sizeof link - 1, 0, 0, 0);
 	if (n < 0)
 		bad(tick, g, "readlink");
 	link[n] = 0;
@@ -298,21 +146,21 @@ void _start(void)
 	struct kstat st;
 	i64 n;
 
-	logfd = (int)sys(NR_open, (i64) "out-mntghost.log", 02101 /* O_WRONLY|O_APPEND|O_CREAT */, 0644, 0, 0);
+	logfd = (int)sys(NR_open, (i64) "out-mntghost.log", 02101 /* O_WRONLY|O_APPEND|O_CREAT */, 0644, 0, 0, 0);
 	if (logfd < 0)
-		sys(NR_exit, 2, 0, 0, 0, 0);
+		sys(NR_exit, 2, 0, 0, 0, 0, 0);
 	must(prune_mounts(), "prune the mounts");
-	must(sys(NR_umount2, (i64) "/proc", MNT_DETACH, 0, 0, 0), "umount /proc");
-	must(sys(NR_mount, (i64) "proc", (i64) "/proc", (i64) "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, 0), "mount proc");
-	n = sys(NR_readlink, (i64) "/proc/self/cwd", (i64)cwd, sizeof cwd - 1, 0, 0);
+	must(sys(NR_umount2, (i64) "/proc", MNT_DETACH, 0, 0, 0, 0), "umount /proc");
+	must(sys(NR_mount, (i64) "proc", (i64) "/proc", (i64) "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, 0, 0), "mount proc");
+	n = sys(NR_readlink, (i64) "/proc/self/cwd", (i64)cwd, sizeof cwd - 1, 0, 0, 0);
 	must(n, "cwd");
 	cwd[n] = 0;
-	sys(NR_mkdir, (i64) "scratch", 0755, 0, 0, 0);
-	must(sys(NR_mount, (i64) "tmpfs", (i64) "scratch", (i64) "tmpfs", MS_NOSUID | MS_NODEV, (i64) "size=1m,mode=755"), "mount tmpfs");
-	sys(NR_mkdir, (i64) "src", 0755, 0, 0, 0);
-	sys(NR_mkdir, (i64) "bind", 0755, 0, 0, 0);
-	must(sys(NR_mount, (i64) "src", (i64) "bind", 0, MS_BIND, 0), "bind src");
-	must(sys(NR_stat, (i64) "src", (i64)&st, 0, 0, 0), "stat src");
+	sys(NR_mkdir, (i64) "scratch", 0755, 0, 0, 0, 0);
+	must(sys(NR_mount, (i64) "tmpfs", (i64) "scratch", (i64) "tmpfs", MS_NOSUID | MS_NODEV, (i64) "size=1m,mode=755", 0), "mount tmpfs");
+	sys(NR_mkdir, (i64) "src", 0755, 0, 0, 0, 0);
+	sys(NR_mkdir, (i64) "bind", 0755, 0, 0, 0, 0);
+	must(sys(NR_mount, (i64) "src", (i64) "bind", 0, MS_BIND, 0, 0), "bind src");
+	must(sys(NR_stat, (i64) "src", (i64)&st, 0, 0, 0, 0), "stat src");
 	srcdev = st.dev;
 	for (int i = 0; i < NGHOSTS; i++)
 		make(&ghosts[i]);
@@ -321,6 +169,6 @@ void _start(void)
 		for (int i = 0; i < NGHOSTS; i++)
 			check(tick, &ghosts[i]);
 		say("mntghost ", tick, 0);
-		sys(NR_nanosleep, (i64)ts, 0, 0, 0, 0);
+		sys(NR_nanosleep, (i64)ts, 0, 0, 0, 0, 0);
 	}
 }

@@ -34,164 +34,19 @@
  *
  * build: gcc -static -nostdlib -ffreestanding -O2 -fno-stack-protector -fcf-protection=none -o mntprop mntprop.c
  */
-typedef unsigned long u64;
-typedef long i64;
+#include "nolibc.h"
 
-static i64 sys(i64 nr, i64 a, i64 b, i64 c, i64 d, i64 e)
-{
-	i64 ret;
-	register i64 r10 asm("r10") = d;
-	register i64 r8 asm("r8") = e;
-
-	asm volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8) : "rcx", "r11", "memory");
-	return ret;
-}
-
-#define NR_read 0
-#define NR_write 1
-#define NR_open 2
-#define NR_close 3
-#define NR_stat 4
-#define NR_nanosleep 35
-#define NR_exit 60
-#define NR_mkdir 83
-#define NR_mount 165
-#define NR_umount2 166
-
-#define O_RDONLY 0
-#define O_WRONLY 01
-#define O_CREAT 0100
 #define O_TRUNC 01000
-#define MS_NOSUID 2
-#define MS_NODEV 4
-#define MS_NOEXEC 8
-#define MS_BIND 4096
 #define MS_UNBINDABLE (1 << 17)
 #define MS_SLAVE (1 << 19)
 #define MS_SHARED (1 << 20)
-#define MNT_DETACH 2
 #define EINVAL 22
-
-/* struct stat of x86_64, the fields read */
-struct kstat {
-	u64 dev, ino, nlink;
-	unsigned int mode, uid, gid, pad;
-	u64 rdev;
-	i64 size, blksize, blocks;
-	u64 rest[9];
-};
-
-static int logfd = -1;
-
-static u64 len(const char *s)
-{
-	u64 n = 0;
-
-	while (s[n])
-		n++;
-	return n;
-}
-
-static int same(const void *a, const void *b, u64 n)
-{
-	const unsigned char *x = a, *y = b;
-
-	for (u64 i = 0; i < n; i++)
-		if (x[i] != y[i])
-			return 0;
-	return 1;
-}
 
 static int cmp(const char *a, const char *b)
 {
 	while (*a && *a == *b)
 		a++, b++;
 	return (unsigned char)*a - (unsigned char)*b;
-}
-
-static char *put(char *o, const char *s)
-{
-	while (*s)
-		*o++ = *s++;
-	return o;
-}
-
-static char *putnum(char *o, u64 v)
-{
-	char d[20];
-	int k = 0;
-
-	do
-		d[k++] = (char)('0' + v % 10);
-	while (v /= 10);
-	while (k)
-		*o++ = d[--k];
-	return o;
-}
-
-static void say(const char *a, u64 n, const char *b)
-{
-	static char line[40000];
-	char *o = put(line, a);
-
-	o = putnum(o, n);
-	if (b) {
-		*o++ = ' ';
-		o = put(o, b);
-	}
-	*o++ = '\n';
-	sys(NR_write, logfd, (i64)line, o - line, 0, 0);
-}
-
-static void must(i64 ret, const char *what)
-{
-	if (ret < 0) {
-		say("setup: errno ", (u64)-ret, what);
-		sys(NR_exit, 2, 0, 0, 0, 0);
-	}
-}
-
-/* detaches every mount but /, /dev, /proc and /sys: -1 when some stay */
-static int prune_mounts(void)
-{
-	static char raw[65536];
-
-	for (int pass = 0; pass < 16; pass++) {
-		i64 fd = sys(NR_open, (i64) "/proc/self/mountinfo", O_RDONLY, 0, 0, 0), n, got = 0;
-		int left = 0;
-
-		if (fd < 0)
-			return -1;
-		while ((n = sys(NR_read, fd, (i64)(raw + got), (i64)(sizeof raw - 1 - got), 0, 0)) > 0)
-			got += n;
-		sys(NR_close, fd, 0, 0, 0, 0);
-		raw[got] = 0;
-		for (char *l = raw; *l;) {
-			char *end = l, *mp = l;
-			int field = 0;
-
-			while (*end && *end != '\n')
-				end++;
-			/* the mount point is the fifth field */
-			for (char *c = l; c < end && field < 4; c++)
-				if (*c == ' ' && ++field == 4)
-					mp = c + 1;
-			char *mpend = mp;
-			while (mpend < end && *mpend != ' ')
-				mpend++;
-			char save = *mpend;
-			*mpend = 0;
-			if (field == 4 && !(same(mp, "/", 2) || same(mp, "/dev", 5) || same(mp, "/proc", 6) || same(mp, "/sys", 5))) {
-				left++;
-				sys(NR_umount2, (i64)mp, MNT_DETACH, 0, 0, 0);
-			}
-			*mpend = save;
-			l = *end ? end + 1 : end;
-		}
-		if (!left)
-			return 0;
-	}
-	return -1;
 }
 
 #define MAXLINES 64
@@ -208,14 +63,14 @@ static int read_shape(char *out, u64 size)
 	static char raw[65536], key[MAXLINES][LINELEN];
 	static u64 nums[MAXLINES][4], seen[4 * MAXLINES];
 	static int order[MAXLINES], nnums[MAXLINES];
-	i64 fd = sys(NR_open, (i64) "/proc/self/mountinfo", O_RDONLY, 0, 0, 0), n, got = 0;
+	i64 fd = sys(NR_open, (i64) "/proc/self/mountinfo", O_RDONLY, 0, 0, 0, 0), n, got = 0;
 	int nl = 0, nseen = 0;
 
 	if (fd < 0)
 		return -1;
-	while ((n = sys(NR_read, fd, (i64)(raw + got), (i64)(sizeof raw - 1 - got), 0, 0)) > 0)
+	while ((n = sys(NR_read, fd, (i64)(raw + got), (i64)(sizeof raw - 1 - got), 0, 0, 0)) > 0)
 		got += n;
-	sys(NR_close, fd, 0, 0, 0, 0);
+	sys(NR_close, fd, 0, 0, 0, 0, 0);
 	raw[got] = 0;
 	for (char *l = raw; *l && nl < MAXLINES; nl++) {
 		char *o = key[nl], *lim = key[nl] + LINELEN - 2;
@@ -303,11 +158,11 @@ static void check_shape(u64 tick)
 	static char now[sizeof shape], b[sizeof shape * 2 + 64];
 
 	if (read_shape(now, sizeof now))
-		say("CORRUPT tick=", tick, "mountinfo unreadable"), sys(NR_exit, 3, 0, 0, 0, 0);
+		say("CORRUPT tick=", tick, "mountinfo unreadable"), sys(NR_exit, 3, 0, 0, 0, 0, 0);
 	if (cmp(now, shape)) {
 		*put(put(put(put(b, "mountinfo now:\n"), now), "at the start:\n"), shape) = 0;
 		say("CORRUPT tick=", tick, b);
-		sys(NR_exit, 3, 0, 0, 0, 0);
+		sys(NR_exit, 3, 0, 0, 0, 0, 0);
 	}
 }
 
@@ -320,14 +175,14 @@ static void corrupt(u64 tick, const char *what, const char *path)
 		check_shape(tick);
 	*put(put(put(b, what), " "), path) = 0;
 	say("CORRUPT tick=", tick, b);
-	sys(NR_exit, 3, 0, 0, 0, 0);
+	sys(NR_exit, 3, 0, 0, 0, 0, 0);
 }
 
 static u64 dev_of(u64 tick, const char *path)
 {
 	struct kstat st;
 
-	if (sys(NR_stat, (i64)path, (i64)&st, 0, 0, 0) < 0)
+	if (sys(NR_stat, (i64)path, (i64)&st, 0, 0, 0, 0) < 0)
 		corrupt(tick, "stat", path);
 	return st.dev;
 }
@@ -335,12 +190,12 @@ static u64 dev_of(u64 tick, const char *path)
 static void holds(u64 tick, const char *path, const char *want)
 {
 	static char b[64];
-	i64 fd = sys(NR_open, (i64)path, O_RDONLY, 0, 0, 0), n;
+	i64 fd = sys(NR_open, (i64)path, O_RDONLY, 0, 0, 0, 0), n;
 
 	if (fd < 0)
 		corrupt(tick, "open", path);
-	n = sys(NR_read, fd, (i64)b, sizeof b, 0, 0);
-	sys(NR_close, fd, 0, 0, 0, 0);
+	n = sys(NR_read, fd, (i64)b, sizeof b, 0, 0, 0);
+	sys(NR_close, fd, 0, 0, 0, 0, 0);
 	if (n != (i64)len(want) || !same(b, want, (u64)n))
 		corrupt(tick, "contents of", path);
 }
@@ -367,7 +222,7 @@ static void check(u64 tick)
 	u64 sharedev = dev_of(tick, "share");
 
 	/* a mount in the peer group reaches every peer and slave */
-	i64 r = sys(NR_mount, (i64) "tmpfs", (i64) "share/sub/p", (i64) "tmpfs", 0, (i64) "size=8k");
+	i64 r = sys(NR_mount, (i64) "tmpfs", (i64) "share/sub/p", (i64) "tmpfs", 0, (i64) "size=8k", 0);
 	if (r < 0)
 		corrupt(tick, "mount tmpfs at", "share/sub/p");
 	u64 probe = dev_of(tick, "share/sub/p");
@@ -376,27 +231,27 @@ static void check(u64 tick)
 	for (int i = 1; i < N(ppaths); i++)
 		if (dev_of(tick, ppaths[i]) != probe)
 			corrupt(tick, "a mount at share/sub/p did not propagate to", ppaths[i]);
-	if (sys(NR_umount2, (i64) "share/sub/p", 0, 0, 0, 0) < 0)
+	if (sys(NR_umount2, (i64) "share/sub/p", 0, 0, 0, 0, 0) < 0)
 		corrupt(tick, "umount", "share/sub/p");
 	for (int i = 0; i < N(ppaths); i++)
 		if (dev_of(tick, ppaths[i]) != sharedev)
 			corrupt(tick, "the unmount of share/sub/p did not propagate to", ppaths[i]);
 
 	/* a mount in the slave stays there */
-	if (sys(NR_mount, (i64) "tmpfs", (i64) "slave/sub/q", (i64) "tmpfs", 0, (i64) "size=8k") < 0)
+	if (sys(NR_mount, (i64) "tmpfs", (i64) "slave/sub/q", (i64) "tmpfs", 0, (i64) "size=8k", 0) < 0)
 		corrupt(tick, "mount tmpfs at", "slave/sub/q");
 	if (dev_of(tick, "slave/sub/q") == sharedev)
 		corrupt(tick, "no new mount at", "slave/sub/q");
 	for (int i = 0; i < N(qpaths); i++)
 		if (dev_of(tick, qpaths[i]) != sharedev)
 			corrupt(tick, "a mount at slave/sub/q propagated to", qpaths[i]);
-	if (sys(NR_umount2, (i64) "slave/sub/q", 0, 0, 0, 0) < 0)
+	if (sys(NR_umount2, (i64) "slave/sub/q", 0, 0, 0, 0, 0) < 0)
 		corrupt(tick, "umount", "slave/sub/q");
 
 	/* an unbindable mount can not be bound */
-	r = sys(NR_mount, (i64) "unbind", (i64) "bindtry", 0, MS_BIND, 0);
+	r = sys(NR_mount, (i64) "unbind", (i64) "bindtry", 0, MS_BIND, 0, 0);
 	if (r == 0) {
-		sys(NR_umount2, (i64) "bindtry", MNT_DETACH, 0, 0, 0);
+		sys(NR_umount2, (i64) "bindtry", MNT_DETACH, 0, 0, 0, 0);
 		corrupt(tick, "bound the unbindable", "unbind");
 	}
 	if (r != -EINVAL)
@@ -405,17 +260,17 @@ static void check(u64 tick)
 
 static void write_file(const char *path, const char *data)
 {
-	i64 fd = sys(NR_open, (i64)path, O_WRONLY | O_CREAT | O_TRUNC, 0644, 0, 0);
+	i64 fd = sys(NR_open, (i64)path, O_WRONLY | O_CREAT | O_TRUNC, 0644, 0, 0, 0);
 
 	must(fd, path);
-	must(sys(NR_write, fd, (i64)data, (i64)len(data), 0, 0) == (i64)len(data) ? 0 : -5, path);
-	sys(NR_close, fd, 0, 0, 0, 0);
+	must(sys(NR_write, fd, (i64)data, (i64)len(data), 0, 0, 0) == (i64)len(data) ? 0 : -5, path);
+	sys(NR_close, fd, 0, 0, 0, 0, 0);
 }
 
 static void mkdirs(const char *const *paths)
 {
 	for (; *paths; paths++)
-		sys(NR_mkdir, (i64)*paths, 0755, 0, 0, 0);
+		sys(NR_mkdir, (i64)*paths, 0755, 0, 0, 0, 0);
 }
 
 void _start(void)
@@ -424,33 +279,33 @@ void _start(void)
 	static const char *const top[] = { "share", "peer", "peer2", "slave", "slave2", "unbind", "bindtry", 0 };
 	static const char *const inside[] = { "share/sub", "share/sub/p", "share/sub/q", "share/sub/in", 0 };
 
-	logfd = (int)sys(NR_open, (i64) "out-mntprop.log", 02101 /* O_WRONLY|O_APPEND|O_CREAT */, 0644, 0, 0);
+	logfd = (int)sys(NR_open, (i64) "out-mntprop.log", 02101 /* O_WRONLY|O_APPEND|O_CREAT */, 0644, 0, 0, 0);
 	if (logfd < 0)
-		sys(NR_exit, 2, 0, 0, 0, 0);
+		sys(NR_exit, 2, 0, 0, 0, 0, 0);
 	must(prune_mounts(), "prune the mounts");
-	must(sys(NR_umount2, (i64) "/proc", MNT_DETACH, 0, 0, 0), "umount /proc");
-	must(sys(NR_mount, (i64) "proc", (i64) "/proc", (i64) "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, 0), "mount proc");
+	must(sys(NR_umount2, (i64) "/proc", MNT_DETACH, 0, 0, 0, 0), "umount /proc");
+	must(sys(NR_mount, (i64) "proc", (i64) "/proc", (i64) "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, 0, 0), "mount proc");
 	mkdirs(top);
-	must(sys(NR_mount, (i64) "tmpfs", (i64) "share", (i64) "tmpfs", MS_NOSUID | MS_NODEV, (i64) "size=64k,mode=755"), "mount share");
+	must(sys(NR_mount, (i64) "tmpfs", (i64) "share", (i64) "tmpfs", MS_NOSUID | MS_NODEV, (i64) "size=64k,mode=755", 0), "mount share");
 	mkdirs(inside);
 	write_file("share/hello.txt", "peer 42\n");
-	must(sys(NR_mount, 0, (i64) "share", 0, MS_SHARED, 0), "make share shared");
-	must(sys(NR_mount, (i64) "share", (i64) "peer", 0, MS_BIND, 0), "bind share at peer");
-	must(sys(NR_mount, (i64) "share/sub", (i64) "peer2", 0, MS_BIND, 0), "bind share/sub at peer2");
-	must(sys(NR_mount, (i64) "share", (i64) "slave", 0, MS_BIND, 0), "bind share at slave");
-	must(sys(NR_mount, 0, (i64) "slave", 0, MS_SLAVE, 0), "make slave a slave");
-	must(sys(NR_mount, (i64) "share", (i64) "slave2", 0, MS_BIND, 0), "bind share at slave2");
-	must(sys(NR_mount, 0, (i64) "slave2", 0, MS_SLAVE, 0), "make slave2 a slave");
-	must(sys(NR_mount, 0, (i64) "slave2", 0, MS_SHARED, 0), "make slave2 shared");
-	must(sys(NR_mount, (i64) "tmpfs", (i64) "share/sub/in", (i64) "tmpfs", 0, (i64) "size=16k"), "mount share/sub/in");
+	must(sys(NR_mount, 0, (i64) "share", 0, MS_SHARED, 0, 0), "make share shared");
+	must(sys(NR_mount, (i64) "share", (i64) "peer", 0, MS_BIND, 0, 0), "bind share at peer");
+	must(sys(NR_mount, (i64) "share/sub", (i64) "peer2", 0, MS_BIND, 0, 0), "bind share/sub at peer2");
+	must(sys(NR_mount, (i64) "share", (i64) "slave", 0, MS_BIND, 0, 0), "bind share at slave");
+	must(sys(NR_mount, 0, (i64) "slave", 0, MS_SLAVE, 0, 0), "make slave a slave");
+	must(sys(NR_mount, (i64) "share", (i64) "slave2", 0, MS_BIND, 0, 0), "bind share at slave2");
+	must(sys(NR_mount, 0, (i64) "slave2", 0, MS_SLAVE, 0, 0), "make slave2 a slave");
+	must(sys(NR_mount, 0, (i64) "slave2", 0, MS_SHARED, 0, 0), "make slave2 shared");
+	must(sys(NR_mount, (i64) "tmpfs", (i64) "share/sub/in", (i64) "tmpfs", 0, (i64) "size=16k", 0), "mount share/sub/in");
 	write_file("share/sub/in/in.txt", "inner\n");
-	must(sys(NR_mount, (i64) "tmpfs", (i64) "unbind", (i64) "tmpfs", MS_NOSUID, (i64) "size=16k"), "mount unbind");
-	must(sys(NR_mount, 0, (i64) "unbind", 0, MS_UNBINDABLE, 0), "make unbind unbindable");
+	must(sys(NR_mount, (i64) "tmpfs", (i64) "unbind", (i64) "tmpfs", MS_NOSUID, (i64) "size=16k", 0), "mount unbind");
+	must(sys(NR_mount, 0, (i64) "unbind", 0, MS_UNBINDABLE, 0, 0), "make unbind unbindable");
 	must(read_shape(shape, sizeof shape), "mountinfo");
 
 	for (u64 tick = 1;; tick++) {
 		check(tick);
 		say("mntprop ", tick, 0);
-		sys(NR_nanosleep, (i64)ts, 0, 0, 0, 0);
+		sys(NR_nanosleep, (i64)ts, 0, 0, 0, 0, 0);
 	}
 }
