@@ -914,19 +914,7 @@ func TestCgroupCRIUImages(t *testing.T) {
 	install := func(t *testing.T) map[string][]byte {
 		t.Helper()
 		nothingLeftIn(t, criuCgroupDir)
-		if err := os.RemoveAll(criuCgroupDir); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.CopyFS(criuCgroupDir, os.DirFS(filepath.Join(fx, "files"))); err != nil {
-			t.Fatal(err)
-		}
-		prog, err := os.ReadFile(filepath.Join(fx, "prog"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(criuCgroupDir, "prog"), prog, 0o755); err != nil {
-			t.Fatal(err)
-		}
+		putCRIUTestdata(t, fx, criuCgroupDir)
 		return check.Snapshot(t, criuCgroupDir, criuCgroupLogs)
 	}
 	t.Cleanup(func() { os.RemoveAll(criuCgroupDir) })

@@ -179,19 +179,7 @@ func TestCgroupNSCRIUImages(t *testing.T) {
 	install := func(t *testing.T) map[string][]byte {
 		t.Helper()
 		nothingLeftIn(t, criuCgroupNSDir)
-		if err := os.RemoveAll(criuCgroupNSDir); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.CopyFS(criuCgroupNSDir, os.DirFS(filepath.Join(fx, "files"))); err != nil {
-			t.Fatal(err)
-		}
-		prog, err := os.ReadFile(filepath.Join(fx, "prog"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(criuCgroupNSDir, "prog"), prog, 0o755); err != nil {
-			t.Fatal(err)
-		}
+		putCRIUTestdata(t, fx, criuCgroupNSDir)
 		return check.Snapshot(t, criuCgroupNSDir, criuCgroupLogs)
 	}
 	t.Cleanup(func() { os.RemoveAll(criuCgroupNSDir) })

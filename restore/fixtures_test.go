@@ -872,3 +872,23 @@ func atoiOr(s string) int {
 	}
 	return n
 }
+
+// putCRIUTestdata puts the program and the files of a CRIU 4.2 image set
+// of images/testdata (fx) back at dir, where they were at its dump, in
+// place of whatever is there.
+func putCRIUTestdata(t *testing.T, fx, dir string) {
+	t.Helper()
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.CopyFS(dir, os.DirFS(filepath.Join(fx, "files"))); err != nil {
+		t.Fatal(err)
+	}
+	prog, err := os.ReadFile(filepath.Join(fx, "prog"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "prog"), prog, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -144,20 +144,8 @@ const criuMntFilesDir = "/tmp/crest-criu-4.2-mntfiles"
 func TestRestoreMntFilesCRIU(t *testing.T) {
 	needRoot(t)
 	fx := filepath.Join("..", "images", "testdata", "criu-4.2-mntfiles")
-	if err := os.RemoveAll(criuMntFilesDir); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() { os.RemoveAll(criuMntFilesDir) })
-	if err := os.CopyFS(criuMntFilesDir, os.DirFS(filepath.Join(fx, "files"))); err != nil {
-		t.Fatal(err)
-	}
-	prog, err := os.ReadFile(filepath.Join(fx, "prog"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(criuMntFilesDir, "prog"), prog, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	putCRIUTestdata(t, fx, criuMntFilesDir)
 	if err := os.Mkdir(filepath.Join(criuMntFilesDir, "scratch"), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -108,20 +108,8 @@ const criuMntGhostDir = "/tmp/crest-criu-4.2-mntghost"
 func TestRestoreMntGhostCRIU(t *testing.T) {
 	needRoot(t)
 	fx := filepath.Join("..", "images", "testdata", "criu-4.2-mntghost")
-	if err := os.RemoveAll(criuMntGhostDir); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() { os.RemoveAll(criuMntGhostDir) })
-	if err := os.CopyFS(criuMntGhostDir, os.DirFS(filepath.Join(fx, "files"))); err != nil {
-		t.Fatal(err)
-	}
-	prog, err := os.ReadFile(filepath.Join(fx, "prog"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(criuMntGhostDir, "prog"), prog, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	putCRIUTestdata(t, fx, criuMntGhostDir)
 	for _, d := range []string{"scratch", "src", "bind"} {
 		if err := os.Mkdir(filepath.Join(criuMntGhostDir, d), 0o755); err != nil {
 			t.Fatal(err)

@@ -246,20 +246,8 @@ const criuMntPropDir = "/tmp/crest-criu-4.2-mntprop"
 func TestRestoreMntPropCRIU(t *testing.T) {
 	needRoot(t)
 	fx := filepath.Join("..", "images", "testdata", "criu-4.2-mntprop")
-	if err := os.RemoveAll(criuMntPropDir); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() { os.RemoveAll(criuMntPropDir) })
-	if err := os.CopyFS(criuMntPropDir, os.DirFS(filepath.Join(fx, "files"))); err != nil {
-		t.Fatal(err)
-	}
-	prog, err := os.ReadFile(filepath.Join(fx, "prog"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(criuMntPropDir, "prog"), prog, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	putCRIUTestdata(t, fx, criuMntPropDir)
 	for _, d := range []string{"share", "peer", "peer2", "slave", "slave2", "unbind", "bindtry"} {
 		if err := os.Mkdir(filepath.Join(criuMntPropDir, d), 0o755); err != nil {
 			t.Fatal(err)
