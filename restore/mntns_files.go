@@ -32,6 +32,9 @@ import (
 // namespace, with its mode and owner, and a socket connecting to a path
 // reaches the one bound there, as CRIU's bind_unix_sk and connect do
 // from the root of the namespace of the socket file's mount (mnt_id).
+// When the tree has a net namespace of its own too, the thread joins it
+// while it makes them (inRootNet): a unix socket is of the net namespace
+// of the thread that makes it, as it is of the restored task's in CRIU.
 type mntFiles struct {
 	files []mntFile
 }
@@ -135,11 +138,10 @@ func (p *Plan) planMntUnix(ns *MntNamespace, t *Task, f *File) error {
 		return nil // made by the engine, as in its own namespace
 	}
 	path := unixNameString(u.Name)
-	if p.Net != nil {
-		// the sockets of a net namespace are made in it (netSockets)
-		// before the mounts exist
-		return &PlanError{PID: t.PID, File: "files.img", Msg: fmt.Sprintf("file %d (socket:[%d] %s): a unix socket with a path name (its own or its peer's) in a tree with a mount and a net namespace of its own: not restored yet", f.ID, u.Ino, path)}
-	}
+	// with a net namespace of its own too, the set is made in both by
+	// the thread of the mounts (makeMntUnix), not with the other sockets
+	// of the net namespace (makeNetSockets), which are made before the
+	// mounts exist
 	u.set.inMnt = true
 	if len(u.Name) == 0 || u.Name[0] == 0 || !u.bound() || ns.Files[f.ID] != nil {
 		return nil
@@ -193,7 +195,70 @@ func (r *Restore) openMntFiles(ns *MntNamespace, made *mounted) (err error) {
 			return err
 		}
 	}
+	if set := pr.netMntUnix(); set != nil {
+		// a net namespace of its own too: the sockets are its
+		return r.inRootNet(made.procfd, func() error { return r.makeMntUnix(ns, made, set) })
+	}
 	return nil
+}
+
+// netMntUnix returns the unix sockets made in the tree's mount namespace
+// when it has a net namespace of its own too: prepareFiles keeps their
+// placeholders with the net namespace's sockets, which makeNetSockets
+// makes but these.
+func (pr *prepared) netMntUnix() *unixSockets {
+	if pr.net == nil {
+		return nil
+	}
+	for _, f := range pr.net.files {
+		if f.Kind == FileUnixSocket && f.Unix != nil && f.Unix.set != nil && f.Unix.set.inMnt {
+			return f.Unix.set
+		}
+	}
+	return nil
+}
+
+// inRootNet runs fn with the calling thread, locked in the tree's mount
+// namespace, in the root's net namespace (checked to be a new one), and
+// moves the thread back to its own after. procfd is the engine's /proc:
+// the thread's /proc may be the tree's, where it has no pid.
+func (r *Restore) inRootNet(procfd int, fn func() error) error {
+	self := "thread-self/ns/net"
+	back, err := unix.Openat(procfd, self, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: "/proc/" + self, Err: err}
+	}
+	defer unix.Close(back)
+	ino := func(name string) (uint64, error) {
+		var st unix.Stat_t
+		if err := unix.Fstatat(procfd, name, &st, 0); err != nil {
+			return 0, &os.PathError{Op: "stat", Path: "/proc/" + name, Err: err}
+		}
+		return st.Ino, nil
+	}
+	was, err := ino(self)
+	if err != nil {
+		return err
+	}
+	if err := unix.Setns(r.rootPidfd, unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("join the net namespace of the root %d: %w", r.rootPID, os.NewSyscallError("setns", err))
+	}
+	now, err := ino(self)
+	var rootNS uint64
+	if err == nil {
+		rootNS, err = ino(fmt.Sprintf("%d/ns/net", r.rootPID))
+	}
+	if err == nil && (now == was || now != rootNS) {
+		err = fmt.Errorf("net namespace: joined %d, the root's is %d, the engine's %d: not the tree's own", now, rootNS, was)
+	}
+	if err == nil {
+		err = fn()
+	}
+	if berr := unix.Setns(back, unix.CLONE_NEWNET); berr != nil {
+		// the thread ends with its goroutine anyway (prepareMounts)
+		err = errors.Join(err, fmt.Errorf("back to the engine's net namespace: %w", os.NewSyscallError("setns", berr)))
+	}
+	return err
 }
 
 // openMntFile opens file mf.f in the namespace and puts it onto its

@@ -42,7 +42,9 @@ import (
 //     and nftables (nft -f -): text only these tools read, so they run,
 //     forked from this thread (which puts them in the tree's namespace),
 //     and each is checked to be there before it is given its input;
-//   - then the tree's sockets, which the engine makes (netSockets).
+//   - then the tree's sockets, which the engine makes (netSockets); but
+//     its unix sockets with path names in its own mount namespace, which
+//     are made once its mounts are (mntns_files.go).
 //
 // Nothing here touches the engine's own net namespace: the thread is in
 // the tree's (joinTreeNamespaces checks it is a new one) and so are the
@@ -423,7 +425,9 @@ func (r *Restore) makeNetSockets() error {
 				return err
 			}
 		case FileUnixSocket:
-			if unixMade {
+			if unixMade || f.Unix != nil && f.Unix.set != nil && f.Unix.set.inMnt {
+				// the set with path names is made with the mounts,
+				// in this namespace too (openMntFiles)
 				continue
 			}
 			unixMade = true

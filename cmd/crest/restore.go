@@ -83,8 +83,8 @@ What comes back:
     tree's ghost files made again on their mounts there, its FIFOs
     opened, its unix sockets bound by their paths and its pty pairs made
     (in the devpts at its /dev/pts) there, each checked to be on its
-    mount (unix sockets with paths in a tree with a net namespace of its
-    own too, and a --shell-job terminal, are refused);
+    mount (the unix sockets in the tree's net namespace when it has one
+    too; a --shell-job terminal is refused);
   - user: the root is born in it with the others, which it owns; its
     uid_map and gid_map (several extents) are written from outside while
     the root waits at ROOT_TASK, and checked; the tasks' credentials are

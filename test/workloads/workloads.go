@@ -147,6 +147,9 @@ var Programs = map[string]Program{
 	// (and the paths' types and modes) every tick. No libc: CRIU's images
 	// of it are test data.
 	"mntfiles": {Name: "mntfiles", Flags: []string{"-static", "-nostdlib", "-ffreestanding", "-O2", "-fno-stack-protector", "-fcf-protection=none"}, MntNS: true},
+	// mntfilesnet is mntfiles in a net namespace of its own too: its
+	// unix sockets are the net namespace's.
+	"mntfilesnet": {Name: "mntfiles", Flags: []string{"-static", "-nostdlib", "-ffreestanding", "-O2", "-fno-stack-protector", "-fcf-protection=none"}, MntNS: true, NetNS: true},
 	// stopped has two children stopped by SIGSTOP and SIGTSTP.
 	"stopped": {Name: "stopped", Flags: []string{"-static", "-O2", "-pthread"}},
 	// zombie has two zombie children (exit status 7, killed by SIGTERM)
