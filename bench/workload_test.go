@@ -13,6 +13,8 @@ import (
 	"github.com/crest-restore/crest/images"
 	"github.com/crest-restore/crest/restore"
 	"github.com/crest-restore/crest/test/procscan"
+
+	_ "github.com/crest-restore/crest/internal/mainthread" // no test wedges the main thread in a tree's namespaces
 )
 
 func TestParseWorkload(t *testing.T) {

@@ -39,7 +39,7 @@ func ownNamespaces() (*nsIDs, error) {
 	n := &nsIDs{own: map[string]uint64{}, ids: map[uint64]uint32{}}
 	for _, kind := range nsKinds {
 		var st unix.Stat_t
-		p := "/proc/self/ns/" + kind
+		p := "/proc/thread-self/ns/" + kind
 		if err := unix.Stat(p, &st); err != nil {
 			return nil, fmt.Errorf("dump: %w", &os.PathError{Op: "stat", Path: p, Err: err})
 		}

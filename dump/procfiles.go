@@ -54,8 +54,8 @@ func procFileRefusal(t *task, link, name string) (string, error) {
 		return "", err
 	}
 	var own unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/pid", &own); err != nil {
-		return "", &os.PathError{Op: "stat", Path: "/proc/self/ns/pid", Err: err}
+	if err := unix.Stat("/proc/thread-self/ns/pid", &own); err != nil {
+		return "", &os.PathError{Op: "stat", Path: "/proc/thread-self/ns/pid", Err: err}
 	}
 	ownPidNS := treeNS != own.Ino
 	// Which process the directory is, through the task's root: its pids

@@ -16,6 +16,8 @@ import (
 	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/procscan"
 	"github.com/crest-restore/crest/test/workloads"
+
+	_ "github.com/crest-restore/crest/internal/mainthread" // no test wedges the main thread in a tree's namespaces
 )
 
 // TestRoundTrip checkpoints every workload with `crest dump` and brings it

@@ -224,8 +224,8 @@ func otherNetns(fd int) (string, error) {
 	if err := unix.Fstat(ns, &st); err != nil {
 		return "", os.NewSyscallError("fstat", err)
 	}
-	if err := unix.Stat("/proc/self/ns/net", &self); err != nil {
-		return "", &os.PathError{Op: "stat", Path: "/proc/self/ns/net", Err: err}
+	if err := unix.Stat("/proc/thread-self/ns/net", &self); err != nil {
+		return "", &os.PathError{Op: "stat", Path: "/proc/thread-self/ns/net", Err: err}
 	}
 	if st.Ino != self.Ino || st.Dev != self.Dev {
 		return fmt.Sprintf("a socket of another net namespace (net:[%d])", st.Ino), nil

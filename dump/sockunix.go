@@ -287,8 +287,8 @@ func sameNetNS(c int) (string, error) {
 	if err := unix.Fstat(ns, &sk); err != nil {
 		return "", os.NewSyscallError("fstat", err)
 	}
-	if err := unix.Stat("/proc/self/ns/net", &own); err != nil {
-		return "", &os.PathError{Op: "stat", Path: "/proc/self/ns/net", Err: err}
+	if err := unix.Stat("/proc/thread-self/ns/net", &own); err != nil {
+		return "", &os.PathError{Op: "stat", Path: "/proc/thread-self/ns/net", Err: err}
 	}
 	if sk.Ino != own.Ino {
 		return "a socket of another network namespace", nil
@@ -313,7 +313,7 @@ func boundFile(c int, d *unixDiag, ue *sk_unix.UnixSkEntry, pid int) (string, er
 	if err := unix.Stat(procPath(pid, "ns", "mnt"), &ns); err != nil {
 		return "", err
 	}
-	if err := unix.Stat("/proc/self/ns/mnt", &own); err != nil {
+	if err := unix.Stat("/proc/thread-self/ns/mnt", &own); err != nil {
 		return "", err
 	}
 	if ns.Ino != own.Ino {

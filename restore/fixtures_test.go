@@ -21,6 +21,8 @@ import (
 	"github.com/crest-restore/crest/test/cli"
 	"github.com/crest-restore/crest/test/fixture"
 	"github.com/crest-restore/crest/test/procscan"
+
+	_ "github.com/crest-restore/crest/internal/mainthread" // no test wedges the main thread in a tree's namespaces
 )
 
 // The end-to-end tests of issue 3: each fixture restored detached through

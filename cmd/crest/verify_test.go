@@ -24,6 +24,8 @@ import (
 	"github.com/crest-restore/crest/test/fixture"
 	"github.com/crest-restore/crest/test/procscan"
 	"github.com/crest-restore/crest/test/workloads"
+
+	_ "github.com/crest-restore/crest/internal/mainthread" // no test wedges the main thread in a tree's namespaces
 )
 
 // verifyReport mirrors verifyJSON for decoding.
