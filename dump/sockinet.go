@@ -14,6 +14,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/sk-inet"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/sk-opts"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/tcp-stream"
+	"github.com/crest-restore/crest/internal/nlattr"
 )
 
 // Inet sockets, dumped as CRIU 4.2 dumps what it restores without
@@ -455,15 +456,8 @@ func parseInetDiag(b []byte, ino uint32) (*inetSock, bool) {
 		rqueue: binary.NativeEndian.Uint32(b[56:]), wqueue: binary.NativeEndian.Uint32(b[60:])}
 	copy(sk.src[:], b[8:24])
 	copy(sk.dst[:], b[24:40])
-	for a := b[msgLen:]; len(a) >= 4; {
-		l, typ := int(binary.NativeEndian.Uint16(a)), binary.NativeEndian.Uint16(a[2:])
-		if l < 4 || l > len(a) {
-			break
-		}
-		if typ == inetDiagShutdown && l >= 5 {
-			sk.shutdown = a[4]
-		}
-		a = a[min((l+3)&^3, len(a)):]
+	if v := nlattr.Parse(b[msgLen:])[inetDiagShutdown]; len(v) >= 1 {
+		sk.shutdown = v[0]
 	}
 	return sk, true
 }

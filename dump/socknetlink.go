@@ -14,6 +14,7 @@ import (
 	sk_netlink "github.com/checkpoint-restore/go-criu/v8/crit/images/sk-netlink"
 
 	"github.com/crest-restore/crest/images"
+	"github.com/crest-restore/crest/internal/nlattr"
 )
 
 // Netlink sockets, dumped as CRIU 4.2 dumps them (criu/sk-netlink.c
@@ -215,15 +216,8 @@ func parseNetlinkDiag(b []byte, ino uint32) (*netlinkSock, bool) {
 	}
 	sk := &netlinkSock{protocol: b[2], state: b[3], portid: binary.NativeEndian.Uint32(b[4:]),
 		dstPortid: binary.NativeEndian.Uint32(b[8:]), dstGroup: binary.NativeEndian.Uint32(b[12:])}
-	for a := b[msgLen:]; len(a) >= 4; {
-		l, typ := int(binary.NativeEndian.Uint16(a)), binary.NativeEndian.Uint16(a[2:])
-		if l < 4 || l > len(a) {
-			break
-		}
-		if typ == netlinkDiagGroups {
-			sk.groups = append([]byte{}, a[4:l]...)
-		}
-		a = a[min((l+3)&^3, len(a)):]
+	if v, ok := nlattr.Parse(b[msgLen:])[netlinkDiagGroups]; ok {
+		sk.groups = append([]byte{}, v...)
 	}
 	return sk, true
 }

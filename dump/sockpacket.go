@@ -10,6 +10,7 @@ import (
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 	packet_sock "github.com/checkpoint-restore/go-criu/v8/crit/images/packet-sock"
+	"github.com/crest-restore/crest/internal/nlattr"
 )
 
 // Packet sockets (AF_PACKET), dumped as CRIU 4.2 dumps them
@@ -240,31 +241,20 @@ func parsePacketDiag(b []byte, ino uint32) (*packetSock, bool) {
 		return nil, false
 	}
 	sk := &packetSock{typ: b[1], num: binary.NativeEndian.Uint16(b[2:])}
-	for a := b[msgLen:]; len(a) >= 4; {
-		l, typ := int(binary.NativeEndian.Uint16(a)), binary.NativeEndian.Uint16(a[2:])
-		if l < 4 || l > len(a) {
-			break
+	attrs := nlattr.Parse(b[msgLen:])
+	info := attrs[packetDiagInfo]
+	for i := range sk.info {
+		if len(info) >= 4*(i+1) {
+			sk.info[i] = binary.NativeEndian.Uint32(info[4*i:])
 		}
-		data := a[4:l]
-		switch typ {
-		case packetDiagInfo:
-			for i := range sk.info {
-				if len(data) >= 4*(i+1) {
-					sk.info[i] = binary.NativeEndian.Uint32(data[4*i:])
-				}
-			}
-		case packetDiagMclist:
-			sk.mclist = append([]byte{}, data...)
-		case packetDiagRxRing:
-			sk.rx = true
-		case packetDiagTxRing:
-			sk.tx = true
-		case packetDiagFanout:
-			if len(data) >= 4 {
-				sk.fanout, sk.hasFanout = binary.NativeEndian.Uint32(data), true
-			}
-		}
-		a = a[min((l+3)&^3, len(a)):]
+	}
+	if v, ok := attrs[packetDiagMclist]; ok {
+		sk.mclist = append([]byte{}, v...)
+	}
+	_, sk.rx = attrs[packetDiagRxRing]
+	_, sk.tx = attrs[packetDiagTxRing]
+	if v := attrs[packetDiagFanout]; len(v) >= 4 {
+		sk.fanout, sk.hasFanout = binary.NativeEndian.Uint32(v), true
 	}
 	return sk, true
 }
