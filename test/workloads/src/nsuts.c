@@ -92,12 +92,24 @@ static int poked;
 #define POKE_VAL 0x5a
 static int log_fd;
 static char line[512];
+static int in_check, rechecking;
+static void check(void);
 
+/*
+ * A difference found by check() runs it once more from its start before
+ * it is reported: a dump may have frozen a pass halfway, and the line
+ * must name the first check in order that fails, whatever the pass the
+ * restore resumed.
+ */
 static __attribute__((noreturn)) void corrupt(const char *what)
 {
 	char out[600];
 	int len = snprintf(out, sizeof out, "CORRUPT %s\n", what);
 
+	if (in_check && !rechecking) {
+		rechecking = 1;
+		check();
+	}
 	if (write(log_fd, out, len) != len)
 		_exit(4);
 	_exit(3);
@@ -426,7 +438,9 @@ int main(void)
 	log_fd = open_log("nsuts");
 	setup();
 	for (unsigned long n = 1;; n++) {
+		in_check = 1;
 		check();
+		in_check = 0;
 		check_mapped();
 		if (access("write-shm", F_OK) == 0)
 			write_shm(n);
