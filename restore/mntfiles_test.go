@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -108,8 +109,16 @@ func checkMntFiles(t *testing.T, r *Restore, wdir string) {
 	if _, err := c.Write([]byte("ping\n")); err != nil {
 		t.Fatal(err)
 	}
-	if l, err := bufio.NewReader(c).ReadString('\n'); err != nil || !strings.HasPrefix(l, "pong ") {
+	br := bufio.NewReader(c)
+	if l, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(l, "pong ") {
 		t.Errorf("the restored listener answered %q, %v", l, err)
+	}
+	// The workload closes the connection after its answer; wait for that
+	// so its accepted socket is gone before the caller looks at its fds
+	// (accept makes that socket in our net namespace, the connecting
+	// one's, so a check of the tree's sockets must not see it).
+	if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+		t.Errorf("after its answer the restored listener sent %q, %v; want it closed", rest, err)
 	}
 }
 
