@@ -83,6 +83,7 @@ func (r *Restore) prepareMounts() error {
 // such a thread is held while another is tried.
 func onOwnThread(pidfd, tries int, fn func() error) error {
 	done := make(chan error, 1)
+	end := -1
 	go func() {
 		runtime.LockOSThread()
 		// waitid for the calling thread's own children only: the root is
@@ -106,9 +107,12 @@ func onOwnThread(pidfd, tries int, fn func() error) error {
 			return
 		}
 		// not unlocked: the thread ends with the goroutine
+		end = threadEnd()
 		done <- fn()
 	}()
-	return <-done
+	err := <-done
+	awaitThreadEnd(end)
+	return err
 }
 
 // mounted is what makeMounts leaves open for the files: the /proc of

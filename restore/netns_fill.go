@@ -467,6 +467,7 @@ func (r *Restore) makeNetSockets() error {
 // and goes back to the engine's after; fn gets the namespace's inode.
 func (r *Restore) inTreeNet(fn func(want uint64) error) error {
 	done := make(chan error, 1)
+	end := -1
 	go func() {
 		runtime.LockOSThread()
 		back, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -485,13 +486,16 @@ func (r *Restore) inTreeNet(fn func(want uint64) error) error {
 		}
 		if berr := unix.Setns(back, unix.CLONE_NEWNET); berr != nil {
 			// still locked: the thread ends with the goroutine
+			end = threadEnd()
 			done <- errors.Join(err, fmt.Errorf("back to the engine's net namespace: %w", os.NewSyscallError("setns", berr)))
 			return
 		}
 		runtime.UnlockOSThread()
 		done <- err
 	}()
-	return <-done
+	err := <-done
+	awaitThreadEnd(end)
+	return err
 }
 
 // unlockNftChains deletes the jumps to chain CRIU of tables ip filter and

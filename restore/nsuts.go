@@ -166,6 +166,7 @@ func (r *Restore) prepareNamespaces() error {
 		return r.prepareMounts() // mntns_mount.go
 	}
 	done := make(chan error, 1)
+	end := -1
 	go func() {
 		runtime.LockOSThread()
 		back, err := engineNamespaces()
@@ -177,13 +178,16 @@ func (r *Restore) prepareNamespaces() error {
 		err = r.fillNamespaces()
 		if berr := back(); berr != nil {
 			// still locked: the thread ends with the goroutine
+			end = threadEnd()
 			done <- errors.Join(err, &StageError{Stage: StagePrepareNamespaces, PID: p.Root().PID, Err: berr})
 			return
 		}
 		runtime.UnlockOSThread()
 		done <- err
 	}()
-	if err := <-done; err != nil {
+	err := <-done
+	awaitThreadEnd(end)
+	if err != nil {
 		return err
 	}
 	// after the net namespace, as CRIU's prepare_namespace

@@ -794,10 +794,12 @@ func inDir(dir string, fn func() error) error {
 		return fn()
 	}
 	done := make(chan error, 1)
+	end := -1
 	go func() {
 		// never unlocked: the thread's working directory is its own
 		// now, so it must end with this goroutine
 		runtime.LockOSThread()
+		end = threadEnd()
 		if err := unix.Unshare(unix.CLONE_FS); err != nil {
 			done <- os.NewSyscallError("unshare(CLONE_FS)", err)
 			return
@@ -808,7 +810,9 @@ func inDir(dir string, fn func() error) error {
 		}
 		done <- fn()
 	}()
-	return <-done
+	err := <-done
+	awaitThreadEnd(end)
+	return err
 }
 
 // inDirOf is inDir, or inDirHere when here.

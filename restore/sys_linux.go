@@ -64,6 +64,40 @@ func pidfdOpen(pid int) (int, error) {
 	return int(fd), nil
 }
 
+// threadEnd returns a pidfd of the calling thread, one that polls
+// readable once the thread has ended, for a locked goroutine whose
+// thread ends with it; -1 on the main thread (Go parks it instead) or
+// when the kernel has no thread pidfds.
+func threadEnd() int {
+	tid := unix.Gettid()
+	if tid == unix.Getpid() {
+		return -1
+	}
+	fd, _, errno := syscall.Syscall(sysPidfdOpen, uintptr(tid), unix.PIDFD_THREAD, 0)
+	if errno != 0 {
+		return -1
+	}
+	return int(fd)
+}
+
+// awaitThreadEnd waits until the thread of fd, a threadEnd, has ended
+// (at most a second) and closes fd. The goroutine hands back its result
+// before its thread ends: until then the thread is still in the
+// namespaces or directory it went into, which a failed restore must not
+// leave behind, nor a done one leave to whoever looks next.
+func awaitThreadEnd(fd int) {
+	if fd < 0 {
+		return
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		if _, err := unix.Poll(pfd, 1000); err != unix.EINTR {
+			break
+		}
+	}
+	unix.Close(fd)
+}
+
 // pidfdSignal sends sig to the process of pidfd.
 func pidfdSignal(pidfd int, sig syscall.Signal) error {
 	_, _, errno := syscall.Syscall6(sysPidfdSendSignal, uintptr(pidfd), uintptr(sig), 0, 0, 0, 0)
