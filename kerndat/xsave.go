@@ -24,6 +24,10 @@ type xsaveInfo struct {
 	xcr0      uint64 // enabled user state components
 	supported uint64 // components the CPU supports
 	size      int    // bytes of an xsave area for xcr0
+	// the user components this process may use (ARCH_GET_XCOMP_PERM):
+	// xcr0 less those the kernel gives only on request (AMX tile
+	// data), or xcr0 where the kernel does not say
+	perm uint64
 }
 
 var readXSaveOnce = sync.OnceValue(readXSave)
@@ -39,8 +43,14 @@ const XSaveComponents = 10
 // XSaveLayoutInfo is where an xsave area in the standard layout (an
 // rt_sigreturn frame's) keeps each user state component on this CPU.
 type XSaveLayoutInfo struct {
-	XCR0 uint64 // 0: no xsave
-	Size int    // bytes of an xsave area for XCR0
+	// the components of a signal frame: XCR0 less those the process
+	// has no permission for (AMX tile data, until it asks); 0: no xsave
+	XCR0 uint64
+	// bytes of an xsave area for them: the kernel's user size, which
+	// a frame's size must not pass (else rt_sigreturn restores x87 and
+	// SSE only); less than CPUID's size for all of XCR0 where XCR0 has
+	// components given on request
+	Size int
 	// each component's offset and size, by component number (0 for
 	// x87 and SSE, which live in the legacy area, and for those XCR0
 	// does not enable)
@@ -51,18 +61,28 @@ type XSaveLayoutInfo struct {
 // to the hypervisor in a virtual machine (4-5 us each here), so the
 // restore's tasks get it from the engine instead of asking the CPU.
 var XSaveLayout = sync.OnceValue(func() XSaveLayoutInfo {
-	x := readXSaveOnce()
+	return xsaveLayout(readXSaveOnce(), XSaveComponent)
+})
+
+// xsaveLayout is XSaveLayout for x, with component giving each
+// component's offset and size.
+func xsaveLayout(x xsaveInfo, component func(bit int) (off, size int)) XSaveLayoutInfo {
 	if !x.osxsave {
 		return XSaveLayoutInfo{}
 	}
-	l := XSaveLayoutInfo{XCR0: x.xcr0, Size: x.size}
-	for bit := 2; bit < XSaveComponents; bit++ {
-		if x.xcr0&(1<<bit) != 0 {
-			l.Off[bit], l.Len[bit] = XSaveComponent(bit)
+	l := XSaveLayoutInfo{XCR0: x.xcr0 & x.perm, Size: 512 + 64} // legacy area, header
+	for bit := 2; bit < 64; bit++ {
+		if l.XCR0&(1<<bit) == 0 {
+			continue
+		}
+		off, size := component(bit)
+		l.Size = max(l.Size, off+size)
+		if bit < XSaveComponents {
+			l.Off[bit], l.Len[bit] = off, size
 		}
 	}
 	return l
-})
+}
 
 func probeXSave(x xsaveInfo, need uint64) Feature {
 	switch {

@@ -1,5 +1,13 @@
 package kerndat
 
+import (
+	"syscall"
+	"unsafe"
+)
+
+// archGetXcompPerm is arch_prctl's ARCH_GET_XCOMP_PERM (Linux 5.16).
+const archGetXcompPerm = 0x1022
+
 // cpuid executes CPUID for leaf and subleaf.
 func cpuid(leaf, subleaf uint32) (eax, ebx, ecx, edx uint32)
 
@@ -23,6 +31,11 @@ func readXSave() (x xsaveInfo) {
 	eax, ebx, _, edx := cpuid(0xd, 0)
 	x.supported = uint64(eax) | uint64(edx)<<32
 	x.size = int(ebx)
+	x.perm = x.xcr0
+	var perm uint64
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_ARCH_PRCTL, archGetXcompPerm, uintptr(unsafe.Pointer(&perm)), 0); errno == 0 {
+		x.perm = perm
+	}
 	return x
 }
 

@@ -44,3 +44,49 @@ func TestXSave(t *testing.T) {
 		})
 	}
 }
+
+// TestXSaveLayout: a signal frame holds the components the process may
+// use, and its size is theirs: on a CPU with AMX (XCR0 0x600e7) a process
+// that never asked for tile data gets 2496 bytes (up to the tile config),
+// not CPUID's 10688 for all of XCR0, which rt_sigreturn would take for a
+// frame too big and restore x87 and SSE only.
+func TestXSaveLayout(t *testing.T) {
+	// the standard offsets and sizes of a Sapphire Rapids part
+	parts := map[int][2]int{2: {576, 256}, 5: {832, 64}, 6: {896, 512}, 7: {1408, 1024}, 9: {2688, 8},
+		17: {2432, 64}, 18: {2496, 8192}}
+	component := func(bit int) (int, int) {
+		p, ok := parts[bit]
+		if !ok {
+			t.Fatalf("component %d asked for", bit)
+		}
+		return p[0], p[1]
+	}
+	tests := []struct {
+		name       string
+		xcr0, perm uint64
+		features   uint64
+		size       int
+	}{
+		{"amx not asked for", 0x600e7, 0x200e7, 0x200e7, 2496},
+		{"amx asked for", 0x600e7, 0x600e7, 0x600e7, 10688},
+		{"avx-512", 0xe7, 0xe7, 0xe7, 2432},
+		{"sse only", 0x3, 0x3, 0x3, 576},
+	}
+	for _, tt := range tests {
+		l := xsaveLayout(xsaveInfo{arch: true, osxsave: true, xcr0: tt.xcr0, perm: tt.perm}, component)
+		if l.XCR0 != tt.features || l.Size != tt.size {
+			t.Errorf("%s: features %#x, size %d; want %#x, %d", tt.name, l.XCR0, l.Size, tt.features, tt.size)
+		}
+		if tt.xcr0&0x80 != 0 && (l.Off[7] != 1408 || l.Len[7] != 1024) {
+			t.Errorf("%s: hi16_zmm at %d+%d", tt.name, l.Off[7], l.Len[7])
+		}
+	}
+	if l := xsaveLayout(xsaveInfo{arch: true}, component); l.XCR0 != 0 || l.Size != 0 {
+		t.Errorf("no xsave: %+v", l)
+	}
+	// here: the process never asked for more than the kernel gives
+	here := readXSave()
+	if runtime.GOARCH == "amd64" && (here.perm&^here.xcr0 != 0 || here.perm&3 != 3) {
+		t.Errorf("permitted %#x, XCR0 %#x", here.perm, here.xcr0)
+	}
+}
