@@ -1,6 +1,7 @@
 package dump
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -243,6 +244,30 @@ var xsaveComponents = []int{
 	9, // PKRU
 }
 
+// carriedXState refuses a thread's xsave state (its xstate_bv) with
+// components in use that CRIU's images have no field for, AMX tiles (a
+// restore would give the thread their initial state, and no permission
+// to use them: SIGILL at its next tile instruction) and APX registers;
+// CRIU 4.2 drops them silently.
+func carriedXState(bv uint64) error {
+	carried := uint64(0x3) // x87, SSE: the fxsave part
+	for _, bit := range xsaveComponents {
+		carried |= 1 << bit
+	}
+	if extra := bv &^ carried; extra != 0 {
+		return &xstateError{bv: bv, extra: extra}
+	}
+	return nil
+}
+
+// xstateError is a thread's xsave state that CRIU's images can not hold.
+type xstateError struct{ bv, extra uint64 }
+
+func (e *xstateError) Error() string {
+	return fmt.Sprintf("xstate_bv %#x: state components %#x (%s) in use, which CRIU's images have no field for",
+		e.bv, e.extra, kerndat.XFeatureNames(e.extra))
+}
+
 // fpregs reads the xsave area of tid and lays it out as CRIU does: the
 // fxsave part always, and the extended components the machine enables
 // (XCR0), whatever the thread's own xstate_bv says.
@@ -276,6 +301,9 @@ func fpregs(tid int) (*core_x86.UserX86FpregsEntry, error) {
 		Rip: proto.Uint64(le64(buf[8:])), Rdp: proto.Uint64(le64(buf[16:])),
 		Mxcsr: proto.Uint32(le32(buf[24:])), MxcsrMask: proto.Uint32(le32(buf[28:])),
 		StSpace: u32s(buf[32:160]), XmmSpace: u32s(buf[160:416]),
+	}
+	if err := carriedXState(le64(buf[512:])); err != nil {
+		return nil, err
 	}
 	xs := &core_x86.UserX86XsaveEntry{XstateBv: proto.Uint64(le64(buf[512:])),
 		// No shadow stacks here (no user_shstk): CRIU 4.2 still writes
@@ -399,6 +427,9 @@ func threadCore(t *task, th *thread, to *taskOnly, leader bool) (*criu_core.Core
 	}
 	o := to.threads[th.tid]
 	fp, err := fpregs(th.tid)
+	if xe := (*xstateError)(nil); errors.As(err, &xe) {
+		return nil, &UnsupportedError{Task: int(t.nsPid), Resource: fmt.Sprintf("thread %d", th.tid), What: "xsave state", Why: xe.Error()}
+	}
 	if err != nil {
 		return nil, errf("xsave", err)
 	}

@@ -109,6 +109,10 @@ func TestRoundTrip(t *testing.T) {
 		// Its tick is an epoll of a timerfd, an eventfd (edge-triggered)
 		// and a pipe, which must all report on.
 		{"epoll", map[string]check.Next{"out-epoll.log": check.Counter}, nil},
+		// Patterns in its AVX-512 registers (ymm8-15's upper halves,
+		// zmm8-15's upper 256 bits, zmm16-31, k1-k7), checked every
+		// tick: the thread's whole xsave state must come back.
+		{"vecregs", map[string]check.Next{"out-vecregs.log": check.Counter}, nil},
 		// A Go program: the runtime's threads, epoll and eventfd,
 		// timers and signal handlers.
 		{"gocounter", map[string]check.Next{"out.log": check.Counter}, nil},

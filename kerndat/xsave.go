@@ -92,16 +92,16 @@ func probeXSave(x xsaveInfo, need uint64) Feature {
 		return Missing("cpuid: the OS has not enabled xsave (CPUID.1:ECX.OSXSAVE clear)")
 	}
 	have := fmt.Sprintf("XCR0 %#x (%s), CPU supports %#x, xsave area %d bytes",
-		x.xcr0, xfeatureNames(x.xcr0), x.supported, x.size)
+		x.xcr0, XFeatureNames(x.xcr0), x.supported, x.size)
 	if lack := need &^ x.xcr0; lack != 0 {
-		return Missing("%s; lacks %#x (%s) of the fixtures' %#x", have, lack, xfeatureNames(lack), need)
+		return Missing("%s; lacks %#x (%s) of the fixtures' %#x", have, lack, XFeatureNames(lack), need)
 	}
 	return OK("%s; covers the fixtures' %#x", have, need)
 }
 
-// xfeatureNames names the state components in mask as the kernel's
+// XFeatureNames names the state components in mask as the kernel's
 // x86/fpu boot messages do.
-func xfeatureNames(mask uint64) string {
+func XFeatureNames(mask uint64) string {
 	names := map[int]string{
 		0: "x87", 1: "sse", 2: "avx", 3: "mpx_bndregs", 4: "mpx_bndcsr",
 		5: "avx512_opmask", 6: "avx512_zmm_hi256", 7: "avx512_hi16_zmm",

@@ -189,6 +189,13 @@ var Programs = map[string]Program{
 	"sleepers": {Name: "sleepers", Flags: []string{"-static", "-O2"}},
 	// spin computes outside syscalls: the dumper must write its own syscall.
 	"spin": {Name: "spin", Flags: []string{"-static", "-O2"}},
+	// vecregs keeps patterns in its AVX-512 registers and checks them
+	// every tick: built without AVX, so that the compiler's code leaves
+	// all but the low 128 bits of xmm8-15 alone.
+	"vecregs": {Name: "vecregs", Flags: []string{"-static", "-nostdlib", "-ffreestanding", "-O2", "-mno-avx", "-fno-stack-protector", "-fcf-protection=none"}},
+	// amx holds a pattern in AMX tile tmm0 (crest dump refuses it:
+	// CRIU's images have no field for tiles).
+	"amx": {Name: "amx", Flags: []string{"-static", "-nostdlib", "-ffreestanding", "-O2", "-fno-stack-protector", "-fcf-protection=none"}},
 	// big holds 1 GiB of memory, for dump benchmarks.
 	"big": {Name: "big", Flags: []string{"-static", "-O2"}},
 	// sock holds a netlink socket never bound, in crest's net namespace

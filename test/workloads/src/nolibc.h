@@ -1,6 +1,7 @@
 /*
  * nolibc.h - what the workloads built without libc share (mntghost,
- * mntprop, mntfiles: so that CRIU's images of them stay small), on
+ * mntprop, mntfiles: so that CRIU's images of them stay small; vecregs:
+ * so that no library code touches its vector registers), on
  * x86_64: raw system calls and the numbers and flags they use, the
  * kernel's struct stat and statfs, string helpers, the log line, and the
  * mount pruning prune.h does for the others.
