@@ -245,10 +245,10 @@ var xsaveComponents = []int{
 }
 
 // carriedXState refuses a thread's xsave state (its xstate_bv) with
-// components in use that CRIU's images have no field for, AMX tiles (a
-// restore would give the thread their initial state, and no permission
-// to use them: SIGILL at its next tile instruction) and APX registers;
-// CRIU 4.2 drops them silently.
+// components in use that CRIU's images (core-x86.proto) have no field
+// for: AMX tiles (a restore would give the thread their initial state,
+// and no permission to use them: SIGILL at its next tile instruction)
+// and APX registers.
 func carriedXState(bv uint64) error {
 	carried := uint64(0x3) // x87, SSE: the fxsave part
 	for _, bit := range xsaveComponents {
