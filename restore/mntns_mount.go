@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -76,43 +75,6 @@ func (r *Restore) prepareMounts() error {
 		begin = boottime()
 		return step(stepMntFiles, begin, r.openMntFiles(ns, mounted))
 	})
-}
-
-// onOwnThread runs fn on a locked OS thread that ends with it, one that
-// is not the parent of the process pidfd (the root) nor the main thread:
-// such a thread is held while another is tried.
-func onOwnThread(pidfd, tries int, fn func() error) error {
-	done := make(chan error, 1)
-	end := -1
-	go func() {
-		runtime.LockOSThread()
-		// waitid for the calling thread's own children only: the root is
-		// one of them when this thread forked the launcher
-		err := unix.Waitid(unix.P_PIDFD, pidfd, nil, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WNOTHREAD, nil)
-		// the main thread does not end with a locked goroutine: Go parks
-		// it for good, which would leave the process's /proc/self in the
-		// tree's mount namespace
-		if err == nil || unix.Gettid() == unix.Getpid() {
-			defer runtime.UnlockOSThread()
-			if tries <= 1 {
-				done <- errors.New("no engine thread but the root's parent or the main thread to make its mounts on")
-				return
-			}
-			done <- onOwnThread(pidfd, tries-1, fn)
-			return
-		}
-		if !errors.Is(err, unix.ECHILD) {
-			runtime.UnlockOSThread()
-			done <- fmt.Errorf("is the root this thread's child: %w", os.NewSyscallError("waitid", err))
-			return
-		}
-		// not unlocked: the thread ends with the goroutine
-		end = threadEnd()
-		done <- fn()
-	}()
-	err := <-done
-	awaitThreadEnd(end)
-	return err
 }
 
 // mounted is what makeMounts leaves open for the files: the /proc of

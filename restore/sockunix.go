@@ -7,7 +7,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"runtime"
 	"syscall"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
@@ -788,31 +787,20 @@ func unixNameString(name []byte) string {
 
 // inDir runs fn with dir as the working directory, for this call only: on
 // a thread of its own whose fs is unshared from the engine's (the thread
-// ends with it). An empty dir runs fn as it is.
+// ends with it, onOwnThread). An empty dir runs fn as it is.
 func inDir(dir string, fn func() error) error {
 	if dir == "" {
 		return fn()
 	}
-	done := make(chan error, 1)
-	end := -1
-	go func() {
-		// never unlocked: the thread's working directory is its own
-		// now, so it must end with this goroutine
-		runtime.LockOSThread()
-		end = threadEnd()
+	return onOwnThread(-1, 3, func() error {
 		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			done <- os.NewSyscallError("unshare(CLONE_FS)", err)
-			return
+			return os.NewSyscallError("unshare(CLONE_FS)", err)
 		}
 		if err := unix.Chdir(dir); err != nil {
-			done <- &os.PathError{Op: "chdir", Path: dir, Err: err}
-			return
+			return &os.PathError{Op: "chdir", Path: dir, Err: err}
 		}
-		done <- fn()
-	}()
-	err := <-done
-	awaitThreadEnd(end)
-	return err
+		return fn()
+	})
 }
 
 // inDirOf is inDir, or inDirHere when here.

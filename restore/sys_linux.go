@@ -2,8 +2,10 @@ package restore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -62,6 +64,48 @@ func pidfdOpen(pid int) (int, error) {
 		return -1, os.NewSyscallError("pidfd_open", errno)
 	}
 	return int(fd), nil
+}
+
+// onOwnThread runs fn on a locked OS thread that ends with it (fn may
+// leave it in other namespaces or another directory), one that is not
+// the main thread, which Go parks for good instead of ending it, nor,
+// with pidfd >= 0, the parent of that process (the restored root, whose
+// parent-death signal is tied to the engine thread that forked the
+// launcher): such a thread is held while another is tried. It returns
+// once the thread is gone.
+func onOwnThread(pidfd, tries int, fn func() error) error {
+	done := make(chan error, 1)
+	end := -1
+	go func() {
+		runtime.LockOSThread()
+		parent, err := false, error(nil)
+		if pidfd >= 0 {
+			// waitid for the calling thread's own children only: the
+			// root is one of them when this thread forked the launcher
+			err = unix.Waitid(unix.P_PIDFD, pidfd, nil, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WNOTHREAD, nil)
+			parent = err == nil
+		}
+		if parent || unix.Gettid() == unix.Getpid() {
+			defer runtime.UnlockOSThread()
+			if tries <= 1 {
+				done <- errors.New("no engine thread to end but the root's parent or the main thread")
+				return
+			}
+			done <- onOwnThread(pidfd, tries-1, fn)
+			return
+		}
+		if pidfd >= 0 && !errors.Is(err, unix.ECHILD) {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("is the root this thread's child: %w", os.NewSyscallError("waitid", err))
+			return
+		}
+		// not unlocked: the thread ends with the goroutine
+		end = threadEnd()
+		done <- fn()
+	}()
+	err := <-done
+	awaitThreadEnd(end)
+	return err
 }
 
 // threadEnd returns a pidfd of the calling thread, one that polls
