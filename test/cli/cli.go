@@ -62,7 +62,10 @@ func build() (*os.File, error) {
 	if _, err := os.Stat(gotool); err != nil {
 		gotool = "go"
 	}
-	if msg, err := exec.Command(gotool, "build", "-o", out, "github.com/crest-restore/crest/cmd/crest").CombinedOutput(); err != nil {
+	// static, as make build makes it
+	cmd := exec.Command(gotool, "build", "-o", out, "github.com/crest-restore/crest/cmd/crest")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if msg, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("go build ./cmd/crest: %v\n%s", err, msg)
 	}
 	b, err := os.ReadFile(out)
