@@ -251,6 +251,9 @@ func (r *Restore) run(ctx context.Context) error {
 		return &StageError{Stage: StageRootTask, Step: "time namespace", Err: err}
 	}
 	planBytes, err := encodePlan(p, r.files, layout, a, r.opts, sigIgnored, r.timeOffsets)
+	if pe := (*PlanError)(nil); errors.As(err, &pe) {
+		return &StageError{Stage: StageRootTask, Err: err} // it says "plan: task N: FILE: ..."
+	}
 	if err != nil {
 		return &StageError{Stage: StageRootTask, Step: "plan", Err: err}
 	}

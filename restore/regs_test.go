@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -202,4 +203,29 @@ func words64(ws []uint64) []byte {
 		binary.LittleEndian.PutUint64(b[8*i:], w)
 	}
 	return b
+}
+
+// TestRestoreRefusesAMXCRIU: CRIU 4.2 dumps a process with AMX tiles in
+// use without a word (images/testdata/criu-4.2-amx: xstate_bv 0x60002,
+// and no field for the tiles), and its own restore gives a process that
+// dies of SIGILL at its next tile instruction. crest refuses the set in
+// ROOT_TASK, naming the task, the file and the components, before any
+// task exists.
+func TestRestoreRefusesAMXCRIU(t *testing.T) {
+	needRoot(t)
+	p := planDir(t, filepath.Join("..", "images", "testdata", "criu-4.2-amx", "images"))
+	kids := childrenOfOurs(t)
+	r, err := Start(context.Background(), p, Options{})
+	if err == nil {
+		r.Abort()
+		t.Fatal("the restore of a thread with AMX state did not fail")
+	}
+	var se *StageError
+	want := "plan: task 1: core-1.img: xsave: xstate_bv 0x60002 has components crest does not know (0x60000)"
+	if !errors.As(err, &se) || se.Stage != StageRootTask || !strings.Contains(err.Error(), want) {
+		t.Errorf("error %v, want one of ROOT_TASK with %q", err, want)
+	}
+	if now := childrenOfOurs(t); len(now) > len(kids) {
+		t.Errorf("processes left: %v (before: %v)", now, kids)
+	}
 }
