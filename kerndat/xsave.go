@@ -93,6 +93,11 @@ func probeXSave(x xsaveInfo, need uint64) Feature {
 	}
 	have := fmt.Sprintf("XCR0 %#x (%s), CPU supports %#x, xsave area %d bytes",
 		x.xcr0, XFeatureNames(x.xcr0), x.supported, x.size)
+	if x.perm != 0 && x.perm&x.xcr0 != x.xcr0 {
+		// what a signal frame (and a restored thread) holds
+		have += fmt.Sprintf(" (%d bytes in a signal frame, without %s, given on request)",
+			xsaveLayout(x, XSaveComponent).Size, XFeatureNames(x.xcr0&^x.perm))
+	}
 	if lack := need &^ x.xcr0; lack != 0 {
 		return Missing("%s; lacks %#x (%s) of the fixtures' %#x", have, lack, XFeatureNames(lack), need)
 	}

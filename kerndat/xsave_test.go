@@ -33,6 +33,8 @@ func TestXSave(t *testing.T) {
 		{"avx-512", xsaveInfo{arch: true, osxsave: true, xcr0: 0x2e7, supported: 0x2e7, size: 2696}, FixturesXFeatures, true,
 			"XCR0 0x2e7 (x87 sse avx avx512_opmask avx512_zmm_hi256 avx512_hi16_zmm pkru)"},
 		{"a bit no CPU has, here", here, 1 << 63, false, "lacks 0x8000000000000000 (bit63)"},
+		{"amx", xsaveInfo{arch: true, osxsave: true, xcr0: 0x600e7, supported: 0x600e7, size: 11008, perm: 0x200e7}, FixturesXFeatures, true,
+			"xsave area 11008 bytes (2816 bytes in a signal frame, without amx_tiledata, given on request); covers"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -47,13 +49,14 @@ func TestXSave(t *testing.T) {
 
 // TestXSaveLayout: a signal frame holds the components the process may
 // use, and its size is theirs: on a CPU with AMX (XCR0 0x600e7) a process
-// that never asked for tile data gets 2496 bytes (up to the tile config),
-// not CPUID's 10688 for all of XCR0, which rt_sigreturn would take for a
+// that never asked for tile data gets 2816 bytes (up to the tile config),
+// not CPUID's 11008 for all of XCR0, which rt_sigreturn would take for a
 // frame too big and restore x87 and SSE only.
 func TestXSaveLayout(t *testing.T) {
-	// the standard offsets and sizes of a Sapphire Rapids part
-	parts := map[int][2]int{2: {576, 256}, 5: {832, 64}, 6: {896, 512}, 7: {1408, 1024}, 9: {2688, 8},
-		17: {2432, 64}, 18: {2496, 8192}}
+	// the standard (not compacted) offsets and sizes of a Sapphire
+	// Rapids part, as CPUID leaf 0xd gives them
+	parts := map[int][2]int{2: {576, 256}, 5: {1088, 64}, 6: {1152, 512}, 7: {1664, 1024}, 9: {2688, 8},
+		17: {2752, 64}, 18: {2816, 8192}}
 	component := func(bit int) (int, int) {
 		p, ok := parts[bit]
 		if !ok {
@@ -67,9 +70,9 @@ func TestXSaveLayout(t *testing.T) {
 		features   uint64
 		size       int
 	}{
-		{"amx not asked for", 0x600e7, 0x200e7, 0x200e7, 2496},
-		{"amx asked for", 0x600e7, 0x600e7, 0x600e7, 10688},
-		{"avx-512", 0xe7, 0xe7, 0xe7, 2432},
+		{"amx not asked for", 0x600e7, 0x200e7, 0x200e7, 2816},
+		{"amx asked for", 0x600e7, 0x600e7, 0x600e7, 11008},
+		{"avx-512", 0xe7, 0xe7, 0xe7, 2688},
 		{"sse only", 0x3, 0x3, 0x3, 576},
 	}
 	for _, tt := range tests {
@@ -77,7 +80,7 @@ func TestXSaveLayout(t *testing.T) {
 		if l.XCR0 != tt.features || l.Size != tt.size {
 			t.Errorf("%s: features %#x, size %d; want %#x, %d", tt.name, l.XCR0, l.Size, tt.features, tt.size)
 		}
-		if tt.xcr0&0x80 != 0 && (l.Off[7] != 1408 || l.Len[7] != 1024) {
+		if tt.xcr0&0x80 != 0 && (l.Off[7] != 1664 || l.Len[7] != 1024) {
 			t.Errorf("%s: hi16_zmm at %d+%d", tt.name, l.Off[7], l.Len[7])
 		}
 	}
