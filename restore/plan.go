@@ -765,6 +765,11 @@ func (p *Plan) loadTask(t *Task) error {
 		if err != nil {
 			return &PlanError{PID: t.PID, Msg: fmt.Sprintf("thread %d", t.Threads[i].TID), Err: err}
 		}
+		// register state the agent can not load is refused here, before
+		// any file of the tree is looked at (planfile.go lays it out)
+		if err := knownXState(core.GetThreadInfo().GetFpregs().GetXsave().GetXstateBv()); err != nil {
+			return &PlanError{PID: t.PID, File: fmt.Sprintf("core-%d.img", t.Threads[i].TID), Msg: "xsave", Err: err}
+		}
 		t.Threads[i].Core = core
 	}
 	lead := t.Threads[0].Core

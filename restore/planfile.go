@@ -446,10 +446,19 @@ func threadState(t *Task, index int, th Thread) (agent.Thread, error) {
 	return at, nil
 }
 
-// fillXState lays CRIU's user_x86_xsave_entry out component by component.
-func fillXState(x *agent.XState, bv uint64, ymmh []uint32, bndreg, bndcsr, opmask, zmmUpper, hi16 []uint64, pkru []uint32) error {
+// knownXState refuses an xstate_bv with components the agent does not
+// load (AMX tiles, APX: CRIU's images have no field for them).
+func knownXState(bv uint64) error {
 	if bv&^agent.XStateKnown != 0 {
 		return fmt.Errorf("xstate_bv %#x has components crest does not know (%#x)", bv, bv&^agent.XStateKnown)
+	}
+	return nil
+}
+
+// fillXState lays CRIU's user_x86_xsave_entry out component by component.
+func fillXState(x *agent.XState, bv uint64, ymmh []uint32, bndreg, bndcsr, opmask, zmmUpper, hi16 []uint64, pkru []uint32) error {
+	if err := knownXState(bv); err != nil {
+		return err
 	}
 	x.XStateBV = bv
 	le := binary.LittleEndian
