@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"sort"
 	"syscall"
 
@@ -181,29 +180,23 @@ func (r *Restore) setOwners() error {
 // thread is never ended otherwise: the restored root's parent-death
 // signal (fork.c) is tied to whichever engine thread forked the launcher.
 func setOwnersHere(jobs []ownerJob) error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
+	return onReturningThread(func() (error, error) {
 		// Changing the euid makes the process non-dumpable: put back.
 		dumpable, _, _ := syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_GET_DUMPABLE, 0, 0)
 		for _, j := range jobs {
 			if err := setOwner(j); err != nil {
+				err = fmt.Errorf("files.img: file %d: %w", j.id, err)
 				var cred *credError
 				if errors.As(err, &cred) {
-					done <- fmt.Errorf("files.img: file %d: %w", j.id, err)
-					return // still locked: the thread ends with the goroutine
+					return nil, err // the thread keeps other credentials: it ends
 				}
 				syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_DUMPABLE, dumpable, 0)
-				runtime.UnlockOSThread()
-				done <- fmt.Errorf("files.img: file %d: %w", j.id, err)
-				return
+				return err, nil
 			}
 		}
 		syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_DUMPABLE, dumpable, 0)
-		runtime.UnlockOSThread()
-		done <- nil
-	}()
-	return <-done
+		return nil, nil
+	})
 }
 
 // credError says that a thread could not get its credentials back.

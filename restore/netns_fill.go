@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -466,15 +465,10 @@ func (r *Restore) makeNetSockets() error {
 // of the restored root (checked to be the tree's own, not the engine's)
 // and goes back to the engine's after; fn gets the namespace's inode.
 func (r *Restore) inTreeNet(fn func(want uint64) error) error {
-	done := make(chan error, 1)
-	end := -1
-	go func() {
-		runtime.LockOSThread()
+	return onReturningThread(func() (error, error) {
 		back, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			runtime.UnlockOSThread()
-			done <- &os.PathError{Op: "open", Path: "/proc/thread-self/ns/net", Err: err}
-			return
+			return &os.PathError{Op: "open", Path: "/proc/thread-self/ns/net", Err: err}, nil
 		}
 		defer unix.Close(back)
 		err = joinTreeNamespaces(r.rootPidfd, r.rootPID, unix.CLONE_NEWNET)
@@ -485,17 +479,10 @@ func (r *Restore) inTreeNet(fn func(want uint64) error) error {
 			}
 		}
 		if berr := unix.Setns(back, unix.CLONE_NEWNET); berr != nil {
-			// still locked: the thread ends with the goroutine
-			end = threadEnd()
-			done <- errors.Join(err, fmt.Errorf("back to the engine's net namespace: %w", os.NewSyscallError("setns", berr)))
-			return
+			return err, fmt.Errorf("back to the engine's net namespace: %w", os.NewSyscallError("setns", berr))
 		}
-		runtime.UnlockOSThread()
-		done <- err
-	}()
-	err := <-done
-	awaitThreadEnd(end)
-	return err
+		return err, nil
+	})
 }
 
 // unlockNftChains deletes the jumps to chain CRIU of tables ip filter and

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"runtime"
 	"syscall"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/utsns"
@@ -165,28 +164,17 @@ func (r *Restore) prepareNamespaces() error {
 	if p.UTS == nil && p.IPC == nil && p.Net == nil {
 		return r.prepareMounts() // mntns_mount.go
 	}
-	done := make(chan error, 1)
-	end := -1
-	go func() {
-		runtime.LockOSThread()
+	err := onReturningThread(func() (error, error) {
 		back, err := engineNamespaces()
 		if err != nil {
-			runtime.UnlockOSThread()
-			done <- &StageError{Stage: StagePrepareNamespaces, PID: p.Root().PID, Err: err}
-			return
+			return &StageError{Stage: StagePrepareNamespaces, PID: p.Root().PID, Err: err}, nil
 		}
 		err = r.fillNamespaces()
 		if berr := back(); berr != nil {
-			// still locked: the thread ends with the goroutine
-			end = threadEnd()
-			done <- errors.Join(err, &StageError{Stage: StagePrepareNamespaces, PID: p.Root().PID, Err: berr})
-			return
+			return err, &StageError{Stage: StagePrepareNamespaces, PID: p.Root().PID, Err: berr}
 		}
-		runtime.UnlockOSThread()
-		done <- err
-	}()
-	err := <-done
-	awaitThreadEnd(end)
+		return err, nil
+	})
 	if err != nil {
 		return err
 	}

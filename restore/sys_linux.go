@@ -108,6 +108,31 @@ func onOwnThread(pidfd, tries int, fn func() error) error {
 	return err
 }
 
+// onReturningThread runs fn on a locked OS thread that fn leaves as it
+// found it (its namespaces, its credentials): fn returns its error and,
+// apart, why it could not put the thread back. A thread that was not
+// put back stays locked and ends with its goroutine; onReturningThread
+// returns once it is gone, with both errors.
+func onReturningThread(fn func() (err, notBack error)) error {
+	done := make(chan error, 1)
+	end := -1
+	go func() {
+		runtime.LockOSThread()
+		err, notBack := fn()
+		if notBack != nil {
+			// still locked: the thread ends with the goroutine
+			end = threadEnd()
+			done <- errors.Join(err, notBack)
+			return
+		}
+		runtime.UnlockOSThread()
+		done <- err
+	}()
+	err := <-done
+	awaitThreadEnd(end)
+	return err
+}
+
 // threadEnd returns a pidfd of the calling thread, one that polls
 // readable once the thread has ended, for a locked goroutine whose
 // thread ends with it; -1 on the main thread (Go parks it instead) or
