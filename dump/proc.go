@@ -62,15 +62,23 @@ func (s procStatus) last(key string) (uint64, error) {
 	return v[len(v)-1], nil
 }
 
-// listTids returns the tids of process pid, the leader first.
+// listTids returns the tids of process pid, the leader first, the others
+// in the kernel's order (the order they were made in), as CRIU lists
+// them: not os.ReadDir's, which sorts the names as strings (host tid
+// 10001 before 9998).
 func listTids(pid int) ([]int, error) {
-	ents, err := os.ReadDir(procPath(pid, "task"))
+	dir, err := os.Open(procPath(pid, "task"))
+	if err != nil {
+		return nil, err
+	}
+	names, err := dir.Readdirnames(-1)
+	dir.Close()
 	if err != nil {
 		return nil, err
 	}
 	tids := []int{pid}
-	for _, e := range ents {
-		tid, err := strconv.Atoi(e.Name())
+	for _, name := range names {
+		tid, err := strconv.Atoi(name)
 		if err == nil && tid != pid {
 			tids = append(tids, tid)
 		}
